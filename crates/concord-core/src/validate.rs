@@ -1,0 +1,1 @@
+//! Structural validation of y-websocket frames before yrs decodes them.

@@ -1,0 +1,1 @@
+//! Shared helpers for Concord end-to-end tests.
