@@ -1,4 +1,20 @@
 //! Concord's sans-IO engine: rooms, sessions over `yrs::sync`, awareness lifecycle, input
-//! validation and the storage trait. It performs no I/O and knows nothing of sockets or runtimes.
+//! validation and the storage trait. It performs no I/O and knows nothing of sockets, runtimes or
+//! databases: bytes come in, frames to send and updates to persist come out.
+//!
+//! - [`decode_frame`] validates and decodes an inbound WebSocket frame without touching a room.
+//! - [`Room`] applies decoded messages to one document and says what to send to whom.
+//! - [`Store`] is the persistence seam; [`MemoryStore`] keeps everything in memory.
 
+mod name;
+mod room;
+mod store;
 pub mod validate;
+
+pub use name::{DocName, InvalidDocName, MAX_DOC_NAME_BYTES};
+pub use room::{
+    Access, ConnId, Effects, Inbound, Outgoing, ProtocolError, READ_ONLY_REASON, Recipients, Room,
+    RoomFault, decode_frame,
+};
+pub use store::{MemoryStore, Store, StoreError, StoredUpdate};
+pub use yrs::sync::time::{Clock, SystemClock};

@@ -1,1 +1,249 @@
+//! Concord's server: a Yjs-compatible document sync server over WebSocket, as a library.
+//!
+//! Unmodified Yjs clients (`y-websocket`'s `WebsocketProvider`, `yrs` peers) connect to
+//! `ws://host/<document name>`, sync with y-protocols and share awareness. The engine lives in
+//! [`concord_core`]; this crate adds sockets, tasks, bounded queues and persistence.
+//!
+//! Two ways in:
+//! - [`run`] serves on a listener until a [`CancellationToken`] is cancelled. The binary is a
+//!   thin wrapper around it.
+//! - [`Concord::new`] + [`router`] give an [`axum::Router`] to mount inside another axum app
+//!   (see `examples/embed.rs`); call [`Concord::closed`] after shutdown to wait for every
+//!   connection to close and every update to be stored.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), concord_server::ServerError> {
+//! use tokio_util::sync::CancellationToken;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:1234").await?;
+//! let shutdown = CancellationToken::new();
+//! concord_server::run(listener, concord_server::Config::default(), shutdown).await
+//! # }
+//! ```
 
+mod config;
+mod persist;
+mod rooms;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use concord_core::{DocName, MemoryStore, Store};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use concord_core;
+pub use config::Config;
+
+use persist::Persister;
+use rooms::{QueueLimits, Rooms, RoomsConfig};
+
+/// Errors of the server layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listener failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A running Concord instance: rooms, the persistence worker and the tasks serving connections.
+/// Cheap to clone; every clone is the same instance.
+#[derive(Clone)]
+pub struct Concord {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    rooms: Arc<Rooms>,
+    persister: Persister,
+    tracker: TaskTracker,
+    /// Cancelled by the embedder: stop accepting, close connections with 1001.
+    shutdown: CancellationToken,
+    /// Cancelled once connections are closed: the persistence worker drains and stops.
+    stop_persist: CancellationToken,
+    persist_worker: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Concord {
+    /// Starts an instance over `store`. Spawns the persistence worker and the awareness sweeper,
+    /// so it must be called within a Tokio runtime. Cancelling `shutdown` closes every
+    /// connection with 1001 and refuses new ones.
+    pub fn new(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        let tracker = TaskTracker::new();
+        let stop_persist = CancellationToken::new();
+        let (persister, worker) = Persister::start(
+            store.clone(),
+            config.persist_queue,
+            config.persist_batch,
+            stop_persist.clone(),
+        );
+        let rooms = Arc::new(Rooms::new(
+            store,
+            persister.clone(),
+            RoomsConfig {
+                idle_timeout: config.room_idle_timeout,
+                queue: QueueLimits {
+                    max_bytes: config.outbound_queue_bytes,
+                },
+                clock: config.clock.clone(),
+            },
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(sweep_awareness(
+            rooms.clone(),
+            config.awareness_sweep_interval,
+            config.awareness_timeout,
+            shutdown.clone(),
+        ));
+        Concord {
+            inner: Arc::new(Inner {
+                config,
+                rooms,
+                persister,
+                tracker,
+                shutdown,
+                stop_persist,
+                persist_worker: std::sync::Mutex::new(Some(worker)),
+            }),
+        }
+    }
+
+    /// The configuration this instance runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Whether the document `name` is currently loaded in memory.
+    pub fn is_loaded(&self, name: &DocName) -> bool {
+        self.inner.rooms.is_loaded(name)
+    }
+
+    /// How many connections the document `name` has (0 when it is not loaded).
+    pub fn connection_count(&self, name: &DocName) -> usize {
+        self.inner
+            .rooms
+            .get(name)
+            .map_or(0, |room| room.connection_count())
+    }
+
+    /// Waits, after the shutdown token was cancelled, until every connection has closed (or
+    /// [`Config::shutdown_grace`] passed) and every update has been written to the store.
+    pub async fn closed(&self) {
+        let inner = &self.inner;
+        inner.shutdown.cancelled().await;
+        inner.tracker.close();
+        if tokio::time::timeout(inner.config.shutdown_grace, inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the shutdown grace period");
+        }
+        inner.stop_persist.cancel();
+        let worker = inner
+            .persist_worker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(worker) = worker {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "persistence worker failed");
+            }
+        }
+    }
+}
+
+/// The routes serving documents: `GET /{*name}` upgrades to a WebSocket connection to the
+/// document `name` (the whole path, percent-decoded, slashes allowed; the query string is not
+/// part of the name). Mount it with `Router::nest("/prefix", router(&concord))` to serve
+/// documents under a prefix.
+pub fn router(concord: &Concord) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { (StatusCode::BAD_REQUEST, "document name is empty") }),
+        )
+        .route("/{*doc}", get(ws::upgrade))
+        .with_state(concord.clone())
+}
+
+/// Serves Concord on `listener` until `shutdown` is cancelled, then closes connections with
+/// 1001, stores what is pending and returns. Documents live in memory ([`MemoryStore`]).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let prefix = normalize_prefix(&config.path_prefix)?;
+    let concord = Concord::new(config, Arc::new(MemoryStore::new()), shutdown.clone());
+    let app = match prefix {
+        Some(prefix) => Router::new().nest(&prefix, router(&concord)),
+        None => router(&concord),
+    };
+    tracing::info!(address = %listener.local_addr()?, "concord listening");
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Nagle's algorithm plus delayed ACKs adds tens of milliseconds to small frames.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let result = serve.await;
+    concord.closed().await;
+    result.map_err(ServerError::Io)
+}
+
+/// `""` and `"/"` mean no prefix; otherwise the prefix must start with `/` and is used without a
+/// trailing `/`.
+fn normalize_prefix(prefix: &str) -> Result<Option<String>, ServerError> {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if !trimmed.starts_with('/') {
+        return Err(ServerError::Config(format!(
+            "path prefix {prefix:?} must start with '/'"
+        )));
+    }
+    Ok(Some(trimmed.to_owned()))
+}
+
+async fn sweep_awareness(
+    rooms: Arc<Rooms>,
+    every: std::time::Duration,
+    timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for room in rooms.loaded() {
+            room.expire_awareness(timeout);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_normalized() {
+        assert_eq!(normalize_prefix("").unwrap(), None);
+        assert_eq!(normalize_prefix("/").unwrap(), None);
+        assert_eq!(normalize_prefix("/collab/").unwrap().as_deref(), Some("/collab"));
+        assert!(normalize_prefix("collab").is_err());
+    }
+}

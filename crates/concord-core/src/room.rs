@@ -1,0 +1,685 @@
+//! One document's sync engine: a `yrs` document, its awareness, and the connections editing it.
+//!
+//! A [`Room`] is sans-IO. Inbound frames are validated and decoded by [`decode_frame`] (without
+//! touching the room, so the caller can do it outside any lock), then handed to
+//! [`Room::receive`], which applies them and returns [`Effects`]: the frames to send to whom and
+//! the document changes to persist. The caller owns sockets, queues and storage.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use yrs::encoding::read::Cursor;
+use yrs::sync::protocol::MessageReader;
+use yrs::sync::time::Clock;
+use yrs::sync::{Awareness, AwarenessUpdate, DefaultProtocol, Message, Protocol, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::validate::{InvalidMessage, validate_frame, validate_update_v1};
+
+/// Identifies one connection (or other subscriber) within a server process.
+pub type ConnId = u64;
+
+/// What a connection may do to a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read the document and awareness, send updates and awareness.
+    ReadWrite,
+    /// Read the document and awareness and send awareness; document updates are refused.
+    ReadOnly,
+}
+
+/// The reason sent (once) to a read-only connection that tries to write.
+pub const READ_ONLY_REASON: &str = "read-only access: document updates are not accepted";
+
+/// A message from a client, validated and decoded, ready for [`Room::receive`].
+#[derive(Debug)]
+pub enum Inbound {
+    /// SyncStep1: the client's state vector; answered with the updates it is missing.
+    SyncStep1(StateVector),
+    /// SyncStep2 or Update: changes to apply to the document.
+    Update(Update),
+    /// An awareness update (presence, cursors).
+    Awareness(AwarenessUpdate),
+    /// A request for every current awareness state.
+    QueryAwareness,
+    /// An auth message; clients have nothing to say to the server with it, so it is ignored.
+    Auth,
+}
+
+/// Why an inbound frame was refused before it reached any document.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame failed structural validation.
+    #[error(transparent)]
+    Invalid(#[from] InvalidMessage),
+    /// The frame passed validation but yrs could not decode it.
+    #[error("undecodable message: {0}")]
+    Decode(String),
+}
+
+impl ProtocolError {
+    /// True when the frame was well-formed but of a kind Concord does not speak.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, ProtocolError::Invalid(e) if e.is_unsupported())
+    }
+}
+
+/// Validates a binary frame of one or more y-protocols messages and decodes it.
+///
+/// Validation runs first so that no length or count read from the wire reaches a yrs decoder
+/// unchecked (yrs pre-allocates from them). Nothing is applied anywhere.
+pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
+    validate_frame(frame)?;
+    let mut decoder = DecoderV1::new(Cursor::new(frame));
+    let mut inbound = Vec::new();
+    for message in MessageReader::new(&mut decoder) {
+        let message = message.map_err(|e| ProtocolError::Decode(e.to_string()))?;
+        inbound.push(match message {
+            Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::SyncStep1(sv),
+            Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
+                Inbound::Update(decode_update(&update)?)
+            }
+            Message::Awareness(update) => Inbound::Awareness(update),
+            Message::AwarenessQuery => Inbound::QueryAwareness,
+            Message::Auth(_) => Inbound::Auth,
+            Message::Custom(tag, _) => {
+                return Err(InvalidMessage::UnknownMessageType(tag.into()).into());
+            }
+        });
+    }
+    Ok(inbound)
+}
+
+fn decode_update(update: &[u8]) -> Result<Update, ProtocolError> {
+    Update::decode_v1(update).map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
+/// Who a frame in [`Effects`] goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipients {
+    /// Only the connection whose input caused it.
+    Sender,
+    /// Every connection of the room except the sender.
+    Others,
+    /// Every connection of the room, the sender included.
+    Everyone,
+}
+
+/// One outbound frame (a single y-protocols message: y-websocket clients read one per frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Who receives it.
+    pub to: Recipients,
+    /// The encoded message, shared by every recipient.
+    pub frame: Bytes,
+}
+
+/// What the caller must do after the room handled an input.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Frames to deliver, in order.
+    pub send: Vec<Outgoing>,
+    /// Document changes (Yjs v1 updates) to persist, in order. Each is exactly what changed in
+    /// the document, so a no-op update persists nothing.
+    pub persist: Vec<Vec<u8>>,
+    /// Set when the input could not be handled completely; the caller should close the sender's
+    /// connection. Effects listed above still happened and must still be delivered.
+    pub fault: Option<RoomFault>,
+}
+
+impl Effects {
+    fn push(&mut self, to: Recipients, message: &Message) {
+        self.send.push(Outgoing {
+            to,
+            frame: Bytes::from(message.encode_v1()),
+        });
+    }
+}
+
+/// Why a room could not handle an input completely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomFault {
+    /// yrs refused the update while integrating it (e.g. an item whose parent is not a type).
+    #[error("update rejected: {0}")]
+    UpdateRejected(String),
+    /// yrs panicked; the document may be inconsistent and the room must be discarded and
+    /// reloaded from storage.
+    #[error("internal error while applying an update; the document will be reloaded")]
+    Poisoned,
+}
+
+#[derive(Debug)]
+struct Conn {
+    access: Access,
+    /// Awareness client ids this connection set a state for, removed when it leaves.
+    clients: HashSet<ClientID>,
+    /// Whether this read-only connection was already told that its updates are refused.
+    told_read_only: bool,
+}
+
+/// Adapts a shared clock to the `Clock` type yrs's `Awareness` stores.
+struct SharedClock(Arc<dyn Clock>);
+
+impl Clock for SharedClock {
+    fn now(&self) -> yrs::sync::time::Timestamp {
+        self.0.now()
+    }
+}
+
+/// The sync engine of one document. See the module documentation.
+pub struct Room {
+    awareness: Awareness,
+    clock: Arc<dyn Clock>,
+    /// Changes committed by the last transactions, filled by the document's update observer.
+    deltas: Arc<Mutex<Vec<Vec<u8>>>>,
+    conns: HashMap<ConnId, Conn>,
+    /// Which connection owns each awareness client id (the last one to send a state for it), so a
+    /// client that reconnects before its old connection is noticed dead keeps its state.
+    owners: HashMap<ClientID, ConnId>,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("connections", &self.conns.len())
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Room {
+    /// An empty room. `clock` (milliseconds) timestamps awareness states for expiry.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let doc = Doc::new();
+        let deltas: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let sink = deltas.clone();
+        // A fresh document has no transaction open, so subscribing cannot fail.
+        doc.observe_update_v1("concord-room", move |_, event| {
+            lock(&sink).push(event.update.clone());
+        })
+        .expect("a new document has no open transaction");
+        Room {
+            awareness: Awareness::with_clock(doc, SharedClock(clock.clone())),
+            clock,
+            deltas,
+            conns: HashMap::new(),
+            owners: HashMap::new(),
+            poisoned: false,
+        }
+    }
+
+    /// Applies a stored update while loading the room. Nothing is broadcast or persisted.
+    pub fn restore(&mut self, update: &[u8]) -> Result<(), ProtocolError> {
+        validate_update_v1(update)?;
+        let update = decode_update(update)?;
+        let result = self.apply(update);
+        lock(&self.deltas).clear();
+        match result {
+            Ok(()) => Ok(()),
+            Err(fault) => Err(ProtocolError::Decode(fault.to_string())),
+        }
+    }
+
+    /// The document.
+    pub fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    /// The awareness states of the room.
+    pub fn awareness(&self) -> &Awareness {
+        &self.awareness
+    }
+
+    /// Number of connections in the room.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// True once yrs panicked inside this room: discard it and reload from storage.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// The whole document as one Yjs v1 update.
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// Adds a connection and returns the frames it must receive first: SyncStep1 with the
+    /// room's state vector, then the current awareness states if there are any (as the
+    /// reference y-websocket server does).
+    pub fn join(&mut self, conn: ConnId, access: Access) -> Vec<Bytes> {
+        self.conns.insert(
+            conn,
+            Conn {
+                access,
+                clients: HashSet::new(),
+                told_read_only: false,
+            },
+        );
+        let sv = self.doc().transact().state_vector();
+        let mut frames = vec![Bytes::from(
+            Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1(),
+        )];
+        if let Ok(update) = self.awareness.update() {
+            if !update.clients.is_empty() {
+                frames.push(Bytes::from(Message::Awareness(update).encode_v1()));
+            }
+        }
+        frames
+    }
+
+    /// Handles decoded messages from `conn`. Unknown connections are treated as read-only.
+    pub fn receive(&mut self, conn: ConnId, inbound: Vec<Inbound>) -> Effects {
+        let mut effects = Effects::default();
+        for message in inbound {
+            if self.poisoned {
+                effects.fault = Some(RoomFault::Poisoned);
+                break;
+            }
+            match message {
+                Inbound::SyncStep1(sv) => {
+                    if let Ok(Some(reply)) =
+                        DefaultProtocol.handle_sync_step1(&mut self.awareness, sv)
+                    {
+                        effects.push(Recipients::Sender, &reply);
+                    }
+                }
+                Inbound::Update(update) => {
+                    let access = self.conns.get(&conn).map_or(Access::ReadOnly, |c| c.access);
+                    if access == Access::ReadOnly {
+                        self.refuse_write(conn, &mut effects);
+                        continue;
+                    }
+                    let result = self.apply(update);
+                    for delta in lock(&self.deltas).drain(..) {
+                        effects.push(
+                            Recipients::Others,
+                            &Message::Sync(SyncMessage::Update(delta.clone())),
+                        );
+                        effects.persist.push(delta);
+                    }
+                    if let Err(fault) = result {
+                        effects.fault = Some(fault);
+                        break;
+                    }
+                }
+                Inbound::Awareness(update) => self.receive_awareness(conn, update, &mut effects),
+                Inbound::QueryAwareness => {
+                    if let Ok(update) = self.awareness.update() {
+                        effects.push(Recipients::Sender, &Message::Awareness(update));
+                    }
+                }
+                Inbound::Auth => {}
+            }
+        }
+        effects
+    }
+
+    /// Removes a connection and broadcasts the removal of the awareness states it owned.
+    /// Removing an unknown connection does nothing.
+    pub fn leave(&mut self, conn: ConnId) -> Effects {
+        let mut effects = Effects::default();
+        let Some(state) = self.conns.remove(&conn) else {
+            return effects;
+        };
+        let mut removed = Vec::new();
+        for client in state.clients {
+            if self.owners.get(&client) == Some(&conn) {
+                self.owners.remove(&client);
+                if self.has_state(client) {
+                    self.awareness.remove_state(client);
+                    removed.push(client);
+                }
+            }
+        }
+        self.broadcast_awareness(removed, Recipients::Others, &mut effects);
+        effects
+    }
+
+    /// Removes awareness states not renewed within `timeout` and broadcasts their removal to
+    /// everyone. JS clients renew every 15 s and consider 30 s stale.
+    pub fn expire_awareness(&mut self, timeout: Duration) -> Effects {
+        let now = self.clock.now();
+        let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let expired: Vec<ClientID> = self
+            .awareness
+            .iter()
+            .filter(|(_, state)| {
+                state.data.is_some() && now.saturating_sub(state.last_updated) >= timeout
+            })
+            .map(|(client, _)| client)
+            .collect();
+        for &client in &expired {
+            self.awareness.remove_state(client);
+            if let Some(&owner) = self.owners.get(&client) {
+                self.disown(client, owner);
+            }
+        }
+        let mut effects = Effects::default();
+        self.broadcast_awareness(expired, Recipients::Everyone, &mut effects);
+        effects
+    }
+
+    fn has_state(&self, client: ClientID) -> bool {
+        self.awareness
+            .update_with_clients([client])
+            .is_ok_and(|u| u.clients.values().any(|e| &*e.json != "null"))
+    }
+
+    fn refuse_write(&mut self, conn: ConnId, effects: &mut Effects) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            if !state.told_read_only {
+                state.told_read_only = true;
+                effects.push(
+                    Recipients::Sender,
+                    &Message::Auth(Some(READ_ONLY_REASON.to_owned())),
+                );
+            }
+        }
+    }
+
+    fn receive_awareness(&mut self, conn: ConnId, update: AwarenessUpdate, effects: &mut Effects) {
+        if self.conns.contains_key(&conn) {
+            for (&client, entry) in &update.clients {
+                if &*entry.json == "null" {
+                    self.disown(client, conn);
+                } else {
+                    if let Some(previous) = self.owners.insert(client, conn) {
+                        if previous != conn {
+                            if let Some(other) = self.conns.get_mut(&previous) {
+                                other.clients.remove(&client);
+                            }
+                        }
+                    }
+                    if let Some(state) = self.conns.get_mut(&conn) {
+                        state.clients.insert(client);
+                    }
+                }
+            }
+        }
+        if let Ok(Some(summary)) = self.awareness.apply_update_summary(update) {
+            // Relayed to the sender too, as the reference server does: a lone idle client's
+            // own renewals are what keep its 30 s no-message timeout from firing.
+            self.broadcast_awareness(summary.all_changes(), Recipients::Everyone, effects);
+        }
+    }
+
+    /// Forgets that `conn` owns the awareness state of `client`.
+    fn disown(&mut self, client: ClientID, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.clients.remove(&client);
+        }
+        if self.owners.get(&client) == Some(&conn) {
+            self.owners.remove(&client);
+        }
+    }
+
+    fn broadcast_awareness(&self, clients: Vec<ClientID>, to: Recipients, effects: &mut Effects) {
+        if clients.is_empty() {
+            return;
+        }
+        if let Ok(update) = self.awareness.update_with_clients(clients) {
+            effects.push(to, &Message::Awareness(update));
+        }
+    }
+
+    /// Applies one update in its own transaction; a panic inside yrs poisons the room.
+    fn apply(&mut self, update: Update) -> Result<(), RoomFault> {
+        let doc = self.awareness.doc();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update)
+        }));
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RoomFault::UpdateRejected(e.to_string())),
+            Err(_) => {
+                self.poisoned = true;
+                Err(RoomFault::Poisoned)
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The delta buffer is a plain Vec pushed to and drained whole: a panic elsewhere cannot leave
+    // it inconsistent, so poisoning carries no information here.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    use yrs::{GetString, Text};
+
+    #[derive(Default)]
+    struct ManualClock(AtomicU64);
+
+    impl Clock for ManualClock {
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn room() -> (Room, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        (Room::new(clock.clone()), clock)
+    }
+
+    fn decode(frame: &[u8]) -> Message {
+        Message::decode_v1(frame).expect("server frames decode")
+    }
+
+    fn text_update(content: &str) -> Vec<u8> {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, content);
+        txn.encode_update_v1()
+    }
+
+    fn update_frame(update: Vec<u8>) -> Vec<u8> {
+        Message::Sync(SyncMessage::Update(update)).encode_v1()
+    }
+
+    fn awareness_frame(client: u64, clock: u32, json: &str) -> Vec<u8> {
+        let mut clients = HashMap::new();
+        clients.insert(
+            ClientID::new(client),
+            AwarenessUpdateEntry {
+                clock,
+                json: json.into(),
+            },
+        );
+        Message::Awareness(AwarenessUpdate { clients }).encode_v1()
+    }
+
+    fn text_of(room: &Room) -> String {
+        let text = room.doc().get_or_insert_text("t");
+        text.get_string(&room.doc().transact())
+    }
+
+    fn states(room: &Room) -> Vec<u64> {
+        let mut ids: Vec<u64> = room
+            .awareness()
+            .iter()
+            .filter(|(_, s)| s.data.is_some())
+            .map(|(id, _)| id.get())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn join_sends_step1_then_awareness_only_when_present() {
+        let (mut room, _) = room();
+        let frames = room.join(1, Access::ReadWrite);
+        assert_eq!(frames.len(), 1);
+        assert!(matches!(
+            decode(&frames[0]),
+            Message::Sync(SyncMessage::SyncStep1(_))
+        ));
+        room.receive(1, decode_frame(&awareness_frame(7, 1, "{}")).unwrap());
+        let frames = room.join(2, Access::ReadWrite);
+        assert_eq!(frames.len(), 2);
+        assert!(matches!(decode(&frames[1]), Message::Awareness(u) if u.clients.len() == 1));
+    }
+
+    #[test]
+    fn step1_is_answered_with_the_missing_state() {
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        room.receive(1, decode_frame(&update_frame(text_update("hello"))).unwrap());
+        let step1 = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
+        let effects = room.receive(1, decode_frame(&step1).unwrap());
+        assert_eq!(effects.send.len(), 1);
+        assert_eq!(effects.send[0].to, Recipients::Sender);
+        let Message::Sync(SyncMessage::SyncStep2(update)) = decode(&effects.send[0].frame) else {
+            panic!("expected step 2");
+        };
+        let doc = Doc::new();
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(&update).unwrap())
+            .unwrap();
+        let text = doc.get_or_insert_text("t");
+        assert_eq!(text.get_string(&doc.transact()), "hello");
+    }
+
+    #[test]
+    fn updates_are_relayed_to_others_and_persisted_once() {
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let update = text_update("hi");
+        let effects = room.receive(1, decode_frame(&update_frame(update.clone())).unwrap());
+        assert_eq!(effects.send.len(), 1);
+        assert_eq!(effects.send[0].to, Recipients::Others);
+        assert_eq!(effects.persist.len(), 1);
+        assert!(effects.fault.is_none());
+        assert_eq!(text_of(&room), "hi");
+        // The same update again changes nothing: nothing to relay or persist.
+        let effects = room.receive(2, decode_frame(&update_frame(update)).unwrap());
+        assert!(effects.send.is_empty() && effects.persist.is_empty());
+    }
+
+    #[test]
+    fn several_messages_in_one_frame_are_all_handled() {
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        let mut frame = update_frame(text_update("a"));
+        frame.extend(awareness_frame(5, 1, r#"{"user":"x"}"#));
+        frame.extend(Message::AwarenessQuery.encode_v1());
+        let effects = room.receive(1, decode_frame(&frame).unwrap());
+        let targets: Vec<_> = effects.send.iter().map(|o| o.to).collect();
+        assert_eq!(
+            targets,
+            [Recipients::Others, Recipients::Everyone, Recipients::Sender]
+        );
+        assert_eq!(text_of(&room), "a");
+        assert_eq!(states(&room), [5]);
+    }
+
+    #[test]
+    fn read_only_connections_are_refused_once_and_change_nothing() {
+        let (mut room, _) = room();
+        room.join(1, Access::ReadOnly);
+        let frame = update_frame(text_update("nope"));
+        let effects = room.receive(1, decode_frame(&frame).unwrap());
+        assert!(effects.persist.is_empty());
+        assert_eq!(effects.send.len(), 1);
+        assert_eq!(
+            decode(&effects.send[0].frame),
+            Message::Auth(Some(READ_ONLY_REASON.into()))
+        );
+        let effects = room.receive(1, decode_frame(&frame).unwrap());
+        assert!(effects.send.is_empty());
+        assert_eq!(text_of(&room), "");
+        // Their awareness is still relayed.
+        let effects = room.receive(1, decode_frame(&awareness_frame(9, 1, "{}")).unwrap());
+        assert_eq!(effects.send.len(), 1);
+    }
+
+    #[test]
+    fn leaving_removes_owned_awareness_states() {
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        room.receive(1, decode_frame(&awareness_frame(10, 1, r#"{"a":1}"#)).unwrap());
+        room.receive(2, decode_frame(&awareness_frame(20, 1, r#"{"b":2}"#)).unwrap());
+        assert_eq!(states(&room), [10, 20]);
+        let effects = room.leave(1);
+        assert_eq!(states(&room), [20]);
+        assert_eq!(effects.send.len(), 1);
+        assert_eq!(effects.send[0].to, Recipients::Others);
+        let Message::Awareness(update) = decode(&effects.send[0].frame) else {
+            panic!("expected awareness");
+        };
+        assert_eq!(&*update.clients[&ClientID::new(10)].json, "null");
+        assert!(room.leave(1).send.is_empty(), "leaving twice is harmless");
+    }
+
+    #[test]
+    fn a_client_that_reconnected_keeps_its_state_when_the_old_connection_closes() {
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        room.receive(1, decode_frame(&awareness_frame(10, 1, "{}")).unwrap());
+        room.join(2, Access::ReadWrite);
+        room.receive(2, decode_frame(&awareness_frame(10, 2, "{}")).unwrap());
+        assert!(room.leave(1).send.is_empty());
+        assert_eq!(states(&room), [10]);
+        room.leave(2);
+        assert!(states(&room).is_empty());
+    }
+
+    #[test]
+    fn stale_awareness_expires_after_the_timeout() {
+        let (mut room, clock) = room();
+        room.join(1, Access::ReadWrite);
+        room.receive(1, decode_frame(&awareness_frame(10, 1, "{}")).unwrap());
+        clock.0.store(10_000, Ordering::SeqCst);
+        room.receive(1, decode_frame(&awareness_frame(11, 1, "{}")).unwrap());
+        let timeout = Duration::from_secs(30);
+        clock.0.store(29_999, Ordering::SeqCst);
+        assert!(room.expire_awareness(timeout).send.is_empty());
+        clock.0.store(30_000, Ordering::SeqCst);
+        let effects = room.expire_awareness(timeout);
+        assert_eq!(states(&room), [11]);
+        assert_eq!(effects.send.len(), 1);
+        assert_eq!(effects.send[0].to, Recipients::Everyone);
+        // A renewal keeps a state alive.
+        room.receive(1, decode_frame(&awareness_frame(11, 2, "{}")).unwrap());
+        clock.0.store(45_000, Ordering::SeqCst);
+        assert!(room.expire_awareness(timeout).send.is_empty());
+        assert_eq!(states(&room), [11]);
+    }
+
+    #[test]
+    fn restore_rebuilds_the_document_without_effects() {
+        let (mut room, _) = room();
+        room.restore(&text_update("stored")).unwrap();
+        assert_eq!(text_of(&room), "stored");
+        assert!(room.restore(&[0xff, 0xff]).is_err());
+        room.join(1, Access::ReadWrite);
+        let effects = room.receive(1, decode_frame(&update_frame(text_update("x"))).unwrap());
+        assert_eq!(effects.persist.len(), 1, "restored changes are not re-persisted");
+    }
+
+    #[test]
+    fn invalid_frames_are_refused_before_decoding() {
+        assert!(decode_frame(&[]).is_err());
+        assert!(decode_frame(&[0, 2, 4, 255, 255, 255, 122]).is_err());
+        let unknown = decode_frame(&[42, 0]).unwrap_err();
+        assert!(unknown.is_unsupported());
+    }
+}

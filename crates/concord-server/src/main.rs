@@ -1,0 +1,144 @@
+//! The `concord-server` binary: parses flags and environment into a [`Config`], sets up logging
+//! and signal handling, and calls [`concord_server::run`].
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use concord_server::Config;
+use tokio_util::sync::CancellationToken;
+
+/// A Yjs-compatible real-time document sync server.
+///
+/// Yjs clients connect to ws://HOST:PORT/<document name> (for example with y-websocket's
+/// WebsocketProvider). Logging is configured with RUST_LOG (default: info).
+#[derive(Debug, Parser)]
+#[command(name = "concord-server", version)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "CONCORD_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one; the chosen address is printed on stdout).
+    #[arg(long, env = "CONCORD_PORT", default_value_t = 1234)]
+    port: u16,
+    /// Serve documents under this path prefix, e.g. /collab.
+    #[arg(long, env = "CONCORD_PATH_PREFIX", default_value = "")]
+    path_prefix: String,
+    /// Largest inbound WebSocket message in bytes; bigger ones close the connection with 1009.
+    #[arg(long, env = "CONCORD_MAX_MESSAGE_SIZE", default_value_t = Config::default().max_message_size)]
+    max_message_size: usize,
+    /// Most frames queued for one connection; a connection that falls further behind is closed
+    /// with 1013 and resyncs when it reconnects.
+    #[arg(long, env = "CONCORD_OUTBOUND_QUEUE_FRAMES", default_value_t = Config::default().outbound_queue_frames)]
+    outbound_queue_frames: usize,
+    /// Most bytes queued for one connection (same policy as --outbound-queue-frames).
+    #[arg(long, env = "CONCORD_OUTBOUND_QUEUE_BYTES", default_value_t = Config::default().outbound_queue_bytes)]
+    outbound_queue_bytes: usize,
+    /// WebSocket ping interval; peers silent for three intervals are dropped.
+    #[arg(long, env = "CONCORD_KEEPALIVE_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    keepalive_interval: Duration,
+    /// Awareness states (presence, cursors) not renewed for this long are removed.
+    #[arg(long, env = "CONCORD_AWARENESS_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    awareness_timeout: Duration,
+    /// How often rooms are checked for expired awareness states.
+    #[arg(long, env = "CONCORD_AWARENESS_SWEEP_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    awareness_sweep_interval: Duration,
+    /// How long a document stays in memory after its last connection leaves.
+    #[arg(long, env = "CONCORD_ROOM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    room_idle_timeout: Duration,
+    /// Most document updates waiting to be stored; producers wait when it is full.
+    #[arg(long, env = "CONCORD_PERSIST_QUEUE", default_value_t = Config::default().persist_queue)]
+    persist_queue: usize,
+    /// Most updates written to the store in one batch.
+    #[arg(long, env = "CONCORD_PERSIST_BATCH", default_value_t = Config::default().persist_batch)]
+    persist_batch: usize,
+    /// How long shutdown waits for connections to close.
+    #[arg(long, env = "CONCORD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+impl Cli {
+    fn config(self) -> Config {
+        Config {
+            path_prefix: self.path_prefix,
+            max_message_size: self.max_message_size,
+            outbound_queue_frames: self.outbound_queue_frames,
+            outbound_queue_bytes: self.outbound_queue_bytes,
+            keepalive_interval: self.keepalive_interval,
+            awareness_timeout: self.awareness_timeout,
+            awareness_sweep_interval: self.awareness_sweep_interval,
+            room_idle_timeout: self.room_idle_timeout,
+            persist_queue: self.persist_queue,
+            persist_batch: self.persist_batch,
+            shutdown_grace: self.shutdown_grace,
+            ..Config::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let host = cli.host.clone();
+    let address: SocketAddr = tokio::net::lookup_host((host.as_str(), cli.port))
+        .await
+        .with_context(|| format!("cannot resolve --host {host}"))?
+        .next()
+        .with_context(|| format!("--host {host} resolves to no address"))?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    // Scripts and tests read this line to learn the port when --port 0 was given.
+    println!("listening on {}", listener.local_addr()?);
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    concord_server::run(listener, cli.config(), shutdown)
+        .await
+        .context("server failed")?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    for round in 0..2 {
+        if let Err(e) = next_signal().await {
+            tracing::error!(error = %e, "cannot listen for signals");
+            return;
+        }
+        if round == 0 {
+            tracing::info!("shutting down: closing connections and storing pending updates");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting without waiting");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn next_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

@@ -1,0 +1,357 @@
+//! The WebSocket edge: turns an HTTP upgrade into a connection of a room, reads frames into the
+//! engine and writes the room's frames out, with keepalive, backpressure and close codes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use concord_core::{Access, ConnId, DocName, RoomFault, decode_frame};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::Concord;
+use crate::rooms::{Closer, LiveRoom, Peer, close_code};
+
+/// An awareness message with no entries: `[messageAwareness, length 1, count 0]`. Clients apply
+/// it as a no-op, but it counts as a received message for their 30 s reconnect timer.
+const EMPTY_AWARENESS: &[u8] = &[1, 1, 0];
+
+/// How long a close frame may take to go out before the connection is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Extracts the document name from a request path: the whole path after the leading `/`,
+/// percent-decoded. The query string is not part of the name.
+pub(crate) fn doc_name_from_path(path: &str) -> Result<DocName, String> {
+    let raw = path.strip_prefix('/').unwrap_or(path);
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| "document name is not valid UTF-8 once percent-decoded".to_owned())?;
+    DocName::new(&decoded).map_err(|e| e.to_string())
+}
+
+/// `GET /{*doc}`: upgrades to a WebSocket connection to the document named by the path.
+pub(crate) async fn upgrade(
+    State(concord): State<Concord>,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let name = match doc_name_from_path(uri.path()) {
+        Ok(name) => name,
+        Err(reason) => {
+            tracing::info!(path = uri.path(), %reason, "refused connection: bad document name");
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if concord.inner.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
+    }
+    let config = &concord.inner.config;
+    let max = config.max_message_size;
+    let tracker = concord.inner.tracker.clone();
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_mul(2).max(1 << 20))
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            tracker.track_future(serve(concord, name, Access::ReadWrite, socket))
+        })
+}
+
+/// Runs one connection from join to leave.
+async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocket) {
+    let conn = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, stream) = socket.split();
+    let inner = &concord.inner;
+    let opened = tokio::select! {
+        opened = inner.rooms.open(&name) => opened,
+        _ = inner.shutdown.cancelled() => {
+            close(&mut sink, close_code::GOING_AWAY, "server shutting down").await;
+            return;
+        }
+    };
+    let guard = match opened {
+        Ok(guard) => guard,
+        Err(e) => {
+            tracing::error!(doc = %name, error = %e, "could not open document");
+            close(&mut sink, close_code::INTERNAL_ERROR, "could not load the document").await;
+            return;
+        }
+    };
+    let room = guard.room().clone();
+    let config = &inner.config;
+    let (tx, rx) = mpsc::channel(config.outbound_queue_frames.max(2));
+    let closer = Closer::default();
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let last_seen = LastSeen::new();
+    room.join(
+        conn,
+        access,
+        Peer {
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            closer: closer.clone(),
+        },
+    );
+    tracing::debug!(doc = %name, conn, "connected");
+
+    let reader = read_loop(&concord, &room, conn, stream, &closer, &last_seen);
+    let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
+    tokio::join!(reader, writer);
+
+    room.leave(conn);
+    if room.is_poisoned() {
+        inner.rooms.discard(&room);
+    }
+    drop(guard);
+    tracing::debug!(doc = %name, conn, "disconnected");
+}
+
+async fn read_loop(
+    concord: &Concord,
+    room: &Arc<LiveRoom>,
+    conn: ConnId,
+    mut stream: SplitStream<WebSocket>,
+    closer: &Closer,
+    last_seen: &LastSeen,
+) {
+    let name = room.name();
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = closer.closed() => return,
+            message = stream.next() => message,
+        };
+        last_seen.touch();
+        let data = match message {
+            Some(Ok(WsMessage::Binary(data))) => data,
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Text(_))) => {
+                tracing::info!(doc = %name, conn, "closing: text frame");
+                closer.close(
+                    close_code::UNSUPPORTED,
+                    "text frames are not supported: send binary y-protocols messages",
+                );
+                return;
+            }
+            Some(Ok(WsMessage::Close(_))) | None => {
+                closer.close_silently();
+                return;
+            }
+            Some(Err(e)) => {
+                if is_too_big(e) {
+                    let limit = concord.inner.config.max_message_size;
+                    tracing::info!(doc = %name, conn, limit, "closing: message too big");
+                    closer.close(
+                        close_code::TOO_BIG,
+                        format!("message too big: the limit is {limit} bytes"),
+                    );
+                } else {
+                    closer.close_silently();
+                }
+                return;
+            }
+        };
+        let inbound = match decode_frame(&data) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                tracing::warn!(doc = %name, conn, error = %e, "closing: malformed message");
+                let code = if e.is_unsupported() {
+                    close_code::UNSUPPORTED
+                } else {
+                    close_code::INVALID_PAYLOAD
+                };
+                closer.close(code, truncate_reason(&format!("malformed message: {e}")));
+                return;
+            }
+        };
+        let (persist, fault) = room.receive(conn, inbound);
+        if !persist.is_empty() {
+            concord.inner.persister.persist(name, persist).await;
+        }
+        match fault {
+            None => {}
+            Some(RoomFault::Poisoned) => {
+                tracing::error!(doc = %name, conn, "yrs panicked applying an update; room discarded");
+                concord.inner.rooms.discard(room);
+                return;
+            }
+            Some(fault @ RoomFault::UpdateRejected(_)) => {
+                tracing::warn!(doc = %name, conn, error = %fault, "closing: update rejected");
+                closer.close(
+                    close_code::INVALID_PAYLOAD,
+                    truncate_reason(&fault.to_string()),
+                );
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    concord: &Concord,
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<Bytes>,
+    closer: &Closer,
+    queued_bytes: &AtomicUsize,
+    last_seen: &LastSeen,
+) {
+    let inner = &concord.inner;
+    let interval = inner.config.keepalive_interval;
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent_since_tick = false;
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = closer.closed() => break,
+            _ = inner.shutdown.cancelled() => {
+                closer.close(close_code::GOING_AWAY, "server shutting down");
+                break;
+            }
+            frame = rx.recv() => match frame {
+                Some(frame) => {
+                    queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                    sent_since_tick = true;
+                    WsMessage::Binary(frame)
+                }
+                None => break,
+            },
+            _ = ticker.tick() => {
+                if last_seen.elapsed() > interval * 3 {
+                    tracing::info!("closing: peer silent for three keepalive intervals");
+                    closer.close_silently();
+                    break;
+                }
+                if !send(&mut sink, WsMessage::Ping(Bytes::new()), closer).await {
+                    return;
+                }
+                if sent_since_tick {
+                    sent_since_tick = false;
+                    continue;
+                }
+                WsMessage::Binary(Bytes::from_static(EMPTY_AWARENESS))
+            }
+        };
+        if !send(&mut sink, message, closer).await {
+            return;
+        }
+    }
+    if let Some((code, reason)) = closer.frame() {
+        close(&mut sink, code, &reason).await;
+    }
+}
+
+/// Sends one message unless the connection is asked to close meanwhile. Returns false when the
+/// connection is finished (the peer is gone, or closing was requested mid-send: a socket
+/// whose send blocks cannot take a close frame either).
+async fn send(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    message: WsMessage,
+    closer: &Closer,
+) -> bool {
+    tokio::select! {
+        result = sink.send(message) => {
+            if result.is_err() {
+                closer.close_silently();
+                return false;
+            }
+            true
+        }
+        _ = closer.closed() => false,
+    }
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, WsMessage>, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// Close reasons must fit in a control frame: 123 bytes of UTF-8.
+fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+fn is_too_big(error: axum::Error) -> bool {
+    match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) => matches!(*e, tungstenite::Error::Capacity(_)),
+        Err(_) => false,
+    }
+}
+
+/// When the peer last sent anything, for dead-peer detection.
+struct LastSeen {
+    start: Instant,
+    millis: AtomicU64,
+}
+
+impl LastSeen {
+    fn new() -> Self {
+        LastSeen {
+            start: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(now, Ordering::Relaxed);
+    }
+
+    fn elapsed(&self) -> Duration {
+        let seen = Duration::from_millis(self.millis.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_names_come_from_the_decoded_path() {
+        assert_eq!(doc_name_from_path("/my-doc").unwrap().as_str(), "my-doc");
+        assert_eq!(
+            doc_name_from_path("/team/a/notes").unwrap().as_str(),
+            "team/a/notes"
+        );
+        assert_eq!(
+            doc_name_from_path("/my%20doc").unwrap().as_str(),
+            "my doc"
+        );
+        assert!(doc_name_from_path("/").is_err());
+        assert!(doc_name_from_path("/a%0Ab").is_err());
+        assert!(doc_name_from_path("/%FF").is_err());
+        assert!(doc_name_from_path(&format!("/{}", "x".repeat(513))).is_err());
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(100);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(long.starts_with(&cut));
+    }
+}
