@@ -31,7 +31,9 @@ pub struct TraceUpdates {
 
 /// Loads a gzipped trace from `benches/data` and replays it into frames.
 pub fn load_trace(file: &str) -> TraceUpdates {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(file);
     let gz = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut json = String::new();
     flate2::read::GzDecoder::new(gz)

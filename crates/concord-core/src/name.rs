@@ -76,7 +76,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names_with_slashes_and_unicode() {
-        for name in ["my-doc", "team/a/notes", "héllo wörld", "a", &"x".repeat(512)] {
+        for name in [
+            "my-doc",
+            "team/a/notes",
+            "héllo wörld",
+            "a",
+            &"x".repeat(512),
+        ] {
             assert_eq!(DocName::new(name).unwrap().as_str(), name);
         }
     }

@@ -269,10 +269,10 @@ impl Room {
         let mut frames = vec![Bytes::from(
             Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1(),
         )];
-        if let Ok(update) = self.awareness.update() {
-            if !update.clients.is_empty() {
-                frames.push(Bytes::from(Message::Awareness(update).encode_v1()));
-            }
+        if let Ok(update) = self.awareness.update()
+            && !update.clients.is_empty()
+        {
+            frames.push(Bytes::from(Message::Awareness(update).encode_v1()));
         }
         frames
     }
@@ -376,14 +376,14 @@ impl Room {
     }
 
     fn refuse_write(&mut self, conn: ConnId, effects: &mut Effects) {
-        if let Some(state) = self.conns.get_mut(&conn) {
-            if !state.told_read_only {
-                state.told_read_only = true;
-                effects.push(
-                    Recipients::Sender,
-                    &Message::Auth(Some(READ_ONLY_REASON.to_owned())),
-                );
-            }
+        if let Some(state) = self.conns.get_mut(&conn)
+            && !state.told_read_only
+        {
+            state.told_read_only = true;
+            effects.push(
+                Recipients::Sender,
+                &Message::Auth(Some(READ_ONLY_REASON.to_owned())),
+            );
         }
     }
 
@@ -393,12 +393,11 @@ impl Room {
                 if &*entry.json == "null" {
                     self.disown(client, conn);
                 } else {
-                    if let Some(previous) = self.owners.insert(client, conn) {
-                        if previous != conn {
-                            if let Some(other) = self.conns.get_mut(&previous) {
-                                other.clients.remove(&client);
-                            }
-                        }
+                    if let Some(previous) = self.owners.insert(client, conn)
+                        && previous != conn
+                        && let Some(other) = self.conns.get_mut(&previous)
+                    {
+                        other.clients.remove(&client);
                     }
                     if let Some(state) = self.conns.get_mut(&conn) {
                         state.clients.insert(client);
@@ -540,7 +539,10 @@ mod tests {
     fn step1_is_answered_with_the_missing_state() {
         let (mut room, _) = room();
         room.join(1, Access::ReadWrite);
-        room.receive(1, decode_frame(&update_frame(text_update("hello"))).unwrap());
+        room.receive(
+            1,
+            decode_frame(&update_frame(text_update("hello"))).unwrap(),
+        );
         let step1 = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
         let effects = room.receive(1, decode_frame(&step1).unwrap());
         assert_eq!(effects.send.len(), 1);
@@ -615,8 +617,14 @@ mod tests {
         let (mut room, _) = room();
         room.join(1, Access::ReadWrite);
         room.join(2, Access::ReadWrite);
-        room.receive(1, decode_frame(&awareness_frame(10, 1, r#"{"a":1}"#)).unwrap());
-        room.receive(2, decode_frame(&awareness_frame(20, 1, r#"{"b":2}"#)).unwrap());
+        room.receive(
+            1,
+            decode_frame(&awareness_frame(10, 1, r#"{"a":1}"#)).unwrap(),
+        );
+        room.receive(
+            2,
+            decode_frame(&awareness_frame(20, 1, r#"{"b":2}"#)).unwrap(),
+        );
         assert_eq!(states(&room), [10, 20]);
         let effects = room.leave(1);
         assert_eq!(states(&room), [20]);
@@ -672,7 +680,11 @@ mod tests {
         assert!(room.restore(&[0xff, 0xff]).is_err());
         room.join(1, Access::ReadWrite);
         let effects = room.receive(1, decode_frame(&update_frame(text_update("x"))).unwrap());
-        assert_eq!(effects.persist.len(), 1, "restored changes are not re-persisted");
+        assert_eq!(
+            effects.persist.len(),
+            1,
+            "restored changes are not re-persisted"
+        );
     }
 
     #[test]

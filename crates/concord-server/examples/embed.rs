@@ -31,7 +31,11 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    println!("host app on http://{}/, documents under ws://{}/collab/<name>", listener.local_addr()?, listener.local_addr()?);
+    println!(
+        "host app on http://{}/, documents under ws://{}/collab/<name>",
+        listener.local_addr()?,
+        listener.local_addr()?
+    );
     let signal = shutdown.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
@@ -56,8 +60,9 @@ mod tests {
     use yrs::updates::encoder::Encode;
     use yrs::{Doc, GetString, Text, Transact, Update};
 
-    type Socket =
-        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
 
     /// Reads frames until a sync message of interest arrives (or the deadline passes).
     async fn next_sync(socket: &mut Socket) -> SyncMessage {
@@ -87,7 +92,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(
-            axum::serve(listener, app(&concord)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
+            axum::serve(listener, app(&concord))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
         );
 
         // The host app's own route still answers.
@@ -105,8 +112,14 @@ mod tests {
         let url = format!("ws://{addr}/collab/notes");
         let (mut writer, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
         let (mut reader, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-        assert!(matches!(next_sync(&mut writer).await, SyncMessage::SyncStep1(_)));
-        assert!(matches!(next_sync(&mut reader).await, SyncMessage::SyncStep1(_)));
+        assert!(matches!(
+            next_sync(&mut writer).await,
+            SyncMessage::SyncStep1(_)
+        ));
+        assert!(matches!(
+            next_sync(&mut reader).await,
+            SyncMessage::SyncStep1(_)
+        ));
 
         let doc = Doc::new();
         let text = doc.get_or_insert_text("t");

@@ -153,10 +153,10 @@ impl Concord {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(worker) = worker {
-            if let Err(e) = worker.await {
-                tracing::error!(error = %e, "persistence worker failed");
-            }
+        if let Some(worker) = worker
+            && let Err(e) = worker.await
+        {
+            tracing::error!(error = %e, "persistence worker failed");
         }
     }
 }
@@ -196,7 +196,8 @@ pub async fn run(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let result = serve.await;
     concord.closed().await;
     result.map_err(ServerError::Io)
@@ -243,7 +244,10 @@ mod tests {
     fn prefixes_are_normalized() {
         assert_eq!(normalize_prefix("").unwrap(), None);
         assert_eq!(normalize_prefix("/").unwrap(), None);
-        assert_eq!(normalize_prefix("/collab/").unwrap().as_deref(), Some("/collab"));
+        assert_eq!(
+            normalize_prefix("/collab/").unwrap().as_deref(),
+            Some("/collab")
+        );
         assert!(normalize_prefix("collab").is_err());
     }
 }

@@ -107,13 +107,20 @@ async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken)
             let result = tokio::task::spawn_blocking(move || store.append(&batch)).await;
             match result {
                 Ok(Ok(())) => break,
-                Ok(Err(e)) => tracing::error!(error = %e, updates = updates.len(), "store append failed; retrying"),
-                Err(e) => tracing::error!(error = %e, updates = updates.len(), "store append panicked; retrying"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, updates = updates.len(), "store append failed; retrying")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, updates = updates.len(), "store append panicked; retrying")
+                }
             }
             if stop.is_cancelled() {
                 attempts_after_stop += 1;
                 if attempts_after_stop >= 3 {
-                    tracing::error!(updates = updates.len(), "giving up on storing updates at shutdown");
+                    tracing::error!(
+                        updates = updates.len(),
+                        "giving up on storing updates at shutdown"
+                    );
                     break;
                 }
             }

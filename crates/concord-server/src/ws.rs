@@ -88,7 +88,12 @@ async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocke
         Ok(guard) => guard,
         Err(e) => {
             tracing::error!(doc = %name, error = %e, "could not open document");
-            close(&mut sink, close_code::INTERNAL_ERROR, "could not load the document").await;
+            close(
+                &mut sink,
+                close_code::INTERNAL_ERROR,
+                "could not load the document",
+            )
+            .await;
             return;
         }
     };
@@ -337,10 +342,7 @@ mod tests {
             doc_name_from_path("/team/a/notes").unwrap().as_str(),
             "team/a/notes"
         );
-        assert_eq!(
-            doc_name_from_path("/my%20doc").unwrap().as_str(),
-            "my doc"
-        );
+        assert_eq!(doc_name_from_path("/my%20doc").unwrap().as_str(), "my doc");
         assert!(doc_name_from_path("/").is_err());
         assert!(doc_name_from_path("/a%0Ab").is_err());
         assert!(doc_name_from_path("/%FF").is_err());

@@ -67,8 +67,13 @@ impl Drop for Server {
 /// Sends `frame` on a fresh connection and returns the close code the server answered with.
 async fn close_code_for(port: u16, frame: Vec<u8>) -> Option<CloseCode> {
     let url = format!("ws://127.0.0.1:{port}/bombed");
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-    socket.send(Message::Binary(frame.into())).await.expect("send");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    socket
+        .send(Message::Binary(frame.into()))
+        .await
+        .expect("send");
     let read = async {
         while let Some(message) = socket.next().await {
             match message {
@@ -95,11 +100,17 @@ async fn allocation_bombs_are_refused_without_growing_memory() {
         ("sync update bomb", sync(2, huge)),
         ("sync step 2 bomb", sync(1, huge)),
         ("state vector bomb", sync(0, huge)),
-        ("awareness bomb", [&[1, huge.len() as u8][..], huge].concat()),
+        (
+            "awareness bomb",
+            [&[1, huge.len() as u8][..], huge].concat(),
+        ),
         // An update with no structs whose delete set claims a huge client count.
         ("delete set bomb", sync(2, &[&[0][..], huge].concat())),
         // One client whose struct count is huge.
-        ("struct count bomb", sync(2, &[&[1][..], huge, &[1, 0]].concat())),
+        (
+            "struct count bomb",
+            sync(2, &[&[1][..], huge, &[1, 0]].concat()),
+        ),
         // An awareness entry whose JSON string claims a huge length.
         ("string length bomb", [&[1, 7, 1, 1, 1][..], huge].concat()),
     ];
@@ -119,7 +130,9 @@ async fn allocation_bombs_are_refused_without_growing_memory() {
     }
     // The server is still up and serving.
     let url = format!("ws://127.0.0.1:{}/after", server.port);
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("reconnect");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("reconnect");
     let first = tokio::time::timeout(Duration::from_secs(20), socket.next())
         .await
         .expect("a first frame")
