@@ -213,7 +213,13 @@ pub fn validate_awareness_update(update: &[u8]) -> Result<(), InvalidMessage> {
     let entries = r.count_u64("awareness count", 3)?;
     for _ in 0..entries {
         r.client("awareness client")?;
-        r.var_u32("awareness clock")?;
+        // Removing a state (on disconnect or expiry) increments its clock: u32::MAX would
+        // overflow, and a wrapped clock would make peers ignore the removal.
+        if r.var_u32("awareness clock")? == u32::MAX {
+            return Err(InvalidMessage::ClockOverflow {
+                what: "awareness clock",
+            });
+        }
         let state = r.string(WHAT)?;
         // yrs stores the state unparsed, but peers JSON.parse it when it is relayed, so a
         // malformed state would make every other client throw.
@@ -1467,6 +1473,16 @@ mod tests {
                 what: "update client count",
                 count: 257_949_695,
                 remaining: 0
+            })
+        );
+        // An awareness clock that cannot be incremented when the state is removed.
+        let mut awareness = vec![1, 1];
+        push_var(&mut awareness, u64::from(u32::MAX));
+        push_str(&mut awareness, b"{}");
+        assert_eq!(
+            validate_awareness_update(&awareness),
+            Err(E::ClockOverflow {
+                what: "awareness clock"
             })
         );
         // Garbage.
