@@ -142,3 +142,48 @@ async fn next_signal() -> std::io::Result<()> {
         tokio::signal::ctrl_c().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent_and_defaults_match_the_library() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["concord-server"]).unwrap();
+        assert_eq!((cli.host.as_str(), cli.port), ("127.0.0.1", 1234));
+        let config = cli.config();
+        let defaults = Config::default();
+        assert_eq!(config.max_message_size, defaults.max_message_size);
+        assert_eq!(config.keepalive_interval, defaults.keepalive_interval);
+        assert_eq!(config.awareness_timeout, defaults.awareness_timeout);
+        assert_eq!(
+            config.awareness_sweep_interval,
+            defaults.awareness_sweep_interval
+        );
+        assert_eq!(config.room_idle_timeout, defaults.room_idle_timeout);
+        assert_eq!(config.shutdown_grace, defaults.shutdown_grace);
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        let cli = Cli::try_parse_from([
+            "concord-server",
+            "--port",
+            "0",
+            "--keepalive-interval",
+            "250ms",
+            "--max-message-size",
+            "65536",
+            "--path-prefix",
+            "/collab",
+        ])
+        .unwrap();
+        let config = cli.config();
+        assert_eq!(config.keepalive_interval, Duration::from_millis(250));
+        assert_eq!(config.max_message_size, 65536);
+        assert_eq!(config.path_prefix, "/collab");
+        assert!(Cli::try_parse_from(["concord-server", "--port", "70000"]).is_err());
+    }
+}
