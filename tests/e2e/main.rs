@@ -1,1 +1,16 @@
-//! End-to-end tests.
+//! End-to-end tests: a real Concord server on a loopback port, real WebSocket clients built on
+//! `yrs` (see the `concord_tests` helpers). Every wait is a poll with a generous deadline; no test
+//! depends on how fast the machine is.
+
+mod awareness;
+mod backpressure;
+// Tests through `Concord::new` + `router` (custom stores, `is_loaded`, `connection_count`,
+// `closed`).
+mod embedded;
+mod http;
+mod keepalive;
+mod malformed;
+mod random;
+mod rooms;
+mod shutdown;
+mod sync;

@@ -70,10 +70,10 @@ mod tests {
         tokio::time::timeout(deadline, async {
             loop {
                 let frame = socket.next().await.expect("socket open").expect("frame");
-                if let WsMessage::Binary(data) = frame {
-                    if let Ok(Message::Sync(sync)) = Message::decode_v1(&data) {
-                        return sync;
-                    }
+                if let WsMessage::Binary(data) = frame
+                    && let Ok(Message::Sync(sync)) = Message::decode_v1(&data)
+                {
+                    return sync;
                 }
             }
         })

@@ -219,8 +219,10 @@ fn deliver_to(
     let Some(peer) = state.peers.get(&id) else {
         return;
     };
-    let queued = peer.queued_bytes.load(Ordering::Relaxed);
-    let fits = queued.saturating_add(frame.len()) <= limits.max_bytes || queued == 0;
+    // The byte bound applies to the backlog already queued, so one frame larger than the bound
+    // (a big document's SyncStep2) still goes out behind a small backlog: memory per connection
+    // stays under `max_bytes` plus one frame.
+    let fits = peer.queued_bytes.load(Ordering::Relaxed) < limits.max_bytes;
     let sent = fits && {
         peer.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed);
         match peer.tx.try_send(frame.clone()) {

@@ -256,8 +256,13 @@ async fn write_loop(
             return;
         }
     }
-    if let Some((code, reason)) = closer.frame() {
-        close(&mut sink, code, &reason).await;
+    match closer.frame() {
+        Some((code, reason)) => close(&mut sink, code, &reason).await,
+        // No frame of our own: if the peer sent a close frame, tungstenite has queued the
+        // reply that completes the closing handshake, and closing the sink flushes it.
+        None => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        }
     }
 }
 
