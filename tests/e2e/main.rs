@@ -11,6 +11,5 @@ mod http;
 mod keepalive;
 mod malformed;
 mod random;
-mod rooms;
 mod shutdown;
 mod sync;
