@@ -388,28 +388,33 @@ impl Room {
     }
 
     fn receive_awareness(&mut self, conn: ConnId, update: AwarenessUpdate, effects: &mut Effects) {
+        let Ok(Some(summary)) = self.awareness.apply_update_summary(update) else {
+            return;
+        };
+        // Ownership follows only entries that changed the room's awareness (a newer clock).
+        // y-websocket clients echo every state they receive back to the server unchanged; an
+        // echo must not make the echoing connection the owner of another client's state.
         if self.conns.contains_key(&conn) {
-            for (&client, entry) in &update.clients {
-                if &*entry.json == "null" {
-                    self.disown(client, conn);
-                } else {
-                    if let Some(previous) = self.owners.insert(client, conn)
-                        && previous != conn
-                        && let Some(other) = self.conns.get_mut(&previous)
-                    {
-                        other.clients.remove(&client);
-                    }
-                    if let Some(state) = self.conns.get_mut(&conn) {
-                        state.clients.insert(client);
-                    }
+            for &client in summary.added.iter().chain(&summary.updated) {
+                if let Some(previous) = self.owners.insert(client, conn)
+                    && previous != conn
+                    && let Some(other) = self.conns.get_mut(&previous)
+                {
+                    other.clients.remove(&client);
+                }
+                if let Some(state) = self.conns.get_mut(&conn) {
+                    state.clients.insert(client);
+                }
+            }
+            for &client in &summary.removed {
+                if let Some(&owner) = self.owners.get(&client) {
+                    self.disown(client, owner);
                 }
             }
         }
-        if let Ok(Some(summary)) = self.awareness.apply_update_summary(update) {
-            // Relayed to the sender too, as the reference server does: a lone idle client's
-            // own renewals are what keep its 30 s no-message timeout from firing.
-            self.broadcast_awareness(summary.all_changes(), Recipients::Everyone, effects);
-        }
+        // Relayed to the sender too, as the reference server does: a lone idle client's own
+        // renewals are what keep its 30 s no-message timeout from firing.
+        self.broadcast_awareness(summary.all_changes(), Recipients::Everyone, effects);
     }
 
     /// Forgets that `conn` owns the awareness state of `client`.
@@ -648,6 +653,26 @@ mod tests {
         assert_eq!(states(&room), [10]);
         room.leave(2);
         assert!(states(&room).is_empty());
+    }
+
+    #[test]
+    fn an_echoed_state_stays_owned_by_the_connection_that_set_it() {
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let state = awareness_frame(10, 3, r#"{"user":"a"}"#);
+        room.receive(1, decode_frame(&state).unwrap());
+        // y-websocket clients send every state they receive back, unchanged.
+        let echo = room.receive(2, decode_frame(&state).unwrap());
+        assert!(echo.send.is_empty(), "an echo changes nothing");
+        let effects = room.leave(1);
+        assert!(states(&room).is_empty(), "the owner left: its state goes");
+        assert_eq!(effects.send.len(), 1);
+        room.join(3, Access::ReadWrite);
+        room.receive(3, decode_frame(&awareness_frame(30, 1, "{}")).unwrap());
+        room.receive(2, decode_frame(&awareness_frame(30, 1, "{}")).unwrap());
+        assert!(room.leave(2).send.is_empty(), "the echoer owns nothing");
+        assert_eq!(states(&room), [30]);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! All wire encoding and decoding goes through yrs' own sync types: nothing here hand-rolls
 //! the lib0 codec.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -82,7 +83,18 @@ fn parse_args() -> Result<Args> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
+    match peer().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One readable line (with its causes) rather than anyhow's backtrace dump.
+            eprintln!("yrs-peer: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn peer() -> Result<()> {
     let args = parse_args()?;
     let deadline = Instant::now() + args.timeout;
     match tokio::time::timeout_at(deadline, run(&args)).await {
