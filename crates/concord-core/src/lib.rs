@@ -16,5 +16,5 @@ pub use room::{
     Access, ConnId, Effects, Inbound, Outgoing, ProtocolError, READ_ONLY_REASON, Recipients, Room,
     RoomFault, decode_frame,
 };
-pub use store::{MemoryStore, Store, StoreError, StoredUpdate};
+pub use store::{Appended, DocInfo, MemoryStore, Seq, Store, StoreError, StoredDoc, StoredUpdate};
 pub use yrs::sync::time::{Clock, SystemClock};

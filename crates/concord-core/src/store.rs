@@ -1,5 +1,9 @@
 //! The storage trait every persistence backend implements, and an in-memory implementation.
 //!
+//! A document is stored as an optional **snapshot** (the whole document, Yjs v2 encoded) plus a
+//! **log** of entries written after it; each log entry holds the v1 updates one group commit
+//! wrote for that document. Compaction replaces a prefix of the log with a new snapshot.
+//!
 //! The trait is synchronous on purpose: the engine does no I/O, and the server calls a store from
 //! a blocking thread pool (`spawn_blocking`), batching many updates into one `append` call (group
 //! commit). Backends therefore see few, large calls and never block an async runtime.
@@ -9,12 +13,28 @@ use std::sync::Mutex;
 
 use crate::DocName;
 
+/// Position of an entry in a document's log. Sequence numbers grow by one per entry, start at
+/// 1, and are never reused for a document, even after compaction.
+pub type Seq = u64;
+
 /// An error reported by a storage backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed (I/O error, corruption, a closed database...).
+    /// The backend failed (I/O error, a closed database...).
     #[error("storage backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store was written by a newer version of Concord with a format this one cannot read.
+    #[error("store format version {found} is newer than the {supported} this server supports")]
+    NewerFormat {
+        /// Version found on disk.
+        found: u32,
+        /// Newest version this build reads.
+        supported: u32,
+    },
+    /// The data on disk is not what this store writes (not a Concord store, or damaged
+    /// metadata).
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
 }
 
 /// One update to append to a document's log.
@@ -26,32 +46,90 @@ pub struct StoredUpdate {
     pub update: Vec<u8>,
 }
 
-/// Durable storage for documents: an append-only log of Yjs v1 updates per document.
+/// What [`Store::append`] wrote for one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The document.
+    pub doc: DocName,
+    /// Sequence number of the log entry just written.
+    pub seq: Seq,
+    /// Updates in the document's log after its snapshot, this entry included.
+    pub tail_updates: u64,
+    /// Bytes of those updates.
+    pub tail_bytes: u64,
+}
+
+/// Everything stored for one document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredDoc {
+    /// The latest snapshot, Yjs v2 encoded, if the document was ever compacted.
+    pub snapshot: Option<Vec<u8>>,
+    /// The v1 updates of the log entries after the snapshot, in log order.
+    pub updates: Vec<Vec<u8>>,
+    /// Sequence number of the last log entry read (0 when the log is empty).
+    pub last_seq: Seq,
+    /// Log entries that failed their checksum or could not be decoded. They were skipped, and
+    /// reported by the backend; the document loads from what is intact.
+    pub corrupt_entries: u64,
+}
+
+/// A stored document's name and size, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocInfo {
+    /// The document.
+    pub name: DocName,
+    /// Bytes of its snapshot.
+    pub snapshot_bytes: u64,
+    /// Number of log entries after the snapshot.
+    pub log_entries: u64,
+    /// Bytes of those log entries.
+    pub log_bytes: u64,
+    /// When the document was last written, in milliseconds since the Unix epoch (0 if unknown).
+    pub updated_at_ms: u64,
+}
+
+/// Durable storage for documents. See the module documentation for the model.
 ///
 /// **Contract.** `append` returns only once every update of the batch is as durable as the
 /// backend promises (the backend documents how durable that is). Updates of one document may be
 /// appended in any order: Yjs updates commute, so replaying them in any order yields the same
-/// document. `load` returns updates that, applied one by one to an empty document, rebuild it.
+/// document. Applying `snapshot` then `updates` of [`Store::load`] to an empty document
+/// rebuilds it. `compact` is atomic: after a crash at any point, `load` returns either the old
+/// log or the new snapshot with the entries after `upto`, never a mix that loses or repeats an
+/// update.
 pub trait Store: Send + Sync + 'static {
-    /// Everything stored for `doc`, as updates to apply in order. Empty when the document is
-    /// unknown.
-    fn load(&self, doc: &DocName) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Everything stored for `doc`. An unknown document loads as empty.
+    fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError>;
 
-    /// Appends a batch of updates (possibly for several documents) durably.
-    fn append(&self, batch: &[StoredUpdate]) -> Result<(), StoreError>;
+    /// Appends a batch of updates durably: one log entry per document of the batch, holding
+    /// that document's updates in batch order. Returns what was written, one element per
+    /// document.
+    fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError>;
+
+    /// Atomically replaces the snapshot of `doc` with `snapshot` (Yjs v2) and removes every log
+    /// entry up to and including `upto`, which the snapshot must cover.
+    fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError>;
 
     /// Removes everything stored for `doc`. Removing an unknown document is not an error.
     fn delete(&self, doc: &DocName) -> Result<(), StoreError>;
 
-    /// The names of every stored document, sorted.
-    fn list(&self) -> Result<Vec<DocName>, StoreError>;
+    /// Every stored document, sorted by name.
+    fn list(&self) -> Result<Vec<DocInfo>, StoreError>;
 }
 
-/// A [`Store`] that keeps logs in process memory: nothing survives a restart. For tests, and for
-/// servers that only relay.
+/// A [`Store`] that keeps documents in process memory: nothing survives a restart. For tests,
+/// and for servers that only relay.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    docs: Mutex<HashMap<DocName, Vec<Vec<u8>>>>,
+    docs: Mutex<HashMap<DocName, MemoryDoc>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryDoc {
+    snapshot: Option<Vec<u8>>,
+    /// Log entries after the snapshot: (seq, updates).
+    log: Vec<(Seq, Vec<Vec<u8>>)>,
+    next_seq: Seq,
 }
 
 impl MemoryStore {
@@ -60,30 +138,72 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// How many updates are stored for `doc` (for tests that check what was persisted).
+    /// How many updates are stored in `doc`'s log (for tests that check what was persisted).
     pub fn update_count(&self, doc: &DocName) -> usize {
-        self.lock().get(doc).map_or(0, Vec::len)
+        self.lock()
+            .get(doc)
+            .map_or(0, |d| d.log.iter().map(|(_, u)| u.len()).sum())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocName, Vec<Vec<u8>>>> {
-        // A panic while holding this lock cannot leave the map half-written (every operation is
-        // a single insert or remove), so a poisoned lock is still safe to use.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocName, MemoryDoc>> {
+        // A panic while holding this lock cannot leave a document half-written (every
+        // operation completes its change with infallible steps), so a poisoned lock is still
+        // safe to use.
         self.docs.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Store for MemoryStore {
-    fn load(&self, doc: &DocName) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self.lock().get(doc).cloned().unwrap_or_default())
+    fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+        let docs = self.lock();
+        let Some(stored) = docs.get(doc) else {
+            return Ok(StoredDoc::default());
+        };
+        Ok(StoredDoc {
+            snapshot: stored.snapshot.clone(),
+            updates: stored
+                .log
+                .iter()
+                .flat_map(|(_, u)| u.iter().cloned())
+                .collect(),
+            last_seq: stored.log.last().map_or(0, |(seq, _)| *seq),
+            corrupt_entries: 0,
+        })
     }
 
-    fn append(&self, batch: &[StoredUpdate]) -> Result<(), StoreError> {
-        let mut docs = self.lock();
+    fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
+        let mut grouped: BTreeMap<&DocName, Vec<Vec<u8>>> = BTreeMap::new();
         for entry in batch {
-            docs.entry(entry.doc.clone())
+            grouped
+                .entry(&entry.doc)
                 .or_default()
                 .push(entry.update.clone());
         }
+        let mut docs = self.lock();
+        let mut written = Vec::with_capacity(grouped.len());
+        for (name, updates) in grouped {
+            let stored = docs.entry(name.clone()).or_default();
+            stored.next_seq = stored.next_seq.max(1);
+            let seq = stored.next_seq;
+            stored.next_seq += 1;
+            stored.log.push((seq, updates));
+            let tail = stored.log.iter().flat_map(|(_, u)| u);
+            written.push(Appended {
+                doc: name.clone(),
+                seq,
+                tail_updates: tail.clone().count() as u64,
+                tail_bytes: tail.map(|u| u.len() as u64).sum(),
+            });
+        }
+        Ok(written)
+    }
+
+    fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError> {
+        let mut docs = self.lock();
+        let stored = docs.entry(doc.clone()).or_default();
+        stored.snapshot = Some(snapshot.to_vec());
+        stored.log.retain(|(seq, _)| *seq > upto);
+        stored.next_seq = stored.next_seq.max(upto + 1);
         Ok(())
     }
 
@@ -92,10 +212,24 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn list(&self) -> Result<Vec<DocName>, StoreError> {
+    fn list(&self) -> Result<Vec<DocInfo>, StoreError> {
         let docs = self.lock();
         let sorted: BTreeMap<_, _> = docs.iter().collect();
-        Ok(sorted.into_keys().cloned().collect())
+        Ok(sorted
+            .into_iter()
+            .map(|(name, d)| DocInfo {
+                name: name.clone(),
+                snapshot_bytes: d.snapshot.as_ref().map_or(0, |s| s.len() as u64),
+                log_entries: d.log.len() as u64,
+                log_bytes: d
+                    .log
+                    .iter()
+                    .flat_map(|(_, u)| u)
+                    .map(|u| u.len() as u64)
+                    .sum(),
+                updated_at_ms: 0,
+            })
+            .collect())
     }
 }
 
@@ -107,30 +241,60 @@ mod tests {
         DocName::new(s).unwrap()
     }
 
+    fn update(doc: &str, bytes: &[u8]) -> StoredUpdate {
+        StoredUpdate {
+            doc: name(doc),
+            update: bytes.to_vec(),
+        }
+    }
+
     #[test]
-    fn appends_loads_lists_and_deletes() {
+    fn appends_one_entry_per_document_per_batch() {
         let store = MemoryStore::new();
-        assert!(store.load(&name("a")).unwrap().is_empty());
-        store
-            .append(&[
-                StoredUpdate {
-                    doc: name("b"),
-                    update: vec![1],
-                },
-                StoredUpdate {
-                    doc: name("a"),
-                    update: vec![2],
-                },
-                StoredUpdate {
-                    doc: name("b"),
-                    update: vec![3],
-                },
-            ])
+        assert_eq!(store.load(&name("a")).unwrap(), StoredDoc::default());
+        let written = store
+            .append(&[update("b", &[1]), update("a", &[2]), update("b", &[3, 4])])
             .unwrap();
-        assert_eq!(store.load(&name("b")).unwrap(), vec![vec![1], vec![3]]);
-        assert_eq!(store.list().unwrap(), vec![name("a"), name("b")]);
-        store.delete(&name("b")).unwrap();
+        assert_eq!(
+            written,
+            vec![
+                Appended {
+                    doc: name("a"),
+                    seq: 1,
+                    tail_updates: 1,
+                    tail_bytes: 1
+                },
+                Appended {
+                    doc: name("b"),
+                    seq: 1,
+                    tail_updates: 2,
+                    tail_bytes: 3
+                },
+            ]
+        );
+        let written = store.append(&[update("b", &[5])]).unwrap();
+        assert_eq!((written[0].seq, written[0].tail_updates), (2, 3));
+        let loaded = store.load(&name("b")).unwrap();
+        assert_eq!(loaded.updates, vec![vec![1], vec![3, 4], vec![5]]);
+        assert_eq!(loaded.last_seq, 2);
+        let names: Vec<_> = store.list().unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(names, vec![name("a"), name("b")]);
+    }
+
+    #[test]
+    fn compaction_replaces_the_covered_prefix_and_sequence_numbers_go_on() {
+        let store = MemoryStore::new();
+        store.append(&[update("d", &[1])]).unwrap();
+        store.append(&[update("d", &[2])]).unwrap();
+        store.append(&[update("d", &[3])]).unwrap();
+        store.compact(&name("d"), &[9, 9], 2).unwrap();
+        let loaded = store.load(&name("d")).unwrap();
+        assert_eq!(loaded.snapshot, Some(vec![9, 9]));
+        assert_eq!(loaded.updates, vec![vec![3]]);
+        let written = store.append(&[update("d", &[4])]).unwrap();
+        assert_eq!((written[0].seq, written[0].tail_updates), (4, 2));
+        store.delete(&name("d")).unwrap();
         store.delete(&name("unknown")).unwrap();
-        assert_eq!(store.list().unwrap(), vec![name("a")]);
+        assert!(store.list().unwrap().is_empty());
     }
 }

@@ -1,0 +1,1 @@
+//! Concord document store on sled.
