@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use concord_core::{DocName, MemoryStore, Store, StoreError, StoredUpdate};
+use concord_core::{
+    Appended, DocInfo, DocName, MemoryStore, Seq, Store, StoreError, StoredDoc, StoredUpdate,
+};
 use concord_server::{Concord, Config};
 use concord_tests::{
     DEADLINE, ManualClock, RawClient, Root, TestClient, awareness_message, doc_json, poll_until,
@@ -105,7 +107,7 @@ impl GatedStore {
 }
 
 impl Store for GatedStore {
-    fn load(&self, doc: &DocName) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         let mut closed = self.closed.lock().unwrap();
         while *closed {
@@ -115,15 +117,19 @@ impl Store for GatedStore {
         self.inner.load(doc)
     }
 
-    fn append(&self, batch: &[StoredUpdate]) -> Result<(), StoreError> {
+    fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
         self.inner.append(batch)
+    }
+
+    fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError> {
+        self.inner.compact(doc, snapshot, upto)
     }
 
     fn delete(&self, doc: &DocName) -> Result<(), StoreError> {
         self.inner.delete(doc)
     }
 
-    fn list(&self) -> Result<Vec<DocName>, StoreError> {
+    fn list(&self) -> Result<Vec<DocInfo>, StoreError> {
         self.inner.list()
     }
 }
@@ -133,8 +139,13 @@ fn stored_text(store: &dyn Store, doc: &DocName) -> String {
     let rebuilt = Doc::new();
     let text = rebuilt.get_or_insert_text("t");
     {
+        let stored = store.load(doc).unwrap();
         let mut txn = rebuilt.transact_mut();
-        for update in store.load(doc).unwrap() {
+        if let Some(snapshot) = stored.snapshot {
+            txn.apply_update(Update::decode_v2(&snapshot).unwrap())
+                .unwrap();
+        }
+        for update in stored.updates {
             txn.apply_update(Update::decode_v1(&update).unwrap())
                 .unwrap();
         }

@@ -17,7 +17,8 @@
 // sleeping a fixed time and hoping the result is there.
 
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import { test } from 'node:test'
@@ -190,11 +191,17 @@ export async function startServer (extraArgs = []) {
     throw new Error(`server binary not found at ${serverBin}: run \`cargo build -p concord-server\` ` +
       'or set CONCORD_SERVER_BIN (or INTEROP_SERVER_URL for an already-running server)')
   }
-  const child = spawn(serverBin, ['--host', '127.0.0.1', '--port', '0', ...extraArgs], {
+  // Each server stores its documents in a fresh directory unless the test chose one.
+  const ownDataDir = extraArgs.includes('--data-dir') || extraArgs.includes('--in-memory')
+    ? null
+    : mkdtempSync(path.join(os.tmpdir(), 'concord-interop-'))
+  const storeArgs = ownDataDir ? ['--data-dir', ownDataDir] : []
+  const child = spawn(serverBin, ['--host', '127.0.0.1', '--port', '0', ...storeArgs, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_BACKTRACE: '1' }
   })
   const server = new Server({ url: null, child })
+  if (ownDataDir) server.exited.then(() => rmSync(ownDataDir, { recursive: true, force: true }))
   child.stderr.on('data', (chunk) => server.stderrChunks.push(chunk))
 
   const url = await new Promise((resolve, reject) => {

@@ -19,6 +19,7 @@ use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
+use crate::StoredDoc;
 use crate::validate::{InvalidMessage, validate_frame, validate_update_v1};
 
 /// Identifies one connection (or other subscriber) within a server process.
@@ -36,6 +37,21 @@ pub enum Access {
 /// The reason sent (once) to a read-only connection that tries to write.
 pub const READ_ONLY_REASON: &str = "read-only access: document updates are not accepted";
 
+/// Message type of Concord's durability extension. A client sends `[MSG_SAVED,
+/// varUint8Array(varUint id)]` after its updates; the server answers with the same message once
+/// everything that connection sent before it is durably stored. Plain y-websocket clients never
+/// send it, so they never receive one. Below 128, so yrs's `Message::Custom` (which writes its
+/// tag as a byte) and lib0's varUint agree on the encoding.
+pub const MSG_SAVED: u8 = 100;
+
+/// Encodes the acknowledgement of save request `id`.
+pub fn encode_saved(id: u64) -> Bytes {
+    use yrs::encoding::write::Write;
+    let mut payload = Vec::with_capacity(10);
+    payload.write_var(id);
+    Bytes::from(Message::Custom(MSG_SAVED, payload).encode_v1())
+}
+
 /// A message from a client, validated and decoded, ready for [`Room::receive`].
 #[derive(Debug)]
 pub enum Inbound {
@@ -49,6 +65,9 @@ pub enum Inbound {
     QueryAwareness,
     /// An auth message; clients have nothing to say to the server with it, so it is ignored.
     Auth,
+    /// A save request ([`MSG_SAVED`]): the connection, not the room, answers it once what the
+    /// client sent before it is durable. Rooms ignore it.
+    SaveRequest(u64),
 }
 
 /// Why an inbound frame was refused before it reached any document.
@@ -87,6 +106,13 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
             Message::Awareness(update) => Inbound::Awareness(update),
             Message::AwarenessQuery => Inbound::QueryAwareness,
             Message::Auth(_) => Inbound::Auth,
+            Message::Custom(MSG_SAVED, payload) => {
+                use yrs::encoding::read::Read;
+                let id = Cursor::new(&payload)
+                    .read_var::<u64>()
+                    .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+                Inbound::SaveRequest(id)
+            }
             Message::Custom(tag, _) => {
                 return Err(InvalidMessage::UnknownMessageType(tag.into()).into());
             }
@@ -214,6 +240,27 @@ impl Room {
         }
     }
 
+    /// Rebuilds a room from what a [`Store`](crate::Store) returned: the snapshot, then every
+    /// update of the log, one transaction each. A snapshot that does not decode is an error (the
+    /// log alone cannot rebuild the document); log updates that do not apply are skipped and
+    /// returned so the caller can report them.
+    pub fn from_stored(
+        clock: Arc<dyn Clock>,
+        stored: &StoredDoc,
+    ) -> Result<(Room, Vec<(usize, ProtocolError)>), ProtocolError> {
+        let mut room = Room::new(clock);
+        if let Some(snapshot) = &stored.snapshot {
+            room.restore_snapshot(snapshot)?;
+        }
+        let mut skipped = Vec::new();
+        for (index, update) in stored.updates.iter().enumerate() {
+            if let Err(e) = room.restore(update) {
+                skipped.push((index, e));
+            }
+        }
+        Ok((room, skipped))
+    }
+
     /// Applies a stored update while loading the room. Nothing is broadcast or persisted.
     pub fn restore(&mut self, update: &[u8]) -> Result<(), ProtocolError> {
         validate_update_v1(update)?;
@@ -333,7 +380,7 @@ impl Room {
                         effects.push(Recipients::Sender, &Message::Awareness(update));
                     }
                 }
-                Inbound::Auth => {}
+                Inbound::Auth | Inbound::SaveRequest(_) => {}
             }
         }
         effects
@@ -736,6 +783,17 @@ mod tests {
         copy.restore_snapshot(&snapshot).unwrap();
         assert_eq!(text_of(&copy), "snap");
         assert!(copy.restore_snapshot(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn save_requests_decode_and_acknowledgements_encode() {
+        let request = encode_saved(300);
+        assert_eq!(&request[..], &[MSG_SAVED, 2, 0xac, 0x02]);
+        let inbound = decode_frame(&request).unwrap();
+        assert!(matches!(inbound[..], [Inbound::SaveRequest(300)]));
+        // Exactly one varUint inside, nothing else.
+        assert!(decode_frame(&[MSG_SAVED, 2, 1, 1]).is_err());
+        assert!(decode_frame(&[MSG_SAVED, 0]).is_err());
     }
 
     #[test]

@@ -252,6 +252,12 @@ fn message(r: &mut Reader<'_>) -> Result<(), InvalidMessage> {
             Ok(())
         }
         3 => Ok(()),
+        // Concord's durability extension: a buffer holding exactly one varUint request id.
+        t if t == u64::from(crate::MSG_SAVED) => {
+            let mut payload = Reader::new(r.bytes("save request")?);
+            payload.var_u64("save request id")?;
+            payload.finish("save request")
+        }
         other => Err(InvalidMessage::UnknownMessageType(other)),
     }
 }

@@ -2,6 +2,7 @@
 //! embedders in code.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,17 @@ pub struct Config {
     pub persist_queue: usize,
     /// Most updates written to the store in one batch (group commit).
     pub persist_batch: usize,
+    /// Where documents are stored (a sled database). `None` keeps them in memory only, so
+    /// they do not survive a restart. Used by [`crate::run`]; embedders pass a store to
+    /// [`crate::Concord::new`] instead.
+    pub data_dir: Option<PathBuf>,
+    /// How often sled fsyncs in the background: the window a power loss may lose. A killed
+    /// process loses nothing that was acknowledged.
+    pub fsync_interval: Duration,
+    /// A document whose log holds this many updates after its snapshot is compacted.
+    pub compact_after_updates: u64,
+    /// A document whose log holds this many bytes after its snapshot is compacted.
+    pub compact_after_bytes: u64,
     /// How long shutdown waits for connections to close before it stops waiting.
     pub shutdown_grace: Duration,
     /// Time source for awareness expiry, in milliseconds. Tests inject a manual clock.
@@ -58,6 +70,10 @@ impl Default for Config {
             room_idle_timeout: Duration::from_secs(30),
             persist_queue: 16 * 1024,
             persist_batch: 4096,
+            data_dir: None,
+            fsync_interval: Duration::from_millis(500),
+            compact_after_updates: 10_000,
+            compact_after_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
         }
@@ -77,6 +93,10 @@ impl fmt::Debug for Config {
             .field("room_idle_timeout", &self.room_idle_timeout)
             .field("persist_queue", &self.persist_queue)
             .field("persist_batch", &self.persist_batch)
+            .field("data_dir", &self.data_dir)
+            .field("fsync_interval", &self.fsync_interval)
+            .field("compact_after_updates", &self.compact_after_updates)
+            .field("compact_after_bytes", &self.compact_after_bytes)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
     }

@@ -20,6 +20,8 @@
 //! # }
 //! ```
 
+pub mod admin;
+mod compact;
 mod config;
 mod persist;
 mod rooms;
@@ -39,7 +41,8 @@ use tokio_util::task::TaskTracker;
 pub use concord_core;
 pub use config::Config;
 
-use persist::Persister;
+use compact::CompactionStats;
+use persist::{PersistConfig, Persister};
 use rooms::{QueueLimits, Rooms, RoomsConfig};
 
 /// Errors of the server layer.
@@ -51,6 +54,9 @@ pub enum ServerError {
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The store could not be opened.
+    #[error("cannot open the document store: {0}")]
+    Store(#[from] concord_core::StoreError),
 }
 
 /// A running Concord instance: rooms, the persistence worker and the tasks serving connections.
@@ -64,6 +70,7 @@ struct Inner {
     config: Config,
     rooms: Arc<Rooms>,
     persister: Persister,
+    compactions: Arc<CompactionStats>,
     tracker: TaskTracker,
     /// Cancelled by the embedder: stop accepting, close connections with 1001.
     shutdown: CancellationToken,
@@ -79,14 +86,22 @@ impl Concord {
     pub fn new(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
         let tracker = TaskTracker::new();
         let stop_persist = CancellationToken::new();
+        // Compaction requests: a small queue whose overflow drops requests (they are repeated
+        // by the next append to the same document).
+        let (compact_tx, compact_rx) = tokio::sync::mpsc::channel(256);
         let (persister, worker) = Persister::start(
             store.clone(),
-            config.persist_queue,
-            config.persist_batch,
+            PersistConfig {
+                queue: config.persist_queue,
+                batch: config.persist_batch,
+                compact_after_updates: config.compact_after_updates,
+                compact_after_bytes: config.compact_after_bytes,
+            },
+            compact_tx,
             stop_persist.clone(),
         );
         let rooms = Arc::new(Rooms::new(
-            store,
+            store.clone(),
             persister.clone(),
             RoomsConfig {
                 idle_timeout: config.room_idle_timeout,
@@ -104,11 +119,20 @@ impl Concord {
             config.awareness_timeout,
             shutdown.clone(),
         ));
+        let compactions = Arc::new(CompactionStats::default());
+        tracker.spawn(compact::run_compactor(
+            rooms.clone(),
+            store,
+            compact_rx,
+            compactions.clone(),
+            shutdown.clone(),
+        ));
         Concord {
             inner: Arc::new(Inner {
                 config,
                 rooms,
                 persister,
+                compactions,
                 tracker,
                 shutdown,
                 stop_persist,
@@ -125,6 +149,14 @@ impl Concord {
     /// Whether the document `name` is currently loaded in memory.
     pub fn is_loaded(&self, name: &DocName) -> bool {
         self.inner.rooms.is_loaded(name)
+    }
+
+    /// How many compactions have completed since start.
+    pub fn compactions(&self) -> u64 {
+        self.inner
+            .compactions
+            .done
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many connections the document `name` has (0 when it is not loaded).
@@ -176,14 +208,16 @@ pub fn router(concord: &Concord) -> Router {
 }
 
 /// Serves Concord on `listener` until `shutdown` is cancelled, then closes connections with
-/// 1001, stores what is pending and returns. Documents live in memory ([`MemoryStore`]).
+/// 1001, stores what is pending and returns. Documents are stored in a sled database in
+/// [`Config::data_dir`], or in memory when it is `None`.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let prefix = normalize_prefix(&config.path_prefix)?;
-    let concord = Concord::new(config, Arc::new(MemoryStore::new()), shutdown.clone());
+    let store = open_store(&config).await?;
+    let concord = Concord::new(config, store, shutdown.clone());
     let app = match prefix {
         Some(prefix) => Router::new().nest(&prefix, router(&concord)),
         None => router(&concord),
@@ -201,6 +235,25 @@ pub async fn run(
     let result = serve.await;
     concord.closed().await;
     result.map_err(ServerError::Io)
+}
+
+/// Opens the store [`run`] uses: sled in `data_dir`, or memory.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    let Some(dir) = config.data_dir.clone() else {
+        tracing::warn!("no data directory: documents are kept in memory and lost on restart");
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let options = concord_sled::SledOptions {
+        flush_every_ms: Some(u64::try_from(config.fsync_interval.as_millis()).unwrap_or(u64::MAX)),
+        ..concord_sled::SledOptions::default()
+    };
+    let shown = dir.display().to_string();
+    let store =
+        tokio::task::spawn_blocking(move || concord_sled::SledStore::open_with(&dir, options))
+            .await
+            .map_err(|e| ServerError::Config(format!("opening the store panicked: {e}")))??;
+    tracing::info!(data_dir = %shown, "documents are stored in sled");
+    Ok(Arc::new(store))
 }
 
 /// `""` and `"/"` mean no prefix; otherwise the prefix must start with `/` and is used without a

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,8 +16,60 @@ use tokio_util::sync::CancellationToken;
 /// Yjs clients connect to ws://HOST:PORT/<document name> (for example with y-websocket's
 /// WebsocketProvider). Logging is configured with RUST_LOG (default: info).
 #[derive(Debug, Parser)]
-#[command(name = "concord-server", version)]
+#[command(
+    name = "concord-server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Inspect and change stored documents. Stop the server first: the data directory is
+    /// locked while it runs.
+    Docs {
+        /// The server's data directory.
+        #[arg(long, env = "CONCORD_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: DocsAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DocsAction {
+    /// List documents with their stored sizes.
+    List,
+    /// Write a document to stdout as one Yjs v1 update (Y.applyUpdate reads it).
+    Export {
+        /// Document name.
+        name: String,
+    },
+    /// Merge a Yjs v1 update read from stdin into a document (created if needed).
+    Import {
+        /// Document name.
+        name: String,
+    },
+    /// Compact one document (or every document) into a snapshot.
+    Compact {
+        /// Document name; all documents when omitted.
+        name: Option<String>,
+    },
+    /// Delete a document.
+    Delete {
+        /// Document name.
+        name: String,
+    },
+}
+
+/// Flags of the server itself.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CONCORD_HOST", default_value = "127.0.0.1")]
     host: String,
@@ -57,9 +110,25 @@ struct Cli {
     /// How long shutdown waits for connections to close.
     #[arg(long, env = "CONCORD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Directory of the document store (a sled database), created if missing.
+    #[arg(long, env = "CONCORD_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Keep documents in memory only (lost on restart) instead of in --data-dir.
+    #[arg(long, env = "CONCORD_IN_MEMORY", conflicts_with = "data_dir")]
+    in_memory: bool,
+    /// How often the store fsyncs in the background: what a power loss may lose. A killed
+    /// process loses nothing acknowledged.
+    #[arg(long, env = "CONCORD_FSYNC_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    fsync_interval: Duration,
+    /// Compact a document once its log holds this many updates after its snapshot.
+    #[arg(long, env = "CONCORD_COMPACT_AFTER_UPDATES", default_value_t = Config::default().compact_after_updates)]
+    compact_after_updates: u64,
+    /// Compact a document once its log holds this many bytes after its snapshot.
+    #[arg(long, env = "CONCORD_COMPACT_AFTER_BYTES", default_value_t = Config::default().compact_after_bytes)]
+    compact_after_bytes: u64,
 }
 
-impl Cli {
+impl ServeArgs {
     fn config(self) -> Config {
         Config {
             path_prefix: self.path_prefix,
@@ -73,14 +142,25 @@ impl Cli {
             persist_queue: self.persist_queue,
             persist_batch: self.persist_batch,
             shutdown_grace: self.shutdown_grace,
+            data_dir: (!self.in_memory).then_some(self.data_dir),
+            fsync_interval: self.fsync_interval,
+            compact_after_updates: self.compact_after_updates,
+            compact_after_bytes: self.compact_after_bytes,
             ..Config::default()
         }
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Some(Command::Docs { data_dir, action }) => docs(&data_dir, action),
+        None => serve(cli.serve),
+    }
+}
+
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -89,7 +169,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
 
+#[tokio::main]
+async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let host = cli.host.clone();
     let address: SocketAddr = tokio::net::lookup_host((host.as_str(), cli.port))
         .await
@@ -108,6 +191,66 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Runs a `docs` command against the store in `data_dir`.
+fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
+    use concord_server::admin;
+    use concord_server::concord_core::{DocName, Store};
+    use std::io::{Read, Write};
+
+    if !data_dir.exists() {
+        anyhow::bail!("no data directory at {}", data_dir.display());
+    }
+    let store = concord_sled::SledStore::open(data_dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (is the server still running?)",
+            data_dir.display()
+        )
+    })?;
+    let name = |s: &str| DocName::new(s).with_context(|| format!("bad document name {s:?}"));
+    match action {
+        DocsAction::List => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<40} {:>12} {:>10} {:>12}",
+                "name", "snapshot", "log", "log bytes"
+            )?;
+            for info in admin::list(&store)? {
+                writeln!(
+                    out,
+                    "{:<40} {:>12} {:>10} {:>12}",
+                    info.name, info.snapshot_bytes, info.log_entries, info.log_bytes
+                )?;
+            }
+        }
+        DocsAction::Export { name: doc } => {
+            let update = admin::export(&store, &name(&doc)?)?;
+            std::io::stdout().lock().write_all(&update)?;
+        }
+        DocsAction::Import { name: doc } => {
+            let mut update = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut update)?;
+            admin::import(&store, &name(&doc)?, &update)?;
+            eprintln!("imported {} bytes into {doc:?}", update.len());
+        }
+        DocsAction::Compact { name: doc } => {
+            let targets = match doc {
+                Some(doc) => vec![name(&doc)?],
+                None => store.list()?.into_iter().map(|info| info.name).collect(),
+            };
+            for doc in targets {
+                let bytes = admin::compact(&store, &doc)?;
+                eprintln!("compacted {doc:?}: snapshot of {bytes} bytes");
+            }
+        }
+        DocsAction::Delete { name: doc } => {
+            admin::delete(&store, &name(&doc)?)?;
+            eprintln!("deleted {doc:?}");
+        }
+    }
     Ok(())
 }
 
@@ -151,9 +294,10 @@ mod tests {
     #[test]
     fn flags_are_consistent_and_defaults_match_the_library() {
         Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["concord-server"]).unwrap();
+        let cli = Cli::try_parse_from(["concord-server"]).unwrap().serve;
         assert_eq!((cli.host.as_str(), cli.port), ("127.0.0.1", 1234));
         let config = cli.config();
+        assert_eq!(config.data_dir.as_deref(), Some(Path::new("data")));
         let defaults = Config::default();
         assert_eq!(config.max_message_size, defaults.max_message_size);
         assert_eq!(config.keepalive_interval, defaults.keepalive_interval);
@@ -178,12 +322,33 @@ mod tests {
             "65536",
             "--path-prefix",
             "/collab",
+            "--in-memory",
         ])
-        .unwrap();
+        .unwrap()
+        .serve;
         let config = cli.config();
+        assert_eq!(config.data_dir, None);
         assert_eq!(config.keepalive_interval, Duration::from_millis(250));
         assert_eq!(config.max_message_size, 65536);
         assert_eq!(config.path_prefix, "/collab");
         assert!(Cli::try_parse_from(["concord-server", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn docs_subcommands_parse() {
+        let cli = Cli::try_parse_from(["concord-server", "docs", "--data-dir", "d", "export", "x"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Docs { action: DocsAction::Export { ref name }, .. }) if name == "x"
+        ));
+        let cli = Cli::try_parse_from(["concord-server", "docs", "compact"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Docs {
+                action: DocsAction::Compact { name: None },
+                ..
+            })
+        ));
     }
 }

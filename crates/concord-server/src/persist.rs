@@ -1,15 +1,19 @@
 //! The persistence worker: one task that writes document updates to the [`Store`] with group
-//! commit, so a burst of keystrokes from many rooms costs one store call.
+//! commit, so a burst of keystrokes from many rooms costs one store call and one flush.
 //!
 //! Queue policy: the queue is bounded ([`crate::Config::persist_queue`]); producers `await` a
 //! free slot, which pauses reading from the connection that produced the update. Updates are
 //! never dropped while the server runs. A failing store is retried with backoff, holding the
 //! batch, so its updates are not lost either.
+//!
+//! When a document's log tail grows past the compaction thresholds, the worker asks the
+//! compactor (see `compact.rs`) to snapshot it, through a small queue whose overflow policy is
+//! to drop the request: the next append to that document asks again, so nothing is lost.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_core::{DocName, Store, StoredUpdate};
+use concord_core::{Appended, DocName, Seq, Store, StoredUpdate};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,14 +32,15 @@ pub(crate) struct Persister {
 
 impl Persister {
     /// Starts the worker. It writes until `stop` is cancelled, then drains the queue and ends.
+    /// Documents whose log tail passes `thresholds` are sent to `compact`.
     pub(crate) fn start(
         store: Arc<dyn Store>,
-        queue: usize,
-        batch: usize,
+        config: PersistConfig,
+        compact: mpsc::Sender<(DocName, Seq)>,
         stop: CancellationToken,
     ) -> (Persister, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let worker = tokio::spawn(run_worker(store, rx, batch.max(1), stop));
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let worker = tokio::spawn(run_worker(store, rx, config, compact, stop));
         (Persister { tx }, worker)
     }
 
@@ -61,13 +66,35 @@ impl Persister {
     }
 }
 
+/// Settings of the persistence worker, from [`crate::Config`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PersistConfig {
+    pub(crate) queue: usize,
+    pub(crate) batch: usize,
+    pub(crate) compact_after_updates: u64,
+    pub(crate) compact_after_bytes: u64,
+}
+
 async fn run_worker(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Job>,
-    batch: usize,
+    config: PersistConfig,
+    compact: mpsc::Sender<(DocName, Seq)>,
     stop: CancellationToken,
 ) {
+    let batch = config.batch.max(1);
     let mut jobs = Vec::with_capacity(batch);
+    let request_compactions = |written: Vec<Appended>| {
+        for appended in written {
+            if appended.tail_updates >= config.compact_after_updates
+                || appended.tail_bytes >= config.compact_after_bytes
+            {
+                // Dropping a request when the compactor is busy loses nothing: the next append
+                // to this document asks again.
+                let _ = compact.try_send((appended.doc, appended.seq));
+            }
+        }
+    };
     loop {
         let received = tokio::select! {
             received = rx.recv_many(&mut jobs, batch) => received,
@@ -83,12 +110,13 @@ async fn run_worker(
         if received == 0 {
             return;
         }
-        write(&store, std::mem::take(&mut jobs), &stop).await;
+        request_compactions(write(&store, std::mem::take(&mut jobs), &stop).await);
     }
 }
 
 /// Writes one batch, retrying with backoff while the store fails, then releases its barriers.
-async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken) {
+/// Returns what the store wrote.
+async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken) -> Vec<Appended> {
     let mut updates = Vec::new();
     let mut barriers = Vec::new();
     for job in jobs {
@@ -97,6 +125,7 @@ async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken)
             Job::Barrier(done) => barriers.push(done),
         }
     }
+    let mut written = Vec::new();
     if !updates.is_empty() {
         let updates = Arc::new(updates);
         let mut delay = Duration::from_millis(50);
@@ -106,7 +135,10 @@ async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken)
             let batch = updates.clone();
             let result = tokio::task::spawn_blocking(move || store.append(&batch)).await;
             match result {
-                Ok(Ok(())) => break,
+                Ok(Ok(appended)) => {
+                    written = appended;
+                    break;
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, updates = updates.len(), "store append failed; retrying")
                 }
@@ -131,6 +163,7 @@ async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken)
     for done in barriers {
         let _ = done.send(());
     }
+    written
 }
 
 #[cfg(test)]
@@ -142,13 +175,24 @@ mod tests {
     async fn barrier_waits_for_queued_updates_and_stop_drains() {
         let store = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();
-        let (persister, worker) = Persister::start(store.clone(), 4, 2, stop.clone());
+        let config = PersistConfig {
+            queue: 4,
+            batch: 2,
+            compact_after_updates: 3,
+            compact_after_bytes: u64::MAX,
+        };
+        let (compact_tx, mut compact_rx) = mpsc::channel(16);
+        let (persister, worker) = Persister::start(store.clone(), config, compact_tx, stop.clone());
         let doc = DocName::new("d").unwrap();
         persister
             .persist(&doc, (0..10u8).map(|i| vec![i]).collect())
             .await;
         persister.barrier().await;
         assert_eq!(store.update_count(&doc), 10);
+        // The tail passed three updates: compaction was requested for the latest entry.
+        let (requested, seq) = compact_rx.recv().await.unwrap();
+        assert_eq!(requested, doc);
+        assert!(seq >= 2);
         persister.persist(&doc, vec![vec![99]]).await;
         stop.cancel();
         worker.await.unwrap();

@@ -73,6 +73,7 @@ impl Closer {
 }
 
 /// A connection as a room sees it: where its frames go and how to close it.
+#[derive(Clone)]
 pub(crate) struct Peer {
     pub(crate) tx: mpsc::Sender<Bytes>,
     /// Bytes queued in `tx` and not yet written; the writer subtracts what it sends.
@@ -159,6 +160,12 @@ impl LiveRoom {
         let effects = state.room.expire_awareness(timeout);
         // No connection caused this: `ConnId::MAX` is never assigned, so "Everyone" is everyone.
         self.deliver(&mut state, ConnId::MAX, effects);
+    }
+
+    /// The document as a snapshot (Yjs v2), unless the room is poisoned.
+    pub(crate) fn snapshot(&self) -> Option<Vec<u8>> {
+        let state = self.lock();
+        (!state.room.is_poisoned()).then(|| state.room.encode_snapshot())
     }
 
     pub(crate) fn connection_count(&self) -> usize {
@@ -254,6 +261,8 @@ pub(crate) enum OpenError {
     Store(#[from] concord_core::StoreError),
     #[error("loading the document from storage failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the stored snapshot does not decode: {0}")]
+    Snapshot(String),
 }
 
 struct Slot {
@@ -358,16 +367,22 @@ impl Rooms {
         self.persister.barrier().await;
         let store = self.store.clone();
         let doc = name.clone();
-        let updates = tokio::task::spawn_blocking(move || store.load(&doc)).await??;
-        let mut room = Room::new(self.config.clock.clone());
-        let mut skipped = 0usize;
-        for update in &updates {
-            if let Err(e) = room.restore(update) {
-                skipped += 1;
-                tracing::error!(doc = %name, error = %e, "skipping a stored update that does not apply");
-            }
+        let clock = self.config.clock.clone();
+        // Reading and replaying a long log is blocking work: keep it off the async workers.
+        let (room, skipped, stored_updates, corrupt) = tokio::task::spawn_blocking(move || {
+            let stored = store.load(&doc)?;
+            let (room, skipped) = Room::from_stored(clock, &stored)
+                .map_err(|e| OpenError::Snapshot(e.to_string()))?;
+            Ok::<_, OpenError>((room, skipped, stored.updates.len(), stored.corrupt_entries))
+        })
+        .await??;
+        for (index, error) in &skipped {
+            tracing::error!(doc = %name, index, %error, "skipping a stored update that does not apply");
         }
-        tracing::debug!(doc = %name, updates = updates.len(), skipped, "room loaded");
+        if corrupt > 0 {
+            tracing::error!(doc = %name, corrupt, "document loaded without its corrupt log entries");
+        }
+        tracing::debug!(doc = %name, updates = stored_updates, skipped = skipped.len(), "room loaded");
         Ok(Arc::new(LiveRoom {
             name: name.clone(),
             limits: self.config.queue,

@@ -11,7 +11,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use concord_core::{Access, ConnId, DocName, RoomFault, decode_frame};
+use concord_core::{Access, ConnId, DocName, Inbound, RoomFault, decode_frame, encode_saved};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -103,18 +103,15 @@ async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocke
     let closer = Closer::default();
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let last_seen = LastSeen::new();
-    room.join(
-        conn,
-        access,
-        Peer {
-            tx,
-            queued_bytes: queued_bytes.clone(),
-            closer: closer.clone(),
-        },
-    );
+    let peer = Peer {
+        tx,
+        queued_bytes: queued_bytes.clone(),
+        closer: closer.clone(),
+    };
+    room.join(conn, access, peer.clone());
     tracing::debug!(doc = %name, conn, "connected");
 
-    let reader = read_loop(&concord, &room, conn, stream, &closer, &last_seen);
+    let reader = read_loop(&concord, &room, conn, stream, &peer, &last_seen);
     let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
     tokio::join!(reader, writer);
 
@@ -131,10 +128,11 @@ async fn read_loop(
     room: &Arc<LiveRoom>,
     conn: ConnId,
     mut stream: SplitStream<WebSocket>,
-    closer: &Closer,
+    peer: &Peer,
     last_seen: &LastSeen,
 ) {
     let name = room.name();
+    let closer = &peer.closer;
     loop {
         let message = tokio::select! {
             biased;
@@ -184,9 +182,19 @@ async fn read_loop(
                 return;
             }
         };
+        let saves: Vec<u64> = inbound
+            .iter()
+            .filter_map(|message| match message {
+                Inbound::SaveRequest(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
         let (persist, fault) = room.receive(conn, inbound);
         if !persist.is_empty() {
             concord.inner.persister.persist(name, persist).await;
+        }
+        for id in saves {
+            acknowledge_when_durable(concord, peer, id);
         }
         match fault {
             None => {}
@@ -205,6 +213,24 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Answers save request `id` once everything this connection queued for storage before it is
+/// durable. Runs beside the reader, so reading goes on while the store flushes.
+fn acknowledge_when_durable(concord: &Concord, peer: &Peer, id: u64) {
+    let persister = concord.inner.persister.clone();
+    let peer = peer.clone();
+    concord.inner.tracker.spawn(async move {
+        persister.barrier().await;
+        let ack = encode_saved(id);
+        peer.queued_bytes.fetch_add(ack.len(), Ordering::Relaxed);
+        if peer.tx.try_send(ack).is_err() && !peer.closer.is_closed() {
+            peer.closer.close(
+                close_code::TRY_AGAIN_LATER,
+                "outbound queue full: client too slow; reconnect to resync",
+            );
+        }
+    });
 }
 
 async fn write_loop(

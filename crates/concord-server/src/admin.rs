@@ -1,0 +1,146 @@
+//! Offline administration of a store: list, export, import, compact and delete documents. The
+//! `concord-server docs ...` commands call these while the server is stopped (sled locks its
+//! directory, so a running server and an admin command cannot open it at once).
+
+use std::sync::Arc;
+
+use concord_core::validate::{InvalidMessage, validate_update_v1};
+use concord_core::{DocInfo, DocName, Room, Store, StoreError, StoredUpdate, SystemClock};
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The named document is not in the store.
+    #[error("no document named {0:?}")]
+    UnknownDocument(String),
+    /// The data to import is not a valid Yjs v1 update.
+    #[error("not a valid Yjs v1 update: {0}")]
+    InvalidUpdate(#[from] InvalidMessage),
+    /// The stored document cannot be rebuilt.
+    #[error("document {doc:?} cannot be rebuilt: {reason}")]
+    Unreadable {
+        /// The document.
+        doc: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Every stored document.
+pub fn list(store: &dyn Store) -> Result<Vec<DocInfo>, AdminError> {
+    Ok(store.list()?)
+}
+
+/// The whole document as one Yjs v1 update (what `Y.applyUpdate` takes).
+pub fn export(store: &dyn Store, doc: &DocName) -> Result<Vec<u8>, AdminError> {
+    require(store, doc)?;
+    Ok(rebuild(store, doc)?.encode_state())
+}
+
+/// Adds a Yjs v1 update to a document (creating it if needed). The update merges with what the
+/// document already holds, as any client's update would.
+pub fn import(store: &dyn Store, doc: &DocName, update: &[u8]) -> Result<(), AdminError> {
+    validate_update_v1(update)?;
+    // Decode and apply once, so an update yrs refuses is not stored.
+    let mut room = Room::new(Arc::new(SystemClock));
+    room.restore(update).map_err(|e| AdminError::Unreadable {
+        doc: doc.to_string(),
+        reason: e.to_string(),
+    })?;
+    store.append(&[StoredUpdate {
+        doc: doc.clone(),
+        update: update.to_vec(),
+    }])?;
+    Ok(())
+}
+
+/// Compacts one document into a snapshot. Returns the snapshot's size in bytes.
+pub fn compact(store: &dyn Store, doc: &DocName) -> Result<usize, AdminError> {
+    require(store, doc)?;
+    let stored = store.load(doc)?;
+    let room = from_stored(doc, &stored)?;
+    let snapshot = room.encode_snapshot();
+    store.compact(doc, &snapshot, stored.last_seq)?;
+    Ok(snapshot.len())
+}
+
+/// Removes a document.
+pub fn delete(store: &dyn Store, doc: &DocName) -> Result<(), AdminError> {
+    require(store, doc)?;
+    Ok(store.delete(doc)?)
+}
+
+fn require(store: &dyn Store, doc: &DocName) -> Result<(), AdminError> {
+    if store.list()?.iter().any(|info| &info.name == doc) {
+        Ok(())
+    } else {
+        Err(AdminError::UnknownDocument(doc.to_string()))
+    }
+}
+
+fn rebuild(store: &dyn Store, doc: &DocName) -> Result<Room, AdminError> {
+    from_stored(doc, &store.load(doc)?)
+}
+
+fn from_stored(doc: &DocName, stored: &concord_core::StoredDoc) -> Result<Room, AdminError> {
+    let (room, skipped) =
+        Room::from_stored(Arc::new(SystemClock), stored).map_err(|e| AdminError::Unreadable {
+            doc: doc.to_string(),
+            reason: e.to_string(),
+        })?;
+    for (index, error) in skipped {
+        tracing::error!(%doc, index, %error, "skipping a stored update that does not apply");
+    }
+    Ok(room)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_core::MemoryStore;
+    use yrs::updates::decoder::Decode;
+    use yrs::{Doc, GetString, Text, Transact, Update};
+
+    fn text_update(content: &str) -> Vec<u8> {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, content);
+        txn.encode_update_v1()
+    }
+
+    fn text_of(update: &[u8]) -> String {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).unwrap())
+            .unwrap();
+        text.get_string(&doc.transact())
+    }
+
+    #[test]
+    fn import_export_compact_delete_round_trip() {
+        let store = MemoryStore::new();
+        let name = DocName::new("notes").unwrap();
+        assert!(matches!(
+            export(&store, &name),
+            Err(AdminError::UnknownDocument(_))
+        ));
+        import(&store, &name, &text_update("hello")).unwrap();
+        assert!(matches!(
+            import(&store, &name, &[0xff, 0xff]),
+            Err(AdminError::InvalidUpdate(_))
+        ));
+        assert_eq!(text_of(&export(&store, &name).unwrap()), "hello");
+        assert!(compact(&store, &name).unwrap() > 0);
+        let stored = store.load(&name).unwrap();
+        assert!(stored.snapshot.is_some() && stored.updates.is_empty());
+        assert_eq!(text_of(&export(&store, &name).unwrap()), "hello");
+        assert_eq!(list(&store).unwrap().len(), 1);
+        delete(&store, &name).unwrap();
+        assert!(list(&store).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,96 @@
+//! The compactor: replaces a document's long log with a snapshot, one document at a time, off
+//! the persistence worker's path so that writes of other rooms never wait for it.
+//!
+//! The snapshot comes from the live room when the document is loaded (encoding it holds the
+//! room's lock for about a millisecond on a large document, so its clients keep being served),
+//! else from the store itself. Either way it covers every log entry up to the requested
+//! sequence number: those entries were applied to the room before the persistence worker wrote
+//! them, and a room only loads after every write of its previous incarnation (see `rooms.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use concord_core::{DocName, Room, Seq, Store, SystemClock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::rooms::Rooms;
+
+/// Counters the compactor keeps, for tests and (later) metrics.
+#[derive(Debug, Default)]
+pub(crate) struct CompactionStats {
+    pub(crate) done: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+/// Runs until `shutdown` is cancelled or every request sender is gone.
+pub(crate) async fn run_compactor(
+    rooms: Arc<Rooms>,
+    store: Arc<dyn Store>,
+    mut requests: mpsc::Receiver<(DocName, Seq)>,
+    stats: Arc<CompactionStats>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            request = requests.recv() => request,
+            _ = shutdown.cancelled() => return,
+        };
+        let Some((doc, upto)) = first else {
+            return;
+        };
+        // Coalesce what queued up meanwhile: one compaction per document, up to its latest entry.
+        let mut pending: HashMap<DocName, Seq> = HashMap::from([(doc, upto)]);
+        while let Ok((doc, upto)) = requests.try_recv() {
+            let seq = pending.entry(doc).or_default();
+            *seq = (*seq).max(upto);
+        }
+        for (doc, upto) in pending {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match compact_one(&rooms, &store, &doc, upto).await {
+                Ok(bytes) => {
+                    stats.done.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%doc, upto, snapshot_bytes = bytes, "compacted");
+                }
+                Err(error) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%doc, upto, %error, "compaction failed; the log is kept");
+                }
+            }
+        }
+    }
+}
+
+async fn compact_one(
+    rooms: &Rooms,
+    store: &Arc<dyn Store>,
+    doc: &DocName,
+    upto: Seq,
+) -> Result<usize, String> {
+    let live = rooms.get(doc).and_then(|room| room.snapshot());
+    let store = store.clone();
+    let doc = doc.clone();
+    tokio::task::spawn_blocking(move || {
+        let snapshot = match live {
+            Some(snapshot) => snapshot,
+            None => snapshot_from_store(store.as_ref(), &doc)?,
+        };
+        store
+            .compact(&doc, &snapshot, upto)
+            .map_err(|e| e.to_string())?;
+        Ok(snapshot.len())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Rebuilds a document from the store and encodes its snapshot (for documents not loaded).
+pub(crate) fn snapshot_from_store(store: &dyn Store, doc: &DocName) -> Result<Vec<u8>, String> {
+    let stored = store.load(doc).map_err(|e| e.to_string())?;
+    let (room, _skipped) =
+        Room::from_stored(Arc::new(SystemClock), &stored).map_err(|e| e.to_string())?;
+    Ok(room.encode_snapshot())
+}

@@ -1,0 +1,90 @@
+//! The key scheme: every key lives in sled's default tree and starts with a one-byte tag, so one
+//! `sled::Batch` can change a document's metadata, snapshot and log atomically.
+
+use std::ops::RangeInclusive;
+
+/// The store's format record.
+pub(crate) const FORMAT: &[u8] = b"m";
+/// The document id counter.
+pub(crate) const ID_COUNTER: &[u8] = b"i";
+/// Tag of document metadata keys (`b"d" + name`).
+pub(crate) const DOC_TAG: u8 = b'd';
+/// Tag of log entry keys (`b"l" + id + seq`).
+const LOG_TAG: u8 = b'l';
+/// Tag of snapshot keys (`b"s" + id`).
+const SNAPSHOT_TAG: u8 = b's';
+
+/// Length of a log entry key: tag, id, seq.
+const LOG_KEY_LEN: usize = 1 + 8 + 8;
+
+/// `b"d" + name`: the name itself, so that a prefix scan lists documents sorted by name.
+pub(crate) fn doc(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(DOC_TAG);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// `b"s" + id (u64 BE)`.
+pub(crate) fn snapshot(id: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = SNAPSHOT_TAG;
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// `b"l" + id (u64 BE) + seq (u64 BE)`: big-endian so that byte order is numeric order and a
+/// range scan returns a document's entries in seq order.
+pub(crate) fn log(id: u64, seq: u64) -> [u8; LOG_KEY_LEN] {
+    let mut key = [0u8; LOG_KEY_LEN];
+    key[0] = LOG_TAG;
+    key[1..9].copy_from_slice(&id.to_be_bytes());
+    key[9..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Keys of document `id`'s log entries with `from <= seq <= to`.
+pub(crate) fn log_range(id: u64, from: u64, to: u64) -> RangeInclusive<[u8; LOG_KEY_LEN]> {
+    log(id, from)..=log(id, to)
+}
+
+/// The seq of a log entry key, or `None` if the key is not one this store writes.
+pub(crate) fn log_seq(key: &[u8]) -> Option<u64> {
+    if key.len() != LOG_KEY_LEN || key[0] != LOG_TAG {
+        return None;
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&key[9..]);
+    Some(u64::from_be_bytes(seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_document_then_seq() {
+        let mut keys = vec![
+            log(2, 1),
+            log(1, 256),
+            log(1, 2),
+            log(1, u64::MAX),
+            log(1, 0),
+        ];
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                log(1, 0),
+                log(1, 2),
+                log(1, 256),
+                log(1, u64::MAX),
+                log(2, 1)
+            ]
+        );
+        assert_eq!(log_seq(&log(3, 258)), Some(258));
+        assert_eq!(log_seq(&snapshot(3)), None);
+        assert!(log_range(1, 2, 256).contains(&log(1, 3)));
+        assert!(!log_range(1, 2, 256).contains(&log(2, 3)));
+    }
+}
