@@ -58,11 +58,14 @@ impl Persister {
     }
 
     /// Waits until everything queued before this call has been written.
-    pub(crate) async fn barrier(&self) {
+    /// Waits until everything queued before this call has been handled. Returns true when all
+    /// of it was stored, false when some of it could not be (see [`write`]).
+    pub(crate) async fn barrier(&self) -> bool {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Job::Barrier(done)).await.is_ok() {
-            let _ = wait.await;
+        if self.tx.send(Job::Barrier(done)).await.is_err() {
+            return false;
         }
+        wait.await.is_ok()
     }
 }
 
@@ -114,8 +117,17 @@ async fn run_worker(
     }
 }
 
-/// Writes one batch, retrying with backoff while the store fails, then releases its barriers.
-/// Returns what the store wrote.
+/// How many times a batch (and then each document of it) is tried before it is given up.
+const ATTEMPTS: u32 = 6;
+
+/// Writes one batch and releases its barriers. Returns what the store wrote.
+///
+/// A failing store is retried with backoff (50 ms doubling, about 3 s in all). If the whole
+/// batch keeps failing, each document is retried on its own, so one document the store cannot
+/// write (damaged metadata, say) does not hold back every other room. Updates of a document
+/// that still fails are given up with an error log; the barriers of that batch then report
+/// failure, so no save acknowledgement claims they are durable. The room still holds them in
+/// memory and clients still have them: they are sent again on the next sync.
 async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken) -> Vec<Appended> {
     let mut updates = Vec::new();
     let mut barriers = Vec::new();
@@ -126,50 +138,133 @@ async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken)
         }
     }
     let mut written = Vec::new();
+    let mut stored_all = true;
     if !updates.is_empty() {
-        let updates = Arc::new(updates);
-        let mut delay = Duration::from_millis(50);
-        let mut attempts_after_stop = 0;
-        loop {
-            let store = store.clone();
-            let batch = updates.clone();
-            let result = tokio::task::spawn_blocking(move || store.append(&batch)).await;
-            match result {
-                Ok(Ok(appended)) => {
-                    written = appended;
-                    break;
+        match append_with_retries(store, updates.clone(), stop).await {
+            Some(appended) => written = appended,
+            None => {
+                let mut by_doc: std::collections::BTreeMap<DocName, Vec<StoredUpdate>> =
+                    std::collections::BTreeMap::new();
+                for update in updates {
+                    by_doc.entry(update.doc.clone()).or_default().push(update);
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, updates = updates.len(), "store append failed; retrying")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, updates = updates.len(), "store append panicked; retrying")
-                }
-            }
-            if stop.is_cancelled() {
-                attempts_after_stop += 1;
-                if attempts_after_stop >= 3 {
-                    tracing::error!(
-                        updates = updates.len(),
-                        "giving up on storing updates at shutdown"
-                    );
-                    break;
+                for (doc, updates) in by_doc {
+                    let count = updates.len();
+                    match append_with_retries(store, updates, stop).await {
+                        Some(appended) => written.extend(appended),
+                        None => {
+                            stored_all = false;
+                            tracing::error!(%doc, updates = count, "giving up on storing these updates");
+                        }
+                    }
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
     for done in barriers {
-        let _ = done.send(());
+        if stored_all {
+            let _ = done.send(());
+        }
     }
     written
+}
+
+async fn append_with_retries(
+    store: &Arc<dyn Store>,
+    updates: Vec<StoredUpdate>,
+    stop: &CancellationToken,
+) -> Option<Vec<Appended>> {
+    let updates = Arc::new(updates);
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=ATTEMPTS {
+        let store = store.clone();
+        let batch = updates.clone();
+        match tokio::task::spawn_blocking(move || store.append(&batch)).await {
+            Ok(Ok(appended)) => return Some(appended),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, updates = updates.len(), attempt, "store append failed")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, updates = updates.len(), attempt, "store append panicked")
+            }
+        }
+        if attempt < ATTEMPTS && !stop.is_cancelled() {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use concord_core::MemoryStore;
+
+    /// A store that refuses every append for one document.
+    struct RefusesOneDoc {
+        inner: MemoryStore,
+        refused: DocName,
+    }
+
+    impl Store for RefusesOneDoc {
+        fn load(&self, doc: &DocName) -> Result<concord_core::StoredDoc, concord_core::StoreError> {
+            self.inner.load(doc)
+        }
+        fn append(
+            &self,
+            batch: &[StoredUpdate],
+        ) -> Result<Vec<Appended>, concord_core::StoreError> {
+            if batch.iter().any(|u| u.doc == self.refused) {
+                return Err(concord_core::StoreError::Corrupt("refused".into()));
+            }
+            self.inner.append(batch)
+        }
+        fn compact(
+            &self,
+            doc: &DocName,
+            snapshot: &[u8],
+            upto: Seq,
+        ) -> Result<(), concord_core::StoreError> {
+            self.inner.compact(doc, snapshot, upto)
+        }
+        fn delete(&self, doc: &DocName) -> Result<(), concord_core::StoreError> {
+            self.inner.delete(doc)
+        }
+        fn list(&self) -> Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
+            self.inner.list()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_document_the_store_refuses_does_not_block_the_others() {
+        let bad = DocName::new("bad").unwrap();
+        let good = DocName::new("good").unwrap();
+        let store = Arc::new(RefusesOneDoc {
+            inner: MemoryStore::new(),
+            refused: bad.clone(),
+        });
+        let config = PersistConfig {
+            queue: 16,
+            batch: 16,
+            compact_after_updates: u64::MAX,
+            compact_after_bytes: u64::MAX,
+        };
+        let (compact_tx, _compact_rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let (persister, _worker) = Persister::start(store.clone(), config, compact_tx, stop);
+        persister.persist(&bad, vec![vec![1]]).await;
+        persister.persist(&good, vec![vec![2]]).await;
+        assert!(
+            !persister.barrier().await,
+            "the refused update is reported, not acknowledged"
+        );
+        assert_eq!(store.inner.update_count(&good), 1);
+        assert_eq!(store.inner.update_count(&bad), 0);
+        persister.persist(&good, vec![vec![3]]).await;
+        assert!(persister.barrier().await);
+        assert_eq!(store.inner.update_count(&good), 2);
+    }
 
     #[tokio::test]
     async fn barrier_waits_for_queued_updates_and_stop_drains() {
@@ -187,7 +282,7 @@ mod tests {
         persister
             .persist(&doc, (0..10u8).map(|i| vec![i]).collect())
             .await;
-        persister.barrier().await;
+        assert!(persister.barrier().await);
         assert_eq!(store.update_count(&doc), 10);
         // The tail passed three updates: compaction was requested for the latest entry.
         let (requested, seq) = compact_rx.recv().await.unwrap();

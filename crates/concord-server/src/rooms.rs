@@ -364,7 +364,9 @@ impl Rooms {
 
     async fn load(&self, name: &DocName) -> Result<Arc<LiveRoom>, OpenError> {
         // Updates of a previous incarnation of this room may still be queued: wait for them.
-        self.persister.barrier().await;
+        if !self.persister.barrier().await {
+            tracing::warn!(doc = %name, "some queued updates could not be stored before this load");
+        }
         let store = self.store.clone();
         let doc = name.clone();
         let clock = self.config.clock.clone();

@@ -221,7 +221,11 @@ fn acknowledge_when_durable(concord: &Concord, peer: &Peer, id: u64) {
     let persister = concord.inner.persister.clone();
     let peer = peer.clone();
     concord.inner.tracker.spawn(async move {
-        persister.barrier().await;
+        if !persister.barrier().await {
+            // Not durable: no acknowledgement. The client keeps showing "unsaved" and resends
+            // its updates when it next syncs.
+            return;
+        }
         let ack = encode_saved(id);
         peer.queued_bytes.fetch_add(ack.len(), Ordering::Relaxed);
         if peer.tx.try_send(ack).is_err() && !peer.closer.is_closed() {
