@@ -1,10 +1,12 @@
 //! Shared benchmark inputs: real editing traces turned into the Yjs updates a client would send.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use yrs::sync::{Message, SyncMessage};
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, Text, Transact};
 
@@ -29,6 +31,22 @@ pub struct TraceUpdates {
     pub end_content: String,
 }
 
+impl TraceUpdates {
+    /// The bare Yjs v1 updates inside the frames: what the server hands its store.
+    pub fn updates(&self) -> Vec<Vec<u8>> {
+        self.frames
+            .iter()
+            .map(|frame| match Message::decode_v1(frame) {
+                Ok(Message::Sync(SyncMessage::Update(update))) => update,
+                other => panic!("trace frames are sync updates, got {other:?}"),
+            })
+            .collect()
+    }
+}
+
+/// The client id the trace's edits are made with.
+pub const TRACE_CLIENT_ID: u64 = 0x9e37_79b9;
+
 /// Loads a gzipped trace from `benches/data` and replays it into frames.
 pub fn load_trace(file: &str) -> TraceUpdates {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -41,7 +59,9 @@ pub fn load_trace(file: &str) -> TraceUpdates {
         .expect("gunzip trace");
     let trace: Trace = serde_json::from_str(&json).expect("parse trace");
 
-    let doc = Doc::new();
+    // A fixed client id, so every run produces the same bytes: a 32-bit value like the ones
+    // Yjs (JS) clients pick at random (yrs picks 53-bit ids, a byte or three longer each).
+    let doc = Doc::with_client_id(TRACE_CLIENT_ID);
     let text = doc.get_or_insert_text("text");
     let mut frames = Vec::with_capacity(trace.txns.len());
     for txn in &trace.txns {
@@ -67,4 +87,165 @@ pub fn load_trace(file: &str) -> TraceUpdates {
         frames,
         end_content: trace.end_content,
     }
+}
+
+/// Order statistics of a set of durations.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// Number of samples.
+    pub n: usize,
+    /// Median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Largest sample.
+    pub max: Duration,
+    /// Smallest sample.
+    pub min: Duration,
+    /// Arithmetic mean.
+    pub mean: Duration,
+}
+
+impl Summary {
+    /// Summarises `samples` (nearest-rank percentiles). Panics on an empty set.
+    pub fn of(samples: &[Duration]) -> Summary {
+        assert!(!samples.is_empty(), "no samples");
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        let rank = |p: f64| {
+            let index = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+            sorted[index.clamp(1, sorted.len()) - 1]
+        };
+        let total: Duration = sorted.iter().sum();
+        Summary {
+            n: sorted.len(),
+            p50: rank(50.0),
+            p90: rank(90.0),
+            p99: rank(99.0),
+            max: sorted[sorted.len() - 1],
+            min: sorted[0],
+            mean: total / sorted.len() as u32,
+        }
+    }
+
+    /// One table row: `label`, then n, min, p50, p90, p99, max and mean in milliseconds.
+    pub fn row(&self, label: &str) -> String {
+        format!(
+            "{label:<44} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            self.n,
+            ms(self.min),
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.max),
+            ms(self.mean),
+        )
+    }
+
+    /// The header matching [`Summary::row`].
+    pub fn header(title: &str) -> String {
+        format!(
+            "{title:<44} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "n", "min ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"
+        )
+    }
+}
+
+/// A duration in milliseconds with three decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+/// Bytes of every file under `dir`, recursively: (apparent size = sum of file lengths,
+/// allocated size = blocks actually used on disk, what `du` reports).
+pub fn dir_size(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut apparent = 0;
+    let mut allocated = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            let (a, b) = dir_size(&entry.path())?;
+            apparent += a;
+            allocated += b;
+        } else {
+            apparent += meta.len();
+            allocated += meta.blocks() * 512;
+        }
+    }
+    Ok((apparent, allocated))
+}
+
+/// Every file under `dir` with its apparent and allocated size, sorted by path.
+pub fn dir_listing(dir: &Path) -> std::io::Result<Vec<(String, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                let path = entry.path();
+                let shown = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                files.push((shown, meta.len(), meta.blocks() * 512));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// This disk's durable-write latency: `count` times, appends 4 KiB to a fresh file in `dir` and
+/// calls `sync_data` (fdatasync). Returns one sample per append + sync.
+pub fn fdatasync_latency(dir: &Path, count: usize) -> std::io::Result<Vec<Duration>> {
+    let path = dir.join("fdatasync-probe");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let block = [0x5au8; 4096];
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        samples.push(start.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(samples)
+}
+
+/// This process's I/O counters from `/proc/self/io` (Linux): `wchar` (bytes passed to write
+/// system calls) and `write_bytes` (bytes sent to the storage layer). `None` where unavailable.
+pub fn process_writes() -> Option<(u64, u64)> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    Some((field("wchar:")?, field("write_bytes:")?))
+}
+
+/// CPU time this process has used so far, all threads, user + system (Linux `/proc/self/stat`,
+/// assuming the usual 100 clock ticks per second). `None` where unavailable.
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 of `rest` (1-based).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }

@@ -61,11 +61,29 @@ impl Persister {
     /// Waits until everything queued before this call has been handled. Returns true when all
     /// of it was stored, false when some of it could not be (see [`write`]).
     pub(crate) async fn barrier(&self) -> bool {
+        self.queue_barrier().await.wait().await
+    }
+
+    /// Queues a barrier behind everything queued so far and returns a handle to wait on it.
+    /// Barriers complete in the order they were queued.
+    pub(crate) async fn queue_barrier(&self) -> Barrier {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Job::Barrier(done)).await.is_err() {
-            return false;
+        let queued = self.tx.send(Job::Barrier(done)).await.is_ok();
+        Barrier(queued.then_some(wait))
+    }
+}
+
+/// A queued barrier; see [`Persister::queue_barrier`].
+pub(crate) struct Barrier(Option<oneshot::Receiver<()>>);
+
+impl Barrier {
+    /// True once everything queued before the barrier is stored; false if some of it could not
+    /// be (or the worker has stopped).
+    pub(crate) async fn wait(self) -> bool {
+        match self.0 {
+            Some(wait) => wait.await.is_ok(),
+            None => false,
         }
-        wait.await.is_ok()
     }
 }
 

@@ -18,11 +18,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::Concord;
+use crate::persist::Barrier;
 use crate::rooms::{Closer, LiveRoom, Peer, close_code};
 
 /// An awareness message with no entries: `[messageAwareness, length 1, count 0]`. Clients apply
 /// it as a no-op, but it counts as a received message for their 30 s reconnect timer.
 const EMPTY_AWARENESS: &[u8] = &[1, 1, 0];
+
+/// Most save requests of one connection waiting for the store.
+const SAVE_QUEUE: usize = 1024;
 
 /// How long a close frame may take to go out before the connection is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -111,9 +115,17 @@ async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocke
     room.join(conn, access, peer.clone());
     tracing::debug!(doc = %name, conn, "connected");
 
-    let reader = read_loop(&concord, &room, conn, stream, &peer, &last_seen);
+    // Save requests waiting for their barrier. Bounded: a client with this many requests in
+    // flight has its reads paused until the store catches up.
+    let (saves_tx, saves_rx) = mpsc::channel(SAVE_QUEUE);
+    let acks = acknowledge_saves(saves_rx, peer.clone());
+    let reader = async {
+        read_loop(&concord, &room, conn, stream, &peer, &saves_tx, &last_seen).await;
+        // Let the acknowledger finish what is queued, then stop.
+        drop(saves_tx);
+    };
     let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
-    tokio::join!(reader, writer);
+    tokio::join!(reader, writer, acks);
 
     room.leave(conn);
     if room.is_poisoned() {
@@ -129,6 +141,7 @@ async fn read_loop(
     conn: ConnId,
     mut stream: SplitStream<WebSocket>,
     peer: &Peer,
+    saves: &mpsc::Sender<(u64, Barrier)>,
     last_seen: &LastSeen,
 ) {
     let name = room.name();
@@ -182,7 +195,7 @@ async fn read_loop(
                 return;
             }
         };
-        let saves: Vec<u64> = inbound
+        let save_ids: Vec<u64> = inbound
             .iter()
             .filter_map(|message| match message {
                 Inbound::SaveRequest(id) => Some(*id),
@@ -193,8 +206,11 @@ async fn read_loop(
         if !persist.is_empty() {
             concord.inner.persister.persist(name, persist).await;
         }
-        for id in saves {
-            acknowledge_when_durable(concord, peer, id);
+        for id in save_ids {
+            let barrier = concord.inner.persister.queue_barrier().await;
+            if saves.send((id, barrier)).await.is_err() {
+                return;
+            }
         }
         match fault {
             None => {}
@@ -215,16 +231,15 @@ async fn read_loop(
     }
 }
 
-/// Answers save request `id` once everything this connection queued for storage before it is
-/// durable. Runs beside the reader, so reading goes on while the store flushes.
-fn acknowledge_when_durable(concord: &Concord, peer: &Peer, id: u64) {
-    let persister = concord.inner.persister.clone();
-    let peer = peer.clone();
-    concord.inner.tracker.spawn(async move {
-        if !persister.barrier().await {
+/// Answers a connection's save requests, in the order they were made: each waits on a barrier
+/// queued behind that connection's updates, and barriers complete in order anyway, so waiting
+/// one after another costs nothing and a client may match acknowledgements first in, first out.
+async fn acknowledge_saves(mut saves: mpsc::Receiver<(u64, Barrier)>, peer: Peer) {
+    while let Some((id, barrier)) = saves.recv().await {
+        if !barrier.wait().await {
             // Not durable: no acknowledgement. The client keeps showing "unsaved" and resends
             // its updates when it next syncs.
-            return;
+            continue;
         }
         let ack = encode_saved(id);
         peer.queued_bytes.fetch_add(ack.len(), Ordering::Relaxed);
@@ -234,7 +249,7 @@ fn acknowledge_when_durable(concord: &Concord, peer: &Peer, id: u64) {
                 "outbound queue full: client too slow; reconnect to resync",
             );
         }
-    });
+    }
 }
 
 async fn write_loop(
