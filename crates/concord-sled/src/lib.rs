@@ -13,9 +13,13 @@
 //!
 //! # Layout
 //!
-//! Everything lives in sled's default tree, so that one `sled::Batch` (applied atomically by
-//! `apply_batch`) can change every key a compaction or a deletion touches. Integers in keys are
-//! big-endian, so byte order is numeric order and a range scan returns log entries by seq.
+//! Snapshots live in a sled tree of their own (`snapshots`); everything else lives in sled's
+//! default tree. Snapshots are kept apart because sled rewrites a leaf's large values whenever
+//! it rewrites the leaf: next to a document's newest log keys, a snapshot was rewritten by every
+//! later append (measured: ~19 KB written per 10-update append instead of ~1.2 KB). A
+//! compaction or a deletion changes both trees in one sled transaction, so it stays atomic.
+//! Integers in keys are big-endian, so byte order is numeric order and a range scan returns log
+//! entries by seq.
 //!
 //! | Key                                  | Value (payload of a record)                         |
 //! |--------------------------------------|-----------------------------------------------------|
@@ -23,7 +27,7 @@
 //! | `b"i"`                               | id counter: `{ next_doc_id: u64 }`                  |
 //! | `b"d"` + name (UTF-8 bytes)          | document metadata, see below                        |
 //! | `b"l"` + id (u64 BE) + seq (u64 BE)  | log entry: `{ updates: Vec<Vec<u8>> }` (Yjs v1)     |
-//! | `b"s"` + id (u64 BE)                 | snapshot: `{ upto: u64, bytes: Vec<u8> }` (Yjs v2)  |
+//! | `b"s"` + id (u64 BE), tree `snapshots` | snapshot: `{ upto: u64, bytes: Vec<u8> }` (Yjs v2) |
 //!
 //! Document metadata is `{ id: u64, next_seq: u64, snapshot_seq: Option<u64>,
 //! snapshot_bytes: u64, tail_entries: u64, tail_updates: u64, tail_bytes: u64,
@@ -59,9 +63,9 @@
 //! # Compaction and crashes
 //!
 //! `compact(doc, snapshot, upto)` collects the keys of the entries with seq <= `upto` (or <=
-//! the previous snapshot's seq, if larger), then applies ONE batch that writes the snapshot
-//! record, rewrites the metadata (tail statistics recounted from the entries that remain) and
-//! removes those keys, then flushes. Independently of that atomicity, `load` ignores every log
+//! the previous snapshot's seq, if larger), then applies ONE transaction that writes the
+//! snapshot record, rewrites the metadata (tail statistics recounted from the entries that
+//! remain) and removes those keys, then flushes. Independently of that atomicity, `load` ignores every log
 //! entry whose seq is <= the snapshot's: had the snapshot been written without the deletions,
 //! no update would be applied twice nor lost. `SledStore::compact_snapshot_only` (hidden, for
 //! tests) performs only that first half, to prove it.

@@ -51,6 +51,16 @@ fn damage(path: &Path, key: &[u8], f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
     tree.flush().unwrap();
 }
 
+/// Rewrites the snapshot record of document `id`, which lives in its own sled tree.
+fn damage_snapshot(path: &Path, id: u64, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    let store = SledStore::open(path).unwrap();
+    let tree = store.raw_snapshots();
+    let key = snapshot_key(id);
+    let value = tree.get(&key).unwrap().expect("the snapshot exists").to_vec();
+    tree.insert(key, f(value)).unwrap();
+    tree.flush().unwrap();
+}
+
 /// A record with a valid header and checksum around `payload`.
 fn sealed(payload: &[u8]) -> Vec<u8> {
     let mut out = vec![1];
@@ -147,7 +157,7 @@ fn a_corrupt_snapshot_fails_the_load_naming_the_document() {
         let store = SledStore::open(dir.path()).unwrap();
         store.compact(&name("doc"), &[7, 7, 7], 2).unwrap();
     }
-    damage(dir.path(), &snapshot_key(1), |mut v| {
+    damage_snapshot(dir.path(), 1, |mut v| {
         *v.last_mut().unwrap() ^= 1;
         v
     });
@@ -163,13 +173,13 @@ fn a_corrupt_snapshot_fails_the_load_naming_the_document() {
     drop(store);
 
     // Also when the snapshot is cut short, or missing altogether.
-    damage(dir.path(), &snapshot_key(1), |v| v[..2].to_vec());
+    damage_snapshot(dir.path(), 1, |v| v[..2].to_vec());
     let store = SledStore::open(dir.path()).unwrap();
     assert!(matches!(
         store.load(&name("doc")),
         Err(StoreError::Corrupt(_))
     ));
-    store.raw_tree().remove(snapshot_key(1)).unwrap();
+    store.raw_snapshots().remove(snapshot_key(1)).unwrap();
     assert!(matches!(
         store.load(&name("doc")),
         Err(StoreError::Corrupt(_))
