@@ -425,7 +425,7 @@ impl Store for SledStore {
                 Err(e) => return Err(e),
             }
             batch.remove(doc_key);
-            let snapshot_key = snapshot_key.map(|id| keys::snapshot(id));
+            let snapshot_key = snapshot_key.map(keys::snapshot);
             (&*self.db, &self.snapshots)
                 .transaction(|(main, snapshots)| {
                     if let Some(key) = &snapshot_key {
