@@ -10,6 +10,8 @@ mod embedded;
 mod http;
 mod keepalive;
 mod malformed;
+// Durability with a real sled store: save acknowledgements, compaction, restarts, corruption.
+mod persistence;
 mod random;
 mod shutdown;
 mod sync;

@@ -158,6 +158,21 @@ export class Server {
     return s.length > max ? '...' + s.slice(-max) : s
   }
 
+  /** The port the server listens on (to restart a server on the same address). */
+  get port () {
+    return this.url ? Number(new URL(this.url).port) : null
+  }
+
+  /** SIGKILL (a crash: nothing is flushed, no close frames), then wait until it has exited. */
+  async kill () {
+    if (!this.child) return
+    if (this.exit) {
+      throw new Error(`server had already exited before it was killed: ${JSON.stringify(this.exit)}`)
+    }
+    this.child.kill('SIGKILL')
+    await this.exited
+  }
+
   /** SIGTERM, then require a clean exit with status 0 within the deadline. */
   async stop () {
     if (!this.child) return
@@ -183,7 +198,9 @@ export class Server {
 /**
  * Starts the server binary on an ephemeral port and waits for its `listening on HOST:PORT` line.
  * With INTEROP_SERVER_URL set, returns a handle on that server instead (`extraArgs` are then
- * ignored).
+ * ignored). `extraArgs` may name the store (`--data-dir DIR`, which the caller then owns and
+ * removes, e.g. to restart a server on the same documents, or `--in-memory`) and the port
+ * (`--port N`, e.g. the port of the server being restarted, so running clients reconnect).
  */
 export async function startServer (extraArgs = []) {
   if (externalServerUrl) return new Server({ url: externalServerUrl.replace(/\/+$/, '') })
@@ -196,7 +213,9 @@ export async function startServer (extraArgs = []) {
     ? null
     : mkdtempSync(path.join(os.tmpdir(), 'concord-interop-'))
   const storeArgs = ownDataDir ? ['--data-dir', ownDataDir] : []
-  const child = spawn(serverBin, ['--host', '127.0.0.1', '--port', '0', ...storeArgs, ...extraArgs], {
+  // `--port N` in extraArgs (to restart a server on the address its clients know) replaces 0.
+  const portArgs = extraArgs.includes('--port') ? [] : ['--port', '0']
+  const child = spawn(serverBin, ['--host', '127.0.0.1', ...portArgs, ...storeArgs, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_BACKTRACE: '1' }
   })

@@ -57,8 +57,9 @@ pub fn encode_saved(id: u64) -> Bytes {
 pub enum Inbound {
     /// SyncStep1: the client's state vector; answered with the updates it is missing.
     SyncStep1(StateVector),
-    /// SyncStep2 or Update: changes to apply to the document.
-    Update(Update),
+    /// SyncStep2 or Update: changes to apply to the document, decoded, and the bytes they came
+    /// in (stored as they are if the update cannot be integrated yet).
+    Update(Update, Vec<u8>),
     /// An awareness update (presence, cursors).
     Awareness(AwarenessUpdate),
     /// A request for every current awareness state.
@@ -101,7 +102,7 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
         inbound.push(match message {
             Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::SyncStep1(sv),
             Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
-                Inbound::Update(decode_update(&update)?)
+                Inbound::Update(decode_update(&update)?, update)
             }
             Message::Awareness(update) => Inbound::Awareness(update),
             Message::AwarenessQuery => Inbound::QueryAwareness,
@@ -187,6 +188,9 @@ struct Conn {
     /// Whether this read-only connection was already told that its updates are refused.
     told_read_only: bool,
 }
+
+/// A document's pending update and pending delete set, encoded (see `Room::pending`).
+type PendingData = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Adapts a shared clock to the `Clock` type yrs's `Awareness` stores.
 struct SharedClock(Arc<dyn Clock>);
@@ -355,12 +359,13 @@ impl Room {
                         effects.push(Recipients::Sender, &reply);
                     }
                 }
-                Inbound::Update(update) => {
+                Inbound::Update(update, raw) => {
                     let access = self.conns.get(&conn).map_or(Access::ReadOnly, |c| c.access);
                     if access == Access::ReadOnly {
                         self.refuse_write(conn, &mut effects);
                         continue;
                     }
+                    let pending_before = self.pending();
                     let result = self.apply(update);
                     for delta in lock(&self.deltas).drain(..) {
                         effects.push(
@@ -368,6 +373,16 @@ impl Room {
                             &Message::Sync(SyncMessage::Update(delta.clone())),
                         );
                         effects.persist.push(delta);
+                    }
+                    // yrs keeps an update whose dependencies have not arrived as pending and
+                    // reports no change for it, so it would be relayed and stored by nobody.
+                    // Store it as received: it is in the document (snapshots include pending
+                    // data) and may have been acknowledged. Replaying it is harmless.
+                    if result.is_ok() && !self.poisoned {
+                        let pending_after = self.pending();
+                        if pending_after.is_some() && pending_after != pending_before {
+                            effects.persist.push(raw);
+                        }
                     }
                     if let Err(fault) = result {
                         effects.fault = Some(fault);
@@ -429,6 +444,20 @@ impl Room {
         let mut effects = Effects::default();
         self.broadcast_awareness(expired, Recipients::Everyone, &mut effects);
         effects
+    }
+
+    /// The document's pending (not yet integrable) data, encoded, or `None` when there is none.
+    /// Only encodes anything when something is pending, which real clients rarely cause.
+    fn pending(&self) -> Option<PendingData> {
+        let txn = self.doc().transact();
+        if !txn.has_missing_updates() {
+            return None;
+        }
+        let store = txn.store();
+        Some((
+            store.pending_update().map(|p| p.update.encode_v1()),
+            store.pending_ds().map(|ds| ds.encode_v1()),
+        ))
     }
 
     fn has_state(&self, client: ClientID) -> bool {
@@ -640,6 +669,45 @@ mod tests {
         // The same update again changes nothing: nothing to relay or persist.
         let effects = room.receive(2, decode_frame(&update_frame(update)).unwrap());
         assert!(effects.send.is_empty() && effects.persist.is_empty());
+    }
+
+    #[test]
+    fn an_update_missing_its_dependencies_is_persisted_as_received() {
+        let source = Doc::new();
+        let text = source.get_or_insert_text("t");
+        let mut updates = Vec::new();
+        for word in ["first;", "second;"] {
+            let mut txn = source.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, word);
+            updates.push(txn.encode_update_v1());
+        }
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        let effects = room.receive(1, decode_frame(&update_frame(updates[1].clone())).unwrap());
+        assert_eq!(
+            effects.persist,
+            vec![updates[1].clone()],
+            "stored although pending"
+        );
+        assert!(
+            effects.send.is_empty(),
+            "nothing integrated, nothing relayed yet"
+        );
+        // Sent again while still pending: nothing new to store.
+        let effects = room.receive(1, decode_frame(&update_frame(updates[1].clone())).unwrap());
+        assert!(effects.persist.is_empty());
+        // Its dependency arrives: both integrate, and the change is relayed and stored.
+        let effects = room.receive(1, decode_frame(&update_frame(updates[0].clone())).unwrap());
+        assert_eq!(effects.persist.len(), 1);
+        assert_eq!(text_of(&room), "first;second;");
+        // A room rebuilt from what was persisted has everything.
+        let (mut copy, _) = super::tests::room();
+        copy.restore(&updates[1]).unwrap();
+        for update in &effects.persist {
+            copy.restore(update).unwrap();
+        }
+        assert_eq!(text_of(&copy), "first;second;");
     }
 
     #[test]

@@ -92,6 +92,12 @@ pub(crate) struct LiveRoom {
     name: DocName,
     limits: QueueLimits,
     state: Mutex<RoomState>,
+    /// Held from applying a frame until its changes (and any save barrier) are queued for
+    /// storage, so that a room's changes enter the persistence queue in the order the room
+    /// applied them. Without it, a save request could be queued ahead of changes another
+    /// connection applied earlier (and that the requester's sync relied on), and be acknowledged
+    /// before they are stored.
+    persist_order: tokio::sync::Mutex<()>,
 }
 
 struct RoomState {
@@ -109,6 +115,11 @@ impl LiveRoom {
 
     pub(crate) fn name(&self) -> &DocName {
         &self.name
+    }
+
+    /// See the `persist_order` field.
+    pub(crate) async fn persist_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.persist_order.lock().await
     }
 
     /// Adds a peer and queues its first frames (SyncStep1 and awareness states).
@@ -392,6 +403,7 @@ impl Rooms {
                 room,
                 peers: HashMap::new(),
             }),
+            persist_order: tokio::sync::Mutex::new(()),
         }))
     }
 

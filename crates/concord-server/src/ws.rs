@@ -202,13 +202,18 @@ async fn read_loop(
                 _ => None,
             })
             .collect();
+        let order = room.persist_order().await;
         let (persist, fault) = room.receive(conn, inbound);
         if !persist.is_empty() {
             concord.inner.persister.persist(name, persist).await;
         }
+        let mut barriers = Vec::with_capacity(save_ids.len());
         for id in save_ids {
-            let barrier = concord.inner.persister.queue_barrier().await;
-            if saves.send((id, barrier)).await.is_err() {
+            barriers.push((id, concord.inner.persister.queue_barrier().await));
+        }
+        drop(order);
+        for barrier in barriers {
+            if saves.send(barrier).await.is_err() {
                 return;
             }
         }

@@ -177,7 +177,10 @@ impl SledStore {
                  log entries after it alone"
             ))
         };
-        let value = self.snapshots.get(keys::snapshot(meta.id)).map_err(backend)?;
+        let value = self
+            .snapshots
+            .get(keys::snapshot(meta.id))
+            .map_err(backend)?;
         match (meta.snapshot_seq, value) {
             (None, None) => Ok(None),
             (Some(seq), Some(value)) => {

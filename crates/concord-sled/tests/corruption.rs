@@ -56,7 +56,11 @@ fn damage_snapshot(path: &Path, id: u64, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
     let store = SledStore::open(path).unwrap();
     let tree = store.raw_snapshots();
     let key = snapshot_key(id);
-    let value = tree.get(&key).unwrap().expect("the snapshot exists").to_vec();
+    let value = tree
+        .get(&key)
+        .unwrap()
+        .expect("the snapshot exists")
+        .to_vec();
     tree.insert(key, f(value)).unwrap();
     tree.flush().unwrap();
 }
