@@ -13,72 +13,14 @@ use std::time::Duration;
 use concord_core::{
     Appended, DocInfo, DocName, MemoryStore, Seq, Store, StoreError, StoredDoc, StoredUpdate,
 };
-use concord_server::{Concord, Config};
+use concord_server::Config;
 use concord_tests::{
-    DEADLINE, ManualClock, RawClient, Root, TestClient, awareness_message, doc_json, poll_until,
-    poll_until_ok,
+    DEADLINE, EmbeddedServer, ManualClock, RawClient, Root, TestClient, awareness_message,
+    doc_json, poll_until, poll_until_ok,
 };
-use tokio::net::TcpListener;
 use tokio::sync::Barrier;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
 use yrs::{Array, Doc, GetString, Text, Transact, Update, WriteTxn};
-
-/// Concord embedded in an axum server on an ephemeral loopback port, over a store of the test's
-/// choosing, with the instance handle at hand.
-struct EmbeddedServer {
-    addr: std::net::SocketAddr,
-    concord: Concord,
-    shutdown: CancellationToken,
-    serve: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl EmbeddedServer {
-    async fn start_with_store(config: Config, store: Arc<dyn Store>) -> EmbeddedServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let concord = Concord::new(config, store, shutdown.clone());
-        let app = concord_server::router(&concord);
-        let signal = shutdown.clone().cancelled_owned();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-        });
-        EmbeddedServer {
-            addr,
-            concord,
-            shutdown,
-            serve: Some(serve),
-        }
-    }
-
-    fn url(&self, doc: &str) -> String {
-        format!("ws://{}/{}", self.addr, doc)
-    }
-
-    /// Cancels, then waits for `closed()` and for the serve task, each within [`DEADLINE`].
-    async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(DEADLINE, self.concord.closed())
-            .await
-            .expect("closed() returns after shutdown");
-        let serve = self.serve.take().unwrap();
-        tokio::time::timeout(DEADLINE, serve)
-            .await
-            .expect("the serve task ends after shutdown")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-impl Drop for EmbeddedServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 /// A [`MemoryStore`] that counts loads and, while its gate is closed, blocks them.
 #[derive(Default)]

@@ -10,73 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_core::{DocName, MSG_SAVED, MemoryStore, Store, StoredDoc, encode_saved};
-use concord_server::{Concord, Config};
+use concord_server::Config;
 use concord_sled::SledStore;
 use concord_tests::{
-    DEADLINE, RawClient, Root, TestClient, awareness_message, decode_messages, doc_json,
-    poll_until, poll_until_ok, update_message,
+    DEADLINE, EmbeddedServer, RawClient, Root, TestClient, awareness_message, decode_messages,
+    doc_json, poll_until, poll_until_ok, update_message,
 };
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::sync::Message;
 use yrs::updates::decoder::Decode;
 use yrs::{Array, Doc, Map, ReadTxn, StateVector, Text, Transact, Update, WriteTxn};
-
-/// Concord embedded in an axum server on an ephemeral loopback port, over a given store.
-struct Served {
-    addr: std::net::SocketAddr,
-    concord: Concord,
-    shutdown: CancellationToken,
-    serve: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Served {
-    async fn start(config: Config, store: Arc<dyn Store>) -> Served {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let concord = Concord::new(config, store, shutdown.clone());
-        let app = concord_server::router(&concord);
-        let signal = shutdown.clone().cancelled_owned();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-        });
-        Served {
-            addr,
-            concord,
-            shutdown,
-            serve: Some(serve),
-        }
-    }
-
-    fn url(&self, doc: &DocName) -> String {
-        format!("ws://{}/{}", self.addr, doc.as_str())
-    }
-
-    /// Cancels, then waits for `closed()` (every update stored) and the serve task.
-    async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(DEADLINE, self.concord.closed())
-            .await
-            .expect("closed() returns after shutdown");
-        let serve = self.serve.take().unwrap();
-        tokio::time::timeout(DEADLINE, serve)
-            .await
-            .expect("the serve task ends after shutdown")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 fn sled_in(dir: &std::path::Path) -> Arc<SledStore> {
     Arc::new(SledStore::open(dir).expect("open the sled store"))
@@ -177,9 +120,11 @@ fn stored_text(store: &dyn Store, doc: &DocName) -> String {
 }
 
 async fn save_acknowledgements(store: Arc<dyn Store>) {
-    let server = Served::start(Config::default(), store.clone()).await;
+    let server = EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
     let name = DocName::new("acks/doc").unwrap();
-    let mut client = RawClient::connect(&server.url(&name)).await.unwrap();
+    let mut client = RawClient::connect(&server.url(name.as_str()))
+        .await
+        .unwrap();
     let mut writer = Appender::new(1);
 
     // A save request before anything was sent is answered too.
@@ -249,9 +194,9 @@ async fn compaction_thresholds(store: Arc<dyn Store>) {
         room_idle_timeout: Duration::from_millis(50),
         ..Config::default()
     };
-    let server = Served::start(config, store.clone()).await;
+    let server = EmbeddedServer::start_with_store(config, store.clone()).await;
     let name = DocName::new("compaction").unwrap();
-    let url = server.url(&name);
+    let url = server.url(name.as_str());
     let mut a = TestClient::connect_synced(&url).await.unwrap();
     let mut b = TestClient::connect_synced(&url).await.unwrap();
 
@@ -358,14 +303,14 @@ async fn documents_survive_a_restart_in_process() {
     let other = DocName::new("restart/other").unwrap();
 
     let store = sled_in(dir.path());
-    let server = Served::start(Config::default(), store.clone()).await;
-    let writer = TestClient::connect_synced(&server.url(&text))
+    let server = EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
+    let writer = TestClient::connect_synced(&server.url(text.as_str()))
         .await
         .unwrap();
-    let observer = TestClient::connect_synced(&server.url(&text))
+    let observer = TestClient::connect_synced(&server.url(text.as_str()))
         .await
         .unwrap();
-    let second = TestClient::connect_synced(&server.url(&other))
+    let second = TestClient::connect_synced(&server.url(other.as_str()))
         .await
         .unwrap();
     for i in 0..40 {
@@ -408,13 +353,13 @@ async fn documents_survive_a_restart_in_process() {
     // sled may hold its directory lock a few ms after the last handle is dropped; `open`
     // waits for it.
     let store = sled_in(dir.path());
-    let server = Served::start(Config::default(), store.clone()).await;
-    let fresh = TestClient::connect_synced(&server.url(&text))
+    let server = EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
+    let fresh = TestClient::connect_synced(&server.url(text.as_str()))
         .await
         .unwrap();
     assert_eq!(fresh.snapshot(&TEXT), expected);
     assert!(!fresh.has_missing_updates());
-    let fresh_other = TestClient::connect_synced(&server.url(&other))
+    let fresh_other = TestClient::connect_synced(&server.url(other.as_str()))
         .await
         .unwrap();
     assert_eq!(fresh_other.snapshot(&TEXT), other_expected);
@@ -426,7 +371,7 @@ async fn documents_survive_a_restart_in_process() {
         .transact_mut()
         .apply_update(Update::decode_v1(&writer_state).unwrap())
         .unwrap();
-    let back = TestClient::connect_with_doc(&server.url(&text), replica)
+    let back = TestClient::connect_with_doc(&server.url(text.as_str()), replica)
         .await
         .unwrap();
     back.wait_synced().await;
@@ -462,8 +407,10 @@ async fn a_corrupt_log_entry_is_skipped_and_the_rest_of_the_document_loads() {
     // Four batches, each from its own client (so they do not depend on one another) and each
     // acknowledged before the next is sent: four separate log entries.
     let store = sled_in(dir.path());
-    let server = Served::start(Config::default(), store.clone()).await;
-    let mut raw = RawClient::connect(&server.url(&name)).await.unwrap();
+    let server = EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
+    let mut raw = RawClient::connect(&server.url(name.as_str()))
+        .await
+        .unwrap();
     let mut updates = Vec::new();
     for i in 0..BATCHES {
         let doc = Doc::with_client_id(100 + i);
@@ -514,8 +461,8 @@ async fn a_corrupt_log_entry_is_skipped_and_the_rest_of_the_document_loads() {
 
     let store = sled_in(dir.path());
     assert_eq!(store.corrupt_entries_seen(), 0);
-    let server = Served::start(Config::default(), store.clone()).await;
-    let url = server.url(&name);
+    let server = EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
+    let url = server.url(name.as_str());
     let client = TestClient::connect_synced(&url).await.unwrap();
     let json = client.map_json("m");
     assert_eq!(
@@ -634,18 +581,24 @@ async fn an_acknowledgement_covers_updates_the_room_already_had_but_had_not_stor
         persist_batch: 1,
         ..Config::default()
     };
-    let server = Served::start(config, store.clone()).await;
+    let server = EmbeddedServer::start_with_store(config, store.clone()).await;
     let name = DocName::new("dedup").unwrap();
     let other = DocName::new("blocker").unwrap();
 
     // Every connection joins first: loading a room waits for the persistence queue, which is
     // about to be blocked.
-    let observer = TestClient::connect_synced(&server.url(&name))
+    let observer = TestClient::connect_synced(&server.url(name.as_str()))
         .await
         .unwrap();
-    let mut a = RawClient::connect(&server.url(&name)).await.unwrap();
-    let mut b = RawClient::connect(&server.url(&name)).await.unwrap();
-    let mut blocker = RawClient::connect(&server.url(&other)).await.unwrap();
+    let mut a = RawClient::connect(&server.url(name.as_str()))
+        .await
+        .unwrap();
+    let mut b = RawClient::connect(&server.url(name.as_str()))
+        .await
+        .unwrap();
+    let mut blocker = RawClient::connect(&server.url(other.as_str()))
+        .await
+        .unwrap();
     poll_until(DEADLINE, "every connection has joined", || {
         server.concord.connection_count(&name) == 3 && server.concord.connection_count(&other) == 1
     })
@@ -737,8 +690,10 @@ async fn an_acknowledged_update_still_missing_its_dependencies_survives_a_restar
     let second = writer.append("second;");
 
     let store = sled_in(dir.path());
-    let server = Served::start(Config::default(), store.clone()).await;
-    let mut b = RawClient::connect(&server.url(&name)).await.unwrap();
+    let server = EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
+    let mut b = RawClient::connect(&server.url(name.as_str()))
+        .await
+        .unwrap();
     b.send_binary(update_message(second)).await.unwrap();
     b.send_binary(encode_saved(1).to_vec()).await.unwrap();
     assert_eq!(next_ack(&mut b, &[1]).await, 1);
@@ -747,12 +702,14 @@ async fn an_acknowledged_update_still_missing_its_dependencies_survives_a_restar
     drop(store);
 
     let store = sled_in(dir.path());
-    let server = Served::start(Config::default(), store.clone()).await;
-    let mut a = RawClient::connect(&server.url(&name)).await.unwrap();
+    let server = EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
+    let mut a = RawClient::connect(&server.url(name.as_str()))
+        .await
+        .unwrap();
     a.send_binary(update_message(first)).await.unwrap();
     a.send_binary(encode_saved(1).to_vec()).await.unwrap();
     assert_eq!(next_ack(&mut a, &[1]).await, 1);
-    let fresh = TestClient::connect_synced(&server.url(&name))
+    let fresh = TestClient::connect_synced(&server.url(name.as_str()))
         .await
         .unwrap();
     assert_eq!(

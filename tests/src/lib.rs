@@ -1015,3 +1015,65 @@ pub async fn http_get(addr: SocketAddr, path: &str, websocket: bool) -> Result<H
         .await
         .map_err(|_| anyhow!("no HTTP response from {addr}{path} within {DEADLINE:?}"))?
 }
+
+/// Concord embedded in an axum server on an ephemeral loopback port, over a store of the test's
+/// choosing, with the instance handle at hand.
+pub struct EmbeddedServer {
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    /// The instance, for `is_loaded`, `connection_count`, `compactions`.
+    pub concord: concord_server::Concord,
+    shutdown: tokio_util::sync::CancellationToken,
+    serve: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl EmbeddedServer {
+    /// Serves `Concord::new(config, store)` with `axum::serve` on 127.0.0.1:0.
+    pub async fn start_with_store(
+        config: concord_server::Config,
+        store: std::sync::Arc<dyn concord_core::Store>,
+    ) -> EmbeddedServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let concord = concord_server::Concord::new(config, store, shutdown.clone());
+        let app = concord_server::router(&concord);
+        let signal = shutdown.clone().cancelled_owned();
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+        });
+        EmbeddedServer {
+            addr,
+            concord,
+            shutdown,
+            serve: Some(serve),
+        }
+    }
+
+    /// `ws://ADDR/doc`.
+    pub fn url(&self, doc: &str) -> String {
+        format!("ws://{}/{}", self.addr, doc)
+    }
+
+    /// Cancels, then waits for `closed()` and for the serve task, each within [`DEADLINE`].
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, self.concord.closed())
+            .await
+            .expect("closed() returns after shutdown");
+        let serve = self.serve.take().unwrap();
+        tokio::time::timeout(DEADLINE, serve)
+            .await
+            .expect("the serve task ends after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for EmbeddedServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
