@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_benches::{Summary, load_trace, ms};
-use concord_core::{DocName, Room, Store, StoredDoc, StoredUpdate, SystemClock};
+use concord_benches::{Summary, append_in_batches, load_trace, ms};
+use concord_core::{DocName, Room, Store, StoredDoc, SystemClock};
 use concord_sled::{SledOptions, SledStore};
 use yrs::{GetString, ReadTxn, StateVector, Transact};
 
@@ -75,16 +75,7 @@ fn main() {
     {
         let store = open(log_dir.path());
         let start = Instant::now();
-        for chunk in updates.chunks(BATCH) {
-            let batch: Vec<StoredUpdate> = chunk
-                .iter()
-                .map(|update| StoredUpdate {
-                    doc: doc.clone(),
-                    update: update.clone(),
-                })
-                .collect();
-            store.append(&batch).expect("append");
-        }
+        append_in_batches(&store, &doc, &updates, BATCH);
         let elapsed = start.elapsed();
         println!(
             "raw log written: {} appends of {BATCH} updates (one sled batch + flush each) in {:.2} s = {:.0} updates/s",

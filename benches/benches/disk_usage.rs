@@ -23,8 +23,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_benches::{dir_listing, dir_size, load_trace, process_writes};
-use concord_core::{DocName, Room, Store, StoredUpdate, SystemClock};
+use concord_benches::{append_in_batches, dir_listing, dir_size, load_trace, process_writes};
+use concord_core::{DocName, Room, Store, SystemClock};
 use concord_sled::{SledOptions, SledStore};
 use yrs::{GetString, ReadTxn, StateVector, Transact};
 
@@ -70,16 +70,7 @@ fn main() {
     let store = open(&path);
     let io_before = process_writes();
     let start = Instant::now();
-    for chunk in updates.chunks(BATCH) {
-        let batch: Vec<StoredUpdate> = chunk
-            .iter()
-            .map(|update| StoredUpdate {
-                doc: doc.clone(),
-                update: update.clone(),
-            })
-            .collect();
-        store.append(&batch).expect("append");
-    }
+    append_in_batches(&store, &doc, &updates, BATCH);
     let write_time = start.elapsed();
     let mut io_rows = vec![io_row(
         "raw log: 2,598 appends of 100 updates",
@@ -142,18 +133,12 @@ fn main() {
     let mut resent = 0usize;
     for round in 1..=CONTINUED_ROUNDS {
         let io_before = process_writes();
-        for chunk in
-            updates[resent..resent + CONTINUED_APPENDS * CONTINUED_BATCH].chunks(CONTINUED_BATCH)
-        {
-            let batch: Vec<StoredUpdate> = chunk
-                .iter()
-                .map(|update| StoredUpdate {
-                    doc: doc.clone(),
-                    update: update.clone(),
-                })
-                .collect();
-            store.append(&batch).expect("append");
-        }
+        append_in_batches(
+            &store,
+            &doc,
+            &updates[resent..resent + CONTINUED_APPENDS * CONTINUED_BATCH],
+            CONTINUED_BATCH,
+        );
         resent += CONTINUED_APPENDS * CONTINUED_BATCH;
         io_rows.push(io_row(
             &format!(
@@ -194,16 +179,12 @@ fn main() {
         let control = open(&dir.path().join("control"));
         let other = DocName::new("control").expect("valid name");
         let io_before = process_writes();
-        for chunk in updates[..CONTINUED_APPENDS * CONTINUED_BATCH].chunks(CONTINUED_BATCH) {
-            let batch: Vec<StoredUpdate> = chunk
-                .iter()
-                .map(|update| StoredUpdate {
-                    doc: other.clone(),
-                    update: update.clone(),
-                })
-                .collect();
-            control.append(&batch).expect("append");
-        }
+        append_in_batches(
+            &control,
+            &other,
+            &updates[..CONTINUED_APPENDS * CONTINUED_BATCH],
+            CONTINUED_BATCH,
+        );
         io_rows.push(io_row(
             &format!("control: {CONTINUED_APPENDS} appends of {CONTINUED_BATCH}, no snapshot"),
             io_before,

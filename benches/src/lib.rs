@@ -249,3 +249,23 @@ pub fn process_cpu() -> Option<Duration> {
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(Duration::from_millis((utime + stime) * 10))
 }
+
+/// Appends `updates` of `doc` to `store` in batches of `batch`, one `append` per batch: what the
+/// server's group commit does when that many updates arrive during each flush.
+pub fn append_in_batches(
+    store: &dyn concord_core::Store,
+    doc: &concord_core::DocName,
+    updates: &[Vec<u8>],
+    batch: usize,
+) {
+    for chunk in updates.chunks(batch) {
+        let batch: Vec<concord_core::StoredUpdate> = chunk
+            .iter()
+            .map(|update| concord_core::StoredUpdate {
+                doc: doc.clone(),
+                update: update.clone(),
+            })
+            .collect();
+        store.append(&batch).expect("append");
+    }
+}
