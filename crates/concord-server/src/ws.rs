@@ -125,9 +125,14 @@ async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocke
         drop(saves_tx);
     };
     let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
-    tokio::join!(reader, writer, acks);
+    let session = async {
+        tokio::join!(reader, writer);
+        // Leave at once (others see this client's awareness go) even if acknowledgements are
+        // still waiting for the store.
+        room.leave(conn);
+    };
+    tokio::join!(session, acks);
 
-    room.leave(conn);
     if room.is_poisoned() {
         inner.rooms.discard(&room);
     }
