@@ -66,3 +66,45 @@ async fn a_client_close_is_answered_with_a_close_frame() {
         "the close was not echoed: {ending:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stopped_reading_does_not_hold_up_shutdown() {
+    // The grace period is far longer than the test's deadline: shutdown may only finish in time
+    // if the stuck connection is dropped rather than waited for.
+    let config = Config {
+        shutdown_grace: std::time::Duration::from_secs(600),
+        ..Config::default()
+    };
+    let server = TestServer::start(config).await;
+    let url = server.url("stuck");
+    let mut stuck = RawClient::connect_with_recv_buffer(&url, 16 * 1024)
+        .await
+        .unwrap();
+    stuck
+        .next_binary(DEADLINE)
+        .await
+        .expect("the server's SyncStep1");
+    // The stuck client reads nothing more. 8 MiB in 256 KiB updates stay within its queue's
+    // bounds (so it is not closed for overflow) but far exceed what its socket can absorb, so
+    // the server's writer for it blocks in send.
+    let writer = TestClient::connect_synced(&url).await.unwrap();
+    let observer = TestClient::connect_synced(&url).await.unwrap();
+    for i in 0..32 {
+        writer.edit(|txn| {
+            let text = txn.get_or_insert_text("t");
+            let len = text.len(txn);
+            text.insert(txn, len, &format!("{i:04}{}", "x".repeat(256 * 1024 - 4)));
+        });
+    }
+    observer
+        .wait_until(DEADLINE, "every update reached the observer", |o| {
+            o.text("t").len() == 32 * 256 * 1024
+        })
+        .await;
+
+    tokio::time::timeout(DEADLINE, server.shutdown())
+        .await
+        .expect("shutdown finishes without waiting for the stuck peer")
+        .expect("run() returns Ok");
+    drop(stuck);
+}

@@ -125,8 +125,18 @@ async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocke
         drop(saves_tx);
     };
     let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
+    // Shutdown closes the connection even while the writer is stuck sending to a peer that
+    // stopped reading (that peer gets no close frame: its socket cannot take one).
+    let on_shutdown = async {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => {
+                closer.close(close_code::GOING_AWAY, "server shutting down");
+            }
+            _ = closer.closed() => {}
+        }
+    };
     let session = async {
-        tokio::join!(reader, writer);
+        tokio::join!(reader, writer, on_shutdown);
         // Leave at once (others see this client's awareness go) even if acknowledgements are
         // still waiting for the store.
         room.leave(conn);
