@@ -304,6 +304,43 @@ fn main() {
         user_sees as f64 / v2_state as f64,
         best as f64 / v2_state as f64
     );
+
+    // What a server with default settings leaves on disk: the same trace in group-commit
+    // batches, compacted whenever the log tail reaches the default threshold, as the
+    // persistence worker and compactor do.
+    let threshold = concord_server::Config::default().compact_after_updates;
+    let steady_path = dir.path().join("steady");
+    let mut compactions = 0;
+    {
+        let store = open(&steady_path);
+        let mut room = Room::new(Arc::new(SystemClock));
+        for chunk in updates.chunks(BATCH) {
+            for update in chunk {
+                room.restore(update).expect("trace updates apply");
+            }
+            let batch: Vec<concord_core::StoredUpdate> = chunk
+                .iter()
+                .map(|update| concord_core::StoredUpdate {
+                    doc: doc.clone(),
+                    update: update.clone(),
+                })
+                .collect();
+            let written = store.append(&batch).expect("append");
+            if written[0].tail_updates >= threshold {
+                store
+                    .compact(&doc, &room.encode_snapshot(), written[0].seq)
+                    .expect("compact");
+                compactions += 1;
+            }
+        }
+    }
+    let steady = measure("server defaults, store closed", &steady_path);
+    println!(
+        "with the server's default threshold (compact every {threshold} updates; {compactions} compactions): {} bytes on disk = {:.1} B/update = {:.2}x the v2 state",
+        steady.allocated.max(steady.apparent),
+        steady.allocated.max(steady.apparent) as f64 / count as f64,
+        steady.allocated.max(steady.apparent) as f64 / v2_state as f64
+    );
     println!("bench time: {:.1} s", started.elapsed().as_secs_f64());
 }
 
