@@ -2,15 +2,17 @@
 //! directory a real server wrote (and is stopped on), checking exit codes, stdout and stderr.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use common::ServerProcess;
 use concord_server::concord_core::{MSG_SAVED, encode_saved};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::encoding::read::{Cursor, Read};
@@ -23,74 +25,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const BIN: &str = env!("CARGO_BIN_EXE_concord-server");
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Server {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Server {
-    async fn start(data_dir: &Path, log: &Path) -> Server {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["--host", "127.0.0.1", "--port", "0", "--data-dir"])
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn concord-server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let read = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    return Some(addr.trim().to_owned());
-                }
-            }
-            None
-        };
-        let Ok(Some(addr)) = tokio::time::timeout(DEADLINE, read).await else {
-            panic!(
-                "the server did not start; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        };
-        Server {
-            child,
-            addr,
-            log: log.to_owned(),
-        }
-    }
-
-    fn url(&self, doc: &str) -> String {
-        format!("ws://{}/{}", self.addr, doc)
-    }
-
-    /// SIGTERM, then requires a clean exit (status 0) within the deadline.
-    async fn stop(mut self) {
-        let pid = self.child.id().expect("the server is running").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        let exit = tokio::time::timeout(DEADLINE, self.child.wait())
-            .await
-            .expect("the server exits after SIGTERM")
-            .unwrap();
-        assert!(
-            exit.success(),
-            "the server exited with {exit} after SIGTERM; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-}
 
 /// Runs `concord-server docs --data-dir DIR ARGS...`, with `stdin` as its input if given.
 async fn docs(data_dir: &Path, args: &[&str], stdin: Option<&Path>) -> Output {
@@ -289,7 +223,7 @@ async fn docs_commands_list_export_import_compact_and_delete() {
     let alpha = "notes/alpha";
     let beta = "notes/beta";
 
-    let server = Server::start(&data, &log).await;
+    let server = ServerProcess::start(&data, &log, &[]).await;
     let written = content(&write_document(&server.url(alpha)).await);
     assert_eq!(written.text, "hello from the admin test");
     assert_eq!(written.map.len(), 3, "{written:?}");
@@ -387,7 +321,7 @@ async fn docs_commands_list_export_import_compact_and_delete() {
     );
 
     // The server sees what the admin commands did.
-    let server = Server::start(&data, &log).await;
+    let server = ServerProcess::start(&data, &log, &[]).await;
     assert_eq!(content(&read_document(&server.url(beta)).await), written);
     let gone = content(&read_document(&server.url(alpha)).await);
     assert_eq!(gone.text, "", "the deleted document is empty");

@@ -21,18 +21,17 @@
 //! though exactly what was in flight at that moment still depends on scheduling).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+mod common;
+
+use common::ServerProcess;
 use concord_server::concord_core::{MSG_SAVED, encode_saved};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -88,79 +87,6 @@ fn seed() -> u64 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The server process
-// ---------------------------------------------------------------------------------------------
-
-struct Server {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts the binary on `data_dir` and waits for its `listening on` line. Its stderr goes
-    /// to `log` (appended), never to a pipe nobody reads.
-    async fn start(data_dir: &Path, log: &Path, extra: &[String]) -> Server {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open the server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_concord-server"))
-            .args(["--host", "127.0.0.1", "--port", "0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn concord-server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let read = async {
-            while let Some(line) = lines.next_line().await.expect("read the server's stdout") {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    return Some(addr.trim().to_owned());
-                }
-            }
-            None
-        };
-        let addr = match tokio::time::timeout(DEADLINE, read).await {
-            Ok(Some(addr)) => addr,
-            outcome => panic!(
-                "the server did not print its address ({outcome:?}); log:\n{}",
-                log_tail(log)
-            ),
-        };
-        Server {
-            child,
-            addr,
-            log: log.to_owned(),
-        }
-    }
-
-    fn url(&self, doc: &str) -> String {
-        format!("ws://{}/{}", self.addr, doc)
-    }
-
-    /// SIGKILL, and reap the process.
-    async fn kill(mut self) {
-        self.child.kill().await.expect("SIGKILL the server");
-    }
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let start = text.len().saturating_sub(6000);
-    let start = (start..=text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    text[start..].to_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,7 +410,7 @@ async fn acknowledged_updates_survive_sigkill() {
         ]
     };
     let mut args = server_args(&mut rng);
-    let mut server = Server::start(&data_dir, &log, &args).await;
+    let mut server = ServerProcess::start(&data_dir, &log, &args).await;
     let mut expected: BTreeMap<String, Expected> = BTreeMap::new();
 
     for round in 0..ROUNDS {
@@ -526,7 +452,7 @@ async fn acknowledged_updates_survive_sigkill() {
                 Instant::now() < deadline,
                 "round {round}: only {} of {target} updates sent within {DEADLINE:?}; log:\n{}",
                 sent(),
-                log_tail(&server.log)
+                server.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -546,7 +472,7 @@ async fn acknowledged_updates_survive_sigkill() {
         }
 
         let killed_args = std::mem::replace(&mut args, server_args(&mut rng));
-        server = Server::start(&data_dir, &log, &args).await;
+        server = ServerProcess::start(&data_dir, &log, &args).await;
         let mut recovered = 0usize;
         for (doc, want) in &expected {
             let observed = observe(&server.url(doc)).await;
@@ -554,7 +480,7 @@ async fn acknowledged_updates_survive_sigkill() {
                 panic!(
                     "seed {seed}, round {round}, document {doc:?} after SIGKILL and restart: {e}\n\
                      server log:\n{}",
-                    log_tail(&server.log)
+                    server.log_tail()
                 );
             }
             if round == 0 && *doc == round_doc {
