@@ -255,41 +255,24 @@ fn a_store_from_a_newer_version_is_refused() {
 
 #[test]
 fn a_database_that_is_not_a_concord_store_is_refused() {
-    // Data but no format record.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path()).unwrap();
-        db.insert(b"hello", b"world").unwrap();
-        db.flush().unwrap();
+    // Data but no format record; a format record that is not a Concord record; an empty one.
+    let cases: [(&[u8], &[u8]); 3] = [
+        (b"hello", b"world"),
+        (b"m", b"\x01not a record"),
+        (b"m", b""),
+    ];
+    for (key, value) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(key, value).unwrap();
+            db.flush().unwrap();
+        }
+        assert!(
+            matches!(SledStore::open(dir.path()), Err(StoreError::Corrupt(_))),
+            "{key:?} = {value:?}"
+        );
     }
-    assert!(matches!(
-        SledStore::open(dir.path()),
-        Err(StoreError::Corrupt(_))
-    ));
-
-    // A format record that is not a Concord record.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path()).unwrap();
-        db.insert(b"m", b"\x01not a record").unwrap();
-        db.flush().unwrap();
-    }
-    assert!(matches!(
-        SledStore::open(dir.path()),
-        Err(StoreError::Corrupt(_))
-    ));
-
-    // An empty format record.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path()).unwrap();
-        db.insert(b"m", b"").unwrap();
-        db.flush().unwrap();
-    }
-    assert!(matches!(
-        SledStore::open(dir.path()),
-        Err(StoreError::Corrupt(_))
-    ));
 }
 
 #[test]
