@@ -23,7 +23,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_benches::{append_in_batches, dir_listing, dir_size, load_trace, process_writes};
+use concord_benches::{
+    append_batch, append_in_batches, dir_listing, dir_size, load_trace, process_writes,
+};
 use concord_core::{DocName, Room, Store, SystemClock};
 use concord_sled::{SledOptions, SledStore};
 use yrs::{GetString, ReadTxn, StateVector, Transact};
@@ -318,17 +320,10 @@ fn main() {
             for update in chunk {
                 room.restore(update).expect("trace updates apply");
             }
-            let batch: Vec<concord_core::StoredUpdate> = chunk
-                .iter()
-                .map(|update| concord_core::StoredUpdate {
-                    doc: doc.clone(),
-                    update: update.clone(),
-                })
-                .collect();
-            let written = store.append(&batch).expect("append");
-            if written[0].tail_updates >= threshold {
+            let written = append_batch(&store, &doc, chunk);
+            if written.tail_updates >= threshold {
                 store
-                    .compact(&doc, &room.encode_snapshot(), written[0].seq)
+                    .compact(&doc, &room.encode_snapshot(), written.seq)
                     .expect("compact");
                 compactions += 1;
             }

@@ -259,13 +259,26 @@ pub fn append_in_batches(
     batch: usize,
 ) {
     for chunk in updates.chunks(batch) {
-        let batch: Vec<concord_core::StoredUpdate> = chunk
-            .iter()
-            .map(|update| concord_core::StoredUpdate {
-                doc: doc.clone(),
-                update: update.clone(),
-            })
-            .collect();
-        store.append(&batch).expect("append");
+        append_batch(store, doc, chunk);
     }
+}
+
+/// Appends `updates` of `doc` to `store` in one `append` and returns what it wrote for `doc`.
+pub fn append_batch(
+    store: &dyn concord_core::Store,
+    doc: &concord_core::DocName,
+    updates: &[Vec<u8>],
+) -> concord_core::Appended {
+    let batch: Vec<concord_core::StoredUpdate> = updates
+        .iter()
+        .map(|update| concord_core::StoredUpdate {
+            doc: doc.clone(),
+            update: update.clone(),
+        })
+        .collect();
+    store
+        .append(&batch)
+        .expect("append")
+        .pop()
+        .expect("one entry for the document")
 }
