@@ -1,11 +1,12 @@
 //! Offline administration of a store: list, export, import, compact and delete documents. The
 //! `concord-server docs ...` commands call these while the server is stopped (sled locks its
-//! directory, so a running server and an admin command cannot open it at once).
+//! directory, so a running server and an admin command cannot open it at once). The compactor
+//! also uses `snapshot_of_stored` for documents that are not loaded.
 
 use std::sync::Arc;
 
 use concord_core::validate::{InvalidMessage, validate_update_v1};
-use concord_core::{DocInfo, DocName, Room, Store, StoreError, StoredUpdate, SystemClock};
+use concord_core::{DocInfo, DocName, Room, Seq, Store, StoreError, StoredUpdate, SystemClock};
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +61,20 @@ pub fn import(store: &dyn Store, doc: &DocName, update: &[u8]) -> Result<(), Adm
 /// Compacts one document into a snapshot. Returns the snapshot's size in bytes.
 pub fn compact(store: &dyn Store, doc: &DocName) -> Result<usize, AdminError> {
     require(store, doc)?;
+    let (snapshot, last_seq) = snapshot_of_stored(store, doc)?;
+    store.compact(doc, &snapshot, last_seq)?;
+    Ok(snapshot.len())
+}
+
+/// Rebuilds a document from the store and encodes its snapshot (Yjs v2), with the sequence
+/// number of the last log entry it covers. The compactor uses it for documents not loaded.
+pub(crate) fn snapshot_of_stored(
+    store: &dyn Store,
+    doc: &DocName,
+) -> Result<(Vec<u8>, Seq), AdminError> {
     let stored = store.load(doc)?;
     let room = from_stored(doc, &stored)?;
-    let snapshot = room.encode_snapshot();
-    store.compact(doc, &snapshot, stored.last_seq)?;
-    Ok(snapshot.len())
+    Ok((room.encode_snapshot(), stored.last_seq))
 }
 
 /// Removes a document.

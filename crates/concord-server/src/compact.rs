@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use concord_core::{DocName, Room, Seq, Store, SystemClock};
+use concord_core::{DocName, Seq, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,11 @@ async fn compact_one(
     tokio::task::spawn_blocking(move || {
         let snapshot = match live {
             Some(snapshot) => snapshot,
-            None => snapshot_from_store(store.as_ref(), &doc)?,
+            None => {
+                crate::admin::snapshot_of_stored(store.as_ref(), &doc)
+                    .map_err(|e| e.to_string())?
+                    .0
+            }
         };
         store
             .compact(&doc, &snapshot, upto)
@@ -85,12 +89,4 @@ async fn compact_one(
     })
     .await
     .map_err(|e| e.to_string())?
-}
-
-/// Rebuilds a document from the store and encodes its snapshot (for documents not loaded).
-pub(crate) fn snapshot_from_store(store: &dyn Store, doc: &DocName) -> Result<Vec<u8>, String> {
-    let stored = store.load(doc).map_err(|e| e.to_string())?;
-    let (room, _skipped) =
-        Room::from_stored(Arc::new(SystemClock), &stored).map_err(|e| e.to_string())?;
-    Ok(room.encode_snapshot())
 }
