@@ -48,7 +48,8 @@ impl DocName {
 
 impl fmt::Display for DocName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad` honours width and alignment (`{:<40}` in listings).
+        f.pad(&self.0)
     }
 }
 
@@ -85,6 +86,11 @@ mod tests {
         ] {
             assert_eq!(DocName::new(name).unwrap().as_str(), name);
         }
+    }
+
+    #[test]
+    fn display_honours_width() {
+        assert_eq!(format!("[{:<6}]", DocName::new("ab").unwrap()), "[ab    ]");
     }
 
     #[test]
