@@ -78,7 +78,14 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // 1. The disk.
-    let fsync = Summary::of(&fdatasync_latency(dir.path(), FSYNC_SAMPLES).expect("fdatasync"));
+    let fsync =
+        Summary::of(&fdatasync_latency(dir.path(), FSYNC_SAMPLES, None).expect("fdatasync"));
+    // The same at the steady stream's pace and length: a disk stall delays every write due
+    // during it, as it delays every acknowledgement of the stream.
+    let pace = Duration::from_micros(1_000_000 / RATE_PER_S);
+    let paced_samples = usize::try_from(RATE_PER_S * ACK_SECONDS).expect("fits");
+    let fsync_paced =
+        Summary::of(&fdatasync_latency(dir.path(), paced_samples, Some(pace)).expect("fdatasync"));
 
     // 2. The store alone: back to back, then paced like the steady stream below (so sled's
     // background thread, which fsyncs and cleans segments every 500 ms, runs in between), then
@@ -90,7 +97,7 @@ fn main() {
         SledOptions::default(),
         None,
     );
-    let pace = Some(Duration::from_micros(1_000_000 / RATE_PER_S));
+    let pace = Some(pace);
     let store_paced = store_probe(
         dir.path(),
         "probe-paced",
@@ -169,6 +176,10 @@ fn main() {
     );
     println!(
         "{}",
+        fsync_paced.row(&format!("  the same, {RATE_PER_S}/s for {ACK_SECONDS} s"))
+    );
+    println!(
+        "{}",
         store_burst.row("SledStore::append(1 update), back to back")
     );
     println!("{}", store_paced.row("SledStore::append(1 update), 500/s"));
@@ -204,10 +215,14 @@ fn main() {
     let ack_summary = Summary::of(&ack.latencies);
     print_slow(&ack.timeline, fsync.p99 + Duration::from_millis(1));
     let gap = ack_summary.p99.as_secs_f64() - fsync.p99.as_secs_f64();
+    let paced_gap = ack_summary.p99.as_secs_f64() - fsync_paced.p99.as_secs_f64();
     println!(
-        "target: durable ack p99 within 1 ms of fdatasync p99: {} (ack p99 {} ms, fdatasync p99 {} ms, difference {:+.3} ms)",
-        if gap <= 1e-3 { "MET" } else { "NOT MET" },
+        "target: durable ack p99 within 1 ms of fdatasync p99: {} against the disk at the same pace (ack p99 {} ms, paced fdatasync p99 {} ms, difference {:+.3} ms); {} against back-to-back fdatasync (p99 {} ms, difference {:+.3} ms)",
+        if paced_gap <= 1e-3 { "MET" } else { "NOT MET" },
         ms(ack_summary.p99),
+        ms(fsync_paced.p99),
+        paced_gap * 1e3,
+        if gap <= 1e-3 { "met" } else { "not met" },
         ms(fsync.p99),
         gap * 1e3
     );

@@ -179,35 +179,15 @@ pub fn dir_size(dir: &Path) -> std::io::Result<(u64, u64)> {
     Ok((apparent, allocated))
 }
 
-/// Every file under `dir` with its apparent and allocated size, sorted by path.
-pub fn dir_listing(dir: &Path) -> std::io::Result<Vec<(String, u64, u64)>> {
-    use std::os::unix::fs::MetadataExt;
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else {
-                let path = entry.path();
-                let shown = path
-                    .strip_prefix(dir)
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string();
-                files.push((shown, meta.len(), meta.blocks() * 512));
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// This disk's durable-write latency: `count` times, appends 4 KiB to a fresh file in `dir` and
-/// calls `sync_data` (fdatasync). Returns one sample per append + sync.
-pub fn fdatasync_latency(dir: &Path, count: usize) -> std::io::Result<Vec<Duration>> {
+/// calls `sync_data` (fdatasync), back to back or, with `pace`, one every `pace` (a stall of
+/// the disk then shows in every sample it delays, as it does in a paced stream of requests).
+/// Returns one sample per append + sync.
+pub fn fdatasync_latency(
+    dir: &Path,
+    count: usize,
+    pace: Option<Duration>,
+) -> std::io::Result<Vec<Duration>> {
     let path = dir.join("fdatasync-probe");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -215,26 +195,26 @@ pub fn fdatasync_latency(dir: &Path, count: usize) -> std::io::Result<Vec<Durati
         .open(&path)?;
     let block = [0x5au8; 4096];
     let mut samples = Vec::with_capacity(count);
-    for _ in 0..count {
-        let start = Instant::now();
+    let began = Instant::now();
+    for i in 0..count {
+        // Latency from when the write was due, so time spent behind a stall counts.
+        let due = match pace {
+            Some(pace) => {
+                let due = began + pace * u32::try_from(i).unwrap_or(u32::MAX);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                due
+            }
+            None => Instant::now(),
+        };
         file.write_all(&block)?;
         file.sync_data()?;
-        samples.push(start.elapsed());
+        samples.push(due.elapsed());
     }
     drop(file);
     std::fs::remove_file(&path)?;
     Ok(samples)
-}
-
-/// This process's I/O counters from `/proc/self/io` (Linux): `wchar` (bytes passed to write
-/// system calls) and `write_bytes` (bytes sent to the storage layer). `None` where unavailable.
-pub fn process_writes() -> Option<(u64, u64)> {
-    let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    let field = |name: &str| {
-        io.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
-    };
-    Some((field("wchar:")?, field("write_bytes:")?))
 }
 
 /// CPU time this process has used so far, all threads, user + system (Linux `/proc/self/stat`,

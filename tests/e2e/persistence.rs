@@ -187,6 +187,28 @@ async fn a_save_acknowledgement_means_the_memory_store_has_the_updates() {
     save_acknowledgements(Arc::new(MemoryStore::new())).await;
 }
 
+/// Appends `piece` to the client's text `t`, in one transaction.
+fn append_to_t(client: &mut TestClient, piece: &str) {
+    client.edit(|txn| {
+        let t = txn.get_or_insert_text("t");
+        let end = t.len(txn);
+        t.insert(txn, end, piece);
+    });
+}
+
+/// Polls until `doc` is stored as a snapshot with an empty log.
+async fn until_compacted_whole(store: &dyn Store, doc: &DocName) {
+    poll_until_ok(DEADLINE, "the idle document is compacted", || {
+        let stored = store.load(doc).map_err(|e| e.to_string())?;
+        if stored.snapshot.is_some() && stored.updates.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("a tail of {} updates", stored.updates.len()))
+        }
+    })
+    .await;
+}
+
 async fn compaction_thresholds(store: Arc<dyn Store>) {
     const THRESHOLD: u64 = 20;
     let config = Config {
@@ -202,11 +224,7 @@ async fn compaction_thresholds(store: Arc<dyn Store>) {
 
     // A writes 100 small updates; B keeps editing all along, and after compactions happened.
     for i in 0..100 {
-        a.edit(|txn| {
-            let t = txn.get_or_insert_text("t");
-            let end = t.len(txn);
-            t.insert(txn, end, &format!("{i};"));
-        });
+        append_to_t(&mut a, &format!("{i};"));
         if i % 4 == 0 {
             b.edit(|txn| {
                 txn.get_or_insert_array("log")
@@ -278,6 +296,13 @@ async fn compaction_thresholds(store: Arc<dyn Store>) {
         !server.concord.is_loaded(&name)
     })
     .await;
+    // Unloading compacts what was written since the last compaction: the idle document rests
+    // as one snapshot.
+    until_compacted_whole(&*store, &name).await;
+    assert_eq!(
+        doc_json(&stored_state(&*store, &name), &TEXT).unwrap(),
+        live_json
+    );
     let c = TestClient::connect_synced(&url).await.unwrap();
     assert_eq!(c.snapshot(&TEXT), live_json);
     assert_eq!(c.state_vector(), state_vector_of(&live));
@@ -294,6 +319,43 @@ async fn compaction_thresholds_trigger_and_lose_nothing_sled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_thresholds_trigger_and_lose_nothing_memory() {
     compaction_thresholds(Arc::new(MemoryStore::new())).await;
+}
+
+/// With the thresholds out of reach, only unloading compacts: the idle document rests as one
+/// snapshot, and it loads as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unloaded_document_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sled_in(dir.path());
+    let config = Config {
+        compact_after_updates: u64::MAX,
+        compact_after_bytes: u64::MAX,
+        room_idle_timeout: Duration::from_millis(50),
+        ..Config::default()
+    };
+    let server = EmbeddedServer::start_with_store(config, store.clone()).await;
+    let name = DocName::new("idle").unwrap();
+    let url = server.url(name.as_str());
+    let mut a = TestClient::connect_synced(&url).await.unwrap();
+    for i in 0..10 {
+        append_to_t(&mut a, &format!("{i};"));
+    }
+    let live_json = doc_json(&a.full_state(), &TEXT).unwrap();
+    poll_until(DEADLINE, "the store holds the ten updates", || {
+        store.load(&name).is_ok_and(|s| s.updates.len() == 10)
+    })
+    .await;
+    assert!(store.load(&name).unwrap().snapshot.is_none());
+    a.disconnect().await;
+    until_compacted_whole(&*store, &name).await;
+    assert_eq!(server.concord.compactions(), 1);
+    assert_eq!(
+        doc_json(&stored_state(&*store, &name), &TEXT).unwrap(),
+        live_json
+    );
+    let b = TestClient::connect_synced(&url).await.unwrap();
+    assert_eq!(b.snapshot(&TEXT), live_json);
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //!
 //! The snapshot comes from the live room when the document is loaded (encoding it holds the
 //! room's lock for about a millisecond on a large document, so its clients keep being served),
-//! else from the store itself. Either way it covers every log entry up to the requested
+//! or from the room that was just unloaded when the request comes from unloading, else from
+//! the store itself. Either way it covers every log entry up to the requested
 //! sequence number: those entries were applied to the room before the persistence worker wrote
 //! them, and a room only loads after every write of its previous incarnation (see `rooms.rs`).
 
@@ -15,7 +16,16 @@ use concord_core::{DocName, Seq, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::rooms::Rooms;
+use crate::rooms::{LiveRoom, Rooms};
+
+/// A request to compact `doc` up to log entry `upto`.
+pub(crate) struct CompactRequest {
+    pub(crate) doc: DocName,
+    pub(crate) upto: Seq,
+    /// The room that wrote those entries, if it was just unloaded: its state covers them, and
+    /// encoding it is cheaper than rebuilding the document from the store.
+    pub(crate) unloaded: Option<Arc<LiveRoom>>,
+}
 
 /// Counters the compactor keeps, for tests and (later) metrics.
 #[derive(Debug, Default)]
@@ -28,7 +38,7 @@ pub(crate) struct CompactionStats {
 pub(crate) async fn run_compactor(
     rooms: Arc<Rooms>,
     store: Arc<dyn Store>,
-    mut requests: mpsc::Receiver<(DocName, Seq)>,
+    mut requests: mpsc::Receiver<CompactRequest>,
     stats: Arc<CompactionStats>,
     shutdown: CancellationToken,
 ) {
@@ -37,20 +47,28 @@ pub(crate) async fn run_compactor(
             request = requests.recv() => request,
             _ = shutdown.cancelled() => return,
         };
-        let Some((doc, upto)) = first else {
+        let Some(first) = first else {
             return;
         };
         // Coalesce what queued up meanwhile: one compaction per document, up to its latest entry.
-        let mut pending: HashMap<DocName, Seq> = HashMap::from([(doc, upto)]);
-        while let Ok((doc, upto)) = requests.try_recv() {
-            let seq = pending.entry(doc).or_default();
-            *seq = (*seq).max(upto);
+        let mut pending: HashMap<DocName, (Seq, Option<Arc<LiveRoom>>)> = HashMap::new();
+        let mut add = |request: CompactRequest| {
+            let (seq, unloaded) = pending.entry(request.doc).or_default();
+            *seq = (*seq).max(request.upto);
+            // Any unloaded room covers what it wrote; the latest one covers the most.
+            if request.unloaded.is_some() {
+                *unloaded = request.unloaded;
+            }
+        };
+        add(first);
+        while let Ok(request) = requests.try_recv() {
+            add(request);
         }
-        for (doc, upto) in pending {
+        for (doc, (upto, unloaded)) in pending {
             if shutdown.is_cancelled() {
                 return;
             }
-            match compact_one(&rooms, &store, &doc, upto).await {
+            match compact_one(&rooms, &store, &doc, upto, unloaded).await {
                 Ok(bytes) => {
                     stats.done.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%doc, upto, snapshot_bytes = bytes, "compacted");
@@ -69,8 +87,11 @@ async fn compact_one(
     store: &Arc<dyn Store>,
     doc: &DocName,
     upto: Seq,
+    unloaded: Option<Arc<LiveRoom>>,
 ) -> Result<usize, String> {
-    let live = rooms.get(doc).and_then(|room| room.snapshot());
+    // The loaded room holds everything stored so far; a room unloaded since holds everything
+    // it wrote, which is what `upto` covers; else the store itself.
+    let live = rooms.get(doc).or(unloaded).and_then(|room| room.snapshot());
     let store = store.clone();
     let doc = doc.clone();
     tokio::task::spawn_blocking(move || {

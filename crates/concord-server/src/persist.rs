@@ -8,12 +8,20 @@
 //!
 //! When a document's log tail grows past the compaction thresholds, the worker asks the
 //! compactor (see `compact.rs`) to snapshot it, through a small queue whose overflow policy is
-//! to drop the request: the next append to that document asks again, so nothing is lost.
+//! to drop the request: the next append to that document asks again, so nothing is lost. When
+//! a room is unloaded, it queues an idle marker behind its last updates; once the worker has
+//! written them, it asks for a compaction of that document if it wrote anything to it since
+//! the last request, so an idle document rests on disk as one snapshot (its v2 size) rather
+//! than a log. A dropped idle request only leaves that document's log until its next use.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use concord_core::{Appended, DocName, Seq, Store, StoredUpdate};
+
+use crate::compact::CompactRequest;
+use crate::rooms::LiveRoom;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +30,9 @@ enum Job {
     Update(StoredUpdate),
     /// Answered once every job queued before it has been written.
     Barrier(oneshot::Sender<()>),
+    /// The room of this document was unloaded: compact the document once its updates are
+    /// written (from the room's state, when given).
+    Idle(DocName, Option<Arc<LiveRoom>>),
 }
 
 /// Sends updates to the persistence worker.
@@ -36,7 +47,7 @@ impl Persister {
     pub(crate) fn start(
         store: Arc<dyn Store>,
         config: PersistConfig,
-        compact: mpsc::Sender<(DocName, Seq)>,
+        compact: mpsc::Sender<CompactRequest>,
         stop: CancellationToken,
     ) -> (Persister, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
@@ -57,7 +68,13 @@ impl Persister {
         }
     }
 
-    /// Waits until everything queued before this call has been written.
+    /// Tells the worker that `doc`'s room was unloaded, so that the document is compacted once
+    /// its updates are written. Never waits: when the queue is full the hint is dropped (the
+    /// document keeps its log until it is next used).
+    pub(crate) fn idle(&self, doc: &DocName, room: Option<Arc<LiveRoom>>) {
+        let _ = self.tx.try_send(Job::Idle(doc.clone(), room));
+    }
+
     /// Waits until everything queued before this call has been handled. Returns true when all
     /// of it was stored, false when some of it could not be (see [`write`]).
     pub(crate) async fn barrier(&self) -> bool {
@@ -100,19 +117,38 @@ async fn run_worker(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Job>,
     config: PersistConfig,
-    compact: mpsc::Sender<(DocName, Seq)>,
+    compact: mpsc::Sender<CompactRequest>,
     stop: CancellationToken,
 ) {
     let batch = config.batch.max(1);
     let mut jobs = Vec::with_capacity(batch);
-    let request_compactions = |written: Vec<Appended>| {
+    // The latest entry written to each document since its last compaction request: what an
+    // idle compaction covers. One entry per document written to and not yet idle.
+    let mut uncompacted: HashMap<DocName, Seq> = HashMap::new();
+    let mut request_compactions = |(written, idle): (Vec<Appended>, Vec<IdleRoom>)| {
         for appended in written {
             if appended.tail_updates >= config.compact_after_updates
                 || appended.tail_bytes >= config.compact_after_bytes
             {
+                uncompacted.remove(&appended.doc);
                 // Dropping a request when the compactor is busy loses nothing: the next append
                 // to this document asks again.
-                let _ = compact.try_send((appended.doc, appended.seq));
+                let _ = compact.try_send(CompactRequest {
+                    doc: appended.doc,
+                    upto: appended.seq,
+                    unloaded: None,
+                });
+            } else {
+                uncompacted.insert(appended.doc, appended.seq);
+            }
+        }
+        for (doc, room) in idle {
+            if let Some(upto) = uncompacted.remove(&doc) {
+                let _ = compact.try_send(CompactRequest {
+                    doc,
+                    upto,
+                    unloaded: room,
+                });
             }
         }
     };
@@ -138,7 +174,11 @@ async fn run_worker(
 /// How many times a batch (and then each document of it) is tried before it is given up.
 const ATTEMPTS: u32 = 6;
 
-/// Writes one batch and releases its barriers. Returns what the store wrote.
+/// The document of an unloaded room, and the room.
+type IdleRoom = (DocName, Option<Arc<LiveRoom>>);
+
+/// Writes one batch and releases its barriers. Returns what the store wrote, and the documents
+/// whose idle markers the batch held.
 ///
 /// A failing store is retried with backoff (50 ms doubling, about 3 s in all). If the whole
 /// batch keeps failing, each document is retried on its own, so one document the store cannot
@@ -146,13 +186,19 @@ const ATTEMPTS: u32 = 6;
 /// that still fails are given up with an error log; the barriers of that batch then report
 /// failure, so no save acknowledgement claims they are durable. The room still holds them in
 /// memory and clients still have them: they are sent again on the next sync.
-async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken) -> Vec<Appended> {
+async fn write(
+    store: &Arc<dyn Store>,
+    jobs: Vec<Job>,
+    stop: &CancellationToken,
+) -> (Vec<Appended>, Vec<IdleRoom>) {
     let mut updates = Vec::new();
     let mut barriers = Vec::new();
+    let mut idle = Vec::new();
     for job in jobs {
         match job {
             Job::Update(update) => updates.push(update),
             Job::Barrier(done) => barriers.push(done),
+            Job::Idle(doc, room) => idle.push((doc, room)),
         }
     }
     let mut written = Vec::new();
@@ -184,7 +230,7 @@ async fn write(store: &Arc<dyn Store>, jobs: Vec<Job>, stop: &CancellationToken)
             let _ = done.send(());
         }
     }
-    written
+    (written, idle)
 }
 
 async fn append_with_retries(
@@ -285,6 +331,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_document_written_since_its_last_compaction_is_compacted() {
+        let store = Arc::new(MemoryStore::new());
+        let config = PersistConfig {
+            queue: 16,
+            batch: 16,
+            compact_after_updates: u64::MAX,
+            compact_after_bytes: u64::MAX,
+        };
+        let (compact_tx, mut compact_rx) = mpsc::channel(16);
+        let (persister, _worker) =
+            Persister::start(store.clone(), config, compact_tx, CancellationToken::new());
+        let [written, untouched] = ["written", "untouched"].map(|n| DocName::new(n).unwrap());
+        persister.persist(&written, vec![vec![1]]).await;
+        persister.persist(&written, vec![vec![2]]).await;
+        persister.idle(&untouched, None);
+        persister.idle(&written, None);
+        assert!(persister.barrier().await);
+        let request = compact_rx.recv().await.unwrap();
+        assert_eq!(request.doc, written);
+        assert_eq!(request.upto, store.load(&written).unwrap().last_seq);
+        // Nothing for the document never written to, nor for one idle twice in a row.
+        persister.idle(&written, None);
+        assert!(persister.barrier().await);
+        assert!(compact_rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
     async fn barrier_waits_for_queued_updates_and_stop_drains() {
         let store = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();
@@ -303,9 +376,9 @@ mod tests {
         assert!(persister.barrier().await);
         assert_eq!(store.update_count(&doc), 10);
         // The tail passed three updates: compaction was requested for the latest entry.
-        let (requested, seq) = compact_rx.recv().await.unwrap();
-        assert_eq!(requested, doc);
-        assert!(seq >= 2);
+        let request = compact_rx.recv().await.unwrap();
+        assert_eq!(request.doc, doc);
+        assert!(request.upto >= 2);
         persister.persist(&doc, vec![vec![99]]).await;
         stop.cancel();
         worker.await.unwrap();

@@ -449,8 +449,11 @@ impl Rooms {
             Arc::ptr_eq(&slot.cell, cell) && slot.refs == 0 && slot.idle_generation == generation
         });
         if idle {
-            // Its updates are already queued for the store; the next load waits for them.
+            // Its updates are already queued for the store; the next load waits for them, and
+            // the idle marker queued behind them compacts the document once they are written.
             slots.remove(name);
+            drop(slots);
+            self.persister.idle(name, cell.get().cloned());
             tracing::debug!(doc = %name, "room unloaded");
         }
     }

@@ -1,5 +1,5 @@
 //! The key scheme: every key lives in sled's default tree and starts with a one-byte tag, so one
-//! `sled::Batch` can change a document's metadata, snapshot and log atomically.
+//! `sled::Batch` can change a document's metadata and log atomically.
 
 use std::ops::RangeInclusive;
 
@@ -11,8 +11,6 @@ pub(crate) const ID_COUNTER: &[u8] = b"i";
 pub(crate) const DOC_TAG: u8 = b'd';
 /// Tag of log entry keys (`b"l" + id + seq`).
 const LOG_TAG: u8 = b'l';
-/// Tag of snapshot keys (`b"s" + id`).
-const SNAPSHOT_TAG: u8 = b's';
 
 /// Length of a log entry key: tag, id, seq.
 const LOG_KEY_LEN: usize = 1 + 8 + 8;
@@ -22,14 +20,6 @@ pub(crate) fn doc(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
     key.push(DOC_TAG);
     key.extend_from_slice(name.as_bytes());
-    key
-}
-
-/// `b"s" + id (u64 BE)`.
-pub(crate) fn snapshot(id: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = SNAPSHOT_TAG;
-    key[1..].copy_from_slice(&id.to_be_bytes());
     key
 }
 
@@ -83,7 +73,7 @@ mod tests {
             ]
         );
         assert_eq!(log_seq(&log(3, 258)), Some(258));
-        assert_eq!(log_seq(&snapshot(3)), None);
+        assert_eq!(log_seq(&doc("abc")), None);
         assert!(log_range(1, 2, 256).contains(&log(1, 3)));
         assert!(!log_range(1, 2, 256).contains(&log(2, 3)));
     }

@@ -13,21 +13,31 @@
 //!
 //! # Layout
 //!
-//! Snapshots live in a sled tree of their own (`snapshots`); everything else lives in sled's
-//! default tree. Snapshots are kept apart because sled rewrites a leaf's large values whenever
-//! it rewrites the leaf: next to a document's newest log keys, a snapshot was rewritten by every
-//! later append (measured: ~19 KB written per 10-update append instead of ~1.2 KB). A
-//! compaction or a deletion changes both trees in one sled transaction, so it stays atomic.
+//! A store is a directory holding two things:
+//!
+//! - `sled/`: a sled database with the format records, document metadata and log entries,
+//!   all in sled's default tree;
+//! - `snapshots/`: one file per document snapshot, named `<id>-<seq>.snap` (both 16 hex
+//!   digits: the document's numeric id and the last log seq the snapshot covers).
+//!
+//! Snapshots are files because a snapshot is the bulk of a compacted document and sled keeps
+//! the space of every value it rewrites or removes until it cleans the segment: with snapshots
+//! inside sled, a document compacted as the server does took 16-20x its size on disk. A file
+//! costs the snapshot's size plus a header of at most 32 bytes, and a superseded one is removed at once.
+//!
 //! Integers in keys are big-endian, so byte order is numeric order and a range scan returns log
 //! entries by seq.
 //!
 //! | Key                                  | Value (payload of a record)                         |
 //! |--------------------------------------|-----------------------------------------------------|
-//! | `b"m"`                               | store format: `{ format_version: u32 }`             |
+//! | `b"m"`                               | store format: `{ format_version: u32 }` (2)         |
 //! | `b"i"`                               | id counter: `{ next_doc_id: u64 }`                  |
 //! | `b"d"` + name (UTF-8 bytes)          | document metadata, see below                        |
 //! | `b"l"` + id (u64 BE) + seq (u64 BE)  | log entry: `{ updates: Vec<Vec<u8>> }` (Yjs v1)     |
-//! | `b"s"` + id (u64 BE), tree `snapshots` | snapshot: `{ upto: u64, bytes: Vec<u8> }` (Yjs v2) |
+//!
+//! A snapshot file holds one record whose payload is `{ id: u64, upto: u64, bytes: Vec<u8> }`
+//! (`bytes` is Yjs v2); the id and seq repeat the file name, so a file under the wrong name is
+//! detected.
 //!
 //! Document metadata is `{ id: u64, next_seq: u64, snapshot_seq: Option<u64>,
 //! snapshot_bytes: u64, tail_entries: u64, tail_updates: u64, tail_bytes: u64,
@@ -39,10 +49,12 @@
 //!
 //! Every stored value is `[format version: u8][crc32 of the payload: u32 LE][payload]`, the
 //! payload being bincode 2 with `bincode::config::standard()` (varint integers; a struct is its
-//! fields in order, a `Vec` its length then its elements). The format version is 1. Opening a
-//! store whose `b"m"` record has a newer version fails with [`StoreError::NewerFormat`]; a
-//! database whose `b"m"` is missing (while holding data) or is not a Concord record fails with
-//! [`StoreError::Corrupt`]. Decoding checks every length against the bytes that remain, so no
+//! fields in order, a `Vec` its length then its elements). The record format version is 1; the
+//! store format (the layout above, in the `b"m"` record) is 2. Opening a store whose record
+//! format or store format is newer fails with [`StoreError::NewerFormat`]; a database whose
+//! `b"m"` is missing (while holding data) or is not a Concord record, and a store of format 1
+//! (a pre-release layout with snapshots inside sled), fail with [`StoreError::Corrupt`].
+//! Decoding checks every length against the bytes that remain, so no
 //! stored value, however damaged, can panic the store or make it allocate more than its size.
 //!
 //! # Corruption
@@ -52,28 +64,42 @@
 //!   `tracing::error!` (document, seq, reason) and counted by
 //!   [`SledStore::corrupt_entries_seen`]. The updates it held are lost; clients that still have
 //!   them send them again when they next sync.
-//! - A damaged **snapshot** makes [`Store::load`] fail with [`StoreError::Corrupt`] naming the
-//!   document: the entries after a snapshot are only the changes since it, so the document
-//!   cannot be rebuilt from them.
+//! - A damaged, mislabelled or missing **snapshot file** makes [`Store::load`] fail with
+//!   [`StoreError::Corrupt`] naming the document: the entries after a snapshot are only the
+//!   changes since it, so the document cannot be rebuilt from them.
 //! - Damaged **document metadata** is [`StoreError::Corrupt`] for every operation on that
 //!   document except [`Store::delete`], which removes it (its log and snapshot keys are left
 //!   behind, unreachable). An `append` batch that includes such a document fails as a whole:
-//!   the trait reports one result per batch.
+//!   the trait reports one result per batch. While any metadata is damaged, opening the store
+//!   removes no snapshot file (an orphan cannot be told from that document's snapshot).
 //!
 //! # Compaction and crashes
 //!
-//! `compact(doc, snapshot, upto)` collects the keys of the entries with seq <= `upto` (or <=
-//! the previous snapshot's seq, if larger), then applies ONE transaction that writes the
-//! snapshot record, rewrites the metadata (tail statistics recounted from the entries that
-//! remain) and removes those keys, then flushes. Independently of that atomicity, `load` ignores every log
-//! entry whose seq is <= the snapshot's: had the snapshot been written without the deletions,
-//! no update would be applied twice nor lost. `SledStore::compact_snapshot_only` (hidden, for
-//! tests) performs only that first half, to prove it.
+//! `compact(doc, snapshot, upto)` covers the entries with seq <= `upto` (or <= the current
+//! snapshot's seq, if larger) in three steps:
+//!
+//! 1. write the snapshot file under a temporary name, fsync it, rename it into place, fsync the
+//!    directory: the file is durable (power loss included) before anything points at it;
+//! 2. apply ONE sled batch that rewrites the metadata (new snapshot seq, tail statistics
+//!    recounted from the entries that remain) and removes the covered log entries, then flush;
+//! 3. fsync sled's data file, then remove the superseded snapshot file.
+//!
+//! A crash before step 2 leaves the old state and an orphan file; a crash before step 3
+//! leaves the new state and the old file as an orphan; opening the store removes files no
+//! metadata refers to (and unfinished `.tmp` files). Step 3 waits for the fsync because sled's
+//! flush alone does not survive a power loss: the metadata recovered after one must never point
+//! at a removed file. Independently of the batch's atomicity, `load` ignores every log entry
+//! whose seq is <= the snapshot's. `SledStore::compact_interrupted` (hidden, for tests) stops
+//! at each of these points, to prove it. Compactions and deletions are serialised by a lock of
+//! their own; appends and loads do not wait for a compaction's file write.
+//!
+//! `delete` removes the metadata and log entries in one batch, flushes, fsyncs sled's data file
+//! and removes the snapshot file.
 //!
 //! # Durability
 //!
-//! When `append`, `compact` or `delete` returns, its writes have been flushed with sled's
-//! `flush`, which writes with `sync_file_range` but does not fsync:
+//! When `append` returns, its writes have been flushed with sled's `flush`, which writes with
+//! `sync_file_range` but does not fsync (snapshot files, written by `compact`, are fsynced):
 //!
 //! - **A killed process (SIGKILL, a panic, an OOM kill) loses nothing** that a call returned
 //!   for: the data is in the operating system's page cache and sled recovers it on open.
@@ -92,7 +118,8 @@
 //! A [`SledStore`] is shared between threads: the server appends from its persistence worker
 //! while compactions run elsewhere. One internal mutex serialises the metadata
 //! read-modify-writes (`append`, `compact`, `delete`) and `load` (a sled range scan is not
-//! isolated from a concurrent batch); flushes run outside it. Note that sled 0.34 itself
+//! isolated from a concurrent batch); flushes, fsyncs and snapshot file I/O run outside it (a
+//! load opens the snapshot file under the lock and reads it after). Note that sled 0.34 itself
 //! applies batches under a process-wide lock shared by every sled database in the process:
 //! while a batch is applied (a large compaction removes one key per log entry), every other
 //! sled read and write in the process waits.
@@ -108,6 +135,7 @@
 
 mod keys;
 mod record;
+mod snapfile;
 mod store;
 
-pub use store::{SledOptions, SledStore};
+pub use store::{CompactCrash, SledOptions, SledStore};

@@ -152,10 +152,15 @@ impl<C> Decode<C> for Blobs {
 
 bincode::impl_borrow_decode!(Blobs);
 
+/// The store layout this build writes, and the only one it opens. Version 1 kept snapshots in
+/// a sled tree; version 2 keeps them in files (see [`crate::snapfile`]).
+pub(crate) const STORE_FORMAT: u32 = 2;
+
 /// Payload under `b"m"`: which format the store is in. Written once, when the store is created.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub(crate) struct StoreMeta {
-    /// The store's format version (equal to the record's version byte).
+    /// The store's layout version ([`STORE_FORMAT`]); the record format has its own version
+    /// byte.
     pub(crate) format_version: u32,
 }
 
@@ -203,18 +208,20 @@ pub(crate) struct LogEntry {
     pub(crate) updates: Blobs,
 }
 
-/// Payload under `b"s" + id`, as written: the snapshot and the log position it covers. The
-/// position is stored next to the bytes so that the snapshot alone says which log entries it
-/// makes redundant.
+/// Payload of a snapshot file (see [`crate::snapfile`]), as written: the document's id, the
+/// log position the snapshot covers and the Yjs v2 bytes. The id and position are stored next to
+/// the bytes so that a file found under the wrong name is detected.
 #[derive(Debug, bincode::Encode)]
 pub(crate) struct SnapshotRef<'a> {
+    pub(crate) id: u64,
     pub(crate) upto: u64,
     pub(crate) bytes: &'a [u8],
 }
 
-/// Payload under `b"s" + id`, as read.
+/// Payload of a snapshot file, as read.
 #[derive(Debug, bincode::Decode)]
 pub(crate) struct Snapshot {
+    pub(crate) id: u64,
     pub(crate) upto: u64,
     pub(crate) bytes: Blob,
 }
@@ -248,12 +255,13 @@ mod tests {
         assert_eq!(&record[HEADER_LEN..], &plain[..]);
 
         let snap = seal(&SnapshotRef {
+            id: 2,
             upto: 7,
             bytes: &[1, 2, 3],
         })
         .unwrap();
         let read: Snapshot = open(&snap).unwrap();
-        assert_eq!((read.upto, read.bytes.0), (7, vec![1, 2, 3]));
+        assert_eq!((read.id, read.upto, read.bytes.0), (2, 7, vec![1, 2, 3]));
     }
 
     #[test]
@@ -310,7 +318,7 @@ mod tests {
             Err(RecordError::Decode(_))
         ));
         // Snapshot whose byte length claims 2^40 bytes.
-        let mut payload = vec![7, 253];
+        let mut payload = vec![2, 7, 253];
         payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(matches!(
             open::<Snapshot>(&reseal(&payload)),

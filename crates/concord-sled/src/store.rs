@@ -1,21 +1,20 @@
-//! [`SledStore`]: the [`Store`] trait on one sled tree.
+//! [`SledStore`]: the [`Store`] trait on a sled database plus a directory of snapshot files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use sled::Transactional;
 
 use concord_core::{Appended, DocInfo, DocName, Seq, Store, StoreError, StoredDoc, StoredUpdate};
 
 use crate::keys;
 use crate::record::{
-    self, DocMeta, FORMAT_VERSION, IdCounter, LogEntry, LogEntryRef, Snapshot, SnapshotRef,
-    StoreMeta,
+    self, DocMeta, FORMAT_VERSION, IdCounter, LogEntry, LogEntryRef, STORE_FORMAT, StoreMeta,
 };
+use crate::snapfile::{self, SnapshotDir};
 
 /// How [`SledStore::open_with`] configures sled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,22 +38,30 @@ impl Default for SledOptions {
     }
 }
 
-/// The durable [`Store`]: documents in a sled database, in the layout and with the durability
-/// contract described in the [crate documentation](crate).
+/// The durable [`Store`]: documents in a sled database and a directory of snapshot files, in
+/// the layout and with the durability contract described in the [crate documentation](crate).
 pub struct SledStore {
     db: sled::Db,
-    /// Snapshots live in their own tree. In the default tree, a document's snapshot key sat in
-    /// the same leaf as its newest log keys, and sled rewrites a leaf's large values whenever it
-    /// rewrites the leaf: every append after a compaction rewrote the whole snapshot (measured:
-    /// ~19 KB written per 10-update append instead of ~1.2 KB). Compaction writes both trees in
-    /// one sled transaction, so it stays atomic.
-    snapshots: sled::Tree,
+    /// sled's data file, fsynced before a superseded snapshot file is removed (see
+    /// [`SledStore::sync_sled`]).
+    sled_file: PathBuf,
+    /// Snapshot files. They live outside sled because sled never gives back the space of the
+    /// values it rewrites or removes until segments are cleaned, and a snapshot is the bulk of a
+    /// document: in sled, each compaction left a dead copy behind (measured: 16-20x the
+    /// document's size on disk after compacting as the server does).
+    snapshots: SnapshotDir,
     /// Held by every operation that reads or writes document metadata or must see one document
     /// consistently: `append`, `compact`, `delete` and `load`. sled applies a batch atomically
     /// for single-key reads, but a range scan can observe a compaction's batch between two of
-    /// its steps, so `load` takes the lock as well. Flushes happen after it is released, so a
-    /// slow flush never holds up another writer's batch.
+    /// its steps, so `load` takes the lock as well. Flushes, fsyncs and snapshot file writes
+    /// happen outside it, so a slow disk never holds up another writer's batch.
     state: Mutex<State>,
+    /// Held for the whole of a compaction or a deletion (which write and remove snapshot files
+    /// outside `state`), so that no two of them interleave: a snapshot file is never written
+    /// for a document another one is removing, and one file name is never written twice at
+    /// once. Compactions are rare (one per thousands of updates); appends and loads never
+    /// take this lock.
+    compacting: Mutex<()>,
     /// Corrupt log entries read since the store was opened.
     corrupt_seen: AtomicU64,
 }
@@ -73,8 +80,10 @@ struct State {
 /// restart in tests, an embedder) would otherwise fail now and then.
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 
-/// Name of the sled tree holding snapshots (see the `snapshots` field of [`SledStore`]).
-const SNAPSHOT_TREE: &[u8] = b"snapshots";
+/// Subdirectory of the store directory holding the sled database.
+const SLED_DIR: &str = "sled";
+/// Subdirectory of the store directory holding snapshot files.
+const SNAPSHOT_DIR: &str = "snapshots";
 
 /// The tail of a document's log, counted from its entries.
 #[derive(Debug, Default)]
@@ -90,33 +99,47 @@ impl SledStore {
         Self::open_with(path, SledOptions::default())
     }
 
-    /// Opens (or creates, with any missing parent directories) the store in directory `path`.
+    /// Opens (or creates, with any missing parent directories) the store in directory `path`:
+    /// the sled database in `path/sled`, snapshot files in `path/snapshots`. Snapshot files no
+    /// document refers to (what a crash during a compaction or deletion leaves) are removed.
     ///
     /// Fails with [`StoreError::NewerFormat`] if a newer Concord wrote the store, with
     /// [`StoreError::Corrupt`] if the directory holds a sled database that is not a Concord
-    /// store (or whose format records are damaged), and with [`StoreError::Backend`] if sled
-    /// cannot open it (I/O errors, or the directory is still locked by another handle after
-    /// waiting a second for it: a store dropped a moment ago may hold it a few more
-    /// milliseconds).
+    /// store (or whose format records are damaged) or a store in an older layout, and with
+    /// [`StoreError::Backend`] if sled cannot open it (I/O errors, or the directory is still
+    /// locked by another handle after waiting a second for it: a store dropped a moment ago may
+    /// hold it a few more milliseconds).
     pub fn open_with(
         path: impl AsRef<Path>,
         options: SledOptions,
     ) -> Result<SledStore, StoreError> {
         let path = path.as_ref();
-        std::fs::create_dir_all(path).map_err(backend)?;
+        if path.join("conf").exists() && path.join("db").exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds a sled database at its top level: a store of format 1, written by a \
+                 pre-release Concord; this build opens format {STORE_FORMAT} only",
+                path.display()
+            )));
+        }
+        let sled_path = path.join(SLED_DIR);
+        std::fs::create_dir_all(&sled_path).map_err(backend)?;
         let config = sled::Config::new()
-            .path(path)
+            .path(&sled_path)
             .flush_every_ms(options.flush_every_ms)
             .cache_capacity(options.cache_capacity_bytes);
         let db = open_waiting_for_lock(&config)?;
         let next_doc_id = check_format(&db)?;
-        let snapshots = db.open_tree(SNAPSHOT_TREE).map_err(backend)?;
-        Ok(SledStore {
+        let snapshots = SnapshotDir::open(path.join(SNAPSHOT_DIR)).map_err(backend)?;
+        let store = SledStore {
             db,
+            sled_file: sled_path.join("db"),
             snapshots,
             state: Mutex::new(State { next_doc_id }),
+            compacting: Mutex::new(()),
             corrupt_seen: AtomicU64::new(0),
-        })
+        };
+        store.remove_orphan_snapshots()?;
+        Ok(store)
     }
 
     /// How many corrupt log entries this store has read (and skipped) since it was opened. An
@@ -125,17 +148,18 @@ impl SledStore {
         self.corrupt_seen.load(Ordering::Relaxed)
     }
 
-    /// Failpoint for tests: does what [`Store::compact`] does except deleting the covered log
-    /// entries, i.e. what a crash between the two halves of a non-atomic compaction would leave.
-    /// `load` must still return every update exactly once.
+    /// Failpoint for tests: does the first part of [`Store::compact`] only, i.e. what a crash in
+    /// the middle of a compaction leaves. `load` must still return every update exactly once,
+    /// and reopening the store must clean up.
     #[doc(hidden)]
-    pub fn compact_snapshot_only(
+    pub fn compact_interrupted(
         &self,
         doc: &DocName,
         snapshot: &[u8],
         upto: Seq,
+        at: CompactCrash,
     ) -> Result<(), StoreError> {
-        self.compact_inner(doc, snapshot, upto, false)
+        self.compact_inner(doc, snapshot, upto, Some(at))
     }
 
     /// The underlying sled tree, for tests that inspect or damage stored records.
@@ -144,10 +168,13 @@ impl SledStore {
         &self.db
     }
 
-    /// The sled tree holding snapshots, for tests that inspect or damage them.
+    /// The file holding the current snapshot of `doc`, for tests that inspect or damage it.
     #[doc(hidden)]
-    pub fn raw_snapshots(&self) -> &sled::Tree {
-        &self.snapshots
+    pub fn snapshot_file(&self, doc: &DocName) -> Result<Option<PathBuf>, StoreError> {
+        let _state = self.lock();
+        Ok(self
+            .read_meta(doc)?
+            .and_then(|meta| Some(self.snapshots.file(meta.id, meta.snapshot_seq?))))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -165,38 +192,67 @@ impl SledStore {
             .map_err(|e| StoreError::Corrupt(format!("metadata of document {doc:?}: {e}")))
     }
 
-    /// The snapshot of `doc` and the seq it covers, checked against the metadata.
-    fn read_snapshot(
+    /// Opens the snapshot file of `doc`, if it has one; read it with [`read_snapshot`] once the
+    /// lock is released (the handle stays valid if a compaction removes the file meanwhile).
+    fn open_snapshot(
         &self,
         doc: &DocName,
         meta: &DocMeta,
-    ) -> Result<Option<(Vec<u8>, Seq)>, StoreError> {
-        let corrupt = |why: String| {
-            StoreError::Corrupt(format!(
-                "snapshot of document {doc:?}: {why}; the document cannot be rebuilt from the \
-                 log entries after it alone"
-            ))
+    ) -> Result<Option<(File, Seq)>, StoreError> {
+        let Some(seq) = meta.snapshot_seq else {
+            return Ok(None);
         };
-        let value = self
-            .snapshots
-            .get(keys::snapshot(meta.id))
-            .map_err(backend)?;
-        match (meta.snapshot_seq, value) {
-            (None, None) => Ok(None),
-            (Some(seq), Some(value)) => {
-                let snapshot: Snapshot =
-                    record::open(&value).map_err(|e| corrupt(e.to_string()))?;
-                if snapshot.upto != seq {
-                    return Err(corrupt(format!(
-                        "it covers seq {} but the metadata says {seq}",
-                        snapshot.upto
-                    )));
-                }
-                Ok(Some((snapshot.bytes.0, seq)))
+        match self.snapshots.open_file(meta.id, seq) {
+            Ok(file) => Ok(Some((file, seq))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(snapshot_corrupt(doc, &"its file is missing"))
             }
-            (Some(_), None) => Err(corrupt("it is missing".into())),
-            (None, Some(_)) => Err(corrupt("the metadata does not know about it".into())),
+            Err(e) => Err(backend(e)),
         }
+    }
+
+    /// Removes the snapshot files no document refers to: a compaction or a deletion that
+    /// crashed between writing the metadata and removing a file leaves one behind.
+    fn remove_orphan_snapshots(&self) -> Result<(), StoreError> {
+        let mut referenced = HashSet::new();
+        for item in self.db.scan_prefix([keys::DOC_TAG]) {
+            let (key, value) = item.map_err(backend)?;
+            match record::open::<DocMeta>(&value) {
+                Ok(meta) => {
+                    if let Some(seq) = meta.snapshot_seq {
+                        referenced.insert((meta.id, seq));
+                    }
+                }
+                Err(e) => {
+                    // Its snapshot cannot be told from an orphan: keep every file.
+                    tracing::warn!(
+                        key = %String::from_utf8_lossy(&key[1..]),
+                        reason = %e,
+                        "document metadata is corrupt: snapshot files are not cleaned up"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        for (id, seq) in self.snapshots.scan().map_err(backend)? {
+            if !referenced.contains(&(id, seq)) {
+                tracing::info!(id, seq, "removing a snapshot file no document refers to");
+                self.snapshots.remove(id, seq).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every write sled has accepted durable against power loss, not only against a
+    /// killed process: sled's `flush` only starts write-back (`sync_file_range`), and its own
+    /// fsync runs every `flush_every_ms`. A file removed after this (a superseded snapshot) can
+    /// never be needed by the metadata sled recovers. fsync applies to the file, whichever
+    /// descriptor it is called through.
+    fn sync_sled(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend)?;
+        File::open(&self.sled_file)
+            .and_then(|f| f.sync_all())
+            .map_err(backend)
     }
 
     /// Logs a corrupt log entry loudly and counts it.
@@ -230,97 +286,16 @@ impl SledStore {
         Ok(tail)
     }
 
-    fn compact_inner(
+    /// Reads the log entries of document `id` with seq >= `from` into `loaded`. Called with the
+    /// lock held.
+    fn read_tail(
         &self,
         doc: &DocName,
-        snapshot: &[u8],
-        upto: Seq,
-        delete_covered: bool,
+        id: u64,
+        from: Seq,
+        loaded: &mut StoredDoc,
     ) -> Result<(), StoreError> {
-        {
-            let mut state = self.lock();
-            let mut batch = sled::Batch::default();
-            let (mut meta, new_next_id) = match self.read_meta(doc)? {
-                Some(meta) => (meta, None),
-                None => (
-                    DocMeta::new(state.next_doc_id),
-                    Some(next_id(state.next_doc_id)?),
-                ),
-            };
-            // The new snapshot replaces the old one, which already made the entries up to its
-            // seq redundant: never let those come back, even if `upto` is older (the store's
-            // observable behaviour is then the same as the in-memory reference's).
-            let covered = meta.snapshot_seq.map_or(upto, |old| old.max(upto));
-            if delete_covered {
-                // Collected first, then removed in the same batch as the snapshot is written.
-                for key in self.db.range(keys::log_range(meta.id, 0, covered)).keys() {
-                    batch.remove(key.map_err(backend)?);
-                }
-            }
-            // Recounted from the entries that remain rather than adjusted: exact even if an
-            // earlier compaction stopped half-way, and the remaining tail is the short part.
-            let tail = self.count_tail(doc, meta.id, covered)?;
-            meta.snapshot_seq = Some(covered);
-            meta.snapshot_bytes = snapshot.len() as u64;
-            meta.tail_entries = tail.entries;
-            meta.tail_updates = tail.updates;
-            meta.tail_bytes = tail.bytes;
-            meta.next_seq = meta.next_seq.max(covered.saturating_add(1));
-            meta.updated_at_ms = now_ms();
-            let snapshot_record = seal(&SnapshotRef {
-                upto: covered,
-                bytes: snapshot,
-            })?;
-            batch.insert(keys::doc(doc.as_str()), seal(&meta)?);
-            if let Some(next_doc_id) = new_next_id {
-                batch.insert(keys::ID_COUNTER, seal(&IdCounter { next_doc_id })?);
-            }
-            // One transaction over both trees: the snapshot, the metadata and the removal of
-            // the covered entries become visible (and durable) together or not at all.
-            let snapshot_key = keys::snapshot(meta.id);
-            (&*self.db, &self.snapshots)
-                .transaction(|(main, snapshots)| {
-                    snapshots.insert(&snapshot_key[..], snapshot_record.as_slice())?;
-                    main.apply_batch(&batch)?;
-                    Ok(())
-                })
-                .map_err(|e: sled::transaction::TransactionError<()>| backend(format!("{e:?}")))?;
-            if let Some(next_doc_id) = new_next_id {
-                state.next_doc_id = next_doc_id;
-            }
-        }
-        self.db.flush().map_err(backend)?;
-        Ok(())
-    }
-}
-
-impl fmt::Debug for SledStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SledStore")
-            .field("corrupt_entries_seen", &self.corrupt_entries_seen())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Store for SledStore {
-    fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
-        let _state = self.lock();
-        let Some(meta) = self.read_meta(doc)? else {
-            return Ok(StoredDoc::default());
-        };
-        let snapshot = self.read_snapshot(doc, &meta)?;
-        let mut loaded = StoredDoc::default();
-        // Entries the snapshot covers are skipped even if they are still there, so an update
-        // is never applied twice whatever state a compaction left.
-        let from = match &snapshot {
-            Some((_, covered)) => covered.checked_add(1),
-            None => Some(0),
-        };
-        loaded.snapshot = snapshot.map(|(bytes, _)| bytes);
-        let Some(from) = from else {
-            return Ok(loaded);
-        };
-        for item in self.db.range(keys::log_range(meta.id, from, Seq::MAX)) {
+        for item in self.db.range(keys::log_range(id, from, Seq::MAX)) {
             let (key, value) = item.map_err(backend)?;
             let seq = keys::log_seq(&key);
             // A corrupt entry still counts as read: a snapshot built from this load covers it.
@@ -336,6 +311,156 @@ impl Store for SledStore {
                     self.report_corrupt(doc, seq, &e);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The id of `doc` and the seq its new snapshot will cover (`upto`, or the current
+    /// snapshot's seq if that is larger). A document that does not exist yet gets an id
+    /// reserved here and persisted with its metadata by the compaction.
+    fn compaction_target(&self, doc: &DocName, upto: Seq) -> Result<(u64, Seq), StoreError> {
+        let mut state = self.lock();
+        Ok(match self.read_meta(doc)? {
+            // The new snapshot replaces the old one, which already made the entries up to its
+            // seq redundant: never let those come back, even if `upto` is older (the store's
+            // observable behaviour is then the same as the in-memory reference's).
+            Some(meta) => (meta.id, meta.snapshot_seq.map_or(upto, |old| old.max(upto))),
+            None => {
+                let id = state.next_doc_id;
+                state.next_doc_id = next_id(id)?;
+                (id, upto)
+            }
+        })
+    }
+
+    fn compact_inner(
+        &self,
+        doc: &DocName,
+        snapshot: &[u8],
+        upto: Seq,
+        crash: Option<CompactCrash>,
+    ) -> Result<(), StoreError> {
+        let _compacting = self.compacting.lock().unwrap_or_else(|e| e.into_inner());
+        // A few rounds at most: a round is only repeated when an `append` created the document
+        // between choosing its id and writing its metadata.
+        for _ in 0..4 {
+            let (id, covered) = self.compaction_target(doc, upto)?;
+            // The file first, outside the lock, durably: nothing points at it yet, so a crash
+            // now leaves an orphan that the next open removes.
+            self.snapshots
+                .write(id, covered, snapshot)
+                .map_err(backend)?;
+            if crash == Some(CompactCrash::AfterSnapshotFile) {
+                return Ok(());
+            }
+            let superseded = {
+                let mut state = self.lock();
+                let mut meta = match self.read_meta(doc)? {
+                    Some(meta) if meta.id == id => meta,
+                    None => DocMeta::new(id),
+                    Some(_) => {
+                        // Created (or deleted and created again) meanwhile under another id.
+                        drop(state);
+                        self.snapshots.remove(id, covered).map_err(backend)?;
+                        continue;
+                    }
+                };
+                let mut batch = sled::Batch::default();
+                if crash != Some(CompactCrash::KeepCoveredEntries) {
+                    for key in self.db.range(keys::log_range(id, 0, covered)).keys() {
+                        batch.remove(key.map_err(backend)?);
+                    }
+                }
+                // Recounted from the entries that remain rather than adjusted: exact even if
+                // an earlier compaction stopped half-way, and the remaining tail is the short
+                // part.
+                let tail = self.count_tail(doc, id, covered)?;
+                // A compaction at the seq of the current snapshot replaced its file by rename.
+                let superseded = meta.snapshot_seq.filter(|&old| old != covered);
+                meta.snapshot_seq = Some(covered);
+                meta.snapshot_bytes = snapshot.len() as u64;
+                meta.tail_entries = tail.entries;
+                meta.tail_updates = tail.updates;
+                meta.tail_bytes = tail.bytes;
+                meta.next_seq = meta.next_seq.max(covered.saturating_add(1));
+                meta.updated_at_ms = now_ms();
+                batch.insert(keys::doc(doc.as_str()), seal(&meta)?);
+                // The reserved id counts as handed out from now on, on disk too.
+                batch.insert(
+                    keys::ID_COUNTER,
+                    seal(&IdCounter {
+                        next_doc_id: state.next_doc_id,
+                    })?,
+                );
+                // One batch: the new metadata and the removal of the covered entries become
+                // visible (and durable) together or not at all.
+                self.db.apply_batch(batch).map_err(backend)?;
+                state.next_doc_id = state.next_doc_id.max(next_id(id)?);
+                superseded
+            };
+            self.db.flush().map_err(backend)?;
+            if let Some(old) = superseded {
+                if crash == Some(CompactCrash::BeforeOldSnapshotRemoval) {
+                    return Ok(());
+                }
+                // The old file may go only once no recoverable metadata can point at it.
+                self.sync_sled()?;
+                self.snapshots.remove(id, old).map_err(backend)?;
+            }
+            return Ok(());
+        }
+        Err(StoreError::Backend(
+            format!("document {doc:?} kept changing identity during its compaction").into(),
+        ))
+    }
+}
+
+/// Where [`SledStore::compact_interrupted`] stops, as a crash would.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactCrash {
+    /// The new snapshot file is written; the metadata does not point at it yet.
+    AfterSnapshotFile,
+    /// The metadata points at the new snapshot, but the covered log entries are still there
+    /// (a state the store never writes, since both change in one batch: `load` copes anyway).
+    KeepCoveredEntries,
+    /// The compaction is complete except for the removal of the superseded snapshot file.
+    BeforeOldSnapshotRemoval,
+}
+
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore")
+            .field("corrupt_entries_seen", &self.corrupt_entries_seen())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store for SledStore {
+    fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+        let mut loaded = StoredDoc::default();
+        let snapshot = {
+            let _state = self.lock();
+            let Some(meta) = self.read_meta(doc)? else {
+                return Ok(loaded);
+            };
+            let snapshot = self.open_snapshot(doc, &meta)?;
+            // Entries the snapshot covers are skipped even if they are still there, so an
+            // update is never applied twice whatever state a compaction left.
+            let from = match &snapshot {
+                Some((_, covered)) => covered.checked_add(1),
+                None => Some(0),
+            };
+            if let Some(from) = from {
+                self.read_tail(doc, meta.id, from, &mut loaded)?;
+            }
+            snapshot.map(|(file, seq)| (file, meta.id, seq))
+        };
+        if let Some((file, id, seq)) = snapshot {
+            loaded.snapshot = Some(snapfile::read(file, id, seq).map_err(|e| match e {
+                snapfile::ReadError::Io(e) => backend(e),
+                e => snapshot_corrupt(doc, &e),
+            })?);
         }
         Ok(loaded)
     }
@@ -397,19 +522,19 @@ impl Store for SledStore {
     }
 
     fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError> {
-        self.compact_inner(doc, snapshot, upto, true)
+        self.compact_inner(doc, snapshot, upto, None)
     }
 
     fn delete(&self, doc: &DocName) -> Result<(), StoreError> {
-        {
+        let _compacting = self.compacting.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = {
             let _state = self.lock();
-            let doc_key = keys::doc(doc.as_str());
             let mut batch = sled::Batch::default();
-            let mut snapshot_key = None;
+            let mut snapshot = None;
             match self.read_meta(doc) {
                 Ok(None) => return Ok(()),
                 Ok(Some(meta)) => {
-                    snapshot_key = Some(meta.id);
+                    snapshot = meta.snapshot_seq.map(|seq| (meta.id, seq));
                     for key in self.db.range(keys::log_range(meta.id, 0, Seq::MAX)).keys() {
                         batch.remove(key.map_err(backend)?);
                     }
@@ -421,25 +546,22 @@ impl Store for SledStore {
                     tracing::warn!(
                         doc = %doc,
                         reason = %why,
-                        "deleting a document with corrupt metadata: its log and snapshot stay \
-                         on disk, unreachable"
+                        "deleting a document with corrupt metadata: its log entries and \
+                         snapshot file stay on disk, unreachable"
                     );
                 }
                 Err(e) => return Err(e),
             }
-            batch.remove(doc_key);
-            let snapshot_key = snapshot_key.map(keys::snapshot);
-            (&*self.db, &self.snapshots)
-                .transaction(|(main, snapshots)| {
-                    if let Some(key) = &snapshot_key {
-                        snapshots.remove(&key[..])?;
-                    }
-                    main.apply_batch(&batch)?;
-                    Ok(())
-                })
-                .map_err(|e: sled::transaction::TransactionError<()>| backend(format!("{e:?}")))?;
-        }
+            batch.remove(keys::doc(doc.as_str()));
+            self.db.apply_batch(batch).map_err(backend)?;
+            snapshot
+        };
         self.db.flush().map_err(backend)?;
+        if let Some((id, seq)) = snapshot {
+            // A crash before this removal leaves an orphan file, removed at the next open.
+            self.sync_sled()?;
+            self.snapshots.remove(id, seq).map_err(backend)?;
+        }
         Ok(())
     }
 
@@ -517,7 +639,7 @@ fn check_format(db: &sled::Db) -> Result<u64, StoreError> {
         batch.insert(
             keys::FORMAT,
             seal(&StoreMeta {
-                format_version: FORMAT_VERSION.into(),
+                format_version: STORE_FORMAT,
             })?,
         );
         batch.insert(keys::ID_COUNTER, seal(&IdCounter { next_doc_id: 1 })?);
@@ -525,22 +647,28 @@ fn check_format(db: &sled::Db) -> Result<u64, StoreError> {
         db.flush().map_err(backend)?;
         return Ok(1);
     };
-    let supported = u32::from(FORMAT_VERSION);
-    // The version byte is checked before the checksum: a newer format may change everything
-    // after it, and must be reported as newer, not as damage.
+    // The record's version byte is checked before its checksum: a newer record format may
+    // change everything after it, and must be reported as newer, not as damage.
     if let Some(found) = record::version_of(&value).filter(|&v| v > FORMAT_VERSION) {
         return Err(StoreError::NewerFormat {
             found: found.into(),
-            supported,
+            supported: FORMAT_VERSION.into(),
         });
     }
     let format: StoreMeta = record::open(&value)
         .map_err(|e| StoreError::Corrupt(format!("format record: {e}: not a Concord store?")))?;
-    if format.format_version > supported {
+    if format.format_version > STORE_FORMAT {
         return Err(StoreError::NewerFormat {
             found: format.format_version,
-            supported,
+            supported: STORE_FORMAT,
         });
+    }
+    if format.format_version < STORE_FORMAT {
+        return Err(StoreError::Corrupt(format!(
+            "store format {} was written by a pre-release Concord; this build opens format \
+             {STORE_FORMAT} only",
+            format.format_version
+        )));
     }
     let counter = db
         .get(keys::ID_COUNTER)
@@ -554,6 +682,13 @@ fn check_format(db: &sled::Db) -> Result<u64, StoreError> {
 fn next_id(id: u64) -> Result<u64, StoreError> {
     id.checked_add(1)
         .ok_or_else(|| StoreError::Corrupt("document ids exhausted".into()))
+}
+
+fn snapshot_corrupt(doc: &DocName, why: &dyn fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!(
+        "snapshot of document {doc:?}: {why}; the document cannot be rebuilt from the log \
+         entries after it alone"
+    ))
 }
 
 fn seal<T: bincode::Encode>(value: &T) -> Result<Vec<u8>, StoreError> {

@@ -26,12 +26,6 @@ fn log_key(id: u64, seq: u64) -> Vec<u8> {
     key
 }
 
-fn snapshot_key(id: u64) -> Vec<u8> {
-    let mut key = b"s".to_vec();
-    key.extend_from_slice(&id.to_be_bytes());
-    key
-}
-
 /// Document "doc" with entries 1, 2, 3 holding updates [1], [2], [3]; "other" with one entry.
 fn populate(path: &Path) {
     let store = SledStore::open(path).unwrap();
@@ -51,18 +45,15 @@ fn damage(path: &Path, key: &[u8], f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
     tree.flush().unwrap();
 }
 
-/// Rewrites the snapshot record of document `id`, which lives in its own sled tree.
-fn damage_snapshot(path: &Path, id: u64, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+/// Rewrites the snapshot file of document `doc`, with the store closed afterwards.
+fn damage_snapshot(path: &Path, doc: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
     let store = SledStore::open(path).unwrap();
-    let tree = store.raw_snapshots();
-    let key = snapshot_key(id);
-    let value = tree
-        .get(&key)
+    let file = store
+        .snapshot_file(&name(doc))
         .unwrap()
-        .expect("the snapshot exists")
-        .to_vec();
-    tree.insert(key, f(value)).unwrap();
-    tree.flush().unwrap();
+        .expect("the snapshot exists");
+    let value = std::fs::read(&file).unwrap();
+    std::fs::write(&file, f(value)).unwrap();
 }
 
 /// A record with a valid header and checksum around `payload`.
@@ -161,7 +152,7 @@ fn a_corrupt_snapshot_fails_the_load_naming_the_document() {
         let store = SledStore::open(dir.path()).unwrap();
         store.compact(&name("doc"), &[7, 7, 7], 2).unwrap();
     }
-    damage_snapshot(dir.path(), 1, |mut v| {
+    damage_snapshot(dir.path(), "doc", |mut v| {
         *v.last_mut().unwrap() ^= 1;
         v
     });
@@ -176,18 +167,29 @@ fn a_corrupt_snapshot_fails_the_load_naming_the_document() {
     assert_eq!(store.load(&name("other")).unwrap().updates, vec![vec![9]]);
     drop(store);
 
-    // Also when the snapshot is cut short, or missing altogether.
-    damage_snapshot(dir.path(), 1, |v| v[..2].to_vec());
+    // Also when the snapshot is cut short, copied from another document, or missing.
+    damage_snapshot(dir.path(), "doc", |v| v[..2].to_vec());
     let store = SledStore::open(dir.path()).unwrap();
     assert!(matches!(
         store.load(&name("doc")),
         Err(StoreError::Corrupt(_))
     ));
-    store.raw_snapshots().remove(snapshot_key(1)).unwrap();
-    assert!(matches!(
-        store.load(&name("doc")),
-        Err(StoreError::Corrupt(_))
-    ));
+    store.compact(&name("other"), &[8], 1).unwrap();
+    let other = store.snapshot_file(&name("other")).unwrap().unwrap();
+    let file = store.snapshot_file(&name("doc")).unwrap().unwrap();
+    std::fs::copy(&other, &file).unwrap();
+    match store.load(&name("doc")) {
+        Err(StoreError::Corrupt(why)) => {
+            assert!(why.contains("not the one its name says"), "{why}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    std::fs::remove_file(&file).unwrap();
+    match store.load(&name("doc")) {
+        Err(StoreError::Corrupt(why)) => assert!(why.contains("missing"), "{why}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(store.load(&name("other")).unwrap().snapshot, Some(vec![8]));
 }
 
 #[test]

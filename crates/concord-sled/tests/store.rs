@@ -241,8 +241,22 @@ fn a_store_from_a_newer_version_is_refused() {
         // can find the directory still locked for a few milliseconds.
         let store = SledStore::open(dir.path()).unwrap();
         let db = store.raw_tree();
-        let mut record = db.get(b"m").unwrap().unwrap().to_vec();
-        assert_eq!(record[0], 1, "format version 1");
+        let record = db.get(b"m").unwrap().unwrap().to_vec();
+        assert_eq!(record[0], 1, "record format version 1");
+        // The payload is the store format, a bincode varint: 2 today.
+        assert_eq!(&record[5..], &[2]);
+        db.insert(b"m", sealed(&[3])).unwrap();
+        db.flush().unwrap();
+    }
+    match SledStore::open(dir.path()) {
+        Err(StoreError::NewerFormat { found, supported }) => assert_eq!((found, supported), (3, 2)),
+        other => panic!("expected NewerFormat, got {other:?}"),
+    }
+    // A newer record format is reported as newer too, not as damage.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        let mut record = sealed(&[2]);
         record[0] = 2;
         db.insert(b"m", record).unwrap();
         db.flush().unwrap();
@@ -251,6 +265,40 @@ fn a_store_from_a_newer_version_is_refused() {
         Err(StoreError::NewerFormat { found, supported }) => assert_eq!((found, supported), (2, 1)),
         other => panic!("expected NewerFormat, got {other:?}"),
     }
+}
+
+#[test]
+fn a_store_of_an_older_layout_is_refused_with_a_reason() {
+    // Format 1 kept the sled files at the top of the directory.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"m", sealed(&[1])).unwrap();
+        db.flush().unwrap();
+    }
+    match SledStore::open(dir.path()) {
+        Err(StoreError::Corrupt(why)) => assert!(why.contains("format 1"), "{why}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Format 1 in the current place.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        db.insert(b"m", sealed(&[1])).unwrap();
+        db.flush().unwrap();
+    }
+    match SledStore::open(dir.path()) {
+        Err(StoreError::Corrupt(why)) => assert!(why.contains("format 1"), "{why}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// A record with a valid header and checksum around `payload`.
+fn sealed(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![1];
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
 #[test]
@@ -264,7 +312,7 @@ fn a_database_that_is_not_a_concord_store_is_refused() {
     for (key, value) in cases {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = sled::open(dir.path().join("sled")).unwrap();
             db.insert(key, value).unwrap();
             db.flush().unwrap();
         }

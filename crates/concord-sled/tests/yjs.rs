@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use concord_core::{DocName, Store, StoredDoc, StoredUpdate};
-use concord_sled::SledStore;
+use concord_sled::{CompactCrash, SledStore};
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::{
@@ -184,7 +184,12 @@ fn a_half_done_compaction_still_loads_every_update_exactly_once() {
                 .unwrap();
         }
         store
-            .compact_snapshot_only(&doc, &snapshot_of(&covered.doc), 20)
+            .compact_interrupted(
+                &doc,
+                &snapshot_of(&covered.doc),
+                20,
+                CompactCrash::KeepCoveredEntries,
+            )
             .unwrap();
     }
 
@@ -223,6 +228,93 @@ fn a_half_done_compaction_still_loads_every_update_exactly_once() {
     let loaded = store.load(&doc).unwrap();
     assert_eq!(loaded.updates.len(), 0);
     assert_eq!(content(&rebuild(&loaded)), source.content());
+}
+
+/// Snapshot files in the store's `snapshots/` directory.
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    files
+}
+
+/// A crash after the new snapshot file is written but before the metadata points at it, and a
+/// crash after the compaction but before the old snapshot file is removed: either way every
+/// update loads exactly once, and the next open removes the file nobody refers to.
+#[test]
+fn a_crash_at_either_end_of_a_compaction_loses_nothing_and_leaves_no_file_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = name("doc");
+    let mut source = Source::new();
+    for i in 0..30 {
+        source.edit(i);
+    }
+    let prefix = |n: usize| {
+        let mut covered = Source::new();
+        for i in 0..n {
+            covered.edit(i as u32);
+        }
+        snapshot_of(&covered.doc)
+    };
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        for update in &source.updates {
+            store
+                .append(&updates_of("doc", std::slice::from_ref(update)))
+                .unwrap();
+        }
+        store.compact(&doc, &prefix(10), 10).unwrap();
+        store
+            .compact_interrupted(&doc, &prefix(20), 20, CompactCrash::AfterSnapshotFile)
+            .unwrap();
+    }
+    assert_eq!(snapshot_files(dir.path()).len(), 2, "the new file is there");
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            snapshot_files(dir.path()),
+            vec!["0000000000000001-000000000000000a.snap".to_owned()],
+            "the unreferenced new file is gone, the current one stays"
+        );
+        let loaded = store.load(&doc).unwrap();
+        assert_eq!(loaded.updates, source.updates[10..].to_vec());
+        assert_eq!(content(&rebuild(&loaded)), source.content());
+
+        store
+            .compact_interrupted(
+                &doc,
+                &prefix(20),
+                20,
+                CompactCrash::BeforeOldSnapshotRemoval,
+            )
+            .unwrap();
+        let loaded = store.load(&doc).unwrap();
+        assert_eq!(loaded.updates, source.updates[20..].to_vec());
+        assert_eq!(content(&rebuild(&loaded)), source.content());
+    }
+    assert_eq!(snapshot_files(dir.path()).len(), 2, "the old file is there");
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        snapshot_files(dir.path()),
+        vec!["0000000000000001-0000000000000014.snap".to_owned()]
+    );
+    let loaded = store.load(&doc).unwrap();
+    assert_eq!(loaded.updates, source.updates[20..].to_vec());
+    assert_eq!(content(&rebuild(&loaded)), source.content());
+
+    // A completed compaction and a deletion leave no file behind, without a reopen.
+    let rebuilt = rebuild(&loaded);
+    store
+        .compact(&doc, &snapshot_of(&rebuilt), loaded.last_seq)
+        .unwrap();
+    assert_eq!(
+        snapshot_files(dir.path()),
+        vec!["0000000000000001-000000000000001e.snap".to_owned()]
+    );
+    store.delete(&doc).unwrap();
+    assert!(snapshot_files(dir.path()).is_empty());
 }
 
 /// One thread appends small, distinct updates while another keeps compacting the same
