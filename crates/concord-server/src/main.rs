@@ -186,7 +186,13 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     println!("listening on {}", listener.local_addr()?);
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    // Registered before serving, so no signal finds the default handler (which would kill the
+    // process without a graceful shutdown).
+    let mut signals = Signals::new().context("cannot listen for signals")?;
+    let watched = shutdown.clone();
+    tokio::spawn(async move {
+        on_signals(&mut signals, &watched, || std::process::exit(1)).await;
+    });
     concord_server::run(listener, cli.config(), shutdown)
         .await
         .context("server failed")?;
@@ -255,40 +261,105 @@ fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    for round in 0..2 {
-        if let Err(e) = next_signal().await {
-            tracing::error!(error = %e, "cannot listen for signals");
-            return;
+/// The signal policy: the first signal starts a graceful shutdown, the second calls `exit`
+/// (the process then ends at once with status 1, whatever shutdown was still waiting for).
+async fn on_signals(
+    signals: &mut impl SignalSource,
+    shutdown: &CancellationToken,
+    exit: impl FnOnce(),
+) {
+    signals.next().await;
+    tracing::info!("shutting down: closing connections and storing pending updates");
+    shutdown.cancel();
+    signals.next().await;
+    tracing::warn!("second signal: exiting without waiting");
+    exit();
+}
+
+/// Where [`on_signals`] gets its signals from.
+trait SignalSource {
+    /// Waits for the next signal.
+    async fn next(&mut self);
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM. Both listeners are registered once, up front, so a second
+/// signal that arrives while the first is being handled is not missed.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
-        if round == 0 {
-            tracing::info!("shutting down: closing connections and storing pending updates");
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal: exiting without waiting");
-            std::process::exit(1);
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
         }
     }
 }
 
-async fn next_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+impl SignalSource for Signals {
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SignalSource for tokio::sync::mpsc::Receiver<()> {
+        async fn next(&mut self) {
+            let _ = self.recv().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_signal_shuts_down_gracefully_and_the_second_exits() {
+        let (send, mut signals) = tokio::sync::mpsc::channel(2);
+        let shutdown = CancellationToken::new();
+        let exited = std::sync::atomic::AtomicBool::new(false);
+        let watcher = on_signals(&mut signals, &shutdown, || {
+            exited.store(true, std::sync::atomic::Ordering::SeqCst)
+        });
+        tokio::pin!(watcher);
+        // Nothing happens before a signal.
+        tokio::select! {
+            biased;
+            _ = &mut watcher => panic!("the watcher ended without a signal"),
+            _ = tokio::task::yield_now() => {}
+        }
+        assert!(!shutdown.is_cancelled());
+        send.send(()).await.unwrap();
+        tokio::select! {
+            _ = &mut watcher => panic!("one signal must not exit"),
+            _ = shutdown.cancelled() => {}
+        }
+        assert!(!exited.load(std::sync::atomic::Ordering::SeqCst));
+        send.send(()).await.unwrap();
+        watcher.await;
+        assert!(exited.load(std::sync::atomic::Ordering::SeqCst));
+    }
     use clap::CommandFactory;
 
     #[test]
