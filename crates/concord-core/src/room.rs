@@ -34,6 +34,31 @@ pub enum Access {
     ReadOnly,
 }
 
+/// Limits a [`Room`] enforces on what its connections send. The default enforces none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Largest the document may grow to, in stored bytes: its snapshot plus every update
+    /// applied since (see [`Room::document_bytes`]). An update whose new content would pass it
+    /// is refused before it is applied, with [`RoomFault::DocumentTooLarge`]. `None`: no limit.
+    pub max_document_bytes: Option<u64>,
+    /// Largest awareness state of one client (its JSON), in bytes. An awareness message with a
+    /// larger state is refused whole, with [`RoomFault::AwarenessTooLarge`]. `None`: no limit.
+    pub max_awareness_state_bytes: Option<usize>,
+    /// Whether the awareness of read-only connections is applied and relayed (the presence of
+    /// readers matters to most apps). When false it is ignored.
+    pub read_only_awareness: bool,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            max_document_bytes: None,
+            max_awareness_state_bytes: None,
+            read_only_awareness: true,
+        }
+    }
+}
+
 /// The reason sent (once) to a read-only connection that tries to write.
 pub const READ_ONLY_REASON: &str = "read-only access: document updates are not accepted";
 
@@ -178,6 +203,20 @@ pub enum RoomFault {
     /// reloaded from storage.
     #[error("internal error while applying an update; the document will be reloaded")]
     Poisoned,
+    /// The update would grow the document past [`RoomLimits::max_document_bytes`]; it was not
+    /// applied.
+    #[error("document too large: the limit is {limit} bytes")]
+    DocumentTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// An awareness state is larger than [`RoomLimits::max_awareness_state_bytes`]; the
+    /// message was not applied.
+    #[error("awareness state too large: the limit is {limit} bytes")]
+    AwarenessTooLarge {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -212,6 +251,10 @@ pub struct Room {
     /// client that reconnects before its old connection is noticed dead keeps its state.
     owners: HashMap<ClientID, ConnId>,
     poisoned: bool,
+    limits: RoomLimits,
+    /// The document's stored size: the snapshot it was loaded from (or last compacted into)
+    /// plus every update applied since. An upper bound of the encoded state, cheap to keep.
+    document_bytes: u64,
 }
 
 impl std::fmt::Debug for Room {
@@ -241,7 +284,28 @@ impl Room {
             conns: HashMap::new(),
             owners: HashMap::new(),
             poisoned: false,
+            limits: RoomLimits::default(),
+            document_bytes: 0,
         }
+    }
+
+    /// Sets the limits this room enforces from now on.
+    pub fn set_limits(&mut self, limits: RoomLimits) {
+        self.limits = limits;
+    }
+
+    /// The document's stored size, in bytes: the snapshot it was loaded from (or last reset
+    /// to with [`Room::set_document_bytes`]) plus every update applied since. It only grows
+    /// between resets, so it bounds what the document takes in a store; it is what
+    /// [`RoomLimits::max_document_bytes`] is checked against.
+    pub fn document_bytes(&self) -> u64 {
+        self.document_bytes
+    }
+
+    /// Resets the stored size, e.g. to the length of a snapshot just encoded from this room
+    /// (compaction replaced the log with it).
+    pub fn set_document_bytes(&mut self, bytes: u64) {
+        self.document_bytes = bytes;
     }
 
     /// Rebuilds a room from what a [`Store`](crate::Store) returned: the snapshot, then every
@@ -268,9 +332,11 @@ impl Room {
     /// Applies a stored update while loading the room. Nothing is broadcast or persisted.
     pub fn restore(&mut self, update: &[u8]) -> Result<(), ProtocolError> {
         validate_update_v1(update)?;
+        let len = update.len() as u64;
         let update = decode_update(update)?;
         let result = self.apply(update);
         lock(&self.deltas).clear();
+        self.document_bytes = self.document_bytes.saturating_add(len);
         result.map_err(|fault| ProtocolError::Decode(fault.to_string()))
     }
 
@@ -282,6 +348,7 @@ impl Room {
             Update::decode_v2(snapshot).map_err(|e| ProtocolError::Decode(e.to_string()))?;
         let result = self.apply(update);
         lock(&self.deltas).clear();
+        self.document_bytes = self.document_bytes.saturating_add(snapshot.len() as u64);
         result.map_err(|fault| ProtocolError::Decode(fault.to_string()))
     }
 
@@ -360,10 +427,18 @@ impl Room {
                     }
                 }
                 Inbound::Update(update, raw) => {
-                    let access = self.conns.get(&conn).map_or(Access::ReadOnly, |c| c.access);
-                    if access == Access::ReadOnly {
+                    if self.access(conn) == Access::ReadOnly {
                         self.refuse_write(conn, &mut effects);
                         continue;
+                    }
+                    if let Some(limit) = self.limits.max_document_bytes
+                        && self
+                            .document_bytes
+                            .saturating_add(self.new_content_bytes(&update, raw.len()))
+                            > limit
+                    {
+                        effects.fault = Some(RoomFault::DocumentTooLarge { limit });
+                        break;
                     }
                     let pending_before = self.pending();
                     let result = self.apply(update);
@@ -372,6 +447,8 @@ impl Room {
                             Recipients::Others,
                             &Message::Sync(SyncMessage::Update(delta.clone())),
                         );
+                        self.document_bytes =
+                            self.document_bytes.saturating_add(delta.len() as u64);
                         effects.persist.push(delta);
                     }
                     // yrs keeps an update whose dependencies have not arrived as pending and
@@ -381,6 +458,8 @@ impl Room {
                     if result.is_ok() && !self.poisoned {
                         let pending_after = self.pending();
                         if pending_after.is_some() && pending_after != pending_before {
+                            self.document_bytes =
+                                self.document_bytes.saturating_add(raw.len() as u64);
                             effects.persist.push(raw);
                         }
                     }
@@ -389,7 +468,21 @@ impl Room {
                         break;
                     }
                 }
-                Inbound::Awareness(update) => self.receive_awareness(conn, update, &mut effects),
+                Inbound::Awareness(update) => {
+                    if self.access(conn) == Access::ReadOnly && !self.limits.read_only_awareness {
+                        continue;
+                    }
+                    if let Some(limit) = self.limits.max_awareness_state_bytes
+                        && update
+                            .clients
+                            .values()
+                            .any(|entry| entry.json.len() > limit)
+                    {
+                        effects.fault = Some(RoomFault::AwarenessTooLarge { limit });
+                        break;
+                    }
+                    self.receive_awareness(conn, update, &mut effects);
+                }
                 Inbound::QueryAwareness => {
                     if let Ok(update) = self.awareness.update() {
                         effects.push(Recipients::Sender, &Message::Awareness(update));
@@ -444,6 +537,33 @@ impl Room {
         let mut effects = Effects::default();
         self.broadcast_awareness(expired, Recipients::Everyone, &mut effects);
         effects
+    }
+
+    /// What `conn` may do; unknown connections are read-only.
+    fn access(&self, conn: ConnId) -> Access {
+        self.conns.get(&conn).map_or(Access::ReadOnly, |c| c.access)
+    }
+
+    /// How many of an update's `raw_len` bytes carry content the document does not have yet,
+    /// estimated from the share of its inserted clock ranges that lie past the document's
+    /// state vector. A client that reconnects sends its whole state back (SyncStep2), which
+    /// is mostly known: counting all of it would refuse a document near its limit for edits
+    /// it already holds. Deletions are not counted (they shrink what is stored).
+    fn new_content_bytes(&self, update: &Update, raw_len: usize) -> u64 {
+        let known = self.doc().transact().state_vector();
+        let (mut total, mut new) = (0u64, 0u64);
+        for (client, ranges) in update.insertions(true).iter() {
+            let known = known.get(client);
+            for range in ranges.iter() {
+                total += u64::from(range.end.saturating_sub(range.start));
+                new += u64::from(range.end.saturating_sub(range.start.max(known)));
+            }
+        }
+        if total == 0 {
+            return 0;
+        }
+        // new <= total, and raw_len fits in usize: no overflow in u128.
+        (u128::from(new) * raw_len as u128 / u128::from(total)) as u64
     }
 
     /// The document's pending (not yet integrable) data, encoded, or `None` when there is none.
@@ -870,5 +990,112 @@ mod tests {
         assert!(decode_frame(&[0, 2, 4, 255, 255, 255, 122]).is_err());
         let unknown = decode_frame(&[42, 0]).unwrap_err();
         assert!(unknown.is_unsupported());
+    }
+
+    #[test]
+    fn an_update_that_would_pass_the_document_limit_is_refused_before_it_is_applied() {
+        let (mut room, _) = room();
+        room.set_limits(RoomLimits {
+            max_document_bytes: Some(200),
+            ..RoomLimits::default()
+        });
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        // A client that edits, then reconnects and sends its whole state back.
+        let client = Doc::with_client_id(7);
+        let text = client.get_or_insert_text("t");
+        let edit = |at: u32, s: &str| {
+            let mut txn = client.transact_mut();
+            text.insert(&mut txn, at, s);
+            txn.encode_update_v1()
+        };
+        let first = edit(0, &"a".repeat(100));
+        let effects = room.receive(1, decode_frame(&update_frame(first)).unwrap());
+        assert_eq!(effects.fault, None);
+        let size = room.document_bytes();
+        assert!(size > 100 && size < 200, "{size}");
+
+        // Its whole state again plus a little: only the little is new, so it fits.
+        edit(100, "b");
+        let whole = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        assert!(
+            size + whole.len() as u64 > 200,
+            "the whole state would not fit"
+        );
+        let effects = room.receive(1, decode_frame(&update_frame(whole)).unwrap());
+        assert_eq!(effects.fault, None);
+        assert_eq!(text_of(&room).len(), 101);
+
+        // Something big is refused, not applied, not relayed, not stored.
+        let before = room.encode_state();
+        let big = edit(101, &"c".repeat(150));
+        let effects = room.receive(1, decode_frame(&update_frame(big)).unwrap());
+        assert_eq!(
+            effects.fault,
+            Some(RoomFault::DocumentTooLarge { limit: 200 })
+        );
+        assert!(effects.send.is_empty() && effects.persist.is_empty());
+        assert_eq!(room.encode_state(), before);
+
+        // Resetting the size (after a compaction) lets edits in again.
+        room.set_document_bytes(50);
+        let small = edit(0, "d");
+        let effects = room.receive(2, decode_frame(&update_frame(small)).unwrap());
+        assert_eq!(effects.fault, None);
+    }
+
+    #[test]
+    fn the_stored_size_counts_snapshot_and_updates() {
+        let (mut room, _) = room();
+        let update = text_update("hello");
+        room.restore(&update).unwrap();
+        assert_eq!(room.document_bytes(), update.len() as u64);
+        let snapshot = room.encode_snapshot();
+        let (mut copy, _) = super::tests::room();
+        copy.restore_snapshot(&snapshot).unwrap();
+        assert_eq!(copy.document_bytes(), snapshot.len() as u64);
+    }
+
+    #[test]
+    fn awareness_states_over_the_limit_are_refused() {
+        let (mut room, _) = room();
+        room.set_limits(RoomLimits {
+            max_awareness_state_bytes: Some(16),
+            ..RoomLimits::default()
+        });
+        room.join(1, Access::ReadWrite);
+        let effects = room.receive(
+            1,
+            decode_frame(&awareness_frame(9, 1, "{\"a\":1}")).unwrap(),
+        );
+        assert_eq!((effects.fault, effects.send.len()), (None, 1));
+        let big = format!("{{\"name\":\"{}\"}}", "x".repeat(20));
+        let effects = room.receive(1, decode_frame(&awareness_frame(9, 2, &big)).unwrap());
+        assert_eq!(
+            effects.fault,
+            Some(RoomFault::AwarenessTooLarge { limit: 16 })
+        );
+        assert!(effects.send.is_empty());
+        let state = room.awareness().update().unwrap();
+        assert_eq!(&*state.clients[&ClientID::new(9)].json, "{\"a\":1}");
+    }
+
+    #[test]
+    fn read_only_awareness_can_be_ignored() {
+        let (mut room, _) = room();
+        room.set_limits(RoomLimits {
+            read_only_awareness: false,
+            ..RoomLimits::default()
+        });
+        room.join(1, Access::ReadOnly);
+        room.join(2, Access::ReadWrite);
+        let effects = room.receive(1, decode_frame(&awareness_frame(9, 1, "{}")).unwrap());
+        assert!(effects.send.is_empty());
+        assert!(states(&room).is_empty());
+        let effects = room.receive(2, decode_frame(&awareness_frame(10, 1, "{}")).unwrap());
+        assert_eq!(effects.send.len(), 1);
+        assert_eq!(states(&room), vec![10]);
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use concord_core::{Clock, SystemClock};
 
+use crate::auth::Authorizer;
+
 /// Everything the server can be told. Start from [`Config::default`] and change what you need.
 #[derive(Clone)]
 pub struct Config {
@@ -55,6 +57,44 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Time source for awareness expiry, in milliseconds. Tests inject a manual clock.
     pub clock: Arc<dyn Clock>,
+    /// Decides who may open which document (see [`crate::auth`]). `None`: the server is open,
+    /// anyone who can reach it reads and writes every document.
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Origins (`scheme://host[:port]`, as browsers send them in the `Origin` header) allowed
+    /// to open WebSocket connections, against cross-site WebSocket hijacking. Upgrades from
+    /// other origins get HTTP 403; requests without an `Origin` header (non-browser clients)
+    /// are allowed. Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    /// Most WebSocket connections at once; more get HTTP 503.
+    pub max_connections: usize,
+    /// Most WebSocket connections at once from one IP address; more get HTTP 429. Behind a
+    /// reverse proxy every client has the proxy's address: raise it there. Only applied when
+    /// the server knows peer addresses ([`crate::run`] does; an embedder must serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`).
+    pub max_connections_per_ip: usize,
+    /// Messages per second one connection may send, sustained; `rate_message_burst` more may
+    /// come at once. A connection over it is closed with 4429.
+    pub rate_messages_per_second: u32,
+    /// How many messages a connection may send at once above its sustained rate.
+    pub rate_message_burst: u32,
+    /// Bytes per second one connection may send, sustained, with a burst of
+    /// `max(rate_byte_burst, max_message_size)` (so a single message of the largest allowed
+    /// size always gets through). A connection over it is closed with 4429.
+    pub rate_bytes_per_second: u32,
+    /// How many bytes a connection may send at once above its sustained rate.
+    pub rate_byte_burst: u32,
+    /// Largest a document may grow to, in stored bytes (its last snapshot plus the updates
+    /// since, see [`concord_core::Room::document_bytes`]). An update that would pass it is not
+    /// applied, and its sender is closed with 4413. `None`: no limit.
+    pub max_document_bytes: Option<u64>,
+    /// Most documents loaded in memory at once. Opening another unloads the least recently used
+    /// idle one first; when none is idle, the connection is refused (HTTP 503).
+    pub max_rooms: usize,
+    /// Largest awareness state of one client (its JSON), in bytes; a larger one closes its
+    /// sender with 1009.
+    pub max_awareness_state_bytes: usize,
+    /// Whether read-only connections' awareness (presence, cursors) is relayed.
+    pub read_only_awareness: bool,
 }
 
 impl Default for Config {
@@ -76,6 +116,18 @@ impl Default for Config {
             compact_after_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
+            authorizer: None,
+            allowed_origins: Vec::new(),
+            max_connections: 16 * 1024,
+            max_connections_per_ip: 512,
+            rate_messages_per_second: 200,
+            rate_message_burst: 2000,
+            rate_bytes_per_second: 2 * 1024 * 1024,
+            rate_byte_burst: 16 * 1024 * 1024,
+            max_document_bytes: Some(64 * 1024 * 1024),
+            max_rooms: 10_000,
+            max_awareness_state_bytes: 64 * 1024,
+            read_only_awareness: true,
         }
     }
 }
@@ -98,6 +150,18 @@ impl fmt::Debug for Config {
             .field("compact_after_updates", &self.compact_after_updates)
             .field("compact_after_bytes", &self.compact_after_bytes)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("authorizer", &self.authorizer.as_ref().map(|_| "set"))
+            .field("allowed_origins", &self.allowed_origins)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("rate_messages_per_second", &self.rate_messages_per_second)
+            .field("rate_message_burst", &self.rate_message_burst)
+            .field("rate_bytes_per_second", &self.rate_bytes_per_second)
+            .field("rate_byte_burst", &self.rate_byte_burst)
+            .field("max_document_bytes", &self.max_document_bytes)
+            .field("max_rooms", &self.max_rooms)
+            .field("max_awareness_state_bytes", &self.max_awareness_state_bytes)
+            .field("read_only_awareness", &self.read_only_awareness)
             .finish_non_exhaustive()
     }
 }

@@ -21,10 +21,13 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 mod compact;
 mod config;
+mod limits;
 mod persist;
 mod rooms;
+mod stats;
 mod ws;
 
 use std::sync::Arc;
@@ -40,10 +43,13 @@ use tokio_util::task::TaskTracker;
 
 pub use concord_core;
 pub use config::Config;
+pub use stats::Stats;
 
 use compact::CompactionStats;
+use limits::ConnectionLimits;
 use persist::{PersistConfig, Persister};
 use rooms::{QueueLimits, Rooms, RoomsConfig};
+use stats::Counters;
 
 /// Errors of the server layer.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,8 @@ struct Inner {
     rooms: Arc<Rooms>,
     persister: Persister,
     compactions: Arc<CompactionStats>,
+    counters: Arc<Counters>,
+    connections: Arc<ConnectionLimits>,
     tracker: TaskTracker,
     /// Cancelled by the embedder: stop accepting, close connections with 1001.
     shutdown: CancellationToken,
@@ -84,7 +92,14 @@ impl Concord {
     /// so it must be called within a Tokio runtime. Cancelling `shutdown` closes every
     /// connection with 1001 and refuses new ones.
     pub fn new(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        if config.authorizer.is_none() {
+            tracing::warn!(
+                "NO AUTHENTICATION: anyone who can reach this server can read and write every \
+                 document (configure an authorizer, e.g. --auth-secret-file or --auth-public-key)"
+            );
+        }
         let tracker = TaskTracker::new();
+        let counters = Arc::new(Counters::default());
         let stop_persist = CancellationToken::new();
         // Compaction requests: a small queue whose overflow drops requests (they are repeated
         // by the next append to the same document).
@@ -109,6 +124,13 @@ impl Concord {
                     max_bytes: config.outbound_queue_bytes,
                 },
                 clock: config.clock.clone(),
+                max_rooms: config.max_rooms.max(1),
+                room_limits: concord_core::RoomLimits {
+                    max_document_bytes: config.max_document_bytes,
+                    max_awareness_state_bytes: Some(config.max_awareness_state_bytes),
+                    read_only_awareness: config.read_only_awareness,
+                },
+                counters: counters.clone(),
             },
             tracker.clone(),
             shutdown.clone(),
@@ -127,12 +149,16 @@ impl Concord {
             compactions.clone(),
             shutdown.clone(),
         ));
+        let connections =
+            ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
         Concord {
             inner: Arc::new(Inner {
                 config,
                 rooms,
                 persister,
                 compactions,
+                counters,
+                connections,
                 tracker,
                 shutdown,
                 stop_persist,
@@ -157,6 +183,16 @@ impl Concord {
             .compactions
             .done
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the server refused, cut off or survived since it started.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// How many WebSocket connections are open.
+    pub fn open_connections(&self) -> usize {
+        self.inner.connections.open()
     }
 
     /// How many connections the document `name` has (0 when it is not loaded).
@@ -230,6 +266,8 @@ pub async fn run(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    // Peer addresses, for the per-address connection limit.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let serve =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let result = serve.await;

@@ -4,11 +4,13 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use concord_server::Config;
+use concord_server::auth::{Claims, JwtAuthorizer, Permission, TokenSigner};
 use tokio_util::sync::CancellationToken;
 
 /// A Yjs-compatible real-time document sync server.
@@ -39,6 +41,50 @@ enum Command {
         #[command(subcommand)]
         action: DocsAction,
     },
+    /// Mint a token for development: prints a JWT granting the given documents.
+    Token(TokenArgs),
+}
+
+/// Flags of `concord-server token`.
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Sign with HS256 and the secret in this file (whitespace around it is trimmed): the file
+    /// the server gets as --auth-secret-file.
+    #[arg(
+        long,
+        required_unless_present = "private_key",
+        conflicts_with = "private_key"
+    )]
+    secret_file: Option<PathBuf>,
+    /// Sign with EdDSA or ES256 and this Ed25519 or P-256 private key (PEM, PKCS#8); the
+    /// server gets the public key as --auth-public-key.
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// Who the token is for (the `sub` claim).
+    #[arg(long)]
+    sub: Option<String>,
+    /// A document (or a prefix pattern ending in *) and what the token grants on it, e.g.
+    /// --doc 'team-a/*=write' --doc handbook=read. Repeatable.
+    #[arg(long = "doc", value_name = "NAME=read|write", required = true, value_parser = parse_grant)]
+    docs: Vec<(String, Permission)>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+fn parse_grant(value: &str) -> Result<(String, Permission), String> {
+    let (name, permission) = value
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=read or NAME=write"))?;
+    let permission = match permission {
+        "read" => Permission::Read,
+        "write" => Permission::Write,
+        other => return Err(format!("{other:?} is neither read nor write")),
+    };
+    if name.is_empty() {
+        return Err("the document name is empty".into());
+    }
+    Ok((name.to_owned(), permission))
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -126,11 +172,85 @@ struct ServeArgs {
     /// Compact a document once its log holds this many bytes after its snapshot.
     #[arg(long, env = "CONCORD_COMPACT_AFTER_BYTES", default_value_t = Config::default().compact_after_bytes)]
     compact_after_bytes: u64,
+    /// Require HS256 JWTs signed with the secret in this file (its content, whitespace around
+    /// it trimmed). Without an auth flag the server is open to anyone who can reach it.
+    #[arg(
+        long,
+        env = "CONCORD_AUTH_SECRET_FILE",
+        conflicts_with = "auth_public_key"
+    )]
+    auth_secret_file: Option<PathBuf>,
+    /// Require EdDSA (Ed25519) or ES256 (P-256) JWTs verified with this public key (PEM).
+    #[arg(long, env = "CONCORD_AUTH_PUBLIC_KEY")]
+    auth_public_key: Option<PathBuf>,
+    /// An origin allowed to open WebSocket connections (e.g. https://app.example.com);
+    /// repeatable. When set, upgrades from other origins get 403. Default: any origin.
+    #[arg(
+        long = "allowed-origin",
+        env = "CONCORD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// Most WebSocket connections at once; more get HTTP 503.
+    #[arg(long, env = "CONCORD_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
+    max_connections: usize,
+    /// Most WebSocket connections at once from one IP address; more get HTTP 429.
+    #[arg(long, env = "CONCORD_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Messages per second one connection may send, sustained (close 4429 beyond).
+    #[arg(long, env = "CONCORD_RATE_MESSAGES", default_value_t = Config::default().rate_messages_per_second)]
+    rate_messages: u32,
+    /// Messages one connection may send at once above its sustained rate.
+    #[arg(long, env = "CONCORD_RATE_MESSAGE_BURST", default_value_t = Config::default().rate_message_burst)]
+    rate_message_burst: u32,
+    /// Bytes per second one connection may send, sustained (close 4429 beyond).
+    #[arg(long, env = "CONCORD_RATE_BYTES", default_value_t = Config::default().rate_bytes_per_second)]
+    rate_bytes: u32,
+    /// Bytes one connection may send at once above its sustained rate (at least
+    /// --max-message-size).
+    #[arg(long, env = "CONCORD_RATE_BYTE_BURST", default_value_t = Config::default().rate_byte_burst)]
+    rate_byte_burst: u32,
+    /// Largest a document may grow to, in stored bytes; an update past it closes its sender
+    /// with 4413. 0: no limit.
+    #[arg(long, env = "CONCORD_MAX_DOCUMENT_SIZE", default_value_t = Config::default().max_document_bytes.unwrap_or(0))]
+    max_document_size: u64,
+    /// Most documents in memory at once; the least recently used idle one is unloaded first.
+    #[arg(long, env = "CONCORD_MAX_ROOMS", default_value_t = Config::default().max_rooms)]
+    max_rooms: usize,
+    /// Largest awareness state of one client in bytes; a larger one closes its sender with 1009.
+    #[arg(long, env = "CONCORD_MAX_AWARENESS_STATE", default_value_t = Config::default().max_awareness_state_bytes)]
+    max_awareness_state: usize,
+    /// Whether the awareness (presence, cursors) of read-only connections is relayed.
+    #[arg(long, env = "CONCORD_READ_ONLY_AWARENESS", default_value_t = true, action = clap::ArgAction::Set)]
+    read_only_awareness: bool,
 }
 
 impl ServeArgs {
-    fn config(self) -> Config {
-        Config {
+    fn config(self) -> anyhow::Result<Config> {
+        let authorizer: Option<Arc<dyn concord_server::auth::Authorizer>> =
+            match (&self.auth_secret_file, &self.auth_public_key) {
+                (Some(path), _) => {
+                    let secret =
+                        concord_server::auth::read_secret_file(path).with_context(|| {
+                            format!("cannot read --auth-secret-file {}", path.display())
+                        })?;
+                    let authorizer = JwtAuthorizer::hs256(&secret)
+                        .with_context(|| format!("--auth-secret-file {}", path.display()))?;
+                    tracing::info!(file = %path.display(), "tokens required: HS256");
+                    Some(Arc::new(authorizer))
+                }
+                (None, Some(path)) => {
+                    let pem = std::fs::read(path).with_context(|| {
+                        format!("cannot read --auth-public-key {}", path.display())
+                    })?;
+                    let authorizer = JwtAuthorizer::from_public_key_pem(&pem)
+                        .with_context(|| format!("--auth-public-key {}", path.display()))?;
+                    tracing::info!(file = %path.display(), "tokens required: EdDSA/ES256");
+                    Some(Arc::new(authorizer))
+                }
+                (None, None) => None,
+            };
+        Ok(Config {
             path_prefix: self.path_prefix,
             max_message_size: self.max_message_size,
             outbound_queue_frames: self.outbound_queue_frames,
@@ -146,9 +266,45 @@ impl ServeArgs {
             fsync_interval: self.fsync_interval,
             compact_after_updates: self.compact_after_updates,
             compact_after_bytes: self.compact_after_bytes,
+            authorizer,
+            allowed_origins: self.allowed_origins,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            rate_messages_per_second: self.rate_messages,
+            rate_message_burst: self.rate_message_burst,
+            rate_bytes_per_second: self.rate_bytes,
+            rate_byte_burst: self.rate_byte_burst,
+            max_document_bytes: (self.max_document_size > 0).then_some(self.max_document_size),
+            max_rooms: self.max_rooms,
+            max_awareness_state_bytes: self.max_awareness_state,
+            read_only_awareness: self.read_only_awareness,
             ..Config::default()
-        }
+        })
     }
+}
+
+/// `concord-server token`: prints a signed token.
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let signer = match (&args.secret_file, &args.private_key) {
+        (Some(path), _) => {
+            let secret = concord_server::auth::read_secret_file(path)
+                .with_context(|| format!("cannot read --secret-file {}", path.display()))?;
+            TokenSigner::hs256(&secret)?
+        }
+        (None, Some(path)) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --private-key {}", path.display()))?;
+            TokenSigner::from_private_key_pem(&pem)?
+        }
+        (None, None) => anyhow::bail!("give --secret-file or --private-key"),
+    };
+    let claims = Claims {
+        exp: concord_server::auth::unix_now().saturating_add(args.ttl.as_secs()),
+        sub: args.sub,
+        docs: args.docs.into_iter().collect(),
+    };
+    println!("{}", signer.sign(&claims)?);
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -156,6 +312,7 @@ fn main() -> anyhow::Result<()> {
     init_tracing();
     match cli.command {
         Some(Command::Docs { data_dir, action }) => docs(&data_dir, action),
+        Some(Command::Token(args)) => token(args),
         None => serve(cli.serve),
     }
 }
@@ -174,7 +331,9 @@ fn init_tracing() {
 #[tokio::main]
 async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let host = cli.host.clone();
-    let address: SocketAddr = tokio::net::lookup_host((host.as_str(), cli.port))
+    let port = cli.port;
+    let config = cli.config()?;
+    let address: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
         .await
         .with_context(|| format!("cannot resolve --host {host}"))?
         .next()
@@ -193,7 +352,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(async move {
         on_signals(&mut signals, &watched, || std::process::exit(1)).await;
     });
-    concord_server::run(listener, cli.config(), shutdown)
+    concord_server::run(listener, config, shutdown)
         .await
         .context("server failed")?;
     tracing::info!("shut down cleanly");
@@ -367,9 +526,30 @@ mod tests {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["concord-server"]).unwrap().serve;
         assert_eq!((cli.host.as_str(), cli.port), ("127.0.0.1", 1234));
-        let config = cli.config();
+        let config = cli.config().unwrap();
         assert_eq!(config.data_dir.as_deref(), Some(Path::new("data")));
         let defaults = Config::default();
+        assert!(config.authorizer.is_none());
+        assert!(config.allowed_origins.is_empty());
+        assert_eq!(config.max_connections, defaults.max_connections);
+        assert_eq!(
+            config.max_connections_per_ip,
+            defaults.max_connections_per_ip
+        );
+        assert_eq!(
+            config.rate_messages_per_second,
+            defaults.rate_messages_per_second
+        );
+        assert_eq!(config.rate_message_burst, defaults.rate_message_burst);
+        assert_eq!(config.rate_bytes_per_second, defaults.rate_bytes_per_second);
+        assert_eq!(config.rate_byte_burst, defaults.rate_byte_burst);
+        assert_eq!(config.max_document_bytes, defaults.max_document_bytes);
+        assert_eq!(config.max_rooms, defaults.max_rooms);
+        assert_eq!(
+            config.max_awareness_state_bytes,
+            defaults.max_awareness_state_bytes
+        );
+        assert_eq!(config.read_only_awareness, defaults.read_only_awareness);
         assert_eq!(config.max_message_size, defaults.max_message_size);
         assert_eq!(config.keepalive_interval, defaults.keepalive_interval);
         assert_eq!(config.awareness_timeout, defaults.awareness_timeout);
@@ -397,12 +577,78 @@ mod tests {
         ])
         .unwrap()
         .serve;
-        let config = cli.config();
+        let config = cli.config().unwrap();
         assert_eq!(config.data_dir, None);
         assert_eq!(config.keepalive_interval, Duration::from_millis(250));
         assert_eq!(config.max_message_size, 65536);
         assert_eq!(config.path_prefix, "/collab");
         assert!(Cli::try_parse_from(["concord-server", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn auth_and_limit_flags_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret.key");
+        std::fs::write(&secret, "  s3cret\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "concord-server",
+            "--auth-secret-file",
+            secret.to_str().unwrap(),
+            "--allowed-origin",
+            "https://a.example",
+            "--allowed-origin",
+            "https://b.example",
+            "--max-document-size",
+            "0",
+            "--read-only-awareness",
+            "false",
+        ])
+        .unwrap()
+        .serve;
+        let config = cli.config().unwrap();
+        assert!(config.authorizer.is_some());
+        assert_eq!(
+            config.allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+        assert_eq!(config.max_document_bytes, None);
+        assert!(!config.read_only_awareness);
+        // Both key kinds at once, and an unreadable or empty secret, are refused.
+        assert!(
+            Cli::try_parse_from([
+                "concord-server",
+                "--auth-secret-file",
+                "a",
+                "--auth-public-key",
+                "b"
+            ])
+            .is_err()
+        );
+        std::fs::write(&secret, "\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "concord-server",
+            "--auth-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap()
+        .serve;
+        assert!(cli.config().is_err());
+    }
+
+    #[test]
+    fn token_grants_parse() {
+        assert_eq!(
+            parse_grant("team-a/*=write").unwrap(),
+            ("team-a/*".to_owned(), Permission::Write)
+        );
+        assert_eq!(
+            parse_grant("a=b=read").unwrap(),
+            ("a=b".to_owned(), Permission::Read)
+        );
+        assert!(parse_grant("x").is_err());
+        assert!(parse_grant("x=admin").is_err());
+        assert!(parse_grant("=read").is_err());
+        assert!(Cli::try_parse_from(["concord-server", "token", "--doc", "a=read"]).is_err());
     }
 
     #[test]

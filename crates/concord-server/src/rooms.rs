@@ -13,13 +13,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use concord_core::{
-    Access, Clock, ConnId, DocName, Effects, Inbound, Recipients, Room, RoomFault, Store,
+    Access, Clock, ConnId, DocName, Effects, Inbound, Recipients, Room, RoomFault, RoomLimits,
+    Store,
 };
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::persist::Persister;
+use crate::stats::Counters;
 
 /// WebSocket close codes Concord sends, with the situations that produce them.
 pub(crate) mod close_code {
@@ -33,8 +35,15 @@ pub(crate) mod close_code {
     pub(crate) const TOO_BIG: u16 = 1009;
     /// The document could not be loaded, or the room failed and will be reloaded.
     pub(crate) const INTERNAL_ERROR: u16 = 1011;
-    /// The connection's outbound queue overflowed: the client was too slow.
+    /// The connection's outbound queue overflowed: the client was too slow; or too many
+    /// documents are open.
     pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection's token expired.
+    pub(crate) const TOKEN_EXPIRED: u16 = 4401;
+    /// An update would have grown the document past its size limit.
+    pub(crate) const DOCUMENT_TOO_LARGE: u16 = 4413;
+    /// The connection sent faster than its rate limits.
+    pub(crate) const RATE_LIMITED: u16 = 4429;
 }
 
 /// Asks a connection to close, once, with an optional close frame. Shared by the connection's
@@ -173,10 +182,16 @@ impl LiveRoom {
         self.deliver(&mut state, ConnId::MAX, effects);
     }
 
-    /// The document as a snapshot (Yjs v2), unless the room is poisoned.
+    /// The document as a snapshot (Yjs v2), unless the room is poisoned. For compaction: the
+    /// room's stored size restarts from the snapshot's.
     pub(crate) fn snapshot(&self) -> Option<Vec<u8>> {
-        let state = self.lock();
-        (!state.room.is_poisoned()).then(|| state.room.encode_snapshot())
+        let mut state = self.lock();
+        if state.room.is_poisoned() {
+            return None;
+        }
+        let snapshot = state.room.encode_snapshot();
+        state.room.set_document_bytes(snapshot.len() as u64);
+        Some(snapshot)
     }
 
     pub(crate) fn connection_count(&self) -> usize {
@@ -274,6 +289,8 @@ pub(crate) enum OpenError {
     Join(#[from] tokio::task::JoinError),
     #[error("the stored snapshot does not decode: {0}")]
     Snapshot(String),
+    #[error("{0} documents are open and none is idle")]
+    TooManyRooms(usize),
 }
 
 struct Slot {
@@ -282,6 +299,8 @@ struct Slot {
     refs: usize,
     /// Bumped whenever `refs` drops to zero, so only the latest idle timer may unload.
     idle_generation: u64,
+    /// Since when `refs` is zero: which idle room was used least recently.
+    idle_since: Option<std::time::Instant>,
 }
 
 /// Settings of the registry taken from [`crate::Config`].
@@ -289,6 +308,10 @@ pub(crate) struct RoomsConfig {
     pub(crate) idle_timeout: Duration,
     pub(crate) queue: QueueLimits,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Most rooms loaded (or loading) at once.
+    pub(crate) max_rooms: usize,
+    pub(crate) room_limits: RoomLimits,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// All rooms of a server.
@@ -346,16 +369,31 @@ impl Rooms {
     /// Opens the room `name`, loading it if needed. Concurrent callers for the same name share
     /// one load and one room; none returns before the load finished.
     pub(crate) async fn open(self: &Arc<Self>, name: &DocName) -> Result<RoomGuard, OpenError> {
-        let cell = {
+        let (cell, evicted) = {
             let mut slots = self.slots();
+            let evicted = if slots.contains_key(name) || slots.len() < self.config.max_rooms {
+                None
+            } else {
+                Some(
+                    evict_least_recently_used(&mut slots)
+                        .ok_or(OpenError::TooManyRooms(self.config.max_rooms))?,
+                )
+            };
             let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
                 cell: Arc::new(OnceCell::new()),
                 refs: 0,
                 idle_generation: 0,
+                idle_since: None,
             });
             slot.refs += 1;
-            slot.cell.clone()
+            slot.idle_since = None;
+            (slot.cell.clone(), evicted)
         };
+        if let Some((evicted, room)) = evicted {
+            Counters::bump(&self.config.counters.rooms_evicted);
+            tracing::info!(doc = %evicted, for_doc = %name, "unloaded the least recently used idle room to open another");
+            self.persister.idle(&evicted, Some(room));
+        }
         // Release our reference if this future is dropped or the load fails.
         let mut pending = PendingRef {
             rooms: self,
@@ -396,6 +434,8 @@ impl Rooms {
             tracing::error!(doc = %name, corrupt, "document loaded without its corrupt log entries");
         }
         tracing::debug!(doc = %name, updates = stored_updates, skipped = skipped.len(), "room loaded");
+        let mut room = room;
+        room.set_limits(self.config.room_limits);
         Ok(Arc::new(LiveRoom {
             name: name.clone(),
             limits: self.config.queue,
@@ -427,6 +467,7 @@ impl Rooms {
             return;
         }
         slot.idle_generation += 1;
+        slot.idle_since = Some(std::time::Instant::now());
         let generation = slot.idle_generation;
         drop(slots);
         let rooms = self.clone();
@@ -471,6 +512,17 @@ impl Rooms {
         }
     }
 
+    /// Whether a connection to `name` would find room: it is loaded (or loading), there is
+    /// space for one more, or an idle room can be unloaded for it.
+    pub(crate) fn can_open(&self, name: &DocName) -> bool {
+        let slots = self.slots();
+        slots.contains_key(name)
+            || slots.len() < self.config.max_rooms
+            || slots
+                .values()
+                .any(|slot| slot.refs == 0 && slot.cell.initialized())
+    }
+
     /// The rooms currently loaded.
     pub(crate) fn loaded(&self) -> Vec<Arc<LiveRoom>> {
         self.slots()
@@ -490,6 +542,20 @@ impl Rooms {
             .get(name)
             .and_then(|slot| slot.cell.get().cloned())
     }
+}
+
+/// Removes the loaded room that has been idle longest, if any room is idle, and returns it.
+fn evict_least_recently_used(
+    slots: &mut HashMap<DocName, Slot>,
+) -> Option<(DocName, Arc<LiveRoom>)> {
+    let name = slots
+        .iter()
+        .filter(|(_, slot)| slot.refs == 0 && slot.cell.initialized())
+        .min_by_key(|(_, slot)| slot.idle_since)
+        .map(|(name, _)| name.clone())?;
+    let slot = slots.remove(&name)?;
+    let room = slot.cell.get().cloned()?;
+    Some((name, room))
 }
 
 /// Undoes the reference taken by [`Rooms::open`] unless the open completed.

@@ -5,21 +5,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::time::SystemTime;
+
 use axum::extract::State;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::http::{StatusCode, Uri};
+use axum::http::{Extensions, HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use concord_core::{Access, ConnId, DocName, Inbound, RoomFault, decode_frame, encode_saved};
+use futures_util::FutureExt;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::Concord;
+use crate::auth::{AuthError, AuthRequest, Grant};
+use crate::limits::{ConnectionSlot, RateLimits, Refused};
 use crate::persist::Barrier;
 use crate::rooms::{Closer, LiveRoom, Peer, close_code};
+use crate::stats::Counters;
 
 /// An awareness message with no entries: `[messageAwareness, length 1, count 0]`. Clients apply
 /// it as a no-op, but it counts as a received message for their 30 s reconnect timer.
@@ -43,10 +52,14 @@ pub(crate) fn doc_name_from_path(path: &str) -> Result<DocName, String> {
     DocName::new(&decoded).map_err(|e| e.to_string())
 }
 
-/// `GET /{*doc}`: upgrades to a WebSocket connection to the document named by the path.
+/// `GET /{*doc}`: upgrades to a WebSocket connection to the document named by the path, once
+/// the request passed every check: a valid name, an allowed origin, a free connection slot,
+/// the authorizer, and room for the document in memory.
 pub(crate) async fn upgrade(
     State(concord): State<Concord>,
     uri: Uri,
+    headers: HeaderMap,
+    extensions: Extensions,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let name = match doc_name_from_path(uri.path()) {
@@ -60,24 +73,159 @@ pub(crate) async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    if concord.inner.shutdown.is_cancelled() {
+    let inner = &concord.inner;
+    if inner.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
     }
-    let config = &concord.inner.config;
+    let config = &inner.config;
+    let counters = &inner.counters;
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+
+    if !config.allowed_origins.is_empty()
+        && let Some(origin) = headers.get(header::ORIGIN)
+        && !config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.as_bytes() == origin.as_bytes())
+    {
+        Counters::bump(&counters.origin_refused);
+        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+        tracing::info!(doc = %name, %origin, "refused connection: origin not allowed");
+        return (
+            StatusCode::FORBIDDEN,
+            format!("origin {origin} is not allowed"),
+        )
+            .into_response();
+    }
+
+    let slot = match inner.connections.acquire(peer.map(|p| p.ip())) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            Counters::bump(&counters.connections_refused);
+            let (status, reason) = match refused {
+                Refused::Total(max) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the server holds its maximum of {max} connections"),
+                ),
+                Refused::PerIp(max) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many connections from your address (at most {max})"),
+                ),
+            };
+            tracing::warn!(doc = %name, peer = ?peer, %reason, "refused connection");
+            return (status, reason).into_response();
+        }
+    };
+
+    let grant = match &config.authorizer {
+        None => Grant {
+            access: Access::ReadWrite,
+            subject: None,
+            expires_at: None,
+        },
+        Some(authorizer) => {
+            let request = AuthRequest {
+                doc: &name,
+                headers: &headers,
+                query: uri.query(),
+                peer,
+            };
+            match AssertUnwindSafe(authorizer.authorize(request))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(grant)) => grant,
+                Ok(Err(error)) => {
+                    Counters::bump(&counters.auth_failures);
+                    tracing::info!(doc = %name, peer = ?peer, reason = %error, "refused connection: not authorized");
+                    return auth_refusal(&error);
+                }
+                Err(_) => {
+                    Counters::bump(&counters.panics);
+                    tracing::error!(doc = %name, "the authorizer panicked; connection refused");
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "authorization failed")
+                        .into_response();
+                }
+            }
+        }
+    };
+
+    if !inner.rooms.can_open(&name) {
+        Counters::bump(&counters.rooms_refused);
+        tracing::warn!(doc = %name, max_rooms = config.max_rooms, "refused connection: too many documents open");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many documents are open; try again later",
+        )
+            .into_response();
+    }
+
     let max = config.max_message_size;
-    let tracker = concord.inner.tracker.clone();
+    let tracker = inner.tracker.clone();
     ws.read_buffer_size(4096)
         .write_buffer_size(0)
         .max_write_buffer_size(max.saturating_mul(2).max(1 << 20))
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            tracker.track_future(serve(concord, name, Access::ReadWrite, socket))
+            tracker.track_future(serve_contained(concord, name, grant, slot, socket))
         })
 }
 
+/// The answer to a refused authorization: 401 (with `WWW-Authenticate`) or 403, the reason as
+/// the body.
+fn auth_refusal(error: &AuthError) -> Response {
+    match error {
+        AuthError::Unauthenticated(reason) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            reason.clone(),
+        )
+            .into_response(),
+        AuthError::Forbidden(reason) => (StatusCode::FORBIDDEN, reason.clone()).into_response(),
+    }
+}
+
+/// Runs one connection; a panic while serving it is logged and counted, and ends only this
+/// connection (its room membership is undone as the stack unwinds).
+async fn serve_contained(
+    concord: Concord,
+    name: DocName,
+    grant: Grant,
+    slot: ConnectionSlot,
+    socket: WebSocket,
+) {
+    let counters = concord.inner.counters.clone();
+    let doc = name.clone();
+    if AssertUnwindSafe(serve(concord, name, grant, socket))
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        Counters::bump(&counters.panics);
+        tracing::error!(%doc, "a connection panicked; it was closed, the server goes on");
+    }
+    drop(slot);
+}
+
+/// Takes a connection out of its room when dropped, also while unwinding from a panic, so
+/// that its peer entry and awareness states never outlive it.
+struct Membership<'a> {
+    room: &'a LiveRoom,
+    conn: ConnId,
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        self.room.leave(self.conn);
+    }
+}
+
 /// Runs one connection from join to leave.
-async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocket) {
+async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket) {
+    let access = grant.access;
     let conn = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let (mut sink, stream) = socket.split();
     let inner = &concord.inner;
@@ -113,7 +261,8 @@ async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocke
         closer: closer.clone(),
     };
     room.join(conn, access, peer.clone());
-    tracing::debug!(doc = %name, conn, "connected");
+    let membership = Membership { room: &room, conn };
+    tracing::debug!(doc = %name, conn, subject = grant.subject.as_deref(), ?access, "connected");
 
     // Save requests waiting for their barrier. Bounded: a client with this many requests in
     // flight has its reads paused until the store catches up.
@@ -127,10 +276,24 @@ async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocke
     let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
     // Shutdown closes the connection even while the writer is stuck sending to a peer that
     // stopped reading (that peer gets no close frame: its socket cannot take one).
+    let expiry = grant.expires_at.map(|at| {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        Instant::now() + left
+    });
     let on_shutdown = async {
         tokio::select! {
             _ = inner.shutdown.cancelled() => {
                 closer.close(close_code::GOING_AWAY, "server shutting down");
+            }
+            _ = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                Counters::bump(&inner.counters.tokens_expired);
+                tracing::info!(doc = %name, conn, "closing: token expired");
+                closer.close(close_code::TOKEN_EXPIRED, "token expired");
             }
             _ = closer.closed() => {}
         }
@@ -139,7 +302,7 @@ async fn serve(concord: Concord, name: DocName, access: Access, socket: WebSocke
         tokio::join!(reader, writer, on_shutdown);
         // Leave at once (others see this client's awareness go) even if acknowledgements are
         // still waiting for the store.
-        room.leave(conn);
+        drop(membership);
     };
     tokio::join!(session, acks);
 
@@ -161,6 +324,15 @@ async fn read_loop(
 ) {
     let name = room.name();
     let closer = &peer.closer;
+    let config = &concord.inner.config;
+    let counters = &concord.inner.counters;
+    let limits = RateLimits::new(
+        config.rate_messages_per_second,
+        config.rate_message_burst,
+        config.rate_bytes_per_second,
+        config.rate_byte_burst,
+        config.max_message_size,
+    );
     loop {
         let message = tokio::select! {
             biased;
@@ -197,9 +369,17 @@ async fn read_loop(
                 return;
             }
         };
+        // Before decoding: a flood costs a bucket check per frame, nothing more.
+        if let Err(exceeded) = limits.check(data.len()) {
+            Counters::bump(&counters.rate_limited);
+            tracing::warn!(doc = %name, conn, %exceeded, "closing: rate limit exceeded");
+            closer.close(close_code::RATE_LIMITED, exceeded.to_string());
+            return;
+        }
         let inbound = match decode_frame(&data) {
             Ok(inbound) => inbound,
             Err(e) => {
+                Counters::bump(&counters.malformed);
                 tracing::warn!(doc = %name, conn, error = %e, "closing: malformed message");
                 let code = if e.is_unsupported() {
                     close_code::UNSUPPORTED
@@ -240,11 +420,24 @@ async fn read_loop(
                 return;
             }
             Some(fault @ RoomFault::UpdateRejected(_)) => {
+                Counters::bump(&counters.malformed);
                 tracing::warn!(doc = %name, conn, error = %fault, "closing: update rejected");
                 closer.close(
                     close_code::INVALID_PAYLOAD,
                     truncate_reason(&fault.to_string()),
                 );
+                return;
+            }
+            Some(fault @ RoomFault::DocumentTooLarge { .. }) => {
+                Counters::bump(&counters.documents_too_large);
+                tracing::warn!(doc = %name, conn, error = %fault, "closing: update refused");
+                closer.close(close_code::DOCUMENT_TOO_LARGE, fault.to_string());
+                return;
+            }
+            Some(fault @ RoomFault::AwarenessTooLarge { .. }) => {
+                Counters::bump(&counters.awareness_too_large);
+                tracing::warn!(doc = %name, conn, error = %fault, "closing: awareness refused");
+                closer.close(close_code::TOO_BIG, fault.to_string());
                 return;
             }
         }

@@ -1,0 +1,70 @@
+//! Counters of what the server refused, cut off or survived, read with [`crate::Concord::stats`].
+//! Every limit that is hit is also logged where it is hit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The live counters, shared by every connection.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) origin_refused: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) rooms_refused: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) documents_too_large: AtomicU64,
+    pub(crate) awareness_too_large: AtomicU64,
+    pub(crate) tokens_expired: AtomicU64,
+    pub(crate) rooms_evicted: AtomicU64,
+    pub(crate) panics: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            auth_failures: read(&self.auth_failures),
+            origin_refused: read(&self.origin_refused),
+            connections_refused: read(&self.connections_refused),
+            rooms_refused: read(&self.rooms_refused),
+            rate_limited: read(&self.rate_limited),
+            malformed: read(&self.malformed),
+            documents_too_large: read(&self.documents_too_large),
+            awareness_too_large: read(&self.awareness_too_large),
+            tokens_expired: read(&self.tokens_expired),
+            rooms_evicted: read(&self.rooms_evicted),
+            panics: read(&self.panics),
+        }
+    }
+}
+
+/// What the server refused, cut off or survived since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connection attempts refused by the authorizer (HTTP 401/403).
+    pub auth_failures: u64,
+    /// Upgrades refused because their `Origin` is not allowed (HTTP 403).
+    pub origin_refused: u64,
+    /// Connection attempts over the total or per-address limit (HTTP 503/429).
+    pub connections_refused: u64,
+    /// Connections refused because too many documents are open and none is idle.
+    pub rooms_refused: u64,
+    /// Connections closed for sending faster than the rate limits (close 4429).
+    pub rate_limited: u64,
+    /// Connections closed for a malformed message or an update yrs refused (close 1003/1007).
+    pub malformed: u64,
+    /// Connections closed for an update past the document size limit (close 4413).
+    pub documents_too_large: u64,
+    /// Connections closed for an awareness state past its size limit (close 1009).
+    pub awareness_too_large: u64,
+    /// Connections closed because their token expired (close 4401).
+    pub tokens_expired: u64,
+    /// Idle rooms unloaded early to make room for another document.
+    pub rooms_evicted: u64,
+    /// Panics caught while serving a connection or authorizing one.
+    pub panics: u64,
+}
