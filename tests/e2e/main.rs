@@ -2,6 +2,8 @@
 //! `yrs` (see the `concord_tests` helpers). Every wait is a poll with a generous deadline; no test
 //! depends on how fast the machine is.
 
+// Tokens, read-only access, origins and application authorizers.
+mod auth;
 mod awareness;
 mod backpressure;
 // Tests through `Concord::new` + `router` (custom stores, `is_loaded`, `connection_count`,
@@ -9,6 +11,8 @@ mod backpressure;
 mod embedded;
 mod http;
 mod keepalive;
+// Floods, connection storms, size limits and room eviction.
+mod limits;
 mod malformed;
 // Durability with a real sled store: save acknowledgements, compaction, restarts, corruption.
 mod persistence;

@@ -261,6 +261,14 @@ fn authority(url: &str) -> Result<&str> {
 /// Opens a TCP connection (TCP_NODELAY, optionally with a small receive buffer) and runs the
 /// WebSocket client handshake over it. Size limits are lifted: the tests decide what is too big.
 async fn connect_ws(url: &str, recv_buffer: Option<u32>) -> Result<WebSocketStream<TcpStream>> {
+    connect_ws_with_headers(url, recv_buffer, &[]).await
+}
+
+async fn connect_ws_with_headers(
+    url: &str,
+    recv_buffer: Option<u32>,
+    headers: &[(&str, &str)],
+) -> Result<WebSocketStream<TcpStream>> {
     let addr: SocketAddr = authority(url)?
         .parse()
         .with_context(|| format!("the test URL {url} must use a literal IP address"))?;
@@ -280,9 +288,18 @@ async fn connect_ws(url: &str, recv_buffer: Option<u32>) -> Result<WebSocketStre
     let config = WebSocketConfig::default()
         .max_message_size(None)
         .max_frame_size(None);
-    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
-        .await
-        .with_context(|| format!("WebSocket handshake with {url} failed"))?;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())?,
+            value.parse()?,
+        );
+    }
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+            .await
+            .with_context(|| format!("WebSocket handshake with {url} failed"))?;
     Ok(ws)
 }
 
@@ -344,6 +361,8 @@ pub struct TestClient {
     shared: Arc<Shared>,
     status: Arc<Mutex<ConnStatus>>,
     url: String,
+    /// Sent with every upgrade request (cookies, an Authorization header).
+    headers: Vec<(String, String)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -365,8 +384,26 @@ impl TestClient {
         Ok(client)
     }
 
+    /// Connects with `headers` on every upgrade request and waits until synced.
+    pub async fn connect_synced_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<TestClient> {
+        let client = TestClient::connect_with_doc_and_headers(url, Doc::new(), headers).await?;
+        client.wait_synced().await;
+        Ok(client)
+    }
+
     /// Connects a client that edits `doc` (which may already hold content).
     pub async fn connect_with_doc(url: &str, doc: Doc) -> Result<TestClient> {
+        TestClient::connect_with_doc_and_headers(url, doc, &[]).await
+    }
+
+    async fn connect_with_doc_and_headers(
+        url: &str,
+        doc: Doc,
+        headers: &[(&str, &str)],
+    ) -> Result<TestClient> {
         let shared = Arc::new(Shared {
             awareness: Mutex::new(Awareness::new(doc)),
             outbox: Arc::new(Mutex::new(None)),
@@ -394,6 +431,10 @@ impl TestClient {
             shared,
             status: Arc::new(Mutex::new(ConnStatus::default())),
             url: url.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
             tasks: Vec::new(),
         };
         client.open().await?;
@@ -401,7 +442,12 @@ impl TestClient {
     }
 
     async fn open(&mut self) -> Result<()> {
-        let ws = connect_ws(&self.url, None).await?;
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let ws = connect_ws_with_headers(&self.url, None, &headers).await?;
         let (sink, stream) = ws.split();
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(Mutex::new(ConnStatus::default()));
@@ -853,6 +899,36 @@ impl RawClient {
         })
     }
 
+    /// Connects to `url`; a refused upgrade comes back as its HTTP status and body.
+    pub async fn connect_or_refusal(url: &str) -> std::result::Result<RawClient, (u16, String)> {
+        match connect_ws(url, None).await {
+            Ok(ws) => Ok(RawClient { ws }),
+            Err(e) => {
+                let refusal = e.chain().find_map(|cause| match cause
+                    .downcast_ref::<tokio_tungstenite::tungstenite::Error>(
+                ) {
+                    Some(tokio_tungstenite::tungstenite::Error::Http(response)) => Some((
+                        response.status().as_u16(),
+                        response
+                            .body()
+                            .as_ref()
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .unwrap_or_default(),
+                    )),
+                    _ => None,
+                });
+                Err(refusal.unwrap_or_else(|| panic!("connecting to {url} failed: {e:#}")))
+            }
+        }
+    }
+
+    /// Connects to `url`, sending `headers` with the upgrade request.
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<RawClient> {
+        Ok(RawClient {
+            ws: connect_ws_with_headers(url, None, headers).await?,
+        })
+    }
+
     /// Connects to `url` with a socket receive buffer of about `bytes` (the kernel may round it),
     /// so that a client that stops reading is backed up quickly.
     pub async fn connect_with_recv_buffer(url: &str, bytes: u32) -> Result<RawClient> {
@@ -952,6 +1028,20 @@ pub struct HttpResponse {
 /// `websocket` the request is a valid WebSocket upgrade request, as a browser would send; a
 /// `101 Switching Protocols` answer is returned as is (with an empty body).
 pub async fn http_get(addr: SocketAddr, path: &str, websocket: bool) -> Result<HttpResponse> {
+    http_get_with_headers(addr, path, websocket, &[]).await
+}
+
+/// [`http_get`] with extra request headers.
+pub async fn http_get_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    websocket: bool,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let upgrade = if websocket {
@@ -960,7 +1050,7 @@ pub async fn http_get(addr: SocketAddr, path: &str, websocket: bool) -> Result<H
         } else {
             "Connection: close\r\n"
         };
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{upgrade}\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{upgrade}{extra}\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -1037,7 +1127,9 @@ impl EmbeddedServer {
         let addr = listener.local_addr().unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let concord = concord_server::Concord::new(config, store, shutdown.clone());
-        let app = concord_server::router(&concord);
+        // With peer addresses, as `run` serves, so the per-address limit applies.
+        let app = concord_server::router(&concord)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
         let signal = shutdown.clone().cancelled_owned();
         let serve = tokio::spawn(async move {
             axum::serve(listener, app)

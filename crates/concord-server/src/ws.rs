@@ -269,9 +269,22 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
     let (saves_tx, saves_rx) = mpsc::channel(SAVE_QUEUE);
     let acks = acknowledge_saves(saves_rx, peer.clone());
     let reader = async {
-        read_loop(&concord, &room, conn, stream, &peer, &saves_tx, &last_seen).await;
+        let mut stream = stream;
+        read_loop(
+            &concord,
+            &room,
+            conn,
+            &mut stream,
+            &peer,
+            &saves_tx,
+            &last_seen,
+        )
+        .await;
         // Let the acknowledger finish what is queued, then stop.
         drop(saves_tx);
+        if closer.frame().is_some() {
+            linger(&mut stream).await;
+        }
     };
     let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
     // Shutdown closes the connection even while the writer is stuck sending to a peer that
@@ -317,7 +330,7 @@ async fn read_loop(
     concord: &Concord,
     room: &Arc<LiveRoom>,
     conn: ConnId,
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut SplitStream<WebSocket>,
     peer: &Peer,
     saves: &mpsc::Sender<(u64, Barrier)>,
     last_seen: &LastSeen,
@@ -442,6 +455,21 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// After the server sent a close frame: reads (and ignores) what the peer still sends until
+/// its own close frame arrives, for at most [`CLOSE_TIMEOUT`]. Closing a socket with unread
+/// data makes the kernel reset the connection, and a reset can discard the close frame (with
+/// its reason) before the peer reads it, which is just what a flooding client would send into.
+async fn linger(stream: &mut SplitStream<WebSocket>) {
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, WsMessage::Close(_)) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
 }
 
 /// Answers a connection's save requests, in the order they were made: each waits on a barrier
