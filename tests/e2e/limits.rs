@@ -273,3 +273,69 @@ async fn the_least_recently_used_idle_room_makes_way_and_busy_rooms_are_never_un
     assert_eq!(c3.text("t"), "");
     server.shutdown().await;
 }
+
+/// A store whose first load of one document panics.
+#[derive(Default)]
+struct PanicsOnce {
+    inner: MemoryStore,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl concord_core::Store for PanicsOnce {
+    fn load(&self, doc: &DocName) -> Result<concord_core::StoredDoc, concord_core::StoreError> {
+        if doc.as_str() == "fragile"
+            && !self
+                .panicked
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a bug while loading");
+        }
+        self.inner.load(doc)
+    }
+    fn append(
+        &self,
+        batch: &[concord_core::StoredUpdate],
+    ) -> Result<Vec<concord_core::Appended>, concord_core::StoreError> {
+        self.inner.append(batch)
+    }
+    fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: &[u8],
+        upto: concord_core::Seq,
+    ) -> Result<(), concord_core::StoreError> {
+        self.inner.compact(doc, snapshot, upto)
+    }
+    fn delete(&self, doc: &DocName) -> Result<(), concord_core::StoreError> {
+        self.inner.delete(doc)
+    }
+    fn list(&self) -> Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
+        self.inner.list()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_opening_a_room_is_contained_and_the_room_loads_next_time() {
+    let server =
+        EmbeddedServer::start_with_store(Config::default(), Arc::new(PanicsOnce::default())).await;
+    let a = TestClient::connect_synced(&server.url("steady"))
+        .await
+        .unwrap();
+    let b = TestClient::connect_synced(&server.url("steady"))
+        .await
+        .unwrap();
+    let mut fragile = RawClient::connect(&server.url("fragile")).await.unwrap();
+    let (code, reason) = fragile.expect_close().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1011, "could not load the document")
+    );
+    assert_eq!(server.concord.stats().panics, 1);
+    exchange_edits(&a, &b, 4, "steady").await;
+    let again = TestClient::connect_synced(&server.url("fragile"))
+        .await
+        .unwrap();
+    append(&again, "loaded");
+    assert!(server.concord.is_loaded(&DocName::new("fragile").unwrap()));
+    server.shutdown().await;
+}

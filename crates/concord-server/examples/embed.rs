@@ -41,7 +41,9 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
-    axum::serve(listener, app(&concord))
+    // With peer addresses, so Concord's per-address connection limit applies.
+    let service = app(&concord).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     // Wait for Concord's connections to close (1001) and its updates to be stored.

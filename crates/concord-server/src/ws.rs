@@ -27,7 +27,7 @@ use crate::Concord;
 use crate::auth::{AuthError, AuthRequest, Grant};
 use crate::limits::{ConnectionSlot, RateLimits, Refused};
 use crate::persist::Barrier;
-use crate::rooms::{Closer, LiveRoom, Peer, close_code};
+use crate::rooms::{Closer, LiveRoom, OpenError, Peer, close_code};
 use crate::stats::Counters;
 
 /// An awareness message with no entries: `[messageAwareness, length 1, count 0]`. Clients apply
@@ -36,6 +36,15 @@ const EMPTY_AWARENESS: &[u8] = &[1, 1, 0];
 
 /// Most save requests of one connection waiting for the store.
 const SAVE_QUEUE: usize = 1024;
+
+/// Frames at least this large are applied inside `block_in_place`.
+const BLOCKING_FRAME_BYTES: usize = 256 * 1024;
+
+/// Whether `block_in_place` may be used here (it panics on a current-thread runtime).
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
 
 /// How long a close frame may take to go out before the connection is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -238,7 +247,23 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
     };
     let guard = match opened {
         Ok(guard) => guard,
+        Err(OpenError::TooManyRooms(max)) => {
+            // Checked before the upgrade too; this is the race where the last slot went to
+            // another document meanwhile.
+            Counters::bump(&inner.counters.rooms_refused);
+            tracing::warn!(doc = %name, max_rooms = max, "closing: too many documents open");
+            close(
+                &mut sink,
+                close_code::TRY_AGAIN_LATER,
+                "too many documents are open; try again later",
+            )
+            .await;
+            return;
+        }
         Err(e) => {
+            if matches!(&e, OpenError::Join(join) if join.is_panic()) {
+                Counters::bump(&inner.counters.panics);
+            }
             tracing::error!(doc = %name, error = %e, "could not open document");
             close(
                 &mut sink,
@@ -411,7 +436,13 @@ async fn read_loop(
             })
             .collect();
         let order = room.persist_order().await;
-        let (persist, fault) = room.receive(conn, inbound);
+        let (persist, fault) = if data.len() >= BLOCKING_FRAME_BYTES && multi_threaded() {
+            // Merging a large update can take tens of milliseconds: tell the runtime, so the
+            // other connections on this worker thread move to another one meanwhile.
+            tokio::task::block_in_place(|| room.receive(conn, inbound))
+        } else {
+            room.receive(conn, inbound)
+        };
         if !persist.is_empty() {
             concord.inner.persister.persist(name, persist).await;
         }
@@ -428,6 +459,7 @@ async fn read_loop(
         match fault {
             None => {}
             Some(RoomFault::Poisoned) => {
+                Counters::bump(&counters.panics);
                 tracing::error!(doc = %name, conn, "yrs panicked applying an update; room discarded");
                 concord.inner.rooms.discard(room);
                 return;
