@@ -428,7 +428,12 @@ impl Room {
                 }
                 Inbound::Update(update, raw) => {
                     if self.access(conn) == Access::ReadOnly {
-                        self.refuse_write(conn, &mut effects);
+                        // y-websocket answers the server's SyncStep1 with a SyncStep2 even when
+                        // it has nothing new: only an update that would change the document is
+                        // a write to refuse.
+                        if self.would_change(&update) {
+                            self.refuse_write(conn, &mut effects);
+                        }
                         continue;
                     }
                     if let Some(limit) = self.limits.max_document_bytes
@@ -537,6 +542,17 @@ impl Room {
         let mut effects = Effects::default();
         self.broadcast_awareness(expired, Recipients::Everyone, &mut effects);
         effects
+    }
+
+    /// Whether applying `update` would change the document: content past its state vector, or
+    /// deletions it does not have yet.
+    fn would_change(&self, update: &Update) -> bool {
+        let txn = self.doc().transact();
+        if update.extends(&txn.state_vector()) {
+            return true;
+        }
+        let deletes = update.delete_set();
+        !deletes.is_empty() && !deletes.diff(&txn.snapshot().delete_set).is_empty()
     }
 
     /// What `conn` may do; unknown connections are read-only.
@@ -865,6 +881,49 @@ mod tests {
         // Their awareness is still relayed.
         let effects = room.receive(1, decode_frame(&awareness_frame(9, 1, "{}")).unwrap());
         assert_eq!(effects.send.len(), 1);
+    }
+
+    #[test]
+    fn a_read_only_sync_that_changes_nothing_is_not_a_write() {
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadOnly);
+        // The writer types, then deletes part of it: the room has content and deletions.
+        let writer = Doc::with_client_id(5);
+        let text = writer.get_or_insert_text("t");
+        let edit = |f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let mut txn = writer.transact_mut();
+            f(&mut txn);
+            txn.encode_update_v1()
+        };
+        for update in [
+            edit(&|txn| text.insert(txn, 0, "hello world")),
+            edit(&|txn| text.remove_range(txn, 0, 6)),
+        ] {
+            room.receive(1, decode_frame(&update_frame(update)).unwrap());
+        }
+        // The reader, synced, answers SyncStep1 with its whole state: nothing new.
+        let whole = writer
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let step2 = Message::Sync(SyncMessage::SyncStep2(whole)).encode_v1();
+        let effects = room.receive(2, decode_frame(&step2).unwrap());
+        assert!(effects.send.is_empty(), "no permission-denied for a no-op");
+        // An empty one, as a fresh reader sends.
+        let empty = Doc::new()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let step2 = Message::Sync(SyncMessage::SyncStep2(empty)).encode_v1();
+        assert!(
+            room.receive(2, decode_frame(&step2).unwrap())
+                .send
+                .is_empty()
+        );
+        // A deletion the room does not have yet is a write.
+        let delete = edit(&|txn| text.remove_range(txn, 0, 1));
+        let effects = room.receive(2, decode_frame(&update_frame(delete)).unwrap());
+        assert_eq!(effects.send.len(), 1, "refused");
+        assert_eq!(text_of(&room), "world");
     }
 
     #[test]

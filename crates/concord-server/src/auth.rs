@@ -71,7 +71,8 @@ pub struct Grant {
     pub access: Access,
     /// Who the connection belongs to, for logs.
     pub subject: Option<String>,
-    /// When the grant ends: the connection is closed with code 4401 at that moment.
+    /// When the grant ends: the connection is closed with code 4401 at that moment. `None`,
+    /// or a moment more than a year away: never during this connection's life.
     pub expires_at: Option<SystemTime>,
 }
 
@@ -238,13 +239,19 @@ impl JwtAuthorizer {
                 })
             })?
             .claims;
+        // jsonwebtoken accepts a token during its `exp` second; the contract here is that a
+        // token is refused from that second on (and a session is closed at it).
+        if claims.exp <= unix_now() {
+            return Err(AuthError::Unauthenticated("token expired".to_owned()));
+        }
         let permission = claims.permission_for(doc).ok_or_else(|| {
             AuthError::Forbidden(format!("token does not grant access to document {doc:?}"))
         })?;
         Ok(Grant {
             access: permission.into(),
             subject: claims.sub,
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            // An `exp` too far away to be a time (u64::MAX, say) never expires in practice.
+            expires_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),
         })
     }
 }
@@ -413,7 +420,7 @@ mod tests {
             ))
         );
         let mut expired = claims(&[("h", Permission::Read)]);
-        expired.exp = unix_now() - 1;
+        expired.exp = unix_now();
         let expired = signer.sign(&expired).unwrap();
         assert_eq!(
             verifier.verify(&expired, &name("h")),
@@ -459,6 +466,18 @@ mod tests {
             assert!(verifier.verify(&forged, &name("d")).is_err());
         }
         assert!(JwtAuthorizer::from_public_key_pem(b"not a key").is_err());
+    }
+
+    #[test]
+    fn an_exp_far_in_the_future_is_not_an_error() {
+        let mut far = claims(&[("d", Permission::Write)]);
+        far.exp = u64::MAX;
+        let token = TokenSigner::hs256(b"s").unwrap().sign(&far).unwrap();
+        let grant = JwtAuthorizer::hs256(b"s")
+            .unwrap()
+            .verify(&token, &name("d"))
+            .unwrap();
+        assert_eq!(grant.access, Access::ReadWrite);
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub(crate) async fn upgrade(
         && !config
             .allowed_origins
             .iter()
-            .any(|allowed| allowed.as_bytes() == origin.as_bytes())
+            .any(|allowed| origin_matches(allowed, origin.as_bytes()))
     {
         Counters::bump(&counters.origin_refused);
         let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
@@ -181,6 +181,16 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| {
             tracker.track_future(serve_contained(concord, name, grant, slot, socket))
         })
+}
+
+/// Whether the `Origin` header value `origin` is the configured `allowed` origin. Origins are
+/// compared without case (browsers send scheme and host in lower case; a configuration may
+/// not) and without a trailing slash on the configured one.
+fn origin_matches(allowed: &str, origin: &[u8]) -> bool {
+    allowed
+        .trim_end_matches('/')
+        .as_bytes()
+        .eq_ignore_ascii_case(origin)
 }
 
 /// The answer to a refused authorization: 401 (with `WWW-Authenticate`) or 403, the reason as
@@ -314,9 +324,10 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
     let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
     // Shutdown closes the connection even while the writer is stuck sending to a peer that
     // stopped reading (that peer gets no close frame: its socket cannot take one).
-    let expiry = grant.expires_at.map(|at| {
+    // Beyond a year the timer is not worth arming (and far deadlines overflow `Instant`).
+    let expiry = grant.expires_at.and_then(|at| {
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-        Instant::now() + left
+        (left < Duration::from_secs(365 * 24 * 3600)).then(|| Instant::now() + left)
     });
     let on_shutdown = async {
         tokio::select! {
@@ -670,6 +681,27 @@ mod tests {
         assert!(doc_name_from_path("/a%0Ab").is_err());
         assert!(doc_name_from_path("/%FF").is_err());
         assert!(doc_name_from_path(&format!("/{}", "x".repeat(513))).is_err());
+    }
+
+    #[test]
+    fn origins_compare_without_case_or_a_trailing_slash() {
+        assert!(origin_matches(
+            "https://App.example/",
+            b"https://app.example"
+        ));
+        assert!(origin_matches(
+            "http://localhost:5173",
+            b"http://localhost:5173"
+        ));
+        assert!(!origin_matches(
+            "https://app.example",
+            b"https://app.example.evil"
+        ));
+        assert!(!origin_matches(
+            "https://app.example",
+            b"http://app.example"
+        ));
+        assert!(!origin_matches("https://app.example", b"null"));
     }
 
     #[test]
