@@ -17,10 +17,13 @@
 //! * `Any` values nested deeper than 128 levels are rejected: yrs decodes them
 //!   recursively, so deep nesting would overflow its stack.
 //! * awareness states must be JSON (yrs stores them unparsed, peers `JSON.parse` them).
+//! * awareness clocks stop short of `u32::MAX` (`u32::MAX - 2` for a state, `u32::MAX - 1` for
+//!   a removal), so that the removal the room broadcasts when a state's connection leaves, and
+//!   that clients echo back, is accepted in turn (see `max_awareness_clock`).
 //!
 //! Where yrs and Yjs disagree on the wire format without either being unsafe, yrs wins, since
-//! yrs is what decodes the frame next: type ref 5 (XmlHook) carries no name (Yjs writes one),
-//! and the yrs-only type refs 9 (SubDoc) and 15 (Undefined) are accepted.
+//! yrs is what decodes the frame next: type ref 5 (XmlHook) carries no name (Yjs writes one).
+//! The yrs-only type refs 9 (SubDoc) and 15 (Undefined) are refused: Yjs clients throw on them.
 
 /// Deepest nesting of `Any` arrays/maps accepted. yrs decodes `Any` recursively, so without a
 /// cap a frame of `[117, 1]` pairs could overflow the decoding thread's stack; 128 matches
@@ -213,19 +216,36 @@ pub fn validate_awareness_update(update: &[u8]) -> Result<(), InvalidMessage> {
     let entries = r.count_u64("awareness count", 3)?;
     for _ in 0..entries {
         r.client("awareness client")?;
-        // Removing a state (on disconnect or expiry) increments its clock: u32::MAX would
-        // overflow, and a wrapped clock would make peers ignore the removal.
-        if r.var_u32("awareness clock")? == u32::MAX {
+        let clock = r.var_u32("awareness clock")?;
+        let state = r.string(WHAT)?;
+        if clock > max_awareness_clock(state) {
             return Err(InvalidMessage::ClockOverflow {
                 what: "awareness clock",
             });
         }
-        let state = r.string(WHAT)?;
         // yrs stores the state unparsed, but peers JSON.parse it when it is relayed, so a
         // malformed state would make every other client throw.
         check_json(state, JsonFlavor::Relayed).map_err(|e| e.into_invalid(WHAT))?;
     }
     r.finish("awareness update")
+}
+
+/// The highest clock an awareness entry may carry.
+///
+/// When a connection leaves or its state expires, the room removes the state by incrementing
+/// its clock, and broadcasts that removal; every y-websocket client that knew the state sends
+/// the removal straight back (clients re-broadcast every change they apply). So a state must
+/// leave room for the increment, and the removal it turns into must itself pass this check, or
+/// the echo gets innocent clients closed: a state yrs considers present (anything but the exact
+/// string `null`, as yrs compares it) may reach `u32::MAX - 2`, a removal `u32::MAX - 1`.
+/// `u32::MAX` is refused even for a removal: yrs increments the clock of a removal aimed at its
+/// own client id, which would overflow.
+fn max_awareness_clock(state: &str) -> u32 {
+    if state == "null" {
+        u32::MAX - 1
+    } else {
+        u32::MAX - 2
+    }
 }
 
 /// One y-protocols message, mirroring `yrs::sync::Message::decode`.
@@ -1465,6 +1485,58 @@ mod tests {
     }
 
     const BOMB: [u8; 4] = [255, 255, 255, 122];
+
+    /// An awareness message with one entry: client 5, `clock`, `state`.
+    fn awareness_frame(clock: u32, state: &str) -> Vec<u8> {
+        let mut update = vec![1, 5];
+        push_var(&mut update, clock.into());
+        push_str(&mut update, state.as_bytes());
+        let mut frame = vec![1];
+        push_str(&mut frame, &update);
+        frame
+    }
+
+    /// Found by tests/fuzz_inbound.rs: a state at clock u32::MAX - 1 was accepted, its removal
+    /// (clock u32::MAX) broadcast when its connection left, and the echo that every y-websocket
+    /// client sends of that removal refused, closing each of them with 1007.
+    #[test]
+    fn the_removal_of_any_accepted_awareness_state_is_accepted_back() {
+        use crate::{Access, Room};
+        let overflow = Err(InvalidMessage::ClockOverflow {
+            what: "awareness clock",
+        });
+        assert_eq!(
+            validate_frame(&awareness_frame(u32::MAX - 1, "{}")),
+            overflow
+        );
+        assert_eq!(
+            validate_frame(&awareness_frame(u32::MAX - 1, " null")),
+            overflow
+        );
+        assert_eq!(validate_frame(&awareness_frame(u32::MAX, "null")), overflow);
+        assert_eq!(
+            validate_frame(&awareness_frame(u32::MAX - 1, "null")),
+            Ok(())
+        );
+
+        // The highest accepted state, removed when its connection leaves: what the room
+        // broadcasts, and so what clients echo, passes validation.
+        let mut room = Room::new(Arc::new(|| 0u64));
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let state = awareness_frame(u32::MAX - 2, r#"{"user":"x"}"#);
+        room.receive(1, crate::decode_frame(&state).unwrap());
+        let removal = room.leave(1);
+        assert_eq!(removal.send.len(), 1);
+        assert_eq!(
+            &removal.send[0].frame[..],
+            awareness_frame(u32::MAX - 1, "null")
+        );
+        assert_eq!(validate_frame(&removal.send[0].frame), Ok(()));
+        // The echo, received from another client, changes nothing and is not relayed again.
+        let echo = room.receive(2, crate::decode_frame(&removal.send[0].frame).unwrap());
+        assert!(echo.send.is_empty());
+    }
 
     #[test]
     fn malformed_frames_are_rejected_precisely() {
