@@ -22,10 +22,14 @@
 //!    the sender then leaves) is one message per frame that `yrs::sync::Message::decode_v1`
 //!    and `decode_frame` both accept: the server never relays what its peers, or itself, would
 //!    refuse. Every persisted update passes `validate_update_v1` (loading skips those that do
-//!    not). The watching connection, applying what it was sent, has what the room integrated,
-//!    and a room reloaded from the starting point plus what was persisted is the same document
-//!    (except for updates that skip ahead of the room's clock: see `KNOWN GAP` in
-//!    `check_frame`);
+//!    not). The watching connection, applying what it was sent, has what the room integrated;
+//!    a room reloaded from the starting point plus what was persisted is the same document,
+//!    and so is one restored from the room's v2 snapshot (what compaction stores). Two known
+//!    defects that need fixing in room.rs are exempted from these last checks, counted, and
+//!    asserted still present, so the exemption goes when the fix lands: `KNOWN GAP` in
+//!    `check_frame` (updates yrs integrates behind a hole in a client's clocks are neither
+//!    relayed nor persisted, and break the snapshot) and `KNOWN BUG` in `check_snapshot`
+//!    (yrs's v2 encoding of `ContentBinary`, i.e. any `Uint8Array` value, does not decode);
 //! 5. the room is never poisoned (`RoomFault::Poisoned` is how a caught yrs panic shows up);
 //! 6. `decode_frame` never fails inside yrs after validation passed: the validator is meant to
 //!    reject everything yrs rejects, before yrs allocates for it;
@@ -46,12 +50,13 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
 use concord_core::validate::validate_update_v1;
 use concord_core::{
-    Access, Clock, ConnId, Effects, Inbound, Outgoing, ProtocolError, Recipients, Room, RoomFault,
+    Access, Clock, ConnId, Effects, Outgoing, ProtocolError, Recipients, Room, RoomFault,
     decode_frame,
 };
 use peak_alloc::PeakAlloc;
@@ -164,8 +169,9 @@ struct Shape {
     /// this includes structs yrs integrated behind a hole (see `KNOWN GAP`).
     inserted: Ids,
     deleted: Ids,
-    /// The pending update's missing clocks, its own clocks and its deletions.
-    pending: Option<(Clocks, Clocks, Ids)>,
+    /// The structs and deletions of the pending update. (What yrs records as missing for it
+    /// is left out: that is when to retry, bookkeeping a restored room recomputes.)
+    pending: Option<(Ids, Ids)>,
     pending_ds: Option<Ids>,
 }
 
@@ -198,10 +204,9 @@ fn shape(doc: &Doc) -> Shape {
         clocks: clocks(&integrated.state_map),
         inserted: ids(&blocks.insertions(true)),
         deleted: ids(&integrated.delete_set),
-        pending: store.pending_update().map(|p| {
-            let own = clocks(&p.update.state_vector());
-            (clocks(&p.missing), own, ids(p.update.delete_set()))
-        }),
+        pending: store
+            .pending_update()
+            .map(|p| (ids(&p.update.insertions(true)), ids(p.update.delete_set()))),
         pending_ds: store.pending_ds().map(ids),
     }
 }
@@ -283,23 +288,13 @@ fn fresh_room(base: &Checkpoint) -> Room {
 /// of a case.
 type Rooms = RefCell<Vec<Option<(Room, Snapshot)>>>;
 
-/// True when an update of `inbound` carries structs of a client that start beyond the clock
-/// the room (or an earlier update of the frame) has for that client. See `KNOWN GAP` below.
-fn skips_ahead(room: &Room, inbound: &[Inbound]) -> bool {
-    let mut known = room.doc().transact().state_vector();
-    for message in inbound {
-        if let Inbound::Update(update, _) = message {
-            let ahead = update
-                .state_vector_lower()
-                .iter()
-                .any(|(client, &clock)| clock > known.get(client));
-            if ahead {
-                return true;
-            }
-            known.merge(update.state_vector());
-        }
-    }
-    false
+/// True when the document holds structs of a client beyond its clock in the state vector:
+/// yrs integrated them behind a hole. See `KNOWN GAP` in `check_frame`.
+fn has_hole(shape: &Shape) -> bool {
+    shape.inserted.iter().any(|(client, ranges)| {
+        let clock = shape.clocks.get(client).copied().unwrap_or(0);
+        ranges.last().is_some_and(|range| range.end > clock)
+    })
 }
 
 fn push_var(buf: &mut Vec<u8>, mut v: u64) {
@@ -599,8 +594,11 @@ struct Stats {
     rejected: u64,
     /// Accepted frames whose update yrs refused while integrating (`RoomFault::UpdateRejected`).
     update_rejected: u64,
-    /// Accepted frames with an update that skips ahead of the room's clock (`KNOWN GAP`).
-    skipped_ahead: u64,
+    /// Accepted frames after which yrs held structs behind a hole (`KNOWN GAP`).
+    holes: u64,
+    /// Accepted frames after which the snapshot check was skipped (`KNOWN GAP`, `KNOWN BUG`,
+    /// `KNOWN BUG 2`).
+    snapshots_skipped: u64,
     /// Frames the watching connection was sent.
     sent_to_watcher: u64,
     persisted: u64,
@@ -618,12 +616,14 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} cases: {} accepted ({} refused by yrs while integrating, {} skipping ahead), \
-             {} rejected; {} frames sent to the watcher, {} updates persisted",
+            "{} cases: {} accepted ({} refused by yrs while integrating, {} leaving a hole, {} \
+             not checked against their snapshot), {} rejected; {} frames sent to the watcher, {} updates \
+             persisted",
             self.cases,
             self.accepted,
             self.update_rejected,
-            self.skipped_ahead,
+            self.holes,
+            self.snapshots_skipped,
             self.rejected,
             self.sent_to_watcher,
             self.persisted
@@ -684,23 +684,9 @@ fn check_frame(
     before: &Snapshot,
     stats: &RefCell<Stats>,
 ) -> Result<bool, TestCaseError> {
-    // The path as the server runs it: decode outside the room, then receive. The peak is
-    // taken across both, relative to what was live before decoding; what `skips_ahead`
-    // allocates between them is freed before the second phase's peak is reset.
-    let live = ALLOCATOR.current_usage();
-    ALLOCATOR.reset_peak_usage();
-    let decoded = decode_frame(frame);
-    let mut peak = ALLOCATOR.peak_usage().saturating_sub(live);
-    let outcome = match decoded {
-        Ok(inbound) => {
-            let ahead = skips_ahead(room, &inbound);
-            ALLOCATOR.reset_peak_usage();
-            let effects = room.receive(FUZZER, inbound);
-            peak = peak.max(ALLOCATOR.peak_usage().saturating_sub(live));
-            Ok((effects, ahead))
-        }
-        Err(e) => Err(e),
-    };
+    // The path as the server runs it: decode outside the room, then receive.
+    let (outcome, peak) =
+        measure(|| decode_frame(frame).map(|inbound| room.receive(FUZZER, inbound)));
     {
         let mut s = stats.borrow_mut();
         s.cases += 1;
@@ -718,7 +704,7 @@ fn check_frame(
         )));
     }
 
-    let (effects, ahead) = match outcome {
+    let effects = match outcome {
         Err(ProtocolError::Decode(e)) => {
             return Err(fail(format!(
                 "validation passed but yrs refused the frame ({e}): the validator missed it"
@@ -749,24 +735,33 @@ fn check_frame(
             }
             return Ok(true);
         }
-        Ok(outcome) => outcome,
+        Ok(effects) => effects,
     };
     stats.borrow_mut().accepted += 1;
     check_accepted(room, before, &effects, access, stats)?;
-    if ahead {
+    let hole = has_hole(&shape(room.doc()));
+    if !check_snapshot(room, hole)? {
+        stats.borrow_mut().snapshots_skipped += 1;
+    }
+    if hole {
         // KNOWN GAP (needs a fix in room.rs, not in the validator, which cannot know the
-        // room's clocks): yrs 0.28 integrates structs that skip ahead of the client's clock,
-        // when they depend on nothing missing, behind an internal skip range, instead of
-        // keeping them pending as Yjs does. The document's state vector does not move, so
-        // the delta `observe_update_v1` reports holds none of it and `Room::receive` neither
-        // relays nor persists it (nor the raw update, since nothing became pending): the
-        // room shows content no other client gets until the gap is filled, and a reload
+        // room's clocks): yrs 0.28 integrates structs that skip ahead of their client's
+        // clock, when they depend on nothing missing, behind an internal skip range, instead
+        // of keeping them pending as Yjs does. The state vector does not move, so the delta
+        // `observe_update_v1` reports holds none of them (at most their deletion), and as
+        // nothing became pending `Room::receive` does not persist the raw update either: the
+        // room shows content no other client is sent until the hole is filled, and a reload
         // from the store loses it. E.g. on an empty room, the update
         // `[1, 1, 77, 1, 40, 1, 3, b'm', b'a', b'p', 1, b'b', 1, 119, 1, b'x', 0]` (client 77,
-        // clock 1, `map.b = "x"`) makes `map` hold `b`, relays and persists `[0, 0]`.
-        // Until room.rs persists such updates as received (as it does pending ones), the
-        // two checks that see this are skipped for these frames and counted.
-        stats.borrow_mut().skipped_ahead += 1;
+        // clock 1, `map.b = "x"`) leaves `map` holding `b`, and relays and persists `[0, 0]`.
+        // Worse, yrs's v2 encoding of a document with such a hole does not decode, so once
+        // the room is compacted the document no longer loads (see `check_snapshot`): one
+        // 20-byte frame from any writer bricks a document. Until room.rs keeps such updates
+        // away from yrs until the hole is filled (persisting them as received, as it does
+        // pending ones), the two convergence checks and the snapshot check are skipped when
+        // the room holds a hole, and counted (checkpoints have none: the seeds arrive in
+        // order).
+        stats.borrow_mut().holes += 1;
     } else {
         check_convergence(room, base, &effects)?;
     }
@@ -892,6 +887,69 @@ fn check_convergence(
     Ok(())
 }
 
+/// The room compacts into a v2 snapshot, as the server stores long or idle documents, that
+/// restores to the same document. Returns `false` when the check was skipped for a known yrs
+/// defect: the room holds a hole (`KNOWN GAP` in `check_frame`: yrs's v2 encoding of one does
+/// not decode, or restores the structs at other clocks), holds pending data (`KNOWN BUG 2`
+/// below), or `KNOWN BUG` below.
+fn check_snapshot(room: &Room, hole: bool) -> Result<bool, TestCaseError> {
+    // KNOWN BUG 2 (yrs 0.28.1): an encoded state (a snapshot, and also the SyncStep2 answer,
+    // in v1) merges the pending update in, and that merge is not faithful. yrs trims a
+    // pending struct to the clocks the document lacks, giving the remainder the struct
+    // before it as its left origin, and a struct with an origin is encoded without its
+    // parent: a struct kept pending for a parent that does not exist is restored, or
+    // integrated by the peer that was sent it, under the origin's parent. E.g. from the
+    // first checkpoint, `[0, 2, 18, 1, 1, <client 1234567890>, 1, 1, <1234567890>, 0, 1, 101,
+    // 0]` (deleted content at clocks 1..102 of client 1234567890, whose clocks up to 35 the
+    // room has, under parent 1234567890#0... read as the id `0#1`) stays pending in the
+    // room, but its snapshot restores clocks 35..102 as integrated. It takes a client sending
+    // different structs for ids already seen. With binary content in the pending data, the
+    // v2 merge panics instead (`KNOWN BUG`). Fixing this needs room.rs (e.g. snapshots and
+    // step 2 answers that leave pending data out, storing the raw pending updates beside),
+    // so rooms holding pending data are skipped here and counted.
+    if hole || room.doc().transact().has_missing_updates() {
+        return Ok(false);
+    }
+    // yrs may panic in here (see below); keep its message out of the output.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let snapshot = std::panic::catch_unwind(AssertUnwindSafe(|| room.encode_snapshot()));
+    std::panic::set_hook(hook);
+    let restored = snapshot.ok().and_then(|snapshot| {
+        let mut restored = Room::new(clock());
+        restored.restore_snapshot(&snapshot).ok()?;
+        Some(shape(restored.doc()))
+    });
+    if restored.is_none() && !yrs_v2_round_trips(&room.encode_state()) {
+        // KNOWN BUG (yrs 0.28.1; needs a fix in room.rs, which chooses the snapshot format):
+        // yrs's v2 encoder writes the length of a `ContentBinary` twice (`EncoderV2::write_all`
+        // already prefixes a length, and the default `write_buf` adds one), and its decoder
+        // reads it once. Yjs writes `ContentBinary` for every `Uint8Array` value (the seeds
+        // set one, `meta.blob`, in frame 87), so `Room::encode_snapshot` of such a document
+        // returns bytes `Room::restore_snapshot` refuses, and panics (an `unwrap` in yrs's
+        // `merge_pending_v2`) when the room also holds pending data. Once compacted, such a
+        // document no longer loads. Until snapshots avoid yrs's v2 (v1 snapshots, which
+        // round-trip both this and holes, or v2 checked by decoding with a v1 fallback), the
+        // check is skipped when yrs's own v2 codec cannot round-trip the room's state, and
+        // counted.
+        return Ok(false);
+    }
+    let live = shape(room.doc());
+    match restored {
+        Some(restored) if restored == live => Ok(true),
+        Some(restored) => Err(fail(format!(
+            "the room's snapshot restores to another document: {restored:?}, the room has \
+             {live:?}"
+        ))),
+        None => Err(fail("the room's snapshot does not encode or restore")),
+    }
+}
+
+/// Whether yrs decodes its own v2 encoding of a v1 update.
+fn yrs_v2_round_trips(update_v1: &[u8]) -> bool {
+    Update::decode_v1(update_v1).is_ok_and(|update| Update::decode_v2(&update.encode_v2()).is_ok())
+}
+
 fn apply_update(doc: &Doc, update: &[u8]) -> Result<(), TestCaseError> {
     let update = Update::decode_v1(update).map_err(|e| fail(format!("update decode: {e}")))?;
     doc.transact_mut()
@@ -909,9 +967,8 @@ fn known_gap_is_still_there() {
     let mut room = Room::new(clock());
     room.join(FUZZER, Access::ReadWrite);
     room.join(WATCHER, Access::ReadWrite);
-    let inbound = decode_frame(&frame).expect("a valid update");
-    assert!(skips_ahead(&room, &inbound));
-    let effects = room.receive(FUZZER, inbound);
+    let effects = room.receive(FUZZER, decode_frame(&frame).expect("a valid update"));
+    assert!(has_hole(&shape(room.doc())));
     let txn = room.doc().transact();
     let entries = txn.get_map("map").map(|map| map.len(&txn));
     drop(txn);
@@ -923,8 +980,75 @@ fn known_gap_is_still_there() {
     );
     assert!(
         check_convergence(&room, &checkpoint(&Room::new(clock()), 0), &effects).is_err(),
-        "the gap in room.rs is fixed: remove the `skips_ahead` exemption in check_frame"
+        "the gap in room.rs is fixed: remove the `has_hole` exemption in check_frame"
     );
+    assert!(
+        Room::new(clock())
+            .restore_snapshot(&room.encode_snapshot())
+            .is_err(),
+        "a room with a hole has a snapshot that restores: remove the `hole` exemption in \
+         check_snapshot"
+    );
+}
+
+/// The `KNOWN BUG` of `check_snapshot`, asserted on the seeds, so that whoever fixes it in
+/// room.rs is told to remove the exemption: the room that received the seeds up to and
+/// including frame 87 (`meta.blob = new Uint8Array([0, 1, 2, 127, 128, 254, 255])`) has a
+/// snapshot that does not restore, and the room before that frame has one that does.
+fn known_snapshot_bug_is_still_there(seeds: &[Vec<u8>]) {
+    const BLOB_FRAME: usize = 87;
+    assert_eq!(
+        seeds[BLOB_FRAME][..5],
+        [0, 2, 29, 1, 1],
+        "the Uint8Array seed moved: tests/data changed"
+    );
+    let mut room = room_after(&seeds[..BLOB_FRAME]);
+    assert!(check_snapshot(&room, false).expect("snapshots restore"));
+    room.receive(
+        FUZZER,
+        decode_frame(&seeds[BLOB_FRAME]).expect("seeds are valid"),
+    );
+    assert!(!yrs_v2_round_trips(&room.encode_state()));
+    assert!(
+        Room::new(clock())
+            .restore_snapshot(&room.encode_snapshot())
+            .is_err(),
+        "the snapshot bug is fixed: remove the exemption in check_snapshot"
+    );
+}
+
+/// The `KNOWN BUG 2` example of `check_snapshot`, asserted: the pending struct stays pending
+/// in the room, and its snapshot restores it integrated.
+fn known_pending_bug_is_still_there(seeds: &[Vec<u8>]) {
+    let mut room = room_after(&seeds[..76]);
+    let ada = [210, 133, 216, 204, 4];
+    let mut frame = vec![0, 2, 18, 1, 1];
+    frame.extend(ada);
+    frame.extend([1, 1]);
+    frame.extend(ada);
+    frame.extend([0, 1, 101, 0]);
+    room.receive(FUZZER, decode_frame(&frame).expect("a valid update"));
+    assert!(room.doc().transact().has_missing_updates());
+    let mut restored = Room::new(clock());
+    restored
+        .restore_snapshot(&room.encode_snapshot())
+        .expect("this snapshot decodes");
+    assert_ne!(
+        shape(restored.doc()),
+        shape(room.doc()),
+        "snapshots of pending data restore faithfully: remove the pending-data exemption in \
+         check_snapshot"
+    );
+}
+
+/// A room that received `frames` from one read-write connection.
+fn room_after(frames: &[Vec<u8>]) -> Room {
+    let mut room = Room::new(clock());
+    room.join(FUZZER, Access::ReadWrite);
+    for frame in frames {
+        room.receive(FUZZER, decode_frame(frame).expect("seeds are valid"));
+    }
+    room
 }
 
 /// The configuration: proptest's defaults and environment (`PROPTEST_CASES`,
@@ -973,6 +1097,8 @@ fn fuzz_the_inbound_path_with_mutated_js_traffic() {
         );
     }
     known_gap_is_still_there();
+    known_snapshot_bug_is_still_there(&seeds);
+    known_pending_bug_is_still_there(&seeds);
 
     let config = config();
     eprintln!(
@@ -993,8 +1119,11 @@ fn fuzz_the_inbound_path_with_mutated_js_traffic() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    // Both sides of the path were exercised.
+    // Both sides of the path were exercised (about 18% of frames are accepted; a run of a few
+    // cases proves nothing either way).
     let cases = stats.cases;
-    assert!(stats.accepted * 20 > cases, "{stats}");
-    assert!(stats.rejected * 5 > cases, "{stats}");
+    if cases >= 500 {
+        assert!(stats.accepted * 20 > cases, "{stats}");
+        assert!(stats.rejected * 5 > cases, "{stats}");
+    }
 }
