@@ -5,7 +5,7 @@
 //! allocation-free pass over the lib0 v1 encoding that mirrors how yrs 0.28.1 reads each field
 //! (same integer widths, same accepted tags) and rejects anything yrs would reject, anything
 //! whose declared counts cannot fit in the bytes actually present, and anything that makes yrs
-//! panic (clock overflow, 11-byte signed varints, client ids above 53 bits).
+//! panic (clocks past 2^31 - 1, 11-byte signed varints, client ids above 53 bits).
 //!
 //! Deliberate deviations from "accept whatever yrs accepts", each because accepting it would
 //! corrupt state or break peers:
@@ -13,14 +13,18 @@
 //!   `n`, while Yjs (and yrs's own encoder) write `n`, so yrs cannot even re-read its own
 //!   encoding of such an item; a document holding one could no longer be loaded.
 //! * info bit `0x10` is rejected: yrs masks it away, Yjs would index past its content table.
-//! * trailing bytes after an update, state vector or awareness update are rejected.
+//! * trailing bytes after an update, state vector or awareness update are rejected, and so are
+//!   delete ranges of length zero.
 //! * `Any` values nested deeper than 128 levels are rejected: yrs decodes them
 //!   recursively, so deep nesting would overflow its stack.
 //! * awareness states must be JSON (yrs stores them unparsed, peers `JSON.parse` them).
+//! * awareness clocks stop short of `u32::MAX` (`u32::MAX - 2` for a state, `u32::MAX - 1` for
+//!   a removal), so that the removal the room broadcasts when a state's connection leaves, and
+//!   that clients echo back, is accepted in turn (see `max_awareness_clock`).
 //!
 //! Where yrs and Yjs disagree on the wire format without either being unsafe, yrs wins, since
-//! yrs is what decodes the frame next: type ref 5 (XmlHook) carries no name (Yjs writes one),
-//! and the yrs-only type refs 9 (SubDoc) and 15 (Undefined) are accepted.
+//! yrs is what decodes the frame next: type ref 5 (XmlHook) carries no name (Yjs writes one).
+//! The yrs-only type refs 9 (SubDoc) and 15 (Undefined) are refused: Yjs clients throw on them.
 
 /// Deepest nesting of `Any` arrays/maps accepted. yrs decodes `Any` recursively, so without a
 /// cap a frame of `[117, 1]` pairs could overflow the decoding thread's stack; 128 matches
@@ -31,6 +35,15 @@ const MAX_ANY_DEPTH: usize = 128;
 /// of 128 is spent before a container is entered and fails when it reaches zero, so 127 nested
 /// containers parse and 128 do not. yrs parses embeds and format values with serde_json.
 const MAX_JSON_DEPTH: u32 = 127;
+
+/// Highest clock a struct may reach, and an id may name. yrs 0.28.1 reads clocks as u32 but
+/// computes how far a struct lies beyond its client's clock in i32 (`Update::integrate`): a
+/// struct at 2^31 or beyond gets no skip range in front of it, and yrs panics pushing it
+/// (`block_store.rs`, an `unwrap` of a missing index). Its v2 encoder, which compacted
+/// snapshots use, also diffs origin and parent clocks as i32 and overflows (a panic in debug
+/// builds) between clocks on either side of 2^31. Yjs clients count one clock tick per
+/// inserted character or value, so 2^31 is out of reach of any real session.
+const MAX_CLOCK: u32 = i32::MAX as u32;
 
 /// Client ids in yrs are 53-bit (JavaScript safe integers); `ClientID::new` debug-asserts this
 /// and silently truncates in release builds, which would alias two clients.
@@ -85,14 +98,15 @@ pub enum InvalidMessage {
         /// The offending id.
         client: u64,
     },
-    /// Adding a block's length to its clock would overflow the u32 clock (yrs panics in debug
-    /// builds and wraps in release builds).
+    /// A clock beyond what yrs handles: a struct reaching past 2^31 - 1 (yrs computes clock
+    /// offsets in i32), a delete range past u32::MAX, or an awareness clock without room for
+    /// the increment that removes the state.
     #[error("clock overflow in {what}")]
     ClockOverflow {
         /// The clocked structure.
         what: &'static str,
     },
-    /// A GC or skip block of length zero, which yrs rejects.
+    /// A GC or skip block of length zero, which yrs rejects, or a delete range of length zero.
     #[error("zero-length {what}")]
     EmptyBlock {
         /// The kind of block.
@@ -180,11 +194,12 @@ pub fn validate_update_v1(update: &[u8]) -> Result<(), InvalidMessage> {
     for _ in 0..clients {
         let structs = r.count_u32("struct count", 2)?;
         r.client("update client")?;
-        // Tracked in u64 so the u32 overflow yrs would hit (`clock += block.len()`) is caught.
+        // Tracked in u64 so the u32 overflow yrs would hit (`clock += block.len()`) is caught
+        // along with clocks past MAX_CLOCK.
         let mut clock = u64::from(r.var_u32("update clock")?);
         for _ in 0..structs {
             clock += u64::from(block(&mut r)?);
-            if clock > u64::from(u32::MAX) {
+            if clock > u64::from(MAX_CLOCK) {
                 return Err(InvalidMessage::ClockOverflow { what: "update" });
             }
         }
@@ -213,19 +228,36 @@ pub fn validate_awareness_update(update: &[u8]) -> Result<(), InvalidMessage> {
     let entries = r.count_u64("awareness count", 3)?;
     for _ in 0..entries {
         r.client("awareness client")?;
-        // Removing a state (on disconnect or expiry) increments its clock: u32::MAX would
-        // overflow, and a wrapped clock would make peers ignore the removal.
-        if r.var_u32("awareness clock")? == u32::MAX {
+        let clock = r.var_u32("awareness clock")?;
+        let state = r.string(WHAT)?;
+        if clock > max_awareness_clock(state) {
             return Err(InvalidMessage::ClockOverflow {
                 what: "awareness clock",
             });
         }
-        let state = r.string(WHAT)?;
         // yrs stores the state unparsed, but peers JSON.parse it when it is relayed, so a
         // malformed state would make every other client throw.
         check_json(state, JsonFlavor::Relayed).map_err(|e| e.into_invalid(WHAT))?;
     }
     r.finish("awareness update")
+}
+
+/// The highest clock an awareness entry may carry.
+///
+/// When a connection leaves or its state expires, the room removes the state by incrementing
+/// its clock, and broadcasts that removal; every y-websocket client that knew the state sends
+/// the removal straight back (clients re-broadcast every change they apply). So a state must
+/// leave room for the increment, and the removal it turns into must itself pass this check, or
+/// the echo gets innocent clients closed: a state yrs considers present (anything but the exact
+/// string `null`, as yrs compares it) may reach `u32::MAX - 2`, a removal `u32::MAX - 1`.
+/// `u32::MAX` is refused even for a removal: yrs increments the clock of a removal aimed at its
+/// own client id, which would overflow.
+fn max_awareness_clock(state: &str) -> u32 {
+    if state == "null" {
+        u32::MAX - 1
+    } else {
+        u32::MAX - 2
+    }
 }
 
 /// One y-protocols message, mirroring `yrs::sync::Message::decode`.
@@ -388,6 +420,15 @@ fn delete_set(r: &mut Reader<'_>) -> Result<(), InvalidMessage> {
             // yrs computes `clock..clock + len` in u32.
             if clock.checked_add(len).is_none() {
                 return Err(InvalidMessage::ClockOverflow {
+                    what: "delete range",
+                });
+            }
+            // Deletes nothing, and neither Yjs nor yrs ever writes one; but yrs keeps it as a
+            // pending delete set for a client it does not know, which a live room drops at its
+            // next update while a room reloaded from the stored update keeps it (and then
+            // reports missing updates).
+            if len == 0 {
+                return Err(InvalidMessage::EmptyBlock {
                     what: "delete range",
                 });
             }
@@ -642,10 +683,13 @@ impl<'a> Reader<'a> {
         Ok(client)
     }
 
-    /// An item id: client then u32 clock.
+    /// An item id: client then u32 clock, at most MAX_CLOCK (no struct lives beyond it, so a
+    /// reference there could only dangle, and it would break yrs's v2 encoding).
     fn id(&mut self, what: &'static str) -> Result<(), InvalidMessage> {
         self.client(what)?;
-        self.var_u32(what)?;
+        if self.var_u32(what)? > MAX_CLOCK {
+            return Err(InvalidMessage::ClockOverflow { what });
+        }
         Ok(())
     }
 
@@ -1466,6 +1510,126 @@ mod tests {
 
     const BOMB: [u8; 4] = [255, 255, 255, 122];
 
+    /// An awareness message with one entry: client 5, `clock`, `state`.
+    fn awareness_frame(clock: u32, state: &str) -> Vec<u8> {
+        let mut update = vec![1, 5];
+        push_var(&mut update, clock.into());
+        push_str(&mut update, state.as_bytes());
+        let mut frame = vec![1];
+        push_str(&mut frame, &update);
+        frame
+    }
+
+    /// Found by tests/fuzz_inbound.rs: a state at clock u32::MAX - 1 was accepted, its removal
+    /// (clock u32::MAX) broadcast when its connection left, and the echo that every y-websocket
+    /// client sends of that removal refused, closing each of them with 1007.
+    #[test]
+    fn the_removal_of_any_accepted_awareness_state_is_accepted_back() {
+        use crate::{Access, Room};
+        let overflow = Err(InvalidMessage::ClockOverflow {
+            what: "awareness clock",
+        });
+        assert_eq!(
+            validate_frame(&awareness_frame(u32::MAX - 1, "{}")),
+            overflow
+        );
+        assert_eq!(
+            validate_frame(&awareness_frame(u32::MAX - 1, " null")),
+            overflow
+        );
+        assert_eq!(validate_frame(&awareness_frame(u32::MAX, "null")), overflow);
+        assert_eq!(
+            validate_frame(&awareness_frame(u32::MAX - 1, "null")),
+            Ok(())
+        );
+
+        // The highest accepted state, removed when its connection leaves: what the room
+        // broadcasts, and so what clients echo, passes validation.
+        let mut room = Room::new(Arc::new(|| 0u64));
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let state = awareness_frame(u32::MAX - 2, r#"{"user":"x"}"#);
+        room.receive(1, crate::decode_frame(&state).unwrap());
+        let removal = room.leave(1);
+        assert_eq!(removal.send.len(), 1);
+        assert_eq!(
+            &removal.send[0].frame[..],
+            awareness_frame(u32::MAX - 1, "null")
+        );
+        assert_eq!(validate_frame(&removal.send[0].frame), Ok(()));
+        // The echo, received from another client, changes nothing and is not relayed again.
+        let echo = room.receive(2, crate::decode_frame(&removal.send[0].frame).unwrap());
+        assert!(echo.send.is_empty());
+    }
+
+    /// Found by tests/fuzz_inbound.rs: the 25-byte frame `[0, 2, 22, 1, 1, <client 1234567890>,
+    /// <clock 2718281828>, 4, 1, 4, "text", 1, "H", 0]`, one character from a client the room
+    /// already had, at a clock past 2^31, made yrs panic while integrating (block_store.rs:317,
+    /// an `unwrap` on `None`): the room was poisoned and all its connections closed.
+    #[test]
+    fn clocks_past_2_31_are_rejected_before_yrs_panics_on_them() {
+        use crate::{Access, Room, decode_frame};
+        // One character of root text "t" from client 1 at `clock`, with an origin at
+        // `origin` (the previous character) when there is one.
+        let char_at = |clock: u64, origin: Option<u64>| {
+            let mut u = vec![1, 1, 1];
+            push_var(&mut u, clock);
+            match origin {
+                Some(origin) => {
+                    u.extend([0x84, 1]);
+                    push_var(&mut u, origin);
+                }
+                None => u.extend([4, 1, 1, b't']),
+            }
+            u.extend([1, b'x', 0]);
+            update_frame(u)
+        };
+        let overflow = |what| Err(InvalidMessage::ClockOverflow { what });
+        assert_eq!(validate_frame(&char_at(0, None)), Ok(()));
+        assert_eq!(validate_frame(&char_at(1 << 31, None)), overflow("update"));
+        assert_eq!(
+            validate_frame(&char_at(2_718_281_828, None)),
+            overflow("update")
+        );
+        assert_eq!(
+            validate_frame(&char_at(1, Some(1 << 31))),
+            overflow("origin")
+        );
+        // The last clock below the limit still works, and the room survives it.
+        let mut room = Room::new(Arc::new(|| 0u64));
+        room.join(1, Access::ReadWrite);
+        let first = room.receive(1, decode_frame(&char_at(0, None)).unwrap());
+        assert_eq!(first.fault, None);
+        let last = char_at(u64::from(MAX_CLOCK) - 1, None);
+        let effects = room.receive(1, decode_frame(&last).unwrap());
+        assert_eq!(effects.fault, None);
+        assert!(!room.is_poisoned());
+        // What the limit prevents: yrs itself on the rejected frame's update, bypassing
+        // validation.
+        let doc = Doc::with_client_id(2);
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(&char_at(0, None)[3..]).unwrap())
+            .unwrap();
+        let update = Update::decode_v1(&char_at(2_718_281_828, None)[3..]).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _ = doc.transact_mut().apply_update(update);
+        }));
+        assert!(panicked.is_err(), "yrs 0.28.1 panics on a struct past 2^31");
+    }
+
+    /// Found by tests/fuzz_inbound.rs: a delete range of length zero for a client the room did
+    /// not know stayed in a reloaded room as a pending delete set the live room had dropped.
+    #[test]
+    fn zero_length_delete_ranges_are_rejected() {
+        assert_eq!(
+            validate_update_v1(&[0, 1, 8, 1, 5, 0]),
+            Err(InvalidMessage::EmptyBlock {
+                what: "delete range"
+            })
+        );
+        assert_eq!(validate_update_v1(&[0, 1, 8, 1, 5, 1]), Ok(()));
+    }
+
     #[test]
     fn malformed_frames_are_rejected_precisely() {
         use InvalidMessage as E;
@@ -1807,9 +1971,9 @@ mod tests {
         let mut xml = vec![3];
         push_str(&mut xml, b"p");
         assert_eq!(validate_update_v1(&one_item(7, &xml)), Ok(()));
-        // Clock exactly reaching u32::MAX is fine; one more overflows.
+        // Clock exactly reaching MAX_CLOCK is fine; one more overflows.
         let mut u = vec![1, 1, 1];
-        push_var(&mut u, u32::MAX as u64 - 1);
+        push_var(&mut u, u64::from(MAX_CLOCK) - 1);
         u.extend([0, 1, 0]);
         assert_eq!(validate_update_v1(&u), Ok(()));
         // Client id of exactly 53 bits.
