@@ -52,7 +52,7 @@ fn main() {
         room.restore(update).expect("trace updates apply");
     }
     assert_eq!(text_of(&room), trace.end_content);
-    let snapshot = room.encode_snapshot();
+    let snapshot = room.encode_snapshot().unwrap();
     let v1_state = room
         .doc()
         .transact()

@@ -112,7 +112,7 @@ fn main() {
     for update in &updates {
         room.restore(update).expect("trace updates apply");
     }
-    let v2_state = room.encode_snapshot().len() as u64;
+    let v2_state = room.encode_snapshot().unwrap().len() as u64;
     let v1_state = room
         .doc()
         .transact()
@@ -307,7 +307,11 @@ fn write_like_the_server(
                 .expect("a known document");
             if written.tail_updates >= threshold {
                 store
-                    .compact(&written.doc, &rooms[i].encode_snapshot(), written.seq)
+                    .compact(
+                        &written.doc,
+                        &rooms[i].encode_snapshot().unwrap(),
+                        written.seq,
+                    )
                     .expect("compact");
                 compactions += usize::from(i == 0);
                 last[i] = None;
@@ -319,11 +323,11 @@ fn write_like_the_server(
     for (room, written) in rooms.iter().zip(last) {
         if let Some(written) = written {
             store
-                .compact(&written.doc, &room.encode_snapshot(), written.seq)
+                .compact(&written.doc, &room.encode_snapshot().unwrap(), written.seq)
                 .expect("idle compaction");
         }
     }
-    (compactions, rooms[0].encode_snapshot())
+    (compactions, rooms[0].encode_snapshot().unwrap())
 }
 
 fn open(path: &Path) -> SledStore {

@@ -84,7 +84,7 @@ fn stored_text(store: &dyn Store, doc: &DocName) -> String {
         let stored = store.load(doc).unwrap();
         let mut txn = rebuilt.transact_mut();
         if let Some(snapshot) = stored.snapshot {
-            txn.apply_update(Update::decode_v2(&snapshot).unwrap())
+            txn.apply_update(concord_core::decode_snapshot(&snapshot).unwrap())
                 .unwrap();
         }
         for update in stored.updates {

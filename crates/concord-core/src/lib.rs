@@ -14,7 +14,8 @@ pub mod validate;
 pub use name::{DocName, InvalidDocName, MAX_DOC_NAME_BYTES};
 pub use room::{
     Access, ConnId, Effects, Inbound, MSG_SAVED, Outgoing, ProtocolError, READ_ONLY_REASON,
-    Recipients, Room, RoomFault, RoomLimits, decode_frame, encode_saved,
+    Recipients, Room, RoomFault, RoomLimits, SnapshotDraft, SnapshotError, decode_frame,
+    decode_snapshot, encode_saved,
 };
 pub use store::{Appended, DocInfo, MemoryStore, Seq, Store, StoreError, StoredDoc, StoredUpdate};
 pub use yrs::sync::time::{Clock, SystemClock};

@@ -34,6 +34,96 @@ pub enum Access {
     ReadOnly,
 }
 
+/// A Yjs v1 update with no structs and an empty delete set.
+const EMPTY_UPDATE: [u8; 2] = [0, 0];
+
+/// Tag of a snapshot holding a Yjs v1 update.
+const SNAPSHOT_V1: u8 = 1;
+/// Tag of a snapshot holding a Yjs v2 update.
+const SNAPSHOT_V2: u8 = 2;
+
+/// A room's state encoded both ways a snapshot may take, from [`Room::draft_snapshot`].
+///
+/// A snapshot is one tag byte and a Yjs update: `2` and the v2 encoding (about half the size
+/// of v1), or `1` and the v1 encoding. yrs 0.28 cannot always read back its own v2: it writes
+/// the length of binary content (every `Uint8Array` a Yjs app stores) twice and reads it once,
+/// and some states do not encode in v2 at all. So v2 is kept only when it decodes into a
+/// document whose v1 encoding is the live one's (the same update, decoded); otherwise the
+/// snapshot is v1.
+#[derive(Debug, Clone)]
+pub struct SnapshotDraft {
+    v1: Vec<u8>,
+    v2: Option<Vec<u8>>,
+}
+
+impl SnapshotDraft {
+    /// An upper bound of the finished snapshot's size.
+    pub fn size_bound(&self) -> u64 {
+        1 + self.v1.len().max(self.v2.as_ref().map_or(0, Vec::len)) as u64
+    }
+
+    /// The snapshot: v2 if it round-trips, else v1. Decodes the v2 encoding into a fresh
+    /// document (a few milliseconds for a large one); no room is involved.
+    pub fn finish(self) -> Vec<u8> {
+        let (tag, bytes) = match self.v2 {
+            Some(v2) if v2_restores(&v2, &self.v1) => (SNAPSHOT_V2, v2),
+            _ => (SNAPSHOT_V1, self.v1),
+        };
+        let mut snapshot = Vec::with_capacity(1 + bytes.len());
+        snapshot.push(tag);
+        snapshot.extend_from_slice(&bytes);
+        snapshot
+    }
+}
+
+/// Decodes a snapshot made by [`Room::encode_snapshot`] (see [`SnapshotDraft`] for the format)
+/// into the Yjs update it holds.
+pub fn decode_snapshot(snapshot: &[u8]) -> Result<Update, ProtocolError> {
+    let decode_error = |e: yrs::encoding::read::Error| ProtocolError::Decode(e.to_string());
+    match snapshot.split_first() {
+        Some((&SNAPSHOT_V2, bytes)) => Update::decode_v2(bytes).map_err(decode_error),
+        Some((&SNAPSHOT_V1, bytes)) => Update::decode_v1(bytes).map_err(decode_error),
+        _ => Err(ProtocolError::Decode(
+            "not a Concord snapshot (unknown encoding tag)".into(),
+        )),
+    }
+}
+
+/// Whether `v2` decodes into a document that encodes to exactly `v1`.
+fn v2_restores(v2: &[u8], v1: &[u8]) -> bool {
+    quietly(|| {
+        let Ok(update) = Update::decode_v2(v2) else {
+            return false;
+        };
+        let doc = Doc::new();
+        if doc.transact_mut().apply_update(update).is_err() {
+            return false;
+        }
+        let restored = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        // Equal bytes, or equal decoded updates: maps (JSON objects, attributes) are encoded
+        // in hash order, so the same document may encode to other bytes.
+        restored == v1
+            || matches!(
+                (Update::decode_v1(&restored), Update::decode_v1(v1)),
+                (Ok(a), Ok(b)) if a == b
+            )
+    })
+    .unwrap_or(false)
+}
+
+/// Runs `f`, turning a panic inside yrs into `None`.
+fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+/// yrs could not encode the document (it panicked on data it holds pending): no snapshot can
+/// be taken; the log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the document cannot be encoded as a snapshot (yrs failed on its pending data)")]
+pub struct SnapshotError;
+
 /// Limits a [`Room`] enforces on what its connections send. The default enforces none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomLimits {
@@ -340,23 +430,33 @@ impl Room {
         result.map_err(|fault| ProtocolError::Decode(fault.to_string()))
     }
 
-    /// Applies a stored snapshot (Yjs v2, written by [`Room::encode_snapshot`]) while loading
-    /// the room. Snapshots come from the server itself and are checksummed by the store, so they
-    /// are not run through the wire validator; a snapshot yrs cannot decode is an error.
+    /// Applies a stored snapshot (written by [`Room::encode_snapshot`]) while loading the room.
+    /// Snapshots come from the server itself and are checksummed by the store, so they are not
+    /// run through the wire validator; a snapshot yrs cannot decode is an error.
     pub fn restore_snapshot(&mut self, snapshot: &[u8]) -> Result<(), ProtocolError> {
-        let update =
-            Update::decode_v2(snapshot).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+        let update = decode_snapshot(snapshot)?;
         let result = self.apply(update);
         lock(&self.deltas).clear();
         self.document_bytes = self.document_bytes.saturating_add(snapshot.len() as u64);
         result.map_err(|fault| ProtocolError::Decode(fault.to_string()))
     }
 
-    /// The whole document as one Yjs v2 update: the compact form snapshots are stored in.
-    pub fn encode_snapshot(&self) -> Vec<u8> {
-        self.doc()
-            .transact()
-            .encode_state_as_update_v2(&StateVector::default())
+    /// The whole document as a snapshot: see [`SnapshotDraft`]. Equivalent to
+    /// `self.draft_snapshot()?.finish()`.
+    pub fn encode_snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        Ok(self.draft_snapshot()?.finish())
+    }
+
+    /// Encodes the document both ways a snapshot may take; cheap enough to do under the room's
+    /// lock (about a millisecond each for a 160 KB document). [`SnapshotDraft::finish`], which
+    /// checks the v2 encoding by decoding it, can run after the lock is released.
+    pub fn draft_snapshot(&self) -> Result<SnapshotDraft, SnapshotError> {
+        let txn = self.doc().transact();
+        // yrs panics on some states it holds pending (an `unwrap` in its pending merge).
+        let v1 = quietly(|| txn.encode_state_as_update_v1(&StateVector::default()))
+            .ok_or(SnapshotError)?;
+        let v2 = quietly(|| txn.encode_state_as_update_v2(&StateVector::default()));
+        Ok(SnapshotDraft { v1, v2 })
     }
 
     /// The document.
@@ -445,9 +545,15 @@ impl Room {
                         effects.fault = Some(RoomFault::DocumentTooLarge { limit });
                         break;
                     }
+                    let skips = self.skips_clocks(&update);
                     let pending_before = self.pending();
                     let result = self.apply(update);
                     for delta in lock(&self.deltas).drain(..) {
+                        // No structs and no deletions: yrs reports one for an update it put
+                        // behind a hole. Nothing to tell anyone.
+                        if delta == EMPTY_UPDATE {
+                            continue;
+                        }
                         effects.push(
                             Recipients::Others,
                             &Message::Sync(SyncMessage::Update(delta.clone())),
@@ -460,9 +566,13 @@ impl Room {
                     // reports no change for it, so it would be relayed and stored by nobody.
                     // Store it as received: it is in the document (snapshots include pending
                     // data) and may have been acknowledged. Replaying it is harmless.
-                    if result.is_ok() && !self.poisoned {
+                    // The same for an update that skips clocks the document does not have yet
+                    // (see `skips_clocks`): yrs integrates it behind a hole and reports nothing.
+                    // Also when yrs refused the update part-way: what it had integrated stays,
+                    // and a reload must reach the same state.
+                    if !self.poisoned {
                         let pending_after = self.pending();
-                        if pending_after.is_some() && pending_after != pending_before {
+                        if skips || (pending_after.is_some() && pending_after != pending_before) {
                             self.document_bytes =
                                 self.document_bytes.saturating_add(raw.len() as u64);
                             effects.persist.push(raw);
@@ -553,6 +663,23 @@ impl Room {
         }
         let deletes = update.delete_set();
         !deletes.is_empty() && !deletes.diff(&txn.snapshot().delete_set).is_empty()
+    }
+
+    /// Whether `update` holds structs of a client that start past what the document has
+    /// integrated of that client. A y-websocket client that reconnects sends its new edits at
+    /// once, and the edits it made offline only in its SyncStep2, an instant later: the new
+    /// ones skip clocks meanwhile. yrs 0.28 keeps such a struct pending when it depends on a
+    /// missing item, but integrates it behind an internal skip range when it depends on
+    /// nothing missing (a map entry, say; also after data it holds pending): the state vector
+    /// does not move, so the update observer reports nothing and the struct would be neither
+    /// relayed nor stored. The room stores such an update as received (replaying it is
+    /// harmless); it is relayed when the hole is filled.
+    fn skips_clocks(&self, update: &Update) -> bool {
+        let known = self.doc().transact().state_vector();
+        update
+            .insertions(true)
+            .iter()
+            .any(|(client, ranges)| ranges.iter().any(|r| r.start > known.get(client)))
     }
 
     /// What `conn` may do; unknown connections are read-only.
@@ -809,10 +936,17 @@ mod tests {
 
     #[test]
     fn an_update_missing_its_dependencies_is_persisted_as_received() {
-        let source = Doc::new();
-        let text = source.get_or_insert_text("t");
-        let mut updates = Vec::new();
-        for word in ["first;", "second;"] {
+        // Client 2 continues client 1's text: its edit depends on client 1's.
+        let mut updates: Vec<Vec<u8>> = Vec::new();
+        let first = Doc::with_client_id(1);
+        let second = Doc::with_client_id(2);
+        for (source, word) in [(&first, "first;"), (&second, "second;")] {
+            let text = source.get_or_insert_text("t");
+            for update in &updates {
+                let mut txn = source.transact_mut();
+                txn.apply_update(Update::decode_v1(update).unwrap())
+                    .unwrap();
+            }
             let mut txn = source.transact_mut();
             let len = text.len(&txn);
             text.insert(&mut txn, len, word);
@@ -844,6 +978,57 @@ mod tests {
             copy.restore(update).unwrap();
         }
         assert_eq!(text_of(&copy), "first;second;");
+    }
+
+    #[test]
+    fn an_update_that_skips_clocks_is_stored_as_received_and_relayed_once_the_hole_fills() {
+        use yrs::Map;
+        // A client set one map entry offline, then another once back: the second arrives first.
+        let client = Doc::with_client_id(9);
+        let map = client.get_or_insert_map("m");
+        let set = |key: &str| {
+            let mut txn = client.transact_mut();
+            map.insert(&mut txn, key, 1);
+            txn.encode_update_v1()
+        };
+        let offline = set("offline");
+        let online = set("online");
+        let (mut room, _) = room();
+        room.join(1, Access::ReadWrite);
+        room.join(2, Access::ReadWrite);
+        let effects = room.receive(1, decode_frame(&update_frame(online.clone())).unwrap());
+        assert_eq!(effects.fault, None);
+        assert_eq!(effects.persist, vec![online.clone()], "stored as received");
+        // The hole fills: the watcher is sent everything.
+        let effects = room.receive(1, decode_frame(&update_frame(offline.clone())).unwrap());
+        let watcher = Doc::new();
+        for out in &effects.send {
+            if let Message::Sync(SyncMessage::Update(u)) = decode(&out.frame) {
+                watcher
+                    .transact_mut()
+                    .apply_update(Update::decode_v1(&u).unwrap())
+                    .unwrap();
+            }
+        }
+        let keys = |doc: &Doc| {
+            let map = doc.get_or_insert_map("m");
+            let txn = doc.transact();
+            let mut keys: Vec<String> = map.keys(&txn).map(str::to_owned).collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(keys(&watcher), ["offline", "online"]);
+        // A room reloaded from what was stored, in that order, is the same.
+        let (mut copy, _) = super::tests::room();
+        copy.restore(&online).unwrap();
+        for update in &effects.persist {
+            copy.restore(update).unwrap();
+        }
+        assert_eq!(keys(copy.doc()), ["offline", "online"]);
+        assert_eq!(
+            copy.doc().transact().state_vector(),
+            room.doc().transact().state_vector()
+        );
     }
 
     #[test]
@@ -1025,7 +1210,7 @@ mod tests {
     fn a_snapshot_restores_the_whole_document() {
         let (mut room, _) = room();
         room.restore(&text_update("snap")).unwrap();
-        let snapshot = room.encode_snapshot();
+        let snapshot = room.encode_snapshot().unwrap();
         let (mut copy, _) = super::tests::room();
         copy.restore_snapshot(&snapshot).unwrap();
         assert_eq!(text_of(&copy), "snap");
@@ -1100,8 +1285,7 @@ mod tests {
 
         // Resetting the size (after a compaction) lets edits in again.
         room.set_document_bytes(50);
-        let small = edit(0, "d");
-        let effects = room.receive(2, decode_frame(&update_frame(small)).unwrap());
+        let effects = room.receive(2, decode_frame(&update_frame(text_update("e"))).unwrap());
         assert_eq!(effects.fault, None);
     }
 
@@ -1111,7 +1295,7 @@ mod tests {
         let update = text_update("hello");
         room.restore(&update).unwrap();
         assert_eq!(room.document_bytes(), update.len() as u64);
-        let snapshot = room.encode_snapshot();
+        let snapshot = room.encode_snapshot().unwrap();
         let (mut copy, _) = super::tests::room();
         copy.restore_snapshot(&snapshot).unwrap();
         assert_eq!(copy.document_bytes(), snapshot.len() as u64);

@@ -1601,6 +1601,7 @@ mod tests {
         let first = room.receive(1, decode_frame(&char_at(0, None)).unwrap());
         assert_eq!(first.fault, None);
         let last = char_at(u64::from(MAX_CLOCK) - 1, None);
+        assert_eq!(validate_frame(&last), Ok(()));
         let effects = room.receive(1, decode_frame(&last).unwrap());
         assert_eq!(effects.fault, None);
         assert!(!room.is_poisoned());

@@ -24,12 +24,12 @@
 //!    refuse. Every persisted update passes `validate_update_v1` (loading skips those that do
 //!    not). The watching connection, applying what it was sent, has what the room integrated;
 //!    a room reloaded from the starting point plus what was persisted is the same document,
-//!    and so is one restored from the room's v2 snapshot (what compaction stores). Two known
-//!    defects that need fixing in room.rs are exempted from these last checks, counted, and
-//!    asserted still present, so the exemption goes when the fix lands: `KNOWN GAP` in
-//!    `check_frame` (updates yrs integrates behind a hole in a client's clocks are neither
-//!    relayed nor persisted, and break the snapshot) and `KNOWN BUG` in `check_snapshot`
-//!    (yrs's v2 encoding of `ContentBinary`, i.e. any `Uint8Array` value, does not decode);
+//!    and so is one restored from the room's snapshot (what compaction stores). Structs yrs put
+//!    behind a hole in a client's clocks are, like pending data, not compared with the watcher
+//!    (they are relayed once the hole fills) but must be stored. One known yrs defect,
+//!    reachable only by a client that sends different structs for ids already seen, is
+//!    exempted from the snapshot check, counted and asserted still present (`KNOWN BUG 2` in
+//!    `check_snapshot`);
 //! 5. the room is never poisoned (`RoomFault::Poisoned` is how a caught yrs panic shows up);
 //! 6. `decode_frame` never fails inside yrs after validation passed: the validator is meant to
 //!    reject everything yrs rejects, before yrs allocates for it;
@@ -50,7 +50,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,7 +65,7 @@ use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestCaseError, TestRu
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
-use yrs::{Doc, Map, ReadTxn, StateVector, Transact, Update};
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 #[global_allocator]
 static ALLOCATOR: PeakAlloc = PeakAlloc;
@@ -166,7 +165,7 @@ fn snapshot(room: &Room) -> Snapshot {
 struct Shape {
     clocks: Clocks,
     /// Every struct the store holds, deleted or not, pending data left out. Unlike `clocks`
-    /// this includes structs yrs integrated behind a hole (see `KNOWN GAP`).
+    /// this includes structs yrs integrated behind a hole (see `check_frame`).
     inserted: Ids,
     deleted: Ids,
     /// The structs and deletions of the pending update. (What yrs records as missing for it
@@ -289,7 +288,7 @@ fn fresh_room(base: &Checkpoint) -> Room {
 type Rooms = RefCell<Vec<Option<(Room, Snapshot)>>>;
 
 /// True when the document holds structs of a client beyond its clock in the state vector:
-/// yrs integrated them behind a hole. See `KNOWN GAP` in `check_frame`.
+/// yrs integrated them behind a hole (see `check_frame`).
 fn has_hole(shape: &Shape) -> bool {
     shape.inserted.iter().any(|(client, ranges)| {
         let clock = shape.clocks.get(client).copied().unwrap_or(0);
@@ -594,10 +593,9 @@ struct Stats {
     rejected: u64,
     /// Accepted frames whose update yrs refused while integrating (`RoomFault::UpdateRejected`).
     update_rejected: u64,
-    /// Accepted frames after which yrs held structs behind a hole (`KNOWN GAP`).
+    /// Accepted frames after which yrs held structs behind a hole (see `check_frame`).
     holes: u64,
-    /// Accepted frames after which the snapshot check was skipped (`KNOWN GAP`, `KNOWN BUG`,
-    /// `KNOWN BUG 2`).
+    /// Accepted frames after which the snapshot check was skipped (`KNOWN BUG 2`).
     snapshots_skipped: u64,
     /// Frames the watching connection was sent.
     sent_to_watcher: u64,
@@ -739,29 +737,16 @@ fn check_frame(
     };
     stats.borrow_mut().accepted += 1;
     check_accepted(room, before, &effects, access, stats)?;
-    let hole = has_hole(&shape(room.doc()));
-    if !check_snapshot(room, hole)? {
+    if !check_snapshot(room)? {
         stats.borrow_mut().snapshots_skipped += 1;
     }
-    if hole {
-        // KNOWN GAP (needs a fix in room.rs, not in the validator, which cannot know the
-        // room's clocks): yrs 0.28 integrates structs that skip ahead of their client's
-        // clock, when they depend on nothing missing, behind an internal skip range, instead
-        // of keeping them pending as Yjs does. The state vector does not move, so the delta
-        // `observe_update_v1` reports holds none of them (at most their deletion), and as
-        // nothing became pending `Room::receive` does not persist the raw update either: the
-        // room shows content no other client is sent until the hole is filled, and a reload
-        // from the store loses it. E.g. on an empty room, the update
-        // `[1, 1, 77, 1, 40, 1, 3, b'm', b'a', b'p', 1, b'b', 1, 119, 1, b'x', 0]` (client 77,
-        // clock 1, `map.b = "x"`) leaves `map` holding `b`, and relays and persists `[0, 0]`.
-        // Worse, yrs's v2 encoding of a document with such a hole does not decode, so once
-        // the room is compacted the document no longer loads (see `check_snapshot`): one
-        // 20-byte frame from any writer bricks a document. Until room.rs keeps such updates
-        // away from yrs until the hole is filled (persisting them as received, as it does
-        // pending ones), the two convergence checks and the snapshot check are skipped when
-        // the room holds a hole, and counted (checkpoints have none: the seeds arrive in
-        // order).
+    if has_hole(&shape(room.doc())) {
+        // yrs 0.28 integrates structs that skip ahead of their client's clock behind an
+        // internal skip range, instead of keeping them pending as Yjs does. Like pending
+        // data, they are relayed once the hole is filled, so the watcher is not compared;
+        // but they must have been stored, so a reload has them.
         stats.borrow_mut().holes += 1;
+        check_reload(room, base, &effects)?;
     } else {
         check_convergence(room, base, &effects)?;
     }
@@ -870,15 +855,20 @@ fn check_convergence(
         )));
     }
 
-    // A room reloaded from the checkpoint and what was persisted is the same document.
+    check_reload(room, base, effects)
+}
+
+/// A room reloaded from the checkpoint and what was persisted is the same document.
+fn check_reload(room: &Room, base: &Checkpoint, effects: &Effects) -> Result<(), TestCaseError> {
+    let room_shape = shape(room.doc());
     let mut reloaded = Room::new(clock());
     reloaded
         .restore(&base.state)
         .map_err(|e| fail(format!("checkpoint does not restore: {e}")))?;
     for update in &effects.persist {
-        reloaded
-            .restore(update)
-            .map_err(|e| fail(format!("persisted update {update:?} does not restore: {e}")))?;
+        // As `Room::from_stored` does: an update yrs refuses part-way (stored as received
+        // because it left a hole) is reported and skipped, what it integrated stays.
+        let _ = reloaded.restore(update);
     }
     let reloaded = shape(reloaded.doc());
     if reloaded != room_shape {
@@ -890,12 +880,10 @@ fn check_convergence(
     Ok(())
 }
 
-/// The room compacts into a v2 snapshot, as the server stores long or idle documents, that
-/// restores to the same document. Returns `false` when the check was skipped for a known yrs
-/// defect: the room holds a hole (`KNOWN GAP` in `check_frame`: yrs's v2 encoding of one does
-/// not decode, or restores the structs at other clocks), holds pending data (`KNOWN BUG 2`
-/// below), or `KNOWN BUG` below.
-fn check_snapshot(room: &Room, hole: bool) -> Result<bool, TestCaseError> {
+/// The room compacts into a snapshot, as the server stores long or idle documents, that
+/// restores to the same document. Returns `false` when the check was skipped for the known yrs
+/// defect `KNOWN BUG 2` below.
+fn check_snapshot(room: &Room) -> Result<bool, TestCaseError> {
     // KNOWN BUG 2 (yrs 0.28.1): an encoded state (a snapshot, and also the SyncStep2 answer,
     // in v1) merges the pending update in, and that merge is not faithful. yrs trims a
     // pending struct to the clocks the document lacks, giving the remainder the struct
@@ -906,46 +894,28 @@ fn check_snapshot(room: &Room, hole: bool) -> Result<bool, TestCaseError> {
     // 0]` (deleted content at clocks 1..102 of client 1234567890, whose clocks up to 35 the
     // room has, under parent 1234567890#0... read as the id `0#1`) stays pending in the
     // room, but its snapshot restores clocks 35..102 as integrated. It takes a client sending
-    // different structs for ids already seen. With binary content in the pending data, the
-    // v2 merge panics instead (`KNOWN BUG`). Fixing this needs room.rs (e.g. snapshots and
-    // step 2 answers that leave pending data out, storing the raw pending updates beside),
-    // so rooms holding pending data are skipped here and counted.
-    if hole || room.doc().transact().has_missing_updates() {
-        return Ok(false);
-    }
-    // yrs may panic in here (see below); keep its message out of the output.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let snapshot = std::panic::catch_unwind(AssertUnwindSafe(|| room.encode_snapshot()));
-    std::panic::set_hook(hook);
-    let restored = snapshot.ok().and_then(|snapshot| {
-        let mut restored = Room::new(clock());
-        restored.restore_snapshot(&snapshot).ok()?;
-        Some(shape(restored.doc()))
-    });
-    if restored.is_none() && !yrs_v2_round_trips(&room.encode_state()) {
-        // KNOWN BUG (yrs 0.28.1; needs a fix in room.rs, which chooses the snapshot format):
-        // yrs's v2 encoder writes the length of a `ContentBinary` twice (`EncoderV2::write_all`
-        // already prefixes a length, and the default `write_buf` adds one), and its decoder
-        // reads it once. Yjs writes `ContentBinary` for every `Uint8Array` value (the seeds
-        // set one, `meta.blob`, in frame 87), so `Room::encode_snapshot` of such a document
-        // returns bytes `Room::restore_snapshot` refuses, and panics (an `unwrap` in yrs's
-        // `merge_pending_v2`) when the room also holds pending data. Once compacted, such a
-        // document no longer loads. Until snapshots avoid yrs's v2 (v1 snapshots, which
-        // round-trip both this and holes, or v2 checked by decoding with a v1 fallback), the
-        // check is skipped when yrs's own v2 codec cannot round-trip the room's state, and
-        // counted.
+    // different structs for ids already seen. Fixing it needs snapshots and step 2 answers
+    // that leave pending data out (storing the raw pending updates beside), so rooms holding
+    // pending data are skipped here and counted.
+    if room.doc().transact().has_missing_updates() {
         return Ok(false);
     }
     let live = shape(room.doc());
-    match restored {
-        Some(restored) if restored == live => Ok(true),
-        Some(restored) => Err(fail(format!(
+    let snapshot = room
+        .encode_snapshot()
+        .map_err(|e| fail(format!("the room's snapshot does not encode: {e}")))?;
+    let mut restored = Room::new(clock());
+    restored
+        .restore_snapshot(&snapshot)
+        .map_err(|e| fail(format!("the room's snapshot does not restore: {e}")))?;
+    let restored = shape(restored.doc());
+    if restored != live {
+        return Err(fail(format!(
             "the room's snapshot restores to another document: {restored:?}, the room has \
              {live:?}"
-        ))),
-        None => Err(fail("the room's snapshot does not encode or restore")),
+        )));
     }
+    Ok(true)
 }
 
 /// Whether yrs decodes its own v2 encoding of a v1 update.
@@ -960,9 +930,11 @@ fn apply_update(doc: &Doc, update: &[u8]) -> Result<(), TestCaseError> {
         .map_err(|e| fail(format!("update apply: {e}")))
 }
 
-/// The `KNOWN GAP` example, asserted, so that whoever fixes it in room.rs is told to remove the
-/// exemption in `check_frame`.
-fn known_gap_is_still_there() {
+/// An update that skips ahead of its client's clock is stored as received: on an empty room,
+/// client 77 at clock 1 sets `map.b = "x"`. yrs 0.28 integrates it behind a skip range and
+/// reports an empty change; the room must still store it (a reload has it), must not relay an
+/// empty update, and its snapshot must restore it.
+fn an_update_skipping_clocks_is_stored_as_received() {
     let update = [
         1, 1, 77, 1, 40, 1, 3, b'm', b'a', b'p', 1, b'b', 1, 119, 1, b'x', 0,
     ];
@@ -971,53 +943,36 @@ fn known_gap_is_still_there() {
     room.join(FUZZER, Access::ReadWrite);
     room.join(WATCHER, Access::ReadWrite);
     let effects = room.receive(FUZZER, decode_frame(&frame).expect("a valid update"));
-    assert!(has_hole(&shape(room.doc())));
-    let txn = room.doc().transact();
-    let entries = txn.get_map("map").map(|map| map.len(&txn));
-    drop(txn);
-    assert_eq!(entries, Some(1), "the room shows the entry");
-    assert_eq!(
-        effects.persist,
-        [vec![0, 0]],
-        "only an empty update is persisted"
-    );
-    assert!(
-        check_convergence(&room, &checkpoint(&Room::new(clock()), 0), &effects).is_err(),
-        "the gap in room.rs is fixed: remove the `has_hole` exemption in check_frame"
-    );
-    assert!(
-        Room::new(clock())
-            .restore_snapshot(&room.encode_snapshot())
-            .is_err(),
-        "a room with a hole has a snapshot that restores: remove the `hole` exemption in \
-         check_snapshot"
-    );
+    assert_eq!(effects.fault, None);
+    assert!(has_hole(&shape(room.doc())), "yrs put it behind a hole");
+    assert_eq!(effects.persist, [update.to_vec()], "stored as received");
+    assert!(effects.send.is_empty(), "nothing relayed yet");
+    check_reload(&room, &checkpoint(&Room::new(clock()), 0), &effects).expect("reload");
+    assert!(check_snapshot(&room).expect("the snapshot restores"));
 }
 
-/// The `KNOWN BUG` of `check_snapshot`, asserted on the seeds, so that whoever fixes it in
-/// room.rs is told to remove the exemption: the room that received the seeds up to and
-/// including frame 87 (`meta.blob = new Uint8Array([0, 1, 2, 127, 128, 254, 255])`) has a
-/// snapshot that does not restore, and the room before that frame has one that does.
-fn known_snapshot_bug_is_still_there(seeds: &[Vec<u8>]) {
+/// The room that received the seeds up to and including frame 87 (`meta.blob = new
+/// Uint8Array([0, 1, 2, 127, 128, 254, 255])`) holds binary content, which yrs 0.28's v2
+/// encoder writes in a form its decoder refuses: the snapshot must fall back to v1 and
+/// restore the same document.
+fn a_document_with_binary_content_has_a_snapshot_that_restores(seeds: &[Vec<u8>]) {
     const BLOB_FRAME: usize = 87;
     assert_eq!(
         seeds[BLOB_FRAME][..5],
         [0, 2, 29, 1, 1],
         "the Uint8Array seed moved: tests/data changed"
     );
-    let mut room = room_after(&seeds[..BLOB_FRAME]);
-    assert!(check_snapshot(&room, false).expect("snapshots restore"));
-    room.receive(
-        FUZZER,
-        decode_frame(&seeds[BLOB_FRAME]).expect("seeds are valid"),
-    );
-    assert!(!yrs_v2_round_trips(&room.encode_state()));
+    let mut room = room_after(&seeds[..=BLOB_FRAME]);
     assert!(
-        Room::new(clock())
-            .restore_snapshot(&room.encode_snapshot())
-            .is_err(),
-        "the snapshot bug is fixed: remove the exemption in check_snapshot"
+        !yrs_v2_round_trips(&room.encode_state()),
+        "yrs's v2 bug is fixed"
     );
+    assert!(check_snapshot(&room).expect("the snapshot restores"));
+    let snapshot = room.encode_snapshot().unwrap();
+    assert_eq!(snapshot[0], 1, "a v1 snapshot");
+    // Before that frame, the snapshot is v2.
+    room = room_after(&seeds[..BLOB_FRAME]);
+    assert_eq!(room.encode_snapshot().unwrap()[0], 2, "a v2 snapshot");
 }
 
 /// The `KNOWN BUG 2` example of `check_snapshot`, asserted: the pending struct stays pending
@@ -1034,7 +989,7 @@ fn known_pending_bug_is_still_there(seeds: &[Vec<u8>]) {
     assert!(room.doc().transact().has_missing_updates());
     let mut restored = Room::new(clock());
     restored
-        .restore_snapshot(&room.encode_snapshot())
+        .restore_snapshot(&room.encode_snapshot().expect("this snapshot encodes"))
         .expect("this snapshot decodes");
     assert_ne!(
         shape(restored.doc()),
@@ -1099,8 +1054,8 @@ fn fuzz_the_inbound_path_with_mutated_js_traffic() {
             base.frames
         );
     }
-    known_gap_is_still_there();
-    known_snapshot_bug_is_still_there(&seeds);
+    an_update_skipping_clocks_is_stored_as_received();
+    a_document_with_binary_content_has_a_snapshot_that_restores(&seeds);
     known_pending_bug_is_still_there(&seeds);
 
     let config = config();

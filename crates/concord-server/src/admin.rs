@@ -74,7 +74,11 @@ pub(crate) fn snapshot_of_stored(
 ) -> Result<(Vec<u8>, Seq), AdminError> {
     let stored = store.load(doc)?;
     let room = from_stored(doc, &stored)?;
-    Ok((room.encode_snapshot(), stored.last_seq))
+    let snapshot = room.encode_snapshot().map_err(|e| AdminError::Unreadable {
+        doc: doc.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((snapshot, stored.last_seq))
 }
 
 /// Removes a document.

@@ -96,7 +96,7 @@ async fn compact_one(
     let doc = doc.clone();
     tokio::task::spawn_blocking(move || {
         let snapshot = match live {
-            Some(snapshot) => snapshot,
+            Some(draft) => draft.finish(),
             None => {
                 crate::admin::snapshot_of_stored(store.as_ref(), &doc)
                     .map_err(|e| e.to_string())?

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use concord_core::{
     Access, Clock, ConnId, DocName, Effects, Inbound, Recipients, Room, RoomFault, RoomLimits,
-    Store,
+    SnapshotDraft, Store,
 };
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -182,16 +182,17 @@ impl LiveRoom {
         self.deliver(&mut state, ConnId::MAX, effects);
     }
 
-    /// The document as a snapshot (Yjs v2), unless the room is poisoned. For compaction: the
-    /// room's stored size restarts from the snapshot's.
-    pub(crate) fn snapshot(&self) -> Option<Vec<u8>> {
+    /// The document's snapshot draft (finish it off the room's lock), unless the room is
+    /// poisoned or yrs cannot encode it. For compaction: the room's stored size restarts from
+    /// the snapshot's.
+    pub(crate) fn snapshot(&self) -> Option<SnapshotDraft> {
         let mut state = self.lock();
         if state.room.is_poisoned() {
             return None;
         }
-        let snapshot = state.room.encode_snapshot();
-        state.room.set_document_bytes(snapshot.len() as u64);
-        Some(snapshot)
+        let draft = state.room.draft_snapshot().ok()?;
+        state.room.set_document_bytes(draft.size_bound());
+        Some(draft)
     }
 
     pub(crate) fn connection_count(&self) -> usize {
