@@ -2,8 +2,8 @@
 //! updates per second it sustains, through its real WebSocket path.
 //!
 //! An in-process Concord server (`Concord::new` + `concord_server::router`, served by axum on
-//! 127.0.0.1 with TCP_NODELAY, default `Config`) stores documents in a `SledStore` in a
-//! temporary directory. Clients are real WebSocket clients (tokio-tungstenite, TCP_NODELAY) on
+//! 127.0.0.1 with TCP_NODELAY, default `Config` without rate limits: the load is a machine's)
+//! stores documents in a `SledStore` in a temporary directory. Clients are real WebSocket clients (tokio-tungstenite, TCP_NODELAY) on
 //! their own runtime, sending pre-encoded frames from the automerge-paper trace (one keystroke
 //! update per frame) and save requests (`[100, varUint8Array(varUint id)]`), which the server
 //! answers with the same message once everything the connection sent before is durable.
@@ -166,7 +166,7 @@ fn main() {
 
     println!();
     println!("Durable acknowledgements through Concord's WebSocket path (loopback, one process).");
-    println!("Times in milliseconds. Server: default Config, SledStore (flush = sync_file_range,");
+    println!("Times in milliseconds. Server: default Config but no rate limits, SledStore (flush = sync_file_range,");
     println!("background fsync every 500 ms, as the server runs by default).");
     println!();
     println!("{}", Summary::header("latency"));
@@ -364,7 +364,16 @@ impl Server {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
-        let concord = Concord::new(Config::default(), store, shutdown.clone());
+        // The load here is a machine's, not a person's: lift the per-connection rate limits
+        // (everything else is the default).
+        let config = Config {
+            rate_messages_per_second: u32::MAX,
+            rate_message_burst: u32::MAX,
+            rate_bytes_per_second: u32::MAX,
+            rate_byte_burst: u32::MAX,
+            ..Config::default()
+        };
+        let concord = Concord::new(config, store, shutdown.clone());
         let app = concord_server::router(&concord);
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
