@@ -166,7 +166,9 @@ fn main() {
 
     println!();
     println!("Durable acknowledgements through Concord's WebSocket path (loopback, one process).");
-    println!("Times in milliseconds. Server: default Config but no rate limits, SledStore (flush = sync_file_range,");
+    println!(
+        "Times in milliseconds. Server: default Config but no rate limits, SledStore (flush = sync_file_range,"
+    );
     println!("background fsync every 500 ms, as the server runs by default).");
     println!();
     println!("{}", Summary::header("latency"));

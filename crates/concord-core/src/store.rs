@@ -1,6 +1,7 @@
 //! The storage trait every persistence backend implements, and an in-memory implementation.
 //!
-//! A document is stored as an optional **snapshot** (the whole document, Yjs v2 encoded) plus a
+//! A document is stored as an optional **snapshot** (the whole document, as
+//! [`Room::encode_snapshot`](crate::Room::encode_snapshot) makes it; opaque to stores) plus a
 //! **log** of entries written after it; each log entry holds the v1 updates one group commit
 //! wrote for that document. Compaction replaces a prefix of the log with a new snapshot.
 //!
@@ -62,7 +63,7 @@ pub struct Appended {
 /// Everything stored for one document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredDoc {
-    /// The latest snapshot, Yjs v2 encoded, if the document was ever compacted.
+    /// The latest snapshot (see [`crate::Room::encode_snapshot`]), if the document was ever compacted.
     pub snapshot: Option<Vec<u8>>,
     /// The v1 updates of the log entries after the snapshot, in log order.
     pub updates: Vec<Vec<u8>>,
@@ -106,7 +107,7 @@ pub trait Store: Send + Sync + 'static {
     /// document.
     fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError>;
 
-    /// Atomically replaces the snapshot of `doc` with `snapshot` (Yjs v2) and removes every log
+    /// Atomically replaces the snapshot of `doc` with `snapshot` and removes every log
     /// entry up to and including `upto`, which the snapshot must cover.
     fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError>;
 

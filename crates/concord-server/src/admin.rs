@@ -66,7 +66,7 @@ pub fn compact(store: &dyn Store, doc: &DocName) -> Result<usize, AdminError> {
     Ok(snapshot.len())
 }
 
-/// Rebuilds a document from the store and encodes its snapshot (Yjs v2), with the sequence
+/// Rebuilds a document from the store and encodes its snapshot, with the sequence
 /// number of the last log entry it covers. The compactor uses it for documents not loaded.
 pub(crate) fn snapshot_of_stored(
     store: &dyn Store,

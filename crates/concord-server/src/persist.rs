@@ -11,7 +11,7 @@
 //! to drop the request: the next append to that document asks again, so nothing is lost. When
 //! a room is unloaded, it queues an idle marker behind its last updates; once the worker has
 //! written them, it asks for a compaction of that document if it wrote anything to it since
-//! the last request, so an idle document rests on disk as one snapshot (its v2 size) rather
+//! the last request, so an idle document rests on disk as one snapshot rather
 //! than a log. A dropped idle request only leaves that document's log until its next use.
 
 use std::collections::HashMap;

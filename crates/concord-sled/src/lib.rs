@@ -3,7 +3,7 @@
 //!
 //! # Model
 //!
-//! Each document has an optional **snapshot** (the whole document, Yjs v2 bytes the store does
+//! Each document has an optional **snapshot** (the whole document, bytes the store does
 //! not interpret) and a **log** of entries written after it. [`Store::append`] writes one log
 //! entry per document per batch, holding that document's updates in batch order (sled spends
 //! about 200 bytes on every entry, so one entry per keystroke would multiply the disk used by
@@ -36,7 +36,7 @@
 //! | `b"l"` + id (u64 BE) + seq (u64 BE)  | log entry: `{ updates: Vec<Vec<u8>> }` (Yjs v1)     |
 //!
 //! A snapshot file holds one record whose payload is `{ id: u64, upto: u64, bytes: Vec<u8> }`
-//! (`bytes` is Yjs v2); the id and seq repeat the file name, so a file under the wrong name is
+//! (`bytes` is the snapshot as the server made it); the id and seq repeat the file name, so a file under the wrong name is
 //! detected.
 //!
 //! Document metadata is `{ id: u64, next_seq: u64, snapshot_seq: Option<u64>,

@@ -209,7 +209,7 @@ pub(crate) struct LogEntry {
 }
 
 /// Payload of a snapshot file (see [`crate::snapfile`]), as written: the document's id, the
-/// log position the snapshot covers and the Yjs v2 bytes. The id and position are stored next to
+/// log position the snapshot covers and its bytes. The id and position are stored next to
 /// the bytes so that a file found under the wrong name is detected.
 #[derive(Debug, bincode::Encode)]
 pub(crate) struct SnapshotRef<'a> {
