@@ -373,6 +373,8 @@ impl Server {
             rate_message_burst: u32::MAX,
             rate_bytes_per_second: u32::MAX,
             rate_byte_burst: u32::MAX,
+            rate_awareness_per_second: u32::MAX,
+            rate_awareness_burst: u32::MAX,
             ..Config::default()
         };
         let concord = Concord::new(config, store, shutdown.clone());

@@ -153,6 +153,26 @@ async fn a_connection_storm_past_the_caps_is_refused_and_sessions_go_on() {
     b.wait_until(DEADLINE, "b has everything", |b| b.text("t") == a.text("t"))
         .await;
     server.shutdown().await;
+
+    // Attempts per address: reconnecting in a loop would renew a client's rate buckets.
+    let server = self::server(Config {
+        connection_attempts_per_ip: 1,
+        connection_attempt_burst: 5,
+        ..Config::default()
+    })
+    .await;
+    let url = server.url("doc");
+    let mut outcomes = Vec::new();
+    for _ in 0..8 {
+        outcomes.push(RawClient::connect_or_refusal(&url).await.map(drop));
+    }
+    // Five from the full bucket; the next may find one token regained if a second passed.
+    let opened = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert!((5..=6).contains(&opened), "{outcomes:?}");
+    let (status, body) = outcomes.last().unwrap().clone().unwrap_err();
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("connection attempts"), "{body}");
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

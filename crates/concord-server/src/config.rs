@@ -72,6 +72,12 @@ pub struct Config {
     /// the server knows peer addresses ([`crate::run`] does; an embedder must serve with
     /// `into_make_service_with_connect_info::<SocketAddr>()`).
     pub max_connections_per_ip: usize,
+    /// New WebSocket connections per second from one IP address, sustained, with a burst of
+    /// `connection_attempt_burst`; more get HTTP 429. Each connection starts with full rate
+    /// buckets, so without this a client reconnecting in a loop would multiply its allowance.
+    pub connection_attempts_per_ip: u32,
+    /// How many connections one address may open at once above its sustained rate.
+    pub connection_attempt_burst: u32,
     /// Messages per second one connection may send, sustained; `rate_message_burst` more may
     /// come at once. A connection over it is closed with 4429.
     pub rate_messages_per_second: u32,
@@ -83,6 +89,13 @@ pub struct Config {
     pub rate_bytes_per_second: u32,
     /// How many bytes a connection may send at once above its sustained rate.
     pub rate_byte_burst: u32,
+    /// Awareness messages per second one connection may send, sustained (they count against
+    /// `rate_messages_per_second` too). Awareness is relayed to every connection of the room,
+    /// so its bucket is smaller: a flood of it would fill the other clients' outbound queues.
+    /// A connection over it is closed with 4429.
+    pub rate_awareness_per_second: u32,
+    /// How many awareness messages a connection may send at once above its sustained rate.
+    pub rate_awareness_burst: u32,
     /// Largest a document may grow to, in stored bytes (its last snapshot plus the updates
     /// since, see [`concord_core::Room::document_bytes`]). An update that would pass it is not
     /// applied, and its sender is closed with 4413. `None`: no limit.
@@ -102,7 +115,7 @@ impl Default for Config {
         Config {
             path_prefix: String::new(),
             max_message_size: 16 * 1024 * 1024,
-            outbound_queue_frames: 1024,
+            outbound_queue_frames: 4096,
             outbound_queue_bytes: 64 * 1024 * 1024,
             keepalive_interval: Duration::from_secs(15),
             awareness_timeout: Duration::from_secs(30),
@@ -120,10 +133,14 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_connections: 16 * 1024,
             max_connections_per_ip: 512,
+            connection_attempts_per_ip: 20,
+            connection_attempt_burst: 200,
             rate_messages_per_second: 200,
-            rate_message_burst: 2000,
+            rate_message_burst: 1000,
             rate_bytes_per_second: 2 * 1024 * 1024,
             rate_byte_burst: 16 * 1024 * 1024,
+            rate_awareness_per_second: 60,
+            rate_awareness_burst: 300,
             max_document_bytes: Some(64 * 1024 * 1024),
             max_rooms: 10_000,
             max_awareness_state_bytes: 64 * 1024,
@@ -154,10 +171,17 @@ impl fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field(
+                "connection_attempts_per_ip",
+                &self.connection_attempts_per_ip,
+            )
+            .field("connection_attempt_burst", &self.connection_attempt_burst)
             .field("rate_messages_per_second", &self.rate_messages_per_second)
             .field("rate_message_burst", &self.rate_message_burst)
             .field("rate_bytes_per_second", &self.rate_bytes_per_second)
             .field("rate_byte_burst", &self.rate_byte_burst)
+            .field("rate_awareness_per_second", &self.rate_awareness_per_second)
+            .field("rate_awareness_burst", &self.rate_awareness_burst)
             .field("max_document_bytes", &self.max_document_bytes)
             .field("max_rooms", &self.max_rooms)
             .field("max_awareness_state_bytes", &self.max_awareness_state_bytes)

@@ -122,6 +122,7 @@ impl Concord {
                 idle_timeout: config.room_idle_timeout,
                 queue: QueueLimits {
                     max_bytes: config.outbound_queue_bytes,
+                    counters: counters.clone(),
                 },
                 clock: config.clock.clone(),
                 max_rooms: config.max_rooms.max(1),
@@ -149,8 +150,16 @@ impl Concord {
             compactions.clone(),
             shutdown.clone(),
         ));
-        let connections =
-            ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
+        let connections = ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.connection_attempts_per_ip,
+            config.connection_attempt_burst,
+        );
+        tracker.spawn(forget_quiet_addresses(
+            connections.clone(),
+            shutdown.clone(),
+        ));
         Concord {
             inner: Arc::new(Inner {
                 config,
@@ -307,6 +316,17 @@ fn normalize_prefix(prefix: &str) -> Result<Option<String>, ServerError> {
         )));
     }
     Ok(Some(trimmed.to_owned()))
+}
+
+/// Every minute, drops the connection-attempt buckets of addresses that went quiet.
+async fn forget_quiet_addresses(limits: Arc<ConnectionLimits>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => limits.forget_quiet_addresses(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 async fn sweep_awareness(

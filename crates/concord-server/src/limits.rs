@@ -13,13 +13,27 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 /// Counts open connections against [`crate::Config::max_connections`] and
-/// [`crate::Config::max_connections_per_ip`].
-#[derive(Debug)]
+/// [`crate::Config::max_connections_per_ip`], and connection attempts per address against
+/// [`crate::Config::connection_attempts_per_ip`].
 pub(crate) struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// New connections per address: every connection gets fresh rate-limit buckets, so a
+    /// client that reconnects as fast as it can would otherwise multiply its allowance.
+    attempts: governor::DefaultKeyedRateLimiter<IpAddr>,
+    attempts_per_second: u32,
+}
+
+impl std::fmt::Debug for ConnectionLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionLimits")
+            .field("max_total", &self.max_total)
+            .field("max_per_ip", &self.max_per_ip)
+            .field("open", &self.open())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a connection slot was refused.
@@ -29,16 +43,34 @@ pub(crate) enum Refused {
     Total(usize),
     /// This address holds `max_connections_per_ip` connections.
     PerIp(usize),
+    /// This address opened more than this many connections per second.
+    AttemptsPerIp(u32),
 }
 
 impl ConnectionLimits {
-    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+    pub(crate) fn new(
+        max_total: usize,
+        max_per_ip: usize,
+        attempts_per_second: u32,
+        attempt_burst: u32,
+    ) -> Arc<Self> {
+        let rate = NonZeroU32::new(attempts_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(attempt_burst.max(rate.get())).unwrap_or(rate);
         Arc::new(ConnectionLimits {
             max_total,
             max_per_ip,
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            attempts: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            attempts_per_second,
         })
+    }
+
+    /// Forgets addresses whose attempt bucket is full again, so the table does not grow with
+    /// every address ever seen. Called now and then.
+    pub(crate) fn forget_quiet_addresses(&self) {
+        self.attempts.retain_recent();
+        self.attempts.shrink_to_fit();
     }
 
     /// Takes a slot for one connection from `ip` (unknown: counted in the total only). The
@@ -48,6 +80,12 @@ impl ConnectionLimits {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Total(self.max_total));
+        }
+        if let Some(ip) = ip
+            && self.attempts.check_key(&ip).is_err()
+        {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::AttemptsPerIp(self.attempts_per_second));
         }
         if let Some(ip) = ip {
             let mut per_ip = self.per_ip();
@@ -103,8 +141,22 @@ impl Drop for ConnectionSlot {
 pub(crate) struct RateLimits<C: Clock = DefaultClock> {
     messages: Bucket<C>,
     bytes: Bucket<C>,
-    messages_per_second: u32,
-    bytes_per_second: u32,
+    awareness: Bucket<C>,
+    rates: Rates,
+}
+
+/// The sustained rates and bursts of [`RateLimits`], from [`crate::Config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rates {
+    pub(crate) messages_per_second: u32,
+    pub(crate) message_burst: u32,
+    pub(crate) bytes_per_second: u32,
+    pub(crate) byte_burst: u32,
+    /// Awareness messages are relayed to every connection of the room, so they get a bucket of
+    /// their own, smaller than the one on all messages: a flood of them would otherwise fill
+    /// every other client's outbound queue before its sender is cut off.
+    pub(crate) awareness_per_second: u32,
+    pub(crate) awareness_burst: u32,
 }
 
 type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -114,6 +166,7 @@ type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Cl
 pub(crate) enum RateExceeded {
     Messages(u32),
     Bytes(u32),
+    Awareness(u32),
 }
 
 impl std::fmt::Display for RateExceeded {
@@ -121,74 +174,65 @@ impl std::fmt::Display for RateExceeded {
         match self {
             Self::Messages(n) => write!(f, "rate limit exceeded: more than {n} messages/s"),
             Self::Bytes(n) => write!(f, "rate limit exceeded: more than {n} bytes/s"),
+            Self::Awareness(n) => {
+                write!(f, "rate limit exceeded: more than {n} awareness messages/s")
+            }
         }
     }
 }
 
 impl RateLimits {
     /// Buckets on the system clock: see [`RateLimits::with_clock`].
-    pub(crate) fn new(
-        messages_per_second: u32,
-        message_burst: u32,
-        bytes_per_second: u32,
-        byte_burst: u32,
-        max_message_size: usize,
-    ) -> RateLimits {
-        Self::with_clock(
-            messages_per_second,
-            message_burst,
-            bytes_per_second,
-            byte_burst,
-            max_message_size,
-            &DefaultClock::default(),
-        )
+    pub(crate) fn new(rates: Rates, max_message_size: usize) -> RateLimits {
+        Self::with_clock(rates, max_message_size, &DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> RateLimits<C> {
-    /// Buckets refilling at `messages_per_second` and `bytes_per_second`, holding
-    /// `message_burst` and `byte_burst` (each at least one second's worth; the byte bucket at
-    /// least `max_message_size`, so the largest allowed message always fits in a full bucket).
-    pub(crate) fn with_clock(
-        messages_per_second: u32,
-        message_burst: u32,
-        bytes_per_second: u32,
-        byte_burst: u32,
-        max_message_size: usize,
-        clock: &C,
-    ) -> RateLimits<C> {
-        let quota = |rate: u32, burst: u32| {
+    /// Buckets refilling at the sustained rates and holding the bursts (each at least one
+    /// second's worth; the byte bucket at least `max_message_size`, so the largest allowed
+    /// message always fits in a full bucket).
+    pub(crate) fn with_clock(rates: Rates, max_message_size: usize, clock: &C) -> RateLimits<C> {
+        let bucket = |rate: u32, burst: u32| {
             let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
             let burst = NonZeroU32::new(burst.max(rate.get())).unwrap_or(rate);
-            Quota::per_second(rate).allow_burst(burst)
+            RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                clock.clone(),
+            )
         };
         let max_message = u32::try_from(max_message_size).unwrap_or(u32::MAX);
         RateLimits {
-            messages: RateLimiter::direct_with_clock(
-                quota(messages_per_second, message_burst),
-                clock.clone(),
-            ),
-            bytes: RateLimiter::direct_with_clock(
-                quota(bytes_per_second, byte_burst.max(max_message)),
-                clock.clone(),
-            ),
-            messages_per_second,
-            bytes_per_second,
+            messages: bucket(rates.messages_per_second, rates.message_burst),
+            bytes: bucket(rates.bytes_per_second, rates.byte_burst.max(max_message)),
+            awareness: bucket(rates.awareness_per_second, rates.awareness_burst),
+            rates,
         }
     }
 
     /// Takes one message of `len` bytes from the buckets, or says which is empty.
     pub(crate) fn check(&self, len: usize) -> Result<(), RateExceeded> {
         if self.messages.check().is_err() {
-            return Err(RateExceeded::Messages(self.messages_per_second));
+            return Err(RateExceeded::Messages(self.rates.messages_per_second));
         }
         let len = NonZeroU32::new(u32::try_from(len).unwrap_or(u32::MAX));
         if let Some(len) = len
             && !matches!(self.bytes.check_n(len), Ok(Ok(())))
         {
-            return Err(RateExceeded::Bytes(self.bytes_per_second));
+            return Err(RateExceeded::Bytes(self.rates.bytes_per_second));
         }
         Ok(())
+    }
+
+    /// Takes `count` awareness messages (of one frame, once decoded) from their bucket.
+    pub(crate) fn check_awareness(&self, count: usize) -> Result<(), RateExceeded> {
+        let Some(count) = NonZeroU32::new(u32::try_from(count).unwrap_or(u32::MAX)) else {
+            return Ok(());
+        };
+        match self.awareness.check_n(count) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(RateExceeded::Awareness(self.rates.awareness_per_second)),
+        }
     }
 }
 
@@ -198,7 +242,7 @@ mod tests {
 
     #[test]
     fn connection_slots_are_counted_in_all_and_per_address() {
-        let limits = ConnectionLimits::new(3, 2);
+        let limits = ConnectionLimits::new(3, 2, 1000, 1000);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let a1 = limits.acquire(Some(a)).unwrap();
@@ -212,6 +256,22 @@ mod tests {
         drop((a2, b1, unknown));
         assert_eq!(limits.open(), 0);
         assert!(limits.per_ip().is_empty());
+
+        // Attempts per address, from a full bucket of 5.
+        let limits = ConnectionLimits::new(100, 100, 1, 5);
+        for _ in 0..5 {
+            drop(limits.acquire(Some(a)).unwrap());
+        }
+        assert_eq!(
+            limits.acquire(Some(a)).unwrap_err(),
+            Refused::AttemptsPerIp(1)
+        );
+        assert!(limits.acquire(Some(b)).is_ok(), "per address");
+        assert!(
+            limits.acquire(None).is_ok(),
+            "unknown addresses are not rate-limited"
+        );
+        limits.forget_quiet_addresses();
     }
 
     #[test]
@@ -219,7 +279,15 @@ mod tests {
         use governor::clock::FakeRelativeClock;
         use std::time::Duration;
         let clock = FakeRelativeClock::default();
-        let limits = RateLimits::with_clock(10, 20, 1_000_000, 0, 4000, &clock);
+        let rates = |messages, message_burst, bytes| Rates {
+            messages_per_second: messages,
+            message_burst,
+            bytes_per_second: bytes,
+            byte_burst: 0,
+            awareness_per_second: 5,
+            awareness_burst: 10,
+        };
+        let limits = RateLimits::with_clock(rates(10, 20, 1_000_000), 4000, &clock);
         // The message bucket holds 20: a burst of 20 passes, the 21st does not.
         for _ in 0..20 {
             limits.check(1).unwrap();
@@ -231,7 +299,7 @@ mod tests {
         assert_eq!(limits.check(1), Err(RateExceeded::Messages(10)));
 
         // The byte bucket holds at least one largest message, and refills at its rate.
-        let bytes = RateLimits::with_clock(1000, 1000, 1000, 0, 4000, &clock);
+        let bytes = RateLimits::with_clock(rates(1000, 1000, 1000), 4000, &clock);
         bytes.check(4000).unwrap();
         assert_eq!(bytes.check(4000), Err(RateExceeded::Bytes(1000)));
         clock.advance(Duration::from_secs(4));
@@ -239,5 +307,12 @@ mod tests {
         // A message over the bucket's whole capacity can never pass.
         clock.advance(Duration::from_secs(60));
         assert_eq!(bytes.check(5000), Err(RateExceeded::Bytes(1000)));
+
+        // Awareness has its own, smaller bucket.
+        bytes.check_awareness(10).unwrap();
+        assert_eq!(bytes.check_awareness(1), Err(RateExceeded::Awareness(5)));
+        clock.advance(Duration::from_millis(200));
+        bytes.check_awareness(1).unwrap();
+        bytes.check_awareness(0).unwrap();
     }
 }

@@ -197,6 +197,12 @@ struct ServeArgs {
     /// Most WebSocket connections at once from one IP address; more get HTTP 429.
     #[arg(long, env = "CONCORD_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
     max_connections_per_ip: usize,
+    /// New WebSocket connections per second from one IP address (HTTP 429 beyond).
+    #[arg(long, env = "CONCORD_CONNECTION_ATTEMPTS_PER_IP", default_value_t = Config::default().connection_attempts_per_ip)]
+    connection_attempts_per_ip: u32,
+    /// Connections one address may open at once above that rate.
+    #[arg(long, env = "CONCORD_CONNECTION_ATTEMPT_BURST", default_value_t = Config::default().connection_attempt_burst)]
+    connection_attempt_burst: u32,
     /// Messages per second one connection may send, sustained (close 4429 beyond).
     #[arg(long, env = "CONCORD_RATE_MESSAGES", default_value_t = Config::default().rate_messages_per_second)]
     rate_messages: u32,
@@ -210,6 +216,12 @@ struct ServeArgs {
     /// --max-message-size).
     #[arg(long, env = "CONCORD_RATE_BYTE_BURST", default_value_t = Config::default().rate_byte_burst)]
     rate_byte_burst: u32,
+    /// Awareness messages per second one connection may send, sustained (close 4429 beyond).
+    #[arg(long, env = "CONCORD_RATE_AWARENESS", default_value_t = Config::default().rate_awareness_per_second)]
+    rate_awareness: u32,
+    /// Awareness messages one connection may send at once above its sustained rate.
+    #[arg(long, env = "CONCORD_RATE_AWARENESS_BURST", default_value_t = Config::default().rate_awareness_burst)]
+    rate_awareness_burst: u32,
     /// Largest a document may grow to, in stored bytes; an update past it closes its sender
     /// with 4413. 0: no limit.
     #[arg(long, env = "CONCORD_MAX_DOCUMENT_SIZE", default_value_t = Config::default().max_document_bytes.unwrap_or(0))]
@@ -270,10 +282,14 @@ impl ServeArgs {
             allowed_origins: self.allowed_origins,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            connection_attempts_per_ip: self.connection_attempts_per_ip,
+            connection_attempt_burst: self.connection_attempt_burst,
             rate_messages_per_second: self.rate_messages,
             rate_message_burst: self.rate_message_burst,
             rate_bytes_per_second: self.rate_bytes,
             rate_byte_burst: self.rate_byte_burst,
+            rate_awareness_per_second: self.rate_awareness,
+            rate_awareness_burst: self.rate_awareness_burst,
             max_document_bytes: (self.max_document_size > 0).then_some(self.max_document_size),
             max_rooms: self.max_rooms,
             max_awareness_state_bytes: self.max_awareness_state,
@@ -543,6 +559,12 @@ mod tests {
         assert_eq!(config.rate_message_burst, defaults.rate_message_burst);
         assert_eq!(config.rate_bytes_per_second, defaults.rate_bytes_per_second);
         assert_eq!(config.rate_byte_burst, defaults.rate_byte_burst);
+        assert_eq!(
+            config.rate_awareness_per_second,
+            defaults.rate_awareness_per_second
+        );
+        assert_eq!(config.rate_awareness_burst, defaults.rate_awareness_burst);
+        assert_eq!(config.outbound_queue_frames, defaults.outbound_queue_frames);
         assert_eq!(config.max_document_bytes, defaults.max_document_bytes);
         assert_eq!(config.max_rooms, defaults.max_rooms);
         assert_eq!(

@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::persist::Persister;
+
+/// Message type of y-protocols awareness messages (the first byte of their frames; yrs's
+/// `sync::protocol::MSG_AWARENESS`).
+const MSG_AWARENESS: u8 = 1;
 use crate::stats::Counters;
 
 /// WebSocket close codes Concord sends, with the situations that produce them.
@@ -91,9 +95,11 @@ pub(crate) struct Peer {
 }
 
 /// Limits applied when queueing frames to peers.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct QueueLimits {
     pub(crate) max_bytes: usize,
+    /// Where skipped awareness frames are counted.
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// A loaded room: the engine plus the peers its frames go to.
@@ -138,7 +144,7 @@ impl LiveRoom {
         state.peers.insert(conn, peer);
         let mut dropped = Vec::new();
         for frame in frames {
-            deliver_to(&mut state, conn, &frame, self.limits, &mut dropped);
+            deliver_to(&mut state, conn, &frame, &self.limits, &mut dropped);
         }
         self.drop_peers(&mut state, dropped);
     }
@@ -210,7 +216,7 @@ impl LiveRoom {
         for out in &effects.send {
             match out.to {
                 Recipients::Sender => {
-                    deliver_to(state, sender, &out.frame, self.limits, &mut dropped);
+                    deliver_to(state, sender, &out.frame, &self.limits, &mut dropped);
                 }
                 Recipients::Others | Recipients::Everyone => {
                     let ids: Vec<ConnId> = state
@@ -220,7 +226,7 @@ impl LiveRoom {
                         .filter(|&id| out.to == Recipients::Everyone || id != sender)
                         .collect();
                     for id in ids {
-                        deliver_to(state, id, &out.frame, self.limits, &mut dropped);
+                        deliver_to(state, id, &out.frame, &self.limits, &mut dropped);
                     }
                 }
             }
@@ -234,7 +240,7 @@ impl LiveRoom {
             for out in &effects.send {
                 let ids: Vec<ConnId> = state.peers.keys().copied().collect();
                 for other in ids {
-                    deliver_to(state, other, &out.frame, self.limits, &mut dropped);
+                    deliver_to(state, other, &out.frame, &self.limits, &mut dropped);
                 }
             }
         }
@@ -247,12 +253,21 @@ fn deliver_to(
     state: &mut RoomState,
     id: ConnId,
     frame: &Bytes,
-    limits: QueueLimits,
+    limits: &QueueLimits,
     dropped: &mut Vec<ConnId>,
 ) {
     let Some(peer) = state.peers.get(&id) else {
         return;
     };
+    // Awareness is soft state (clients renew theirs every 15 s and forget states not renewed
+    // for 30 s): a peer that is behind is not sent more of it. A flood of presence from one
+    // client would otherwise fill every other client's queue (delaying their document updates,
+    // then getting them closed) before its sender is rate-limited. Document updates are never
+    // skipped.
+    if frame.first() == Some(&MSG_AWARENESS) && behind(peer, limits) {
+        Counters::bump(&limits.counters.awareness_skipped);
+        return;
+    }
     // The byte bound applies to the backlog already queued, so one frame larger than the bound
     // (a big document's SyncStep2) still goes out behind a small backlog: memory per connection
     // stays under `max_bytes` plus one frame.
@@ -279,6 +294,18 @@ fn deliver_to(
         }
         dropped.push(id);
     }
+}
+
+/// Frames queued for a peer past which it is sent no more awareness: a healthy connection's
+/// queue is nearly empty, and each frame waiting delays the document updates behind it.
+const AWARENESS_BACKLOG: usize = 64;
+
+/// Whether `peer` is behind: more than [`AWARENESS_BACKLOG`] frames, or more than a quarter of
+/// its byte bound, wait in its outbound queue.
+fn behind(peer: &Peer, limits: &QueueLimits) -> bool {
+    let frames_queued = peer.tx.max_capacity() - peer.tx.capacity();
+    frames_queued > AWARENESS_BACKLOG
+        || peer.queued_bytes.load(Ordering::Relaxed) > limits.max_bytes / 4
 }
 
 /// Why a room could not be opened.
@@ -439,7 +466,7 @@ impl Rooms {
         room.set_limits(self.config.room_limits);
         Ok(Arc::new(LiveRoom {
             name: name.clone(),
-            limits: self.config.queue,
+            limits: self.config.queue.clone(),
             state: Mutex::new(RoomState {
                 room,
                 peers: HashMap::new(),

@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub(crate) awareness_too_large: AtomicU64,
     pub(crate) tokens_expired: AtomicU64,
     pub(crate) rooms_evicted: AtomicU64,
+    pub(crate) awareness_skipped: AtomicU64,
     pub(crate) panics: AtomicU64,
 }
 
@@ -37,6 +38,7 @@ impl Counters {
             awareness_too_large: read(&self.awareness_too_large),
             tokens_expired: read(&self.tokens_expired),
             rooms_evicted: read(&self.rooms_evicted),
+            awareness_skipped: read(&self.awareness_skipped),
             panics: read(&self.panics),
         }
     }
@@ -65,6 +67,8 @@ pub struct Stats {
     pub tokens_expired: u64,
     /// Idle rooms unloaded early to make room for another document.
     pub rooms_evicted: u64,
+    /// Awareness frames not queued for a connection whose outbound queue was half full.
+    pub awareness_skipped: u64,
     /// Panics caught while serving a connection or authorizing one.
     pub panics: u64,
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::Concord;
 use crate::auth::{AuthError, AuthRequest, Grant};
-use crate::limits::{ConnectionSlot, RateLimits, Refused};
+use crate::limits::{ConnectionSlot, RateLimits, Rates, Refused};
 use crate::persist::Barrier;
 use crate::rooms::{Closer, LiveRoom, OpenError, Peer, close_code};
 use crate::stats::Counters;
@@ -36,6 +36,9 @@ const EMPTY_AWARENESS: &[u8] = &[1, 1, 0];
 
 /// Most save requests of one connection waiting for the store.
 const SAVE_QUEUE: usize = 1024;
+
+/// Most bytes read and ignored after the server closed a connection (see `linger`).
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Frames at least this large are applied inside `block_in_place`.
 const BLOCKING_FRAME_BYTES: usize = 256 * 1024;
@@ -121,6 +124,10 @@ pub(crate) async fn upgrade(
                 Refused::PerIp(max) => (
                     StatusCode::TOO_MANY_REQUESTS,
                     format!("too many connections from your address (at most {max})"),
+                ),
+                Refused::AttemptsPerIp(rate) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many connection attempts from your address (more than {rate}/s)"),
                 ),
             };
             tracing::warn!(doc = %name, peer = ?peer, %reason, "refused connection");
@@ -376,10 +383,14 @@ async fn read_loop(
     let config = &concord.inner.config;
     let counters = &concord.inner.counters;
     let limits = RateLimits::new(
-        config.rate_messages_per_second,
-        config.rate_message_burst,
-        config.rate_bytes_per_second,
-        config.rate_byte_burst,
+        Rates {
+            messages_per_second: config.rate_messages_per_second,
+            message_burst: config.rate_message_burst,
+            bytes_per_second: config.rate_bytes_per_second,
+            byte_burst: config.rate_byte_burst,
+            awareness_per_second: config.rate_awareness_per_second,
+            awareness_burst: config.rate_awareness_burst,
+        },
         config.max_message_size,
     );
     loop {
@@ -439,6 +450,16 @@ async fn read_loop(
                 return;
             }
         };
+        let awareness = inbound
+            .iter()
+            .filter(|message| matches!(message, Inbound::Awareness(_)))
+            .count();
+        if let Err(exceeded) = limits.check_awareness(awareness) {
+            Counters::bump(&counters.rate_limited);
+            tracing::warn!(doc = %name, conn, %exceeded, "closing: rate limit exceeded");
+            closer.close(close_code::RATE_LIMITED, exceeded.to_string());
+            return;
+        }
         let save_ids: Vec<u64> = inbound
             .iter()
             .filter_map(|message| match message {
@@ -501,13 +522,25 @@ async fn read_loop(
 }
 
 /// After the server sent a close frame: reads (and ignores) what the peer still sends until
-/// its own close frame arrives, for at most [`CLOSE_TIMEOUT`]. Closing a socket with unread
+/// its own close frame arrives, for at most [`CLOSE_TIMEOUT`] and [`LINGER_BYTES`]. Closing a socket with unread
 /// data makes the kernel reset the connection, and a reset can discard the close frame (with
 /// its reason) before the peer reads it, which is just what a flooding client would send into.
 async fn linger(stream: &mut SplitStream<WebSocket>) {
     let drain = async {
+        let mut drained = 0usize;
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, WsMessage::Close(_)) {
+                return;
+            }
+            // A peer that keeps flooding after the close gets no more of the server's time.
+            drained += match &message {
+                WsMessage::Binary(data) | WsMessage::Ping(data) | WsMessage::Pong(data) => {
+                    data.len()
+                }
+                WsMessage::Text(text) => text.len(),
+                WsMessage::Close(_) => 0,
+            };
+            if drained > LINGER_BYTES {
                 return;
             }
         }
