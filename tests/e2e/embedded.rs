@@ -10,13 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use concord_core::{
-    Appended, DocInfo, DocName, MemoryStore, Seq, Store, StoreError, StoredDoc, StoredUpdate,
-};
+use concord_core::{DocName, MemoryStore, Store};
 use concord_server::Config;
 use concord_tests::{
-    DEADLINE, EmbeddedServer, ManualClock, RawClient, Root, TestClient, awareness_message,
-    doc_json, poll_until, poll_until_ok,
+    DEADLINE, EmbeddedServer, Hooked, ManualClock, RawClient, Root, StoreHooks, TestClient,
+    awareness_message, doc_json, poll_until, poll_until_ok,
 };
 use tokio::sync::Barrier;
 use yrs::updates::decoder::Decode;
@@ -48,31 +46,17 @@ impl GatedStore {
     }
 }
 
-impl Store for GatedStore {
-    fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+impl StoreHooks for GatedStore {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
+    fn before_load(&self, _doc: &DocName) {
         self.loads.fetch_add(1, Ordering::SeqCst);
         let mut closed = self.closed.lock().unwrap();
         while *closed {
             closed = self.opened.wait(closed).unwrap();
         }
-        drop(closed);
-        self.inner.load(doc)
-    }
-
-    fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
-        self.inner.append(batch)
-    }
-
-    fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError> {
-        self.inner.compact(doc, snapshot, upto)
-    }
-
-    fn delete(&self, doc: &DocName) -> Result<(), StoreError> {
-        self.inner.delete(doc)
-    }
-
-    fn list(&self) -> Result<Vec<DocInfo>, StoreError> {
-        self.inner.list()
     }
 }
 
@@ -100,7 +84,8 @@ fn stored_text(store: &dyn Store, doc: &DocName) -> String {
 async fn a_room_opens_atomically_with_exactly_one_load() {
     const CLIENTS: usize = 20;
     let store = GatedStore::closed();
-    let server = EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
+    let hooked = Arc::new(Hooked(store.clone()));
+    let server = EmbeddedServer::start_with_store(Config::default(), hooked).await;
     let name = DocName::new("stampede").unwrap();
     let url = server.url(name.as_str());
 
@@ -151,11 +136,12 @@ async fn a_room_opens_atomically_with_exactly_one_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_room_unloads_and_reloads_from_the_store() {
     let store = Arc::new(GatedStore::default());
+    let hooked = Arc::new(Hooked(store.clone()));
     let config = Config {
         room_idle_timeout: Duration::from_millis(50),
         ..Config::default()
     };
-    let server = EmbeddedServer::start_with_store(config, store.clone()).await;
+    let server = EmbeddedServer::start_with_store(config, hooked).await;
     let name = DocName::new("team/idle").unwrap();
     let url = server.url(name.as_str());
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use concord_core::{DocName, MemoryStore};
 use concord_server::Config;
 use concord_tests::{
-    DEADLINE, EmbeddedServer, RawClient, TestClient, awareness_message, http_get, poll_until,
-    text_insert_update, update_message,
+    DEADLINE, EmbeddedServer, Hooked, RawClient, StoreHooks, TestClient, awareness_message,
+    http_get, poll_until, text_insert_update, update_message,
 };
 use yrs::{Text, WriteTxn};
 
@@ -301,8 +301,12 @@ struct PanicsOnce {
     panicked: std::sync::atomic::AtomicBool,
 }
 
-impl concord_core::Store for PanicsOnce {
-    fn load(&self, doc: &DocName) -> Result<concord_core::StoredDoc, concord_core::StoreError> {
+impl StoreHooks for PanicsOnce {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
+    fn before_load(&self, doc: &DocName) {
         if doc.as_str() == "fragile"
             && !self
                 .panicked
@@ -310,34 +314,16 @@ impl concord_core::Store for PanicsOnce {
         {
             panic!("a bug while loading");
         }
-        self.inner.load(doc)
-    }
-    fn append(
-        &self,
-        batch: &[concord_core::StoredUpdate],
-    ) -> Result<Vec<concord_core::Appended>, concord_core::StoreError> {
-        self.inner.append(batch)
-    }
-    fn compact(
-        &self,
-        doc: &DocName,
-        snapshot: &[u8],
-        upto: concord_core::Seq,
-    ) -> Result<(), concord_core::StoreError> {
-        self.inner.compact(doc, snapshot, upto)
-    }
-    fn delete(&self, doc: &DocName) -> Result<(), concord_core::StoreError> {
-        self.inner.delete(doc)
-    }
-    fn list(&self) -> Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
-        self.inner.list()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_while_opening_a_room_is_contained_and_the_room_loads_next_time() {
-    let server =
-        EmbeddedServer::start_with_store(Config::default(), Arc::new(PanicsOnce::default())).await;
+    let server = EmbeddedServer::start_with_store(
+        Config::default(),
+        Arc::new(Hooked(Arc::new(PanicsOnce::default()))),
+    )
+    .await;
     let a = TestClient::connect_synced(&server.url("steady"))
         .await
         .unwrap();

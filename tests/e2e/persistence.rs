@@ -13,8 +13,8 @@ use concord_core::{DocName, MSG_SAVED, MemoryStore, Store, StoredDoc, encode_sav
 use concord_server::Config;
 use concord_sled::SledStore;
 use concord_tests::{
-    DEADLINE, EmbeddedServer, RawClient, Root, TestClient, awareness_message, decode_messages,
-    doc_json, poll_until, poll_until_ok, update_message,
+    DEADLINE, EmbeddedServer, Hooked, RawClient, Root, StoreHooks, TestClient, awareness_message,
+    decode_messages, doc_json, poll_until, poll_until_ok, update_message,
 };
 use yrs::encoding::read::{Cursor, Read};
 use yrs::sync::Message;
@@ -581,15 +581,12 @@ impl PermitStore {
     }
 }
 
-impl Store for PermitStore {
-    fn load(&self, doc: &DocName) -> Result<StoredDoc, concord_core::StoreError> {
-        self.inner.load(doc)
+impl StoreHooks for PermitStore {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
     }
 
-    fn append(
-        &self,
-        batch: &[concord_core::StoredUpdate],
-    ) -> Result<Vec<concord_core::Appended>, concord_core::StoreError> {
+    fn before_append(&self, _batch: &[concord_core::StoredUpdate]) {
         self.entered
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut permits = self.permits.lock().unwrap();
@@ -597,25 +594,6 @@ impl Store for PermitStore {
             permits = self.granted.wait(permits).unwrap();
         }
         *permits -= 1;
-        drop(permits);
-        self.inner.append(batch)
-    }
-
-    fn compact(
-        &self,
-        doc: &DocName,
-        snapshot: &[u8],
-        upto: concord_core::Seq,
-    ) -> Result<(), concord_core::StoreError> {
-        self.inner.compact(doc, snapshot, upto)
-    }
-
-    fn delete(&self, doc: &DocName) -> Result<(), concord_core::StoreError> {
-        self.inner.delete(doc)
-    }
-
-    fn list(&self) -> Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
-        self.inner.list()
     }
 }
 
@@ -649,7 +627,7 @@ async fn an_acknowledgement_covers_updates_the_room_already_had_but_had_not_stor
         persist_batch: 1,
         ..Config::default()
     };
-    let server = EmbeddedServer::start_with_store(config, store.clone()).await;
+    let server = EmbeddedServer::start_with_store(config, Arc::new(Hooked(store.clone()))).await;
     let name = DocName::new("dedup").unwrap();
     let other = DocName::new("blocker").unwrap();
 

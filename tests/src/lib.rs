@@ -1169,3 +1169,60 @@ impl Drop for EmbeddedServer {
         self.shutdown.cancel();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stores with hooks
+// ---------------------------------------------------------------------------------------------
+
+/// What a test store does around a [`concord_core::MemoryStore`]: count, block or break calls.
+/// Wrap it in [`Hooked`] to hand it to a server as a store.
+pub trait StoreHooks: Send + Sync + 'static {
+    /// The store that does the work.
+    fn inner(&self) -> &concord_core::MemoryStore;
+    /// Runs before every `load`.
+    fn before_load(&self, _doc: &concord_core::DocName) {}
+    /// Runs before every `append`.
+    fn before_append(&self, _batch: &[concord_core::StoredUpdate]) {}
+}
+
+/// A [`concord_core::Store`] that runs `H`'s hooks and then its inner store. The test keeps
+/// the `Arc<H>` to steer the hooks.
+pub struct Hooked<H>(pub Arc<H>);
+
+impl<H: StoreHooks> concord_core::Store for Hooked<H> {
+    fn load(
+        &self,
+        doc: &concord_core::DocName,
+    ) -> std::result::Result<concord_core::StoredDoc, concord_core::StoreError> {
+        self.0.before_load(doc);
+        self.0.inner().load(doc)
+    }
+
+    fn append(
+        &self,
+        batch: &[concord_core::StoredUpdate],
+    ) -> std::result::Result<Vec<concord_core::Appended>, concord_core::StoreError> {
+        self.0.before_append(batch);
+        self.0.inner().append(batch)
+    }
+
+    fn compact(
+        &self,
+        doc: &concord_core::DocName,
+        snapshot: &[u8],
+        upto: concord_core::Seq,
+    ) -> std::result::Result<(), concord_core::StoreError> {
+        self.0.inner().compact(doc, snapshot, upto)
+    }
+
+    fn delete(
+        &self,
+        doc: &concord_core::DocName,
+    ) -> std::result::Result<(), concord_core::StoreError> {
+        self.0.inner().delete(doc)
+    }
+
+    fn list(&self) -> std::result::Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
+        self.0.inner().list()
+    }
+}
