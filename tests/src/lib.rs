@@ -1225,4 +1225,12 @@ impl<H: StoreHooks> concord_core::Store for Hooked<H> {
     fn list(&self) -> std::result::Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
         self.0.inner().list()
     }
+
+    fn log_from(
+        &self,
+        doc: &concord_core::DocName,
+        from: concord_core::Seq,
+    ) -> std::result::Result<concord_core::LogTail, concord_core::StoreError> {
+        self.0.inner().log_from(doc, from)
+    }
 }

@@ -17,5 +17,8 @@ pub use room::{
     Recipients, Room, RoomFault, RoomLimits, SnapshotDraft, SnapshotError, decode_frame,
     decode_snapshot, encode_saved,
 };
-pub use store::{Appended, DocInfo, MemoryStore, Seq, Store, StoreError, StoredDoc, StoredUpdate};
+pub use store::{
+    Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, Position, Seq, Store, StoreError,
+    StoredDoc, StoredUpdate,
+};
 pub use yrs::sync::time::{Clock, SystemClock};

@@ -18,6 +18,63 @@ use crate::DocName;
 /// 1, and are never reused for a document, even after compaction.
 pub type Seq = u64;
 
+/// Where a stored update sits in its document's history: the seq of the log entry it was
+/// written in and its index within that entry. Positions only grow for a document and survive
+/// restarts and compaction (seqs are never reused). Written `SEQ.INDEX`, e.g. `17.3`;
+/// [`Position::START`] (`0.0`) is before every update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    /// The log entry.
+    pub seq: Seq,
+    /// The update's index within the entry.
+    pub index: u32,
+}
+
+impl Position {
+    /// Before every update.
+    pub const START: Position = Position { seq: 0, index: 0 };
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.seq, self.index)
+    }
+}
+
+/// Why a string is not a [`Position`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a position (SEQ.INDEX, e.g. 17.3)")]
+pub struct InvalidPosition(pub String);
+
+impl std::str::FromStr for Position {
+    type Err = InvalidPosition;
+
+    fn from_str(s: &str) -> Result<Position, InvalidPosition> {
+        let invalid = || InvalidPosition(s.chars().take(64).collect());
+        let (seq, index) = s.split_once('.').ok_or_else(invalid)?;
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(seq) || !digits(index) {
+            return Err(invalid());
+        }
+        Ok(Position {
+            seq: seq.parse().map_err(|_| invalid())?,
+            index: index.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// The log entries of a document from some seq on, from [`Store::log_from`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogTail {
+    /// `(seq, updates)` of every readable entry with seq >= the one asked for, in seq order.
+    pub entries: Vec<(Seq, Vec<Vec<u8>>)>,
+    /// False when compaction already replaced some of the entries asked for with a snapshot:
+    /// the history from that seq on is no longer complete in the log.
+    pub complete: bool,
+    /// The seq of the last entry written to the document (0 when none was).
+    pub last_seq: Seq,
+}
+
 /// An error reported by a storage backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,6 +173,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored document, sorted by name.
     fn list(&self) -> Result<Vec<DocInfo>, StoreError>;
+
+    /// The log entries of `doc` with seq >= `from`, and whether the log still holds all of
+    /// them (see [`LogTail`]). An unknown document has a complete, empty log.
+    fn log_from(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError>;
 }
 
 /// A [`Store`] that keeps documents in process memory: nothing survives a restart. For tests,
@@ -211,6 +272,28 @@ impl Store for MemoryStore {
     fn delete(&self, doc: &DocName) -> Result<(), StoreError> {
         self.lock().remove(doc);
         Ok(())
+    }
+
+    fn log_from(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
+        let docs = self.lock();
+        let Some(stored) = docs.get(doc) else {
+            return Ok(LogTail {
+                complete: true,
+                ..LogTail::default()
+            });
+        };
+        // The first seq the log still holds (entries before it were compacted away).
+        let oldest = stored.log.first().map_or(stored.next_seq, |(seq, _)| *seq);
+        Ok(LogTail {
+            entries: stored
+                .log
+                .iter()
+                .filter(|(seq, _)| *seq >= from)
+                .cloned()
+                .collect(),
+            complete: stored.snapshot.is_none() || from >= oldest,
+            last_seq: stored.next_seq.saturating_sub(1),
+        })
     }
 
     fn list(&self) -> Result<Vec<DocInfo>, StoreError> {

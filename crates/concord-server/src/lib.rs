@@ -21,6 +21,7 @@
 //! ```
 
 pub mod admin;
+mod admission;
 pub mod auth;
 mod compact;
 mod config;

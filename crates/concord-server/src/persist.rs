@@ -298,6 +298,13 @@ mod tests {
         fn list(&self) -> Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
             self.inner.list()
         }
+        fn log_from(
+            &self,
+            doc: &DocName,
+            from: Seq,
+        ) -> Result<concord_core::LogTail, concord_core::StoreError> {
+            self.inner.log_from(doc, from)
+        }
     }
 
     #[tokio::test(start_paused = true)]

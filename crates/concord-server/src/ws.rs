@@ -5,18 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::time::SystemTime;
 
 use axum::extract::State;
-use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::http::{Extensions, HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use concord_core::{Access, ConnId, DocName, Inbound, RoomFault, decode_frame, encode_saved};
+use concord_core::{ConnId, DocName, Inbound, RoomFault, decode_frame, encode_saved};
 use futures_util::FutureExt;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -24,8 +22,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::Concord;
-use crate::auth::{AuthError, AuthRequest, Grant};
-use crate::limits::{ConnectionSlot, RateLimits, Rates, Refused};
+use crate::admission::{Admitted, Needs, Refusal, admit};
+use crate::auth::Grant;
+use crate::limits::{ConnectionSlot, RateLimits, Rates};
 use crate::persist::Barrier;
 use crate::rooms::{Closer, LiveRoom, OpenError, Peer, close_code};
 use crate::stats::Counters;
@@ -85,99 +84,23 @@ pub(crate) async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    let inner = &concord.inner;
-    if inner.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
-    }
-    let config = &inner.config;
-    let counters = &inner.counters;
-    let peer = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
-
-    if !config.allowed_origins.is_empty()
-        && let Some(origin) = headers.get(header::ORIGIN)
-        && !config
-            .allowed_origins
-            .iter()
-            .any(|allowed| origin_matches(allowed, origin.as_bytes()))
+    let admitted = match admit(
+        &concord,
+        &name,
+        &headers,
+        &uri,
+        &extensions,
+        Needs::Read,
+        true,
+    )
+    .await
     {
-        Counters::bump(&counters.origin_refused);
-        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
-        tracing::info!(doc = %name, %origin, "refused connection: origin not allowed");
-        return (
-            StatusCode::FORBIDDEN,
-            format!("origin {origin} is not allowed"),
-        )
-            .into_response();
-    }
-
-    let slot = match inner.connections.acquire(peer.map(|p| p.ip())) {
-        Ok(slot) => slot,
-        Err(refused) => {
-            Counters::bump(&counters.connections_refused);
-            let (status, reason) = match refused {
-                Refused::Total(max) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the server holds its maximum of {max} connections"),
-                ),
-                Refused::PerIp(max) => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("too many connections from your address (at most {max})"),
-                ),
-                Refused::AttemptsPerIp(rate) => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("too many connection attempts from your address (more than {rate}/s)"),
-                ),
-            };
-            tracing::warn!(doc = %name, peer = ?peer, %reason, "refused connection");
-            return (status, reason).into_response();
-        }
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal_response(refusal),
     };
-
-    let grant = match &config.authorizer {
-        None => Grant {
-            access: Access::ReadWrite,
-            subject: None,
-            expires_at: None,
-        },
-        Some(authorizer) => {
-            let request = AuthRequest {
-                doc: &name,
-                headers: &headers,
-                query: uri.query(),
-                peer,
-            };
-            match AssertUnwindSafe(authorizer.authorize(request))
-                .catch_unwind()
-                .await
-            {
-                Ok(Ok(grant)) => grant,
-                Ok(Err(error)) => {
-                    Counters::bump(&counters.auth_failures);
-                    tracing::info!(doc = %name, peer = ?peer, reason = %error, "refused connection: not authorized");
-                    return auth_refusal(&error);
-                }
-                Err(_) => {
-                    Counters::bump(&counters.panics);
-                    tracing::error!(doc = %name, "the authorizer panicked; connection refused");
-                    return (StatusCode::INTERNAL_SERVER_ERROR, "authorization failed")
-                        .into_response();
-                }
-            }
-        }
-    };
-
-    if !inner.rooms.can_open(&name) {
-        Counters::bump(&counters.rooms_refused);
-        tracing::warn!(doc = %name, max_rooms = config.max_rooms, "refused connection: too many documents open");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many documents are open; try again later",
-        )
-            .into_response();
-    }
-
+    let Admitted { grant, slot } = admitted;
+    let inner = &concord.inner;
+    let config = &inner.config;
     let max = config.max_message_size;
     let tracker = inner.tracker.clone();
     ws.read_buffer_size(4096)
@@ -190,28 +113,18 @@ pub(crate) async fn upgrade(
         })
 }
 
-/// Whether the `Origin` header value `origin` is the configured `allowed` origin. Origins are
-/// compared without case (browsers send scheme and host in lower case; a configuration may
-/// not) and without a trailing slash on the configured one.
-fn origin_matches(allowed: &str, origin: &[u8]) -> bool {
-    allowed
-        .trim_end_matches('/')
-        .as_bytes()
-        .eq_ignore_ascii_case(origin)
-}
-
-/// The answer to a refused authorization: 401 (with `WWW-Authenticate`) or 403, the reason as
-/// the body.
-fn auth_refusal(error: &AuthError) -> Response {
-    match error {
-        AuthError::Unauthenticated(reason) => (
-            StatusCode::UNAUTHORIZED,
+/// A refusal before the upgrade: the status, `WWW-Authenticate: Bearer` on a 401, the reason
+/// as a text body.
+fn refusal_response(refusal: Refusal) -> Response {
+    if refusal.asks_for_credentials() {
+        return (
+            refusal.status,
             [(header::WWW_AUTHENTICATE, "Bearer")],
-            reason.clone(),
+            refusal.reason,
         )
-            .into_response(),
-        AuthError::Forbidden(reason) => (StatusCode::FORBIDDEN, reason.clone()).into_response(),
+            .into_response();
     }
+    (refusal.status, refusal.reason).into_response()
 }
 
 /// Runs one connection; a panic while serving it is logged and counted, and ends only this
@@ -714,27 +627,6 @@ mod tests {
         assert!(doc_name_from_path("/a%0Ab").is_err());
         assert!(doc_name_from_path("/%FF").is_err());
         assert!(doc_name_from_path(&format!("/{}", "x".repeat(513))).is_err());
-    }
-
-    #[test]
-    fn origins_compare_without_case_or_a_trailing_slash() {
-        assert!(origin_matches(
-            "https://App.example/",
-            b"https://app.example"
-        ));
-        assert!(origin_matches(
-            "http://localhost:5173",
-            b"http://localhost:5173"
-        ));
-        assert!(!origin_matches(
-            "https://app.example",
-            b"https://app.example.evil"
-        ));
-        assert!(!origin_matches(
-            "https://app.example",
-            b"http://app.example"
-        ));
-        assert!(!origin_matches("https://app.example", b"null"));
     }
 
     #[test]

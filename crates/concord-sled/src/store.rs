@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use concord_core::{Appended, DocInfo, DocName, Seq, Store, StoreError, StoredDoc, StoredUpdate};
+use concord_core::{
+    Appended, DocInfo, DocName, LogTail, Seq, Store, StoreError, StoredDoc, StoredUpdate,
+};
 
 use crate::keys;
 use crate::record::{
@@ -563,6 +565,35 @@ impl Store for SledStore {
             self.snapshots.remove(id, seq).map_err(backend)?;
         }
         Ok(())
+    }
+
+    fn log_from(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
+        let _state = self.lock();
+        let Some(meta) = self.read_meta(doc)? else {
+            return Ok(LogTail {
+                complete: true,
+                ..LogTail::default()
+            });
+        };
+        // Entries the snapshot covers are not returned even if a compaction left them.
+        let first = meta
+            .snapshot_seq
+            .map_or(from, |covered| from.max(covered.saturating_add(1)));
+        let mut tail = LogTail {
+            entries: Vec::new(),
+            complete: meta.snapshot_seq.is_none_or(|covered| covered < from),
+            last_seq: meta.next_seq.saturating_sub(1),
+        };
+        for item in self.db.range(keys::log_range(meta.id, first, Seq::MAX)) {
+            let (key, value) = item.map_err(backend)?;
+            let seq = keys::log_seq(&key);
+            match (seq, record::open::<LogEntry>(&value)) {
+                (Some(seq), Ok(entry)) => tail.entries.push((seq, entry.updates.0)),
+                (seq, Err(e)) => self.report_corrupt(doc, seq, &e),
+                (None, Ok(_)) => self.report_corrupt(doc, None, &"malformed log key"),
+            }
+        }
+        Ok(tail)
     }
 
     fn list(&self) -> Result<Vec<DocInfo>, StoreError> {

@@ -406,6 +406,13 @@ fn behaves_like_the_memory_store() {
             }
         }
         let store = sled.as_ref().unwrap();
+        let from = rng.below(last_seq.get(doc).copied().unwrap_or(0) + 3);
+        assert_eq!(
+            store.log_from(&name(doc), from).unwrap(),
+            memory.log_from(&name(doc), from).unwrap(),
+            "step {step}: log_from({from})"
+        );
+        let store = sled.as_ref().unwrap();
         assert_eq!(
             store.load(&name(doc)).unwrap(),
             memory.load(&name(doc)).unwrap(),

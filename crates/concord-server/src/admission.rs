@@ -1,0 +1,212 @@
+//! The checks every request for a document passes before it gets anywhere near a room, shared
+//! by the WebSocket upgrade and the HTTP API: origin allow-list, connection slot, authorizer,
+//! room capacity. A refusal is an HTTP status and a reason; each transport renders it its own
+//! way (a text body before a WebSocket upgrade, JSON on the API).
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::http::{Extensions, HeaderMap, StatusCode, Uri, header};
+use concord_core::{Access, DocName};
+use futures_util::FutureExt;
+
+use crate::Concord;
+use crate::auth::{AuthError, AuthRequest, Grant};
+use crate::limits::{ConnectionSlot, Refused};
+use crate::stats::Counters;
+
+/// A request that passed every check.
+pub(crate) struct Admitted {
+    /// What the authorizer granted (read-write on an open server).
+    pub(crate) grant: Grant,
+    /// Its place among the open connections, held for as long as it is served.
+    pub(crate) slot: ConnectionSlot,
+}
+
+/// Why a request was refused.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the answer carries `WWW-Authenticate: Bearer` (a 401).
+    pub(crate) fn asks_for_credentials(&self) -> bool {
+        self.status == StatusCode::UNAUTHORIZED
+    }
+}
+
+/// What a request needs to do with the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Needs {
+    /// Read it (read-only grants suffice).
+    Read,
+    /// Change it.
+    Write,
+}
+
+/// Runs the checks, in order: shutdown, origin, connection slot, authorizer, the access
+/// `needs`, and (when `opens_room`) room capacity.
+pub(crate) async fn admit(
+    concord: &Concord,
+    name: &DocName,
+    headers: &HeaderMap,
+    uri: &Uri,
+    extensions: &Extensions,
+    needs: Needs,
+    opens_room: bool,
+) -> Result<Admitted, Refusal> {
+    let inner = &concord.inner;
+    let config = &inner.config;
+    let counters = &inner.counters;
+    if inner.shutdown.is_cancelled() {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down",
+        ));
+    }
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+
+    if !config.allowed_origins.is_empty()
+        && let Some(origin) = headers.get(header::ORIGIN)
+        && !config
+            .allowed_origins
+            .iter()
+            .any(|allowed| origin_matches(allowed, origin.as_bytes()))
+    {
+        Counters::bump(&counters.origin_refused);
+        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+        tracing::info!(doc = %name, %origin, "refused: origin not allowed");
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("origin {origin} is not allowed"),
+        ));
+    }
+
+    let slot = inner
+        .connections
+        .acquire(peer.map(|p| p.ip()))
+        .map_err(|refused| {
+            Counters::bump(&counters.connections_refused);
+            let refusal = match refused {
+                Refused::Total(max) => Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the server holds its maximum of {max} connections"),
+                ),
+                Refused::PerIp(max) => Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many connections from your address (at most {max})"),
+                ),
+                Refused::AttemptsPerIp(rate) => Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many connection attempts from your address (more than {rate}/s)"),
+                ),
+            };
+            tracing::warn!(doc = %name, peer = ?peer, reason = %refusal.reason, "refused");
+            refusal
+        })?;
+
+    let grant = match &config.authorizer {
+        None => Grant {
+            access: Access::ReadWrite,
+            subject: None,
+            expires_at: None,
+        },
+        Some(authorizer) => {
+            let request = AuthRequest {
+                doc: name,
+                headers,
+                query: uri.query(),
+                peer,
+            };
+            match AssertUnwindSafe(authorizer.authorize(request))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(grant)) => grant,
+                Ok(Err(error)) => {
+                    Counters::bump(&counters.auth_failures);
+                    tracing::info!(doc = %name, peer = ?peer, reason = %error, "refused: not authorized");
+                    return Err(match error {
+                        AuthError::Unauthenticated(reason) => {
+                            Refusal::new(StatusCode::UNAUTHORIZED, reason)
+                        }
+                        AuthError::Forbidden(reason) => Refusal::new(StatusCode::FORBIDDEN, reason),
+                    });
+                }
+                Err(_) => {
+                    Counters::bump(&counters.panics);
+                    tracing::error!(doc = %name, "the authorizer panicked; request refused");
+                    return Err(Refusal::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "authorization failed",
+                    ));
+                }
+            }
+        }
+    };
+    if needs == Needs::Write && grant.access == Access::ReadOnly {
+        Counters::bump(&counters.auth_failures);
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("the token grants read-only access to document {name:?}"),
+        ));
+    }
+
+    if opens_room && !inner.rooms.can_open(name) {
+        Counters::bump(&counters.rooms_refused);
+        tracing::warn!(doc = %name, max_rooms = config.max_rooms, "refused: too many documents open");
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many documents are open; try again later",
+        ));
+    }
+    Ok(Admitted { grant, slot })
+}
+
+/// Whether the `Origin` header value `origin` is the configured `allowed` origin. Origins are
+/// compared without case (browsers send scheme and host in lower case; a configuration may
+/// not) and without a trailing slash on the configured one.
+fn origin_matches(allowed: &str, origin: &[u8]) -> bool {
+    allowed
+        .trim_end_matches('/')
+        .as_bytes()
+        .eq_ignore_ascii_case(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_without_case_or_a_trailing_slash() {
+        assert!(origin_matches(
+            "https://App.example/",
+            b"https://app.example"
+        ));
+        assert!(origin_matches(
+            "http://localhost:5173",
+            b"http://localhost:5173"
+        ));
+        assert!(!origin_matches(
+            "https://app.example",
+            b"https://app.example.evil"
+        ));
+        assert!(!origin_matches(
+            "https://app.example",
+            b"http://app.example"
+        ));
+        assert!(!origin_matches("https://app.example", b"null"));
+    }
+}
