@@ -609,6 +609,27 @@ impl Room {
         effects
     }
 
+    /// Removes a connection without removing the awareness states it set: they stay until
+    /// they expire or their client removes them. For one-shot writers (an HTTP request) whose
+    /// client lives on after the request.
+    pub fn detach(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.remove(&conn) {
+            for client in state.clients {
+                if self.owners.get(&client) == Some(&conn) {
+                    self.owners.remove(&client);
+                }
+            }
+        }
+    }
+
+    /// The awareness states of the room, as one y-protocols awareness update (the payload of
+    /// an awareness message), or `None` when there are none.
+    pub fn awareness_update(&self) -> Option<Vec<u8>> {
+        use yrs::updates::encoder::Encode;
+        let update = self.awareness.update().ok()?;
+        (!update.clients.is_empty()).then(|| update.encode_v1())
+    }
+
     /// Removes a connection and broadcasts the removal of the awareness states it owned.
     /// Removing an unknown connection does nothing.
     pub fn leave(&mut self, conn: ConnId) -> Effects {

@@ -126,6 +126,10 @@ pub struct StoredDoc {
     pub updates: Vec<Vec<u8>>,
     /// Sequence number of the last log entry read (0 when the log is empty).
     pub last_seq: Seq,
+    /// How far in the document's history the loaded state reaches: the position of the last
+    /// update read, or `(snapshot seq, u32::MAX)` when the log after the snapshot is empty
+    /// ([`Position::START`] for a document with nothing stored).
+    pub position: Position,
     /// Log entries that failed their checksum or could not be decoded. They were skipped, and
     /// reported by the backend; the document loads from what is intact.
     pub corrupt_entries: u64,
@@ -189,6 +193,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct MemoryDoc {
     snapshot: Option<Vec<u8>>,
+    /// The seq the snapshot covers.
+    snapshot_seq: Seq,
     /// Log entries after the snapshot: (seq, updates).
     log: Vec<(Seq, Vec<Vec<u8>>)>,
     next_seq: Seq,
@@ -229,6 +235,17 @@ impl Store for MemoryStore {
                 .flat_map(|(_, u)| u.iter().cloned())
                 .collect(),
             last_seq: stored.log.last().map_or(0, |(seq, _)| *seq),
+            position: match stored.log.last() {
+                Some((seq, updates)) => Position {
+                    seq: *seq,
+                    index: u32::try_from(updates.len().saturating_sub(1)).unwrap_or(u32::MAX),
+                },
+                None if stored.snapshot.is_some() => Position {
+                    seq: stored.snapshot_seq,
+                    index: u32::MAX,
+                },
+                None => Position::START,
+            },
             corrupt_entries: 0,
         })
     }
@@ -264,7 +281,8 @@ impl Store for MemoryStore {
         let mut docs = self.lock();
         let stored = docs.entry(doc.clone()).or_default();
         stored.snapshot = Some(snapshot.to_vec());
-        stored.log.retain(|(seq, _)| *seq > upto);
+        stored.snapshot_seq = stored.snapshot_seq.max(upto);
+        stored.log.retain(|(seq, _)| *seq > stored.snapshot_seq);
         stored.next_seq = stored.next_seq.max(upto + 1);
         Ok(())
     }

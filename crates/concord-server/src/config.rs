@@ -17,6 +17,10 @@ pub struct Config {
     /// `ws://host/collab/my-doc` the document `my-doc`. Empty: documents live at the root.
     /// Embedders that mount [`crate::router`] themselves choose the prefix with `nest` instead.
     pub path_prefix: String,
+    /// Where the HTTP API lives, under the routes of [`crate::router`]: `/api` makes
+    /// `GET /api/docs` the list of documents. A document whose name starts with this prefix is
+    /// not reachable over WebSocket. Empty: no HTTP API.
+    pub api_prefix: String,
     /// Largest inbound WebSocket message (and frame), in bytes. Bigger ones close the connection
     /// with 1009.
     pub max_message_size: usize,
@@ -114,6 +118,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             path_prefix: String::new(),
+            api_prefix: "/api".to_owned(),
             max_message_size: 16 * 1024 * 1024,
             outbound_queue_frames: 4096,
             outbound_queue_bytes: 64 * 1024 * 1024,
@@ -153,6 +158,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("path_prefix", &self.path_prefix)
+            .field("api_prefix", &self.api_prefix)
             .field("max_message_size", &self.max_message_size)
             .field("outbound_queue_frames", &self.outbound_queue_frames)
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)

@@ -22,10 +22,13 @@
 
 pub mod admin;
 mod admission;
+mod api;
 pub mod auth;
 mod compact;
 mod config;
+pub mod feed;
 mod limits;
+mod metrics;
 mod persist;
 mod rooms;
 mod stats;
@@ -35,6 +38,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use concord_core::{DocName, MemoryStore, Store};
 use tokio::net::TcpListener;
@@ -47,6 +51,7 @@ pub use config::Config;
 pub use stats::Stats;
 
 use compact::CompactionStats;
+use feed::{ChangeStream, Feed};
 use limits::ConnectionLimits;
 use persist::{PersistConfig, Persister};
 use rooms::{QueueLimits, Rooms, RoomsConfig};
@@ -80,6 +85,9 @@ struct Inner {
     compactions: Arc<CompactionStats>,
     counters: Arc<Counters>,
     connections: Arc<ConnectionLimits>,
+    feed: Feed,
+    store: Arc<dyn Store>,
+    metrics: metrics::Metrics,
     tracker: TaskTracker,
     /// Cancelled by the embedder: stop accepting, close connections with 1001.
     shutdown: CancellationToken,
@@ -101,6 +109,8 @@ impl Concord {
         }
         let tracker = TaskTracker::new();
         let counters = Arc::new(Counters::default());
+        let feed = Feed::new();
+        let flush_seconds = metrics::Metrics::flush_histogram();
         let stop_persist = CancellationToken::new();
         // Compaction requests: a small queue whose overflow drops requests (they are repeated
         // by the next append to the same document).
@@ -114,6 +124,11 @@ impl Concord {
                 compact_after_bytes: config.compact_after_bytes,
             },
             compact_tx,
+            persist::Outputs {
+                feed: feed.clone(),
+                flush_seconds: flush_seconds.clone(),
+                counters: counters.clone(),
+            },
             stop_persist.clone(),
         );
         let rooms = Arc::new(Rooms::new(
@@ -146,11 +161,17 @@ impl Concord {
         let compactions = Arc::new(CompactionStats::default());
         tracker.spawn(compact::run_compactor(
             rooms.clone(),
-            store,
+            store.clone(),
             compact_rx,
             compactions.clone(),
             shutdown.clone(),
         ));
+        let metrics = metrics::Metrics::new(
+            counters.clone(),
+            rooms.clone(),
+            compactions.clone(),
+            flush_seconds,
+        );
         let connections = ConnectionLimits::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -169,6 +190,9 @@ impl Concord {
                 compactions,
                 counters,
                 connections,
+                feed,
+                store,
+                metrics,
                 tracker,
                 shutdown,
                 stop_persist,
@@ -193,6 +217,37 @@ impl Concord {
             .compactions
             .done
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The changes of `doc` as they are stored, each with its position: after `from` (read
+    /// from the store's log first), or, without `from`, after a [`feed::FeedEvent::Sync`] of
+    /// the stored state (its diff against `sv` when given). When compaction removed the log
+    /// after `from`, the stream starts with a sync instead. No change is skipped or repeated,
+    /// also when the subscriber falls behind. The SSE and polling transports are built on it.
+    pub fn changes(
+        &self,
+        doc: &DocName,
+        from: Option<concord_core::Position>,
+        sv: Option<yrs::StateVector>,
+    ) -> ChangeStream {
+        feed::document_stream(
+            &self.inner.feed,
+            self.inner.store.clone(),
+            doc.clone(),
+            from,
+            sv,
+            self.inner.shutdown.clone(),
+        )
+    }
+
+    /// Every document's changes as they are stored, from now on. A subscriber that falls more
+    /// than 16,384 changes behind gets `Err(missed)` and goes on with newer ones (use
+    /// [`Concord::changes`] per document to resume without loss).
+    pub fn all_changes(
+        &self,
+    ) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Arc<feed::Change>, u64>> + Send>>
+    {
+        feed::all_changes(&self.inner.feed)
     }
 
     /// What the server refused, cut off or survived since it started.
@@ -244,13 +299,57 @@ impl Concord {
 /// part of the name). Mount it with `Router::nest("/prefix", router(&concord))` to serve
 /// documents under a prefix.
 pub fn router(concord: &Concord) -> Router {
-    Router::new()
+    let api = api::routes(concord);
+    let documents = Router::new()
         .route(
             "/",
             get(|| async { (StatusCode::BAD_REQUEST, "document name is empty") }),
         )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/{*doc}", get(ws::upgrade))
-        .with_state(concord.clone())
+        .with_state(concord.clone());
+    match normalize_prefix(&concord.inner.config.api_prefix) {
+        Ok(Some(prefix)) => documents.nest(&prefix, api),
+        // Checked when the instance was made: see `Concord::new`.
+        _ => documents,
+    }
+}
+
+/// `GET /readyz`: 200 while the server accepts work and its store takes writes, else 503.
+async fn ready(axum::extract::State(concord): axum::extract::State<Concord>) -> Response {
+    let inner = &concord.inner;
+    if inner.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    if inner
+        .counters
+        .store_failing
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store fails to take writes",
+        )
+            .into_response();
+    }
+    "ready".into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(axum::extract::State(concord): axum::extract::State<Concord>) -> Response {
+    match concord.inner.metrics.encode() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 /// Serves Concord on `listener` until `shutdown` is cancelled, then closes connections with

@@ -21,7 +21,9 @@ use std::time::Duration;
 use concord_core::{Appended, DocName, Seq, Store, StoredUpdate};
 
 use crate::compact::CompactRequest;
+use crate::feed::Feed;
 use crate::rooms::LiveRoom;
+use crate::stats::Counters;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,10 +50,11 @@ impl Persister {
         store: Arc<dyn Store>,
         config: PersistConfig,
         compact: mpsc::Sender<CompactRequest>,
+        outputs: Outputs,
         stop: CancellationToken,
     ) -> (Persister, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let worker = tokio::spawn(run_worker(store, rx, config, compact, stop));
+        let worker = tokio::spawn(run_worker(store, rx, config, compact, outputs, stop));
         (Persister { tx }, worker)
     }
 
@@ -104,6 +107,27 @@ impl Barrier {
     }
 }
 
+/// Where the worker reports what it stored: the change feed, the flush latency histogram and
+/// the store's health (for `/readyz`).
+#[derive(Clone)]
+pub(crate) struct Outputs {
+    pub(crate) feed: Feed,
+    pub(crate) flush_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Outputs {
+    /// For tests: a feed and counters nobody reads.
+    #[cfg(test)]
+    pub(crate) fn unobserved() -> Outputs {
+        Outputs {
+            feed: Feed::new(),
+            flush_seconds: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+            counters: Arc::default(),
+        }
+    }
+}
+
 /// Settings of the persistence worker, from [`crate::Config`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PersistConfig {
@@ -118,6 +142,7 @@ async fn run_worker(
     mut rx: mpsc::Receiver<Job>,
     config: PersistConfig,
     compact: mpsc::Sender<CompactRequest>,
+    outputs: Outputs,
     stop: CancellationToken,
 ) {
     let batch = config.batch.max(1);
@@ -159,7 +184,7 @@ async fn run_worker(
                 // Drain what is queued (producers have stopped by now), then end.
                 rx.close();
                 while rx.recv_many(&mut jobs, batch).await > 0 {
-                    write(&store, std::mem::take(&mut jobs), &stop).await;
+                    write(&store, &outputs, std::mem::take(&mut jobs), &stop).await;
                 }
                 return;
             }
@@ -167,7 +192,7 @@ async fn run_worker(
         if received == 0 {
             return;
         }
-        request_compactions(write(&store, std::mem::take(&mut jobs), &stop).await);
+        request_compactions(write(&store, &outputs, std::mem::take(&mut jobs), &stop).await);
     }
 }
 
@@ -188,6 +213,7 @@ type IdleRoom = (DocName, Option<Arc<LiveRoom>>);
 /// memory and clients still have them: they are sent again on the next sync.
 async fn write(
     store: &Arc<dyn Store>,
+    outputs: &Outputs,
     jobs: Vec<Job>,
     stop: &CancellationToken,
 ) -> (Vec<Appended>, Vec<IdleRoom>) {
@@ -204,9 +230,12 @@ async fn write(
     let mut written = Vec::new();
     let mut stored_all = true;
     if !updates.is_empty() {
-        match append_with_retries(store, updates.clone(), stop).await {
-            Some(appended) => written = appended,
-            None => {
+        match append_with_retries(store, outputs, updates, stop).await {
+            (Some(appended), updates) => {
+                publish(&outputs.feed, updates, &appended);
+                written = appended;
+            }
+            (None, updates) => {
                 let mut by_doc: std::collections::BTreeMap<DocName, Vec<StoredUpdate>> =
                     std::collections::BTreeMap::new();
                 for update in updates {
@@ -214,9 +243,12 @@ async fn write(
                 }
                 for (doc, updates) in by_doc {
                     let count = updates.len();
-                    match append_with_retries(store, updates, stop).await {
-                        Some(appended) => written.extend(appended),
-                        None => {
+                    match append_with_retries(store, outputs, updates, stop).await {
+                        (Some(appended), updates) => {
+                            publish(&outputs.feed, updates, &appended);
+                            written.extend(appended);
+                        }
+                        (None, _) => {
                             stored_all = false;
                             tracing::error!(%doc, updates = count, "giving up on storing these updates");
                         }
@@ -225,6 +257,10 @@ async fn write(
             }
         }
     }
+    outputs
+        .counters
+        .store_failing
+        .store(!stored_all, std::sync::atomic::Ordering::Relaxed);
     for done in barriers {
         if stored_all {
             let _ = done.send(());
@@ -233,18 +269,38 @@ async fn write(
     (written, idle)
 }
 
+/// Publishes what one successful `append` wrote to the change feed.
+fn publish(feed: &Feed, updates: Vec<StoredUpdate>, appended: &[Appended]) {
+    if feed.has_subscribers() {
+        let seqs: Vec<(DocName, Seq)> = appended.iter().map(|a| (a.doc.clone(), a.seq)).collect();
+        feed.publish_batch(updates, &seqs);
+    }
+}
+
+/// Appends `updates`, retrying with backoff. Gives the updates back either way.
 async fn append_with_retries(
     store: &Arc<dyn Store>,
+    outputs: &Outputs,
     updates: Vec<StoredUpdate>,
     stop: &CancellationToken,
-) -> Option<Vec<Appended>> {
+) -> (Option<Vec<Appended>>, Vec<StoredUpdate>) {
     let updates = Arc::new(updates);
+    let give_back = |updates: Arc<Vec<StoredUpdate>>| {
+        // The blocking task that shared it has finished, so this is the last handle.
+        Arc::try_unwrap(updates).unwrap_or_else(|shared| shared.as_ref().clone())
+    };
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=ATTEMPTS {
         let store = store.clone();
         let batch = updates.clone();
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || store.append(&batch)).await {
-            Ok(Ok(appended)) => return Some(appended),
+            Ok(Ok(appended)) => {
+                outputs
+                    .flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return (Some(appended), give_back(updates));
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, updates = updates.len(), attempt, "store append failed")
             }
@@ -257,7 +313,7 @@ async fn append_with_retries(
             delay *= 2;
         }
     }
-    None
+    (None, give_back(updates))
 }
 
 #[cfg(test)]
@@ -323,7 +379,13 @@ mod tests {
         };
         let (compact_tx, _compact_rx) = mpsc::channel(1);
         let stop = CancellationToken::new();
-        let (persister, _worker) = Persister::start(store.clone(), config, compact_tx, stop);
+        let (persister, _worker) = Persister::start(
+            store.clone(),
+            config,
+            compact_tx,
+            Outputs::unobserved(),
+            stop,
+        );
         persister.persist(&bad, vec![vec![1]]).await;
         persister.persist(&good, vec![vec![2]]).await;
         assert!(
@@ -347,8 +409,13 @@ mod tests {
             compact_after_bytes: u64::MAX,
         };
         let (compact_tx, mut compact_rx) = mpsc::channel(16);
-        let (persister, _worker) =
-            Persister::start(store.clone(), config, compact_tx, CancellationToken::new());
+        let (persister, _worker) = Persister::start(
+            store.clone(),
+            config,
+            compact_tx,
+            Outputs::unobserved(),
+            CancellationToken::new(),
+        );
         let [written, untouched] = ["written", "untouched"].map(|n| DocName::new(n).unwrap());
         persister.persist(&written, vec![vec![1]]).await;
         persister.persist(&written, vec![vec![2]]).await;
@@ -375,7 +442,13 @@ mod tests {
             compact_after_bytes: u64::MAX,
         };
         let (compact_tx, mut compact_rx) = mpsc::channel(16);
-        let (persister, worker) = Persister::start(store.clone(), config, compact_tx, stop.clone());
+        let (persister, worker) = Persister::start(
+            store.clone(),
+            config,
+            compact_tx,
+            Outputs::unobserved(),
+            stop.clone(),
+        );
         let doc = DocName::new("d").unwrap();
         persister
             .persist(&doc, (0..10u8).map(|i| vec![i]).collect())

@@ -22,6 +22,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::persist::Persister;
 
+/// The connection id HTTP API requests act as (never given to a real connection).
+const API_CONN: ConnId = ConnId::MAX - 1;
+
 /// Message type of y-protocols awareness messages (the first byte of their frames; yrs's
 /// `sync::protocol::MSG_AWARENESS`).
 const MSG_AWARENESS: u8 = 1;
@@ -46,6 +49,8 @@ pub(crate) mod close_code {
     pub(crate) const TOKEN_EXPIRED: u16 = 4401;
     /// An update would have grown the document past its size limit.
     pub(crate) const DOCUMENT_TOO_LARGE: u16 = 4413;
+    /// The document was deleted.
+    pub(crate) const DOCUMENT_DELETED: u16 = 4404;
     /// The connection sent faster than its rate limits.
     pub(crate) const RATE_LIMITED: u16 = 4429;
 }
@@ -92,6 +97,9 @@ pub(crate) struct Peer {
     /// Bytes queued in `tx` and not yet written; the writer subtracts what it sends.
     pub(crate) queued_bytes: Arc<AtomicUsize>,
     pub(crate) closer: Closer,
+    /// Only awareness frames are queued for it: an SSE stream, which gets document changes
+    /// from the change feed (with positions) instead.
+    pub(crate) awareness_only: bool,
 }
 
 /// Limits applied when queueing frames to peers.
@@ -170,6 +178,48 @@ impl LiveRoom {
             }
         }
         (persist, fault)
+    }
+
+    /// Applies decoded messages sent through the HTTP API with `access`, as a connection of
+    /// its own that is gone right after: the frames go to every peer, and awareness states it
+    /// set stay (until they expire or their client removes them). Returns what to persist and
+    /// the fault, like [`LiveRoom::receive`].
+    pub(crate) fn receive_from_api(
+        &self,
+        access: Access,
+        inbound: Vec<Inbound>,
+    ) -> (Vec<Vec<u8>>, Option<RoomFault>) {
+        let mut state = self.lock();
+        // No peer has this id, so the frames of joining are queued for nobody.
+        state.room.join(API_CONN, access);
+        let mut effects = state.room.receive(API_CONN, inbound);
+        state.room.detach(API_CONN);
+        let persist = std::mem::take(&mut effects.persist);
+        let fault = effects.fault.take();
+        self.deliver(&mut state, API_CONN, effects);
+        (persist, fault)
+    }
+
+    /// The document's state as one v1 update: what `sv` lacks.
+    pub(crate) fn encode_state(&self, sv: &yrs::StateVector) -> Vec<u8> {
+        use yrs::{ReadTxn, Transact};
+        self.lock()
+            .room
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(sv)
+    }
+
+    /// Every awareness state of the room, as one awareness update payload.
+    pub(crate) fn awareness_update(&self) -> Option<Vec<u8>> {
+        self.lock().room.awareness_update()
+    }
+
+    /// Closes every connection of the room with `code`.
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
+        for peer in self.lock().peers.values() {
+            peer.closer.close(code, reason);
+        }
     }
 
     /// Removes a peer and tells the others its awareness states are gone.
@@ -259,6 +309,9 @@ fn deliver_to(
     let Some(peer) = state.peers.get(&id) else {
         return;
     };
+    if peer.awareness_only && frame.first() != Some(&MSG_AWARENESS) {
+        return;
+    }
     // Awareness is soft state (clients renew theirs every 15 s and forget states not renewed
     // for 30 s): a peer that is behind is not sent more of it. A flood of presence from one
     // client would otherwise fill every other client's queue (delaying their document updates,
@@ -291,6 +344,7 @@ fn deliver_to(
                 close_code::TRY_AGAIN_LATER,
                 "outbound queue full: client too slow; reconnect to resync",
             );
+            Counters::bump(&limits.counters.slow_consumers);
         }
         dropped.push(id);
     }
@@ -458,6 +512,7 @@ impl Rooms {
         for (index, error) in &skipped {
             tracing::error!(doc = %name, index, %error, "skipping a stored update that does not apply");
         }
+        Counters::add(&self.config.counters.corrupt_entries, corrupt);
         if corrupt > 0 {
             tracing::error!(doc = %name, corrupt, "document loaded without its corrupt log entries");
         }
@@ -525,6 +580,14 @@ impl Rooms {
             self.persister.idle(name, cell.get().cloned());
             tracing::debug!(doc = %name, "room unloaded");
         }
+    }
+
+    /// Removes `name`'s room from the registry, whoever holds it, and returns it if it was
+    /// loaded: the next connection opens the document afresh. For deleting a document.
+    pub(crate) fn remove(&self, name: &DocName) -> Option<Arc<LiveRoom>> {
+        self.slots()
+            .remove(name)
+            .and_then(|slot| slot.cell.get().cloned())
     }
 
     /// Removes a poisoned room from the registry at once so new connections reload it.

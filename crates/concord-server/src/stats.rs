@@ -1,7 +1,7 @@
 //! Counters of what the server refused, cut off or survived, read with [`crate::Concord::stats`].
 //! Every limit that is hit is also logged where it is hit.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// The live counters, shared by every connection.
 #[derive(Debug, Default)]
@@ -17,12 +17,40 @@ pub(crate) struct Counters {
     pub(crate) tokens_expired: AtomicU64,
     pub(crate) rooms_evicted: AtomicU64,
     pub(crate) awareness_skipped: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
     pub(crate) panics: AtomicU64,
+    pub(crate) updates_in: AtomicU64,
+    pub(crate) update_bytes_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) corrupt_entries: AtomicU64,
+    /// Set while the store fails to take writes (after retries), for `/readyz`.
+    pub(crate) store_failing: std::sync::atomic::AtomicBool,
+    /// Open connections by transport.
+    pub(crate) websockets: AtomicI64,
+    pub(crate) sse_streams: AtomicI64,
+    pub(crate) polls: AtomicI64,
 }
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_websocket(&self, delta: i64) {
+        self.websockets.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_sse(&self, delta: i64) {
+        self.sse_streams.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_poll(&self, delta: i64) {
+        self.polls.fetch_add(delta, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -39,7 +67,11 @@ impl Counters {
             tokens_expired: read(&self.tokens_expired),
             rooms_evicted: read(&self.rooms_evicted),
             awareness_skipped: read(&self.awareness_skipped),
+            slow_consumers: read(&self.slow_consumers),
             panics: read(&self.panics),
+            websockets: self.websockets.load(Ordering::Relaxed).max(0) as u64,
+            sse_streams: self.sse_streams.load(Ordering::Relaxed).max(0) as u64,
+            polls: self.polls.load(Ordering::Relaxed).max(0) as u64,
         }
     }
 }
@@ -67,8 +99,16 @@ pub struct Stats {
     pub tokens_expired: u64,
     /// Idle rooms unloaded early to make room for another document.
     pub rooms_evicted: u64,
-    /// Awareness frames not queued for a connection whose outbound queue was half full.
+    /// Awareness frames not queued for a connection that was behind.
     pub awareness_skipped: u64,
+    /// Connections closed because their outbound queue overflowed (close 1013).
+    pub slow_consumers: u64,
     /// Panics caught while serving a connection or authorizing one.
     pub panics: u64,
+    /// WebSocket connections open now.
+    pub websockets: u64,
+    /// SSE streams open now.
+    pub sse_streams: u64,
+    /// Long polls waiting now.
+    pub polls: u64,
 }

@@ -36,6 +36,16 @@ const EMPTY_AWARENESS: &[u8] = &[1, 1, 0];
 /// Most save requests of one connection waiting for the store.
 const SAVE_QUEUE: usize = 1024;
 
+/// Counts the document updates among `inbound` (for `/metrics`).
+pub(crate) fn count_updates(counters: &Counters, inbound: &[Inbound]) {
+    for message in inbound {
+        if let Inbound::Update(_, raw) = message {
+            Counters::bump(&counters.updates_in);
+            Counters::add(&counters.update_bytes_in, raw.len() as u64);
+        }
+    }
+}
+
 /// Most bytes read and ignored after the server closed a connection (see `linger`).
 const LINGER_BYTES: usize = 1 << 20;
 
@@ -52,6 +62,11 @@ fn multi_threaded() -> bool {
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A connection id no other connection of this process has.
+pub(crate) fn next_conn_id() -> ConnId {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Extracts the document name from a request path: the whole path after the leading `/`,
 /// percent-decoded. The query string is not part of the name.
@@ -138,11 +153,12 @@ async fn serve_contained(
 ) {
     let counters = concord.inner.counters.clone();
     let doc = name.clone();
-    if AssertUnwindSafe(serve(concord, name, grant, socket))
+    counters.add_websocket(1);
+    let served = AssertUnwindSafe(serve(concord, name, grant, socket))
         .catch_unwind()
-        .await
-        .is_err()
-    {
+        .await;
+    counters.add_websocket(-1);
+    if served.is_err() {
         Counters::bump(&counters.panics);
         tracing::error!(%doc, "a connection panicked; it was closed, the server goes on");
     }
@@ -151,9 +167,9 @@ async fn serve_contained(
 
 /// Takes a connection out of its room when dropped, also while unwinding from a panic, so
 /// that its peer entry and awareness states never outlive it.
-struct Membership<'a> {
-    room: &'a LiveRoom,
-    conn: ConnId,
+pub(crate) struct Membership<'a> {
+    pub(crate) room: &'a LiveRoom,
+    pub(crate) conn: ConnId,
 }
 
 impl Drop for Membership<'_> {
@@ -165,7 +181,7 @@ impl Drop for Membership<'_> {
 /// Runs one connection from join to leave.
 async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket) {
     let access = grant.access;
-    let conn = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let conn = next_conn_id();
     let (mut sink, stream) = socket.split();
     let inner = &concord.inner;
     let opened = tokio::select! {
@@ -214,6 +230,7 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
         tx,
         queued_bytes: queued_bytes.clone(),
         closer: closer.clone(),
+        awareness_only: false,
     };
     room.join(conn, access, peer.clone());
     let membership = Membership { room: &room, conn };
@@ -373,6 +390,7 @@ async fn read_loop(
             closer.close(close_code::RATE_LIMITED, exceeded.to_string());
             return;
         }
+        count_updates(counters, &inbound);
         let save_ids: Vec<u64> = inbound
             .iter()
             .filter_map(|message| match message {
@@ -527,6 +545,11 @@ async fn write_loop(
                 WsMessage::Binary(Bytes::from_static(EMPTY_AWARENESS))
             }
         };
+        let counters = &concord.inner.counters;
+        if let WsMessage::Binary(data) = &message {
+            Counters::bump(&counters.frames_out);
+            Counters::add(&counters.bytes_out, data.len() as u64);
+        }
         if !send(&mut sink, message, closer).await {
             return;
         }

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_core::{
-    Appended, DocInfo, DocName, LogTail, Seq, Store, StoreError, StoredDoc, StoredUpdate,
+    Appended, DocInfo, DocName, LogTail, Position, Seq, Store, StoreError, StoredDoc, StoredUpdate,
 };
 
 use crate::keys;
@@ -303,7 +303,14 @@ impl SledStore {
             // A corrupt entry still counts as read: a snapshot built from this load covers it.
             loaded.last_seq = seq.unwrap_or(loaded.last_seq);
             match (seq, record::open::<LogEntry>(&value)) {
-                (Some(_), Ok(entry)) => loaded.updates.extend(entry.updates.0),
+                (Some(seq), Ok(entry)) => {
+                    loaded.position = Position {
+                        seq,
+                        index: u32::try_from(entry.updates.0.len().saturating_sub(1))
+                            .unwrap_or(u32::MAX),
+                    };
+                    loaded.updates.extend(entry.updates.0);
+                }
                 (None, _) => {
                     loaded.corrupt_entries += 1;
                     self.report_corrupt(doc, None, &"malformed log key");
@@ -455,6 +462,14 @@ impl Store for SledStore {
             };
             if let Some(from) = from {
                 self.read_tail(doc, meta.id, from, &mut loaded)?;
+            }
+            if loaded.position == Position::START
+                && let Some(covered) = meta.snapshot_seq
+            {
+                loaded.position = Position {
+                    seq: covered,
+                    index: u32::MAX,
+                };
             }
             snapshot.map(|(file, seq)| (file, meta.id, seq))
         };

@@ -75,6 +75,7 @@ fn append_and_load_round_trip_with_one_entry_per_document_per_batch() {
             snapshot: None,
             updates: vec![vec![1], vec![3, 4], vec![], vec![5]],
             last_seq: 2,
+            position: concord_core::Position { seq: 2, index: 0 },
             corrupt_entries: 0,
         }
     );

@@ -47,7 +47,9 @@ export class SseParser {
       // A leading byte order mark is not part of the first line.
       if (text.charCodeAt(0) === 0xfeff) text = text.slice(1)
     }
-    if (this.pendingCr && text.startsWith('\n')) text = text.slice(1)
+    // An empty chunk says nothing about what follows a trailing CR.
+    if (text.length === 0) return []
+    if (this.pendingCr && text.charCodeAt(0) === 10) text = text.slice(1)
     this.pendingCr = false
     const events: SseEvent[] = []
     let start = 0

@@ -1,0 +1,836 @@
+//! The HTTP API under `Config::api_prefix`: read, write, list and delete documents, and follow
+//! them with Server-Sent Events or long-polling. The contract (positions, events, answers) is in
+//! ARCHITECTURE.md and `openapi.json`; every handler goes through the same admission checks as
+//! a WebSocket upgrade.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use concord_core::{DocName, Inbound, Position, RoomFault, decode_frame};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use yrs::updates::decoder::Decode;
+use yrs::{ReadTxn, StateVector, Transact};
+
+use crate::Concord;
+use crate::admission::{Admitted, Needs, Refusal, admit};
+use crate::feed::{FeedEvent, stored_state};
+use crate::rooms::{Closer, LiveRoom, Peer, close_code};
+use crate::stats::Counters;
+
+/// Longest a poll may wait, whatever it asks for.
+const MAX_POLL: Duration = Duration::from_secs(60);
+/// How long a poll waits when it does not say.
+const DEFAULT_POLL: Duration = Duration::from_secs(25);
+/// Most updates one poll answer carries (the next poll continues from there).
+const MAX_POLL_UPDATES: usize = 1000;
+/// Interval of the SSE heartbeat comment.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The API routes, to be nested under the API prefix.
+pub(crate) fn routes(concord: &Concord) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(list))
+        .route("/docs/{name}", get(read).delete(delete))
+        .route("/docs/{name}/state-vector", get(state_vector))
+        .route("/docs/{name}/update", post(write))
+        .route("/docs/{name}/awareness", post(awareness))
+        .route("/docs/{name}/events", get(events))
+        .route("/docs/{name}/poll", get(poll))
+        .layer(DefaultBodyLimit::max(concord.inner.config.max_message_size))
+        .with_state(concord.clone())
+}
+
+/// An error answer: the status and `{"error": "..."}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn internal(message: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %message, "API request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        ApiError::new(refusal.status, refusal.reason)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The parts of a request the admission checks read.
+struct Request<'a> {
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+    extensions: &'a Extensions,
+}
+
+impl Request<'_> {
+    async fn admit(
+        &self,
+        concord: &Concord,
+        name: &DocName,
+        needs: Needs,
+        opens_room: bool,
+    ) -> ApiResult<Admitted> {
+        Ok(admit(
+            concord,
+            name,
+            self.headers,
+            self.uri,
+            self.extensions,
+            needs,
+            opens_room,
+        )
+        .await?)
+    }
+}
+
+fn doc_name(raw: &str) -> ApiResult<DocName> {
+    DocName::new(raw).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn decode_b64(what: &str, value: &str) -> ApiResult<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(value.trim_end_matches('='))
+        .map_err(|e| ApiError::bad_request(format!("{what} is not base64url: {e}")))
+}
+
+fn encode_b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn state_vector_param(sv: Option<&str>) -> ApiResult<Option<StateVector>> {
+    let Some(sv) = sv else { return Ok(None) };
+    let bytes = decode_b64("sv", sv)?;
+    concord_core::validate::validate_state_vector_v1(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("sv is not a state vector: {e}")))?;
+    StateVector::decode_v1(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("sv is not a state vector: {e}")))
+}
+
+fn position_param(what: &str, value: &str) -> ApiResult<Position> {
+    value
+        .parse()
+        .map_err(|e: concord_core::InvalidPosition| ApiError::bad_request(format!("{what}: {e}")))
+}
+
+fn binary(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /docs`: every stored document, by name, a page at a time. Listing is authorized as
+/// the document `*` (a token's `"*"` pattern grants it).
+async fn list(
+    State(concord): State<Concord>,
+    Query(params): Query<ListParams>,
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
+) -> ApiResult<Response> {
+    let request = Request {
+        headers: &headers,
+        uri: &uri,
+        extensions: &extensions,
+    };
+    let all = doc_name("*")?;
+    request.admit(&concord, &all, Needs::Read, false).await?;
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let store = concord.inner.store.clone();
+    let infos = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let after = params.after.unwrap_or_default();
+    let page: Vec<_> = infos
+        .into_iter()
+        .filter(|info| info.name.as_str() > after.as_str())
+        .take(limit + 1)
+        .collect();
+    let next = (page.len() > limit).then(|| page[limit - 1].name.to_string());
+    let docs: Vec<_> = page
+        .iter()
+        .take(limit)
+        .map(|info| {
+            json!({
+                "name": info.name.as_str(),
+                "snapshot_bytes": info.snapshot_bytes,
+                "log_entries": info.log_entries,
+                "log_bytes": info.log_bytes,
+                "updated_at_ms": info.updated_at_ms,
+                "loaded": concord.is_loaded(&info.name),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "docs": docs, "next": next })).into_response())
+}
+
+#[derive(Deserialize)]
+struct ReadParams {
+    format: Option<String>,
+    sv: Option<String>,
+    types: Option<String>,
+}
+
+/// The document's state as one v1 update (what `sv` lacks), from its room when loaded (which
+/// may hold updates not stored yet), else from the store; `None` for a document that exists
+/// in neither.
+async fn current_state(
+    concord: &Concord,
+    name: &DocName,
+    sv: Option<StateVector>,
+) -> ApiResult<Option<Vec<u8>>> {
+    let sv = sv.unwrap_or_default();
+    if let Some(room) = concord.inner.rooms.get(name) {
+        return Ok(Some(room.encode_state(&sv)));
+    }
+    let store = concord.inner.store.clone();
+    let doc = name.clone();
+    let exists = tokio::task::spawn_blocking(move || store.load(&doc))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if exists.snapshot.is_none() && exists.updates.is_empty() {
+        return Ok(None);
+    }
+    let (update, _) = stored_state(concord.inner.store.clone(), name.clone(), Some(sv))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Some(update))
+}
+
+fn not_found(name: &DocName) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no document named {name:?}"))
+}
+
+/// `GET /docs/{name}`: the document as a Yjs update or as JSON.
+async fn read(
+    State(concord): State<Concord>,
+    Path(name): Path<String>,
+    Query(params): Query<ReadParams>,
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
+) -> ApiResult<Response> {
+    let name = doc_name(&name)?;
+    let request = Request {
+        headers: &headers,
+        uri: &uri,
+        extensions: &extensions,
+    };
+    request.admit(&concord, &name, Needs::Read, false).await?;
+    let sv = state_vector_param(params.sv.as_deref())?;
+    let format = params.format.as_deref().unwrap_or("update");
+    if !matches!(format, "update" | "json") {
+        return Err(ApiError::bad_request(format!(
+            "format must be update or json, not {format:?}"
+        )));
+    }
+    let types = match &params.types {
+        Some(types) => parse_types(types)?,
+        None => Vec::new(),
+    };
+    let state = current_state(&concord, &name, sv)
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    if format == "update" {
+        return Ok(binary(state));
+    }
+    Ok(Json(json_of(&state, &types)?).into_response())
+}
+
+/// A root type named by the `types` hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootKind {
+    Text,
+    Map,
+    Array,
+    Xml,
+}
+
+/// `text:content,map:meta` into root names and kinds.
+fn parse_types(types: &str) -> ApiResult<Vec<(String, RootKind)>> {
+    types
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (kind, name) = part.split_once(':').ok_or_else(|| {
+                ApiError::bad_request(format!("types: {part:?} is not KIND:NAME"))
+            })?;
+            let kind = match kind {
+                "text" => RootKind::Text,
+                "map" => RootKind::Map,
+                "array" => RootKind::Array,
+                "xml" => RootKind::Xml,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "types: {other:?} is not text, map, array or xml"
+                    )));
+                }
+            };
+            Ok((name.to_owned(), kind))
+        })
+        .collect()
+}
+
+/// The JSON of a document's root types. Roots named in `types` are read as that kind; other
+/// roots whose kind the update does not tell (every root a remote client created) are read as
+/// maps when they hold no sequence, else as arrays (name text roots in `types` to get their
+/// string).
+fn json_of(state: &[u8], types: &[(String, RootKind)]) -> ApiResult<serde_json::Value> {
+    use yrs::types::ToJson;
+    use yrs::{Doc, GetString, Out, WriteTxn};
+    let doc = Doc::new();
+    {
+        let update = yrs::Update::decode_v1(state).map_err(ApiError::internal)?;
+        doc.transact_mut()
+            .apply_update(update)
+            .map_err(ApiError::internal)?;
+    }
+    let mut txn = doc.transact_mut();
+    let mut out = serde_json::Map::new();
+    for (name, kind) in types {
+        let value = match kind {
+            RootKind::Text => {
+                yrs::Any::from(txn.get_or_insert_text(name.as_str()).get_string(&txn))
+            }
+            RootKind::Map => txn.get_or_insert_map(name.as_str()).to_json(&txn),
+            RootKind::Array => txn.get_or_insert_array(name.as_str()).to_json(&txn),
+            RootKind::Xml => yrs::Any::from(
+                txn.get_or_insert_xml_fragment(name.as_str())
+                    .get_string(&txn),
+            ),
+        };
+        out.insert(name.clone(), any_to_json(&value));
+    }
+    let others: Vec<(String, bool)> = txn
+        .root_refs()
+        .filter(|(name, _)| !types.iter().any(|(hinted, _)| hinted == name))
+        .map(|(name, value)| {
+            let sequence = match &value {
+                Out::UndefinedRef(branch) => branch.len() > 0,
+                _ => false,
+            };
+            (name.to_owned(), sequence)
+        })
+        .collect();
+    for (name, sequence) in others {
+        let value = match txn.root_refs().find(|(n, _)| *n == name).map(|(_, v)| v) {
+            Some(Out::UndefinedRef(_)) if sequence => {
+                txn.get_or_insert_array(name.as_str()).to_json(&txn)
+            }
+            Some(Out::UndefinedRef(_)) => txn.get_or_insert_map(name.as_str()).to_json(&txn),
+            Some(value) => value.to_json(&txn),
+            None => continue,
+        };
+        out.insert(name, any_to_json(&value));
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+fn any_to_json(any: &yrs::Any) -> serde_json::Value {
+    let mut text = String::new();
+    any.to_json(&mut text);
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// `GET /docs/{name}/state-vector`.
+async fn state_vector(
+    State(concord): State<Concord>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
+) -> ApiResult<Response> {
+    use yrs::updates::encoder::Encode;
+    let name = doc_name(&name)?;
+    let request = Request {
+        headers: &headers,
+        uri: &uri,
+        extensions: &extensions,
+    };
+    request.admit(&concord, &name, Needs::Read, false).await?;
+    let state = current_state(&concord, &name, None)
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    let update = yrs::Update::decode_v1(&state).map_err(ApiError::internal)?;
+    // The state vector of a document is that of its whole state as an update.
+    let doc = yrs::Doc::new();
+    doc.transact_mut()
+        .apply_update(update)
+        .map_err(ApiError::internal)?;
+    let sv = doc.transact().state_vector().encode_v1();
+    Ok(binary(sv))
+}
+
+/// Wraps `payload` into a y-protocols message of `tag` (and sub-tag) so that it goes through
+/// the same validation and decoding as what a WebSocket client sends.
+fn frame(prefix: &[u8], payload: &[u8]) -> Vec<u8> {
+    use yrs::encoding::write::Write;
+    let mut frame = Vec::with_capacity(prefix.len() + 10 + payload.len());
+    frame.extend_from_slice(prefix);
+    frame.write_buf(payload);
+    frame
+}
+
+/// Applies validated `inbound` to `name`'s room as an API write and, for document updates,
+/// waits until they are stored.
+async fn apply(
+    concord: &Concord,
+    name: &DocName,
+    access: concord_core::Access,
+    inbound: Vec<Inbound>,
+) -> ApiResult<()> {
+    let inner = &concord.inner;
+    let guard = inner.rooms.open(name).await.map_err(|e| match e {
+        crate::rooms::OpenError::TooManyRooms(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many documents are open; try again later",
+        ),
+        other => ApiError::internal(other),
+    })?;
+    let room = guard.room();
+    let order = room.persist_order().await;
+    let (persist, fault) = room.receive_from_api(access, inbound);
+    if !persist.is_empty() {
+        inner.persister.persist(name, persist).await;
+    }
+    let barrier = inner.persister.queue_barrier().await;
+    drop(order);
+    match fault {
+        None => {}
+        Some(RoomFault::Poisoned) => {
+            Counters::bump(&inner.counters.panics);
+            inner.rooms.discard(room);
+            return Err(ApiError::internal("internal error in this document"));
+        }
+        Some(fault @ RoomFault::UpdateRejected(_)) => {
+            Counters::bump(&inner.counters.malformed);
+            return Err(ApiError::bad_request(fault.to_string()));
+        }
+        Some(fault @ RoomFault::DocumentTooLarge { .. }) => {
+            Counters::bump(&inner.counters.documents_too_large);
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                fault.to_string(),
+            ));
+        }
+        Some(fault @ RoomFault::AwarenessTooLarge { .. }) => {
+            Counters::bump(&inner.counters.awareness_too_large);
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                fault.to_string(),
+            ));
+        }
+    }
+    if !barrier.wait().await {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the update was applied but could not be stored; send it again",
+        ));
+    }
+    Ok(())
+}
+
+fn decode_body(frame: &[u8]) -> ApiResult<Vec<Inbound>> {
+    decode_frame(frame).map_err(|e| ApiError::bad_request(format!("malformed body: {e}")))
+}
+
+/// `POST /docs/{name}/update`: a Yjs v1 update, answered once it is durable.
+async fn write(
+    State(concord): State<Concord>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let name = doc_name(&name)?;
+    let request = Request {
+        headers: &headers,
+        uri: &uri,
+        extensions: &extensions,
+    };
+    let admitted = request.admit(&concord, &name, Needs::Write, true).await?;
+    let inbound = decode_body(&frame(&[0, 2], &body)).inspect_err(|_| {
+        Counters::bump(&concord.inner.counters.malformed);
+    })?;
+    crate::ws::count_updates(&concord.inner.counters, &inbound);
+    apply(&concord, &name, admitted.grant.access, inbound).await?;
+    Ok(Json(json!({ "stored": true })).into_response())
+}
+
+/// `POST /docs/{name}/awareness`: a y-protocols awareness update.
+async fn awareness(
+    State(concord): State<Concord>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let name = doc_name(&name)?;
+    let request = Request {
+        headers: &headers,
+        uri: &uri,
+        extensions: &extensions,
+    };
+    let admitted = request.admit(&concord, &name, Needs::Read, true).await?;
+    let inbound = decode_body(&frame(&[1], &body)).inspect_err(|_| {
+        Counters::bump(&concord.inner.counters.malformed);
+    })?;
+    apply(&concord, &name, admitted.grant.access, inbound).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /docs/{name}`: closes its connections and removes it from the store.
+async fn delete(
+    State(concord): State<Concord>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
+) -> ApiResult<Response> {
+    let name = doc_name(&name)?;
+    let request = Request {
+        headers: &headers,
+        uri: &uri,
+        extensions: &extensions,
+    };
+    request.admit(&concord, &name, Needs::Write, false).await?;
+    let inner = &concord.inner;
+    let room = inner.rooms.remove(&name);
+    let store = inner.store.clone();
+    let doc = name.clone();
+    let stored = tokio::task::spawn_blocking(move || store.load(&doc))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if room.is_none() && stored.snapshot.is_none() && stored.updates.is_empty() {
+        return Err(not_found(&name));
+    }
+    if let Some(room) = &room {
+        room.close_all(close_code::DOCUMENT_DELETED, "document deleted");
+    }
+    // Updates of the room still queued for the store would bring it back: let them land first.
+    inner.persister.barrier().await;
+    let store = inner.store.clone();
+    let doc = name.clone();
+    tokio::task::spawn_blocking(move || store.delete(&doc))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    tracing::info!(doc = %name, "document deleted through the API");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsParams {
+    sv: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// `GET /docs/{name}/events`: Server-Sent Events.
+async fn events(
+    State(concord): State<Concord>,
+    Path(name): Path<String>,
+    Query(params): Query<EventsParams>,
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
+) -> ApiResult<Response> {
+    let name = doc_name(&name)?;
+    let request = Request {
+        headers: &headers,
+        uri: &uri,
+        extensions: &extensions,
+    };
+    let sv = state_vector_param(params.sv.as_deref())?;
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(params.last_event_id)
+        .filter(|id| !id.is_empty());
+    let from = last
+        .as_deref()
+        .map(|id| position_param("Last-Event-ID", id))
+        .transpose()?;
+    let admitted = request.admit(&concord, &name, Needs::Read, true).await?;
+    let guard = concord.inner.rooms.open(&name).await.map_err(|e| match e {
+        crate::rooms::OpenError::TooManyRooms(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many documents are open; try again later",
+        ),
+        other => ApiError::internal(other),
+    })?;
+    let (events_tx, events_rx) = mpsc::channel::<Event>(64);
+    let feed = concord.changes(&name, from, sv);
+    let task_concord = concord.clone();
+    concord.inner.tracker.spawn(async move {
+        task_concord.inner.counters.add_sse(1);
+        stream_events(&task_concord, guard.room(), feed, events_tx).await;
+        task_concord.inner.counters.add_sse(-1);
+        drop(guard);
+        drop(admitted);
+    });
+    let stream = futures_util::stream::unfold(events_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Feeds one SSE stream until the client goes away or the server shuts down: the document's
+/// changes from the feed, and the room's awareness as a peer that only receives awareness.
+async fn stream_events(
+    concord: &Concord,
+    room: &std::sync::Arc<LiveRoom>,
+    mut feed: crate::feed::ChangeStream,
+    events: mpsc::Sender<Event>,
+) {
+    let inner = &concord.inner;
+    let conn = crate::ws::next_conn_id();
+    let (tx, mut awareness) = mpsc::channel(inner.config.outbound_queue_frames.max(2));
+    let closer = Closer::default();
+    let peer = Peer {
+        tx,
+        queued_bytes: Default::default(),
+        closer: closer.clone(),
+        awareness_only: true,
+    };
+    room.join(conn, concord_core::Access::ReadOnly, peer);
+    let _leave = crate::ws::Membership { room, conn };
+    loop {
+        let event = tokio::select! {
+            item = feed.next() => match item {
+                Some(Ok(FeedEvent::Sync { update, position })) => Event::default()
+                    .event("sync")
+                    .id(position.to_string())
+                    .data(encode_b64(&update)),
+                Some(Ok(FeedEvent::Change(change))) => Event::default()
+                    .event("update")
+                    .id(change.position.to_string())
+                    .data(encode_b64(&change.update)),
+                Some(Err(e)) => {
+                    tracing::error!(doc = %room.name(), error = %e, "SSE stream ended");
+                    return;
+                }
+                None => return,
+            },
+            frame = awareness.recv() => match frame {
+                // An awareness message is [1, varUint8Array(update)]: send the update.
+                Some(frame) => match awareness_payload(&frame) {
+                    Some(update) => Event::default().event("awareness").data(encode_b64(update)),
+                    None => continue,
+                },
+                None => return,
+            },
+            _ = closer.closed() => return,
+            _ = inner.shutdown.cancelled() => return,
+            _ = events.closed() => return,
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The awareness update inside an awareness message frame.
+fn awareness_payload(frame: &[u8]) -> Option<&[u8]> {
+    use yrs::encoding::read::{Cursor, Read};
+    let (&tag, rest) = frame.split_first()?;
+    if tag != 1 {
+        return None;
+    }
+    let mut cursor = Cursor::new(rest);
+    let len: u64 = cursor.read_var().ok()?;
+    let start = cursor.next;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    rest.get(start..end)
+}
+
+#[derive(Deserialize)]
+struct PollParams {
+    since: Option<String>,
+    timeout: Option<f64>,
+    sv: Option<String>,
+}
+
+/// `GET /docs/{name}/poll`: long-polling.
+async fn poll(
+    State(concord): State<Concord>,
+    Path(name): Path<String>,
+    Query(params): Query<PollParams>,
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
+) -> ApiResult<Response> {
+    let name = doc_name(&name)?;
+    let request = Request {
+        headers: &headers,
+        uri: &uri,
+        extensions: &extensions,
+    };
+    let sv = state_vector_param(params.sv.as_deref())?;
+    let since = params
+        .since
+        .as_deref()
+        .map(|s| position_param("since", s))
+        .transpose()?;
+    let timeout = match params.timeout {
+        None => DEFAULT_POLL,
+        Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t).min(MAX_POLL),
+        Some(_) => return Err(ApiError::bad_request("timeout must be a number of seconds")),
+    };
+    let _admitted = request.admit(&concord, &name, Needs::Read, false).await?;
+    concord.inner.counters.add_poll(1);
+    let answer = poll_answer(&concord, &name, since, sv, timeout).await;
+    concord.inner.counters.add_poll(-1);
+    Ok(Json(answer?).into_response())
+}
+
+async fn poll_answer(
+    concord: &Concord,
+    name: &DocName,
+    since: Option<Position>,
+    sv: Option<StateVector>,
+    timeout: Duration,
+) -> ApiResult<serde_json::Value> {
+    let awareness = concord
+        .inner
+        .rooms
+        .get(name)
+        .and_then(|room| room.awareness_update())
+        .map(|update| encode_b64(&update));
+    let Some(since) = since else {
+        let (update, position) = stored_state(concord.inner.store.clone(), name.clone(), sv)
+            .await
+            .map_err(ApiError::internal)?;
+        return Ok(json!({
+            "since": position.to_string(),
+            "sync": encode_b64(&update),
+            "updates": [],
+            "awareness": awareness,
+        }));
+    };
+    let mut feed = concord.changes(name, Some(since), sv);
+    let mut updates = Vec::new();
+    let mut next = since;
+    let mut sync = None;
+    let first = tokio::time::timeout(timeout, feed.next()).await;
+    let mut item = first.unwrap_or_default();
+    while let Some(event) = item {
+        match event.map_err(ApiError::internal)? {
+            FeedEvent::Sync { update, position } => {
+                sync = Some(encode_b64(&update));
+                next = position;
+            }
+            FeedEvent::Change(change) => {
+                next = change.position;
+                updates.push(json!({
+                    "id": change.position.to_string(),
+                    "update": encode_b64(&change.update),
+                }));
+            }
+        }
+        if updates.len() >= MAX_POLL_UPDATES {
+            break;
+        }
+        // Whatever else is ready goes in the same answer.
+        item = futures_util::FutureExt::now_or_never(feed.next()).unwrap_or_default();
+    }
+    Ok(json!({
+        "since": next.to_string(),
+        "sync": sync,
+        "updates": updates,
+        "awareness": awareness,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_hints_parse() {
+        assert_eq!(
+            parse_types("text:content,map:meta").unwrap(),
+            vec![
+                ("content".to_owned(), RootKind::Text),
+                ("meta".to_owned(), RootKind::Map)
+            ]
+        );
+        assert!(parse_types("nope").is_err());
+        assert!(parse_types("blob:x").is_err());
+    }
+
+    #[test]
+    fn awareness_payloads_come_out_of_their_frames() {
+        assert_eq!(awareness_payload(&[1, 2, 7, 8]), Some(&[7u8, 8][..]));
+        assert_eq!(awareness_payload(&[0, 2, 7, 8]), None);
+        assert_eq!(awareness_payload(&[1, 5, 7]), None);
+    }
+}
