@@ -2,6 +2,8 @@
 //! `yrs` (see the `concord_tests` helpers). Every wait is a poll with a generous deadline; no test
 //! depends on how fast the machine is.
 
+// The HTTP API, SSE, polling, the change feed, health and metrics.
+mod api;
 // Tokens, read-only access, origins and application authorizers.
 mod auth;
 mod awareness;

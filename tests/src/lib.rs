@@ -1234,3 +1234,106 @@ impl<H: StoreHooks> concord_core::Store for Hooked<H> {
         self.0.inner().log_from(doc, from)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP API clients
+// ---------------------------------------------------------------------------------------------
+
+/// Decodes base64url without padding, as the HTTP API encodes binary values.
+pub fn b64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap_or_else(|e| panic!("not base64url ({e}): {text:?}"))
+}
+
+/// Encodes base64url without padding.
+pub fn b64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `event:`; "message" when absent.
+    pub event: String,
+    /// `id:`, if the event has one.
+    pub id: Option<String>,
+    /// `data:` lines joined with newlines.
+    pub data: String,
+}
+
+/// A client of an SSE stream that reads events only when asked.
+pub struct SseClient {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+    /// The response's headers.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl SseClient {
+    /// Opens `url` (with `Last-Event-ID` when given) and checks it is an event stream.
+    pub async fn connect(url: &str, last_event_id: Option<&str>) -> Result<SseClient> {
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = tokio::time::timeout(DEADLINE, request.send())
+            .await
+            .context("no SSE response")??;
+        if !response.status().is_success() {
+            bail!("SSE request failed: {}", response.status());
+        }
+        let headers = response.headers().clone();
+        Ok(SseClient {
+            stream: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+            headers,
+        })
+    }
+
+    /// The next event (comments are skipped); `None` when the stream ended. Panics after
+    /// [`DEADLINE`].
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    event: "message".into(),
+                    ..SseEvent::default()
+                };
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        continue;
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "event" => event.event = value.to_owned(),
+                        "id" => event.id = Some(value.to_owned()),
+                        "data" => data.push(value.to_owned()),
+                        _ => {}
+                    }
+                }
+                if data.is_empty() && event.id.is_none() {
+                    // A comment block (the heartbeat).
+                    continue;
+                }
+                event.data = data.join("\n");
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(DEADLINE, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no SSE event within {DEADLINE:?}"));
+            match chunk {
+                Some(Ok(bytes)) => self
+                    .buffer
+                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                _ => return None,
+            }
+        }
+    }
+}

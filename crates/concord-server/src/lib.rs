@@ -361,6 +361,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let prefix = normalize_prefix(&config.path_prefix)?;
+    normalize_prefix(&config.api_prefix)?;
     let store = open_store(&config).await?;
     let concord = Concord::new(config, store, shutdown.clone());
     let app = match prefix {

@@ -125,6 +125,9 @@ struct ServeArgs {
     /// Serve documents under this path prefix, e.g. /collab.
     #[arg(long, env = "CONCORD_PATH_PREFIX", default_value = "")]
     path_prefix: String,
+    /// Where the HTTP API lives (under --path-prefix); empty: no HTTP API.
+    #[arg(long, env = "CONCORD_API_PREFIX", default_value = "/api")]
+    api_prefix: String,
     /// Largest inbound WebSocket message in bytes; bigger ones close the connection with 1009.
     #[arg(long, env = "CONCORD_MAX_MESSAGE_SIZE", default_value_t = Config::default().max_message_size)]
     max_message_size: usize,
@@ -264,6 +267,7 @@ impl ServeArgs {
             };
         Ok(Config {
             path_prefix: self.path_prefix,
+            api_prefix: self.api_prefix,
             max_message_size: self.max_message_size,
             outbound_queue_frames: self.outbound_queue_frames,
             outbound_queue_bytes: self.outbound_queue_bytes,

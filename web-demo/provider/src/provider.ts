@@ -19,6 +19,7 @@ import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate } from 'y-protoc
 import { ObservableV2 } from 'lib0/observable'
 import { Backoff, type BackoffOptions } from './backoff.js'
 import { fromBase64Url, toBase64Url } from './base64url.js'
+import { deleteSetCovers, deleteSetOf, deleteSetOfUpdate, hasStructsBeyond } from './deleteset.js'
 import { SseParser, type SseEvent } from './sse.js'
 
 /** How updates are received. */
@@ -202,6 +203,11 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
   private sendTimer: ReturnType<typeof setTimeout> | null = null
   private reconcileTimer: ReturnType<typeof setTimeout> | null = null
   private reconcileGeneration = 0
+  /**
+   * Deletions the document had before this provider saw it, until a sync message shows that the
+   * server has them too or they were queued. Everything later goes through the queue.
+   */
+  private unconfirmedDeletes: ReturnType<typeof Y.createDeleteSet> | null
 
   private awarenessInFlight = false
   private awarenessDirty = false
@@ -244,6 +250,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
     this.sendBackoff = new Backoff(opts.backoff, random)
     this.reconcileBackoff = new Backoff(opts.backoff, random)
 
+    this.unconfirmedDeletes = deleteSetOf(doc)
     doc.on('update', this.onDocUpdate)
     doc.on('destroy', this.onDocDestroy)
     this.awareness.on('update', this.onAwarenessUpdate)
@@ -478,6 +485,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
         const data = fromBase64Url(event.data)
         const id = event.hasId ? event.lastEventId : null
         this.emit('message', [{ kind: event.event, id, data, transport: 'sse' }])
+        if (event.event === 'sync') this.checkDeletes(data)
         if (!isEmptyUpdate(data)) Y.applyUpdate(this.doc, data, this)
         if (id !== null) this._lastEventId = id
         if (event.event === 'sync') this.setSynced(true)
@@ -516,6 +524,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
       if (body.sync !== null) {
         const data = fromBase64Url(body.sync)
         this.emit('message', [{ kind: 'sync', id: body.since, data, transport: 'poll' }])
+        this.checkDeletes(data)
         if (!isEmptyUpdate(data)) Y.applyUpdate(this.doc, data, this)
       }
       for (const u of body.updates) {
@@ -534,7 +543,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
     }
   }
 
-  /** The receiver has a working connection: catch the server up and resend what waits. */
+  /** The receiver has a working connection: resend what waits. */
   private onReceiverUp (): void {
     this.setStatus('connected')
     // A send that is waiting out its backoff is retried now: the server is evidently back.
@@ -543,15 +552,24 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
       this.sendTimer = null
       this.pump()
     }
-    this.reconcileBackoff.reset()
-    void this.reconcile(++this.reconcileGeneration)
     this.sendLocalAwareness()
   }
 
   /**
-   * Queues what the server lacks of the local document: the diff against its state vector. The
-   * delete set always goes along (a state vector cannot tell which deletions the server has), as
-   * y-websocket's SyncStep2 sends it on every connection.
+   * A sync message carries the server's whole delete set (Yjs and yrs always encode all of it):
+   * if it has every deletion the document came with, those need not be uploaded.
+   */
+  private checkDeletes (sync: Uint8Array): void {
+    if (this.unconfirmedDeletes === null) return
+    if (deleteSetCovers(deleteSetOfUpdate(sync), this.unconfirmedDeletes)) this.unconfirmedDeletes = null
+  }
+
+  /**
+   * Once synced on a new connection: asks for the server's state vector and queues what the server
+   * lacks (`encodeStateAsUpdate(doc, serverSv)`) when the document has structs beyond it, or still
+   * has deletions from before the provider that the server was not seen to have. Within the
+   * provider's life every local edit is queued and never dropped; this catches edits that bypassed
+   * the queue (made before the provider, or with the queue lost).
    */
   private async reconcile (generation: number): Promise<void> {
     if (this.reconcileTimer !== null) {
@@ -564,8 +582,13 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
       const sv = await this.request('state-vector', this.url('/state-vector'), { headers: this.headers() },
         this.lifetime.signal, this.options.requestTimeout, async (res) => new Uint8Array(await res.arrayBuffer()))
       if (generation !== this.reconcileGeneration || !this.shouldConnect) return
-      const diff = Y.encodeStateAsUpdate(this.doc, sv)
-      if (!isEmptyUpdate(diff)) this.enqueue(diff)
+      const ahead = hasStructsBeyond(Y.decodeStateVector(Y.encodeStateVector(this.doc)), Y.decodeStateVector(sv))
+      if (ahead || this.unconfirmedDeletes !== null) {
+        this.unconfirmedDeletes = null
+        const diff = Y.encodeStateAsUpdate(this.doc, sv)
+        if (!isEmptyUpdate(diff)) this.enqueue(diff)
+      }
+      this.reconcileBackoff.reset()
     } catch (err) {
       if (generation !== this.reconcileGeneration || !this.shouldConnect) return
       this.reportError(err, 'state-vector')
@@ -689,6 +712,8 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
   private setSynced (synced: boolean): void {
     if (this._synced === synced) return
     this._synced = synced
+    // Each connection catches the server up once it has the server's state.
+    if (synced) void this.reconcile(++this.reconcileGeneration)
     this.emit('synced', [synced])
     this.emit('sync', [synced])
   }

@@ -2,7 +2,9 @@
 
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
+import * as Y from 'yjs'
 import { Backoff, backoffDelay, comparePositions, fromBase64Url, parsePosition, toBase64Url } from '../dist/index.js'
+import { deleteSetCovers } from '../dist/deleteset.js'
 
 test('base64url: known vectors (RFC 4648 §10, url alphabet, no padding)', () => {
   const vectors = [['', ''], ['f', 'Zg'], ['fo', 'Zm8'], ['foo', 'Zm9v'], ['foob', 'Zm9vYg'], ['fooba', 'Zm9vYmE'], ['foobar', 'Zm9vYmFy']]
@@ -76,4 +78,20 @@ test('positions: parsed and compared numerically', () => {
   for (const bad of ['', '1', '1.', '.1', '1.2.3', '-1.0', ' 1.0', 'a.b']) {
     assert.throws(() => parsePosition(bad), /not a position/, JSON.stringify(bad))
   }
+})
+
+test('delete sets: coverage across unsorted, split and adjacent ranges', () => {
+  const ds = (entries) => {
+    const set = Y.createDeleteSet()
+    for (const [client, ranges] of Object.entries(entries)) set.clients.set(Number(client), ranges.map(([clock, len]) => ({ clock, len })))
+    return set
+  }
+  const outer = ds({ 1: [[10, 5], [0, 3], [3, 2]], 2: [[4, 1]] })
+  assert.equal(deleteSetCovers(outer, ds({ 1: [[0, 5]] })), true, 'adjacent ranges merge')
+  assert.equal(deleteSetCovers(outer, ds({ 1: [[1, 2], [11, 4]], 2: [[4, 1]] })), true)
+  assert.equal(deleteSetCovers(outer, ds({ 1: [[4, 2]] })), false, 'a range past the end of one')
+  assert.equal(deleteSetCovers(outer, ds({ 1: [[9, 1]] })), false)
+  assert.equal(deleteSetCovers(outer, ds({ 3: [[0, 1]] })), false, 'a client the outer set lacks')
+  assert.equal(deleteSetCovers(outer, ds({ 3: [] })), true)
+  assert.equal(deleteSetCovers(ds({}), ds({})), true)
 })

@@ -163,7 +163,10 @@ test('edits made offline reach the server when it is back, even with the queue c
   p.doc.getMap('map').set('deleted', true)
   p.doc.getMap('map').delete('deleted')
   // What a reload would do to an in-memory queue: the edits are only in the (persisted) document.
+  // (Once the failed POST is back in the queue, waiting out its backoff, not in flight.)
+  await waitFor(() => p.inFlight === null && p.pending.length > 0, { message: 'the failed POST back in the queue' })
   p.pending.length = 0
+  assert.equal(p.hasUnsavedChanges, false)
   flaky.offline = false
   await waitFor(() => server.room('doc').doc.getText('text').toString() === 'offline edit', { message: 'the offline edit on the server' })
   await waitFor(() => !p.hasUnsavedChanges)
@@ -178,6 +181,36 @@ test('a document with content before the provider existed is uploaded on connect
   const p = provider(server, 'doc', { doc })
   await waitFor(() => server.room('doc').doc.getText('text').toString() === 'from IndexedDB', { message: 'the upload' })
   await waitFor(() => !p.hasUnsavedChanges)
+})
+
+test('deletions a document had before the provider are uploaded when the server lacks them, and only then', async () => {
+  const server = new FakeServer()
+  const writer = provider(server, 'doc')
+  writer.doc.getText('text').insert(0, 'abc')
+  await waitFor(() => server.room('doc').doc.getText('text').toString() === 'abc' && !writer.hasUnsavedChanges)
+
+  // A copy of the server's document with one deletion only it has: no new struct, so its state
+  // vector equals the server's.
+  const ahead = defineRoots(new Y.Doc())
+  Y.applyUpdate(ahead, Y.encodeStateAsUpdate(server.room('doc').doc))
+  ahead.getText('text').delete(1, 1)
+  const posts = server.requestsTo('/update').length
+  const p = provider(server, 'doc', { doc: ahead })
+  await waitFor(() => server.room('doc').doc.getText('text').toString() === 'ac', { message: 'the deletion on the server' })
+  await waitFor(() => !p.hasUnsavedChanges)
+  assert.equal(server.requestsTo('/update').length, posts + 1)
+
+  // An exact copy (deletions included) uploads nothing.
+  const same = defineRoots(new Y.Doc())
+  Y.applyUpdate(same, Y.encodeStateAsUpdate(server.room('doc').doc))
+  const before = server.requestsTo('/update').length
+  const svRequests = server.requestsTo('/state-vector').length
+  const q = provider(server, 'doc', { doc: same })
+  await waitFor(() => q.synced && server.requestsTo('/state-vector').length > svRequests, { message: 'synced, state vector asked' })
+  // The state vector answer is handled in the same task as its arrival; give its handler a turn.
+  await waitFor(() => !q.hasUnsavedChanges)
+  assert.equal(server.requestsTo('/update').length, before, 'nothing to upload')
+  assert.equal(q.doc.getText('text').toString(), 'ac')
 })
 
 test('poll transport: first call without since, then continues from the returned since', async () => {
