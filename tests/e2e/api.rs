@@ -598,3 +598,30 @@ async fn health_readiness_and_metrics() {
     assert!(after["concord_persist_flush_seconds_count"] >= 1.0);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_from_another_history_starts_over_with_a_sync() {
+    let server = memory_server(Config::default()).await;
+    for i in 0..3 {
+        post_update(&server, "again", text_insert_update(40 + i, "t", "old")).await;
+    }
+    let response = http()
+        .delete(api(&server, "/docs/again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    // Made again: its seqs start over, below the position a client remembers.
+    post_update(&server, "again", text_insert_update(50, "t", "new")).await;
+    let mut sse = SseClient::connect(&api(&server, "/docs/again/events"), Some("3.0"))
+        .await
+        .unwrap();
+    let first = sse.next_event().await.unwrap();
+    assert_eq!(first.event, "sync", "{first:?}");
+    assert_eq!(text_of_update(&b64_decode(&first.data), "t"), "new");
+    let (_, _, answer) = get(&api(&server, "/docs/again/poll?since=3.0&timeout=0")).await;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert!(answer["sync"].is_string(), "{answer}");
+    assert_eq!(answer["since"], "1.0");
+    server.shutdown().await;
+}

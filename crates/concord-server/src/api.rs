@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use concord_core::{DocName, Inbound, Position, RoomFault, decode_frame};
+use concord_core::{DocName, Inbound, Position, RoomFault, Seq, decode_frame};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -239,19 +239,24 @@ async fn current_state(
     if let Some(room) = concord.inner.rooms.get(name) {
         return Ok(Some(room.encode_state(&sv)));
     }
-    let store = concord.inner.store.clone();
-    let doc = name.clone();
-    let exists = tokio::task::spawn_blocking(move || store.load(&doc))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    if exists.snapshot.is_none() && exists.updates.is_empty() {
+    if !stored(concord, name).await? {
         return Ok(None);
     }
     let (update, _) = stored_state(concord.inner.store.clone(), name.clone(), Some(sv))
         .await
         .map_err(ApiError::internal)?;
     Ok(Some(update))
+}
+
+/// Whether the store has anything of `name` (a log entry was ever written and not deleted).
+async fn stored(concord: &Concord, name: &DocName) -> ApiResult<bool> {
+    let store = concord.inner.store.clone();
+    let doc = name.clone();
+    let tail = tokio::task::spawn_blocking(move || store.log_from(&doc, Seq::MAX))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(tail.last_seq > 0)
 }
 
 fn not_found(name: &DocName) -> ApiError {
@@ -555,13 +560,7 @@ async fn delete(
     request.admit(&concord, &name, Needs::Write, false).await?;
     let inner = &concord.inner;
     let room = inner.rooms.remove(&name);
-    let store = inner.store.clone();
-    let doc = name.clone();
-    let stored = tokio::task::spawn_blocking(move || store.load(&doc))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    if room.is_none() && stored.snapshot.is_none() && stored.updates.is_empty() {
+    if room.is_none() && !stored(&concord, &name).await? {
         return Err(not_found(&name));
     }
     if let Some(room) = &room {

@@ -213,7 +213,9 @@ async fn catch_up(
         .await
         .map_err(|e| FeedError::Store(e.to_string()))?
         .map_err(|e| FeedError::Store(e.to_string()))?;
-    if !tail.complete {
+    // A position past the end of the log comes from another history of the document (a
+    // memory store that restarted, a document deleted and made again): start over.
+    if !tail.complete || from.seq > tail.last_seq {
         return sync(store, doc, sv, tx).await;
     }
     let mut last = from;
