@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every Concord test suite: the Rust unit, integration and end-to-end tests, then the
-# interop tests that drive the built server with the real npm Yjs packages.
-# Installs what it needs (npm packages from tests/interop/package-lock.json).
+# Runs every Concord test suite: the Rust unit, integration and end-to-end tests, the interop
+# tests that drive the built server with the real npm Yjs packages, the TypeScript HTTP
+# provider's tests, and the HTTP API's conformance to its OpenAPI description.
+# Installs what it needs (npm packages from the package-lock.json files, schemathesis from
+# PyPI into target/schemathesis-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +22,10 @@ fi
 echo "== interop tests with the npm yjs, y-websocket and y-protocols packages"
 command -v node >/dev/null || { echo "node (>= 20) is required for the interop tests" >&2; exit 1; }
 (cd tests/interop && npm ci --no-audit --no-fund && npm test)
+
+echo "== the TypeScript HTTP provider (SSE and long-polling) against the server"
+(cd web-demo/provider && npm ci --no-audit --no-fund && npm test)
+
+echo "== the HTTP API against its OpenAPI description (schemathesis, from PyPI)"
+command -v python3 >/dev/null || { echo "python3 (>= 3.9) is required for the API conformance run" >&2; exit 1; }
+SKIP_BUILD=1 bash tests/schemathesis/run.sh

@@ -8,7 +8,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -35,12 +36,18 @@ const MAX_POLL: Duration = Duration::from_secs(60);
 const DEFAULT_POLL: Duration = Duration::from_secs(25);
 /// Most updates one poll answer carries (the next poll continues from there).
 const MAX_POLL_UPDATES: usize = 1000;
+/// Longest a poll waits while the room has awareness states (see `poll_answer`).
+const PRESENCE_POLL: Duration = Duration::from_secs(10);
 /// Interval of the SSE heartbeat comment.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// The API routes, to be nested under the API prefix.
 pub(crate) fn routes(concord: &Concord) -> Router {
     Router::new()
+        .route(
+            "/docs/",
+            get(empty_name).post(empty_name).delete(empty_name),
+        )
         .route("/openapi.json", get(openapi))
         .route("/docs", get(list))
         .route("/docs/{name}", get(read).delete(delete))
@@ -49,8 +56,66 @@ pub(crate) fn routes(concord: &Concord) -> Router {
         .route("/docs/{name}/awareness", post(awareness))
         .route("/docs/{name}/events", get(events))
         .route("/docs/{name}/poll", get(poll))
+        // Everything else under the prefix, which would otherwise reach the WebSocket route.
+        .route("/{*rest}", axum::routing::any(no_such_endpoint))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_such_endpoint)
         .layer(DefaultBodyLimit::max(concord.inner.config.max_message_size))
         .with_state(concord.clone())
+}
+
+async fn empty_name() -> ApiError {
+    ApiError::bad_request("document name is empty")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method",
+    )
+}
+
+async fn no_such_endpoint() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// A document name from the path, with JSON errors.
+struct DocPath(DocName);
+
+impl<S: Send + Sync> FromRequestParts<S> for DocPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))?;
+        Ok(DocPath(doc_name(&name)?))
+    }
+}
+
+/// Query parameters, with JSON errors.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Query(params) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: QueryRejection| ApiError::bad_request(e.body_text()))?;
+        Ok(Params(params))
+    }
+}
+
+/// A request body, with JSON errors (a body over `max_message_size` is a 413).
+fn body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| ApiError::new(e.status(), e.body_text()))
 }
 
 /// An error answer: the status and `{"error": "..."}`.
@@ -178,7 +243,7 @@ struct ListParams {
 /// the document `*` (a token's `"*"` pattern grants it).
 async fn list(
     State(concord): State<Concord>,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
     headers: HeaderMap,
     uri: Uri,
     extensions: Extensions,
@@ -266,13 +331,12 @@ fn not_found(name: &DocName) -> ApiError {
 /// `GET /docs/{name}`: the document as a Yjs update or as JSON.
 async fn read(
     State(concord): State<Concord>,
-    Path(name): Path<String>,
-    Query(params): Query<ReadParams>,
+    DocPath(name): DocPath,
+    Params(params): Params<ReadParams>,
     headers: HeaderMap,
     uri: Uri,
     extensions: Extensions,
 ) -> ApiResult<Response> {
-    let name = doc_name(&name)?;
     let request = Request {
         headers: &headers,
         uri: &uri,
@@ -397,13 +461,12 @@ fn any_to_json(any: &yrs::Any) -> serde_json::Value {
 /// `GET /docs/{name}/state-vector`.
 async fn state_vector(
     State(concord): State<Concord>,
-    Path(name): Path<String>,
+    DocPath(name): DocPath,
     headers: HeaderMap,
     uri: Uri,
     extensions: Extensions,
 ) -> ApiResult<Response> {
     use yrs::updates::encoder::Encode;
-    let name = doc_name(&name)?;
     let request = Request {
         headers: &headers,
         uri: &uri,
@@ -499,19 +562,19 @@ fn decode_body(frame: &[u8]) -> ApiResult<Vec<Inbound>> {
 /// `POST /docs/{name}/update`: a Yjs v1 update, answered once it is durable.
 async fn write(
     State(concord): State<Concord>,
-    Path(name): Path<String>,
+    DocPath(name): DocPath,
     headers: HeaderMap,
     uri: Uri,
     extensions: Extensions,
-    body: Bytes,
+    payload: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let name = doc_name(&name)?;
     let request = Request {
         headers: &headers,
         uri: &uri,
         extensions: &extensions,
     };
     let admitted = request.admit(&concord, &name, Needs::Write, true).await?;
+    let body = body(payload)?;
     let inbound = decode_body(&frame(&[0, 2], &body)).inspect_err(|_| {
         Counters::bump(&concord.inner.counters.malformed);
     })?;
@@ -523,19 +586,19 @@ async fn write(
 /// `POST /docs/{name}/awareness`: a y-protocols awareness update.
 async fn awareness(
     State(concord): State<Concord>,
-    Path(name): Path<String>,
+    DocPath(name): DocPath,
     headers: HeaderMap,
     uri: Uri,
     extensions: Extensions,
-    body: Bytes,
+    payload: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let name = doc_name(&name)?;
     let request = Request {
         headers: &headers,
         uri: &uri,
         extensions: &extensions,
     };
     let admitted = request.admit(&concord, &name, Needs::Read, true).await?;
+    let body = body(payload)?;
     let inbound = decode_body(&frame(&[1], &body)).inspect_err(|_| {
         Counters::bump(&concord.inner.counters.malformed);
     })?;
@@ -546,12 +609,11 @@ async fn awareness(
 /// `DELETE /docs/{name}`: closes its connections and removes it from the store.
 async fn delete(
     State(concord): State<Concord>,
-    Path(name): Path<String>,
+    DocPath(name): DocPath,
     headers: HeaderMap,
     uri: Uri,
     extensions: Extensions,
 ) -> ApiResult<Response> {
-    let name = doc_name(&name)?;
     let request = Request {
         headers: &headers,
         uri: &uri,
@@ -587,30 +649,36 @@ struct EventsParams {
 /// `GET /docs/{name}/events`: Server-Sent Events.
 async fn events(
     State(concord): State<Concord>,
-    Path(name): Path<String>,
-    Query(params): Query<EventsParams>,
+    DocPath(name): DocPath,
+    Params(params): Params<EventsParams>,
     headers: HeaderMap,
     uri: Uri,
     extensions: Extensions,
 ) -> ApiResult<Response> {
-    let name = doc_name(&name)?;
     let request = Request {
         headers: &headers,
         uri: &uri,
         extensions: &extensions,
     };
+    let admitted = request.admit(&concord, &name, Needs::Read, true).await?;
     let sv = state_vector_param(params.sv.as_deref())?;
-    let last = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+    // The header (what an EventSource sends on reconnecting) wins over the query parameter;
+    // an empty one means "none".
+    let header =
+        match headers.get("last-event-id") {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ApiError::bad_request("Last-Event-ID is not a position (SEQ.INDEX)")
+            })?),
+        };
+    let last = header
+        .filter(|id| !id.is_empty())
         .map(str::to_owned)
-        .or(params.last_event_id)
-        .filter(|id| !id.is_empty());
+        .or(params.last_event_id.filter(|id| !id.is_empty()));
     let from = last
         .as_deref()
         .map(|id| position_param("Last-Event-ID", id))
         .transpose()?;
-    let admitted = request.admit(&concord, &name, Needs::Read, true).await?;
     let guard = concord.inner.rooms.open(&name).await.map_err(|e| match e {
         crate::rooms::OpenError::TooManyRooms(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -623,7 +691,7 @@ async fn events(
     let task_concord = concord.clone();
     concord.inner.tracker.spawn(async move {
         task_concord.inner.counters.add_sse(1);
-        stream_events(&task_concord, guard.room(), feed, events_tx).await;
+        stream_events(&task_concord, guard.room(), feed, from.is_none(), events_tx).await;
         task_concord.inner.counters.add_sse(-1);
         drop(guard);
         drop(admitted);
@@ -648,6 +716,7 @@ async fn stream_events(
     concord: &Concord,
     room: &std::sync::Arc<LiveRoom>,
     mut feed: crate::feed::ChangeStream,
+    fresh: bool,
     events: mpsc::Sender<Event>,
 ) {
     let inner = &concord.inner;
@@ -660,19 +729,34 @@ async fn stream_events(
         closer: closer.clone(),
         awareness_only: true,
     };
+    // A fresh stream's first event is the sync: it goes out before the room's awareness can,
+    // since a client expects the document first. (A resumed stream may have nothing to say
+    // for a long time, and must get presence meanwhile.)
+    if fresh {
+        let first = tokio::select! {
+            item = feed.next() => item,
+            _ = inner.shutdown.cancelled() => return,
+            _ = events.closed() => return,
+        };
+        match first.map(|item| item.map(feed_event)) {
+            Some(Ok(event)) => {
+                if events.send(event).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::error!(doc = %room.name(), error = %e, "SSE stream ended");
+                return;
+            }
+            None => return,
+        }
+    }
     room.join(conn, concord_core::Access::ReadOnly, peer);
     let _leave = crate::ws::Membership { room, conn };
     loop {
         let event = tokio::select! {
             item = feed.next() => match item {
-                Some(Ok(FeedEvent::Sync { update, position })) => Event::default()
-                    .event("sync")
-                    .id(position.to_string())
-                    .data(encode_b64(&update)),
-                Some(Ok(FeedEvent::Change(change))) => Event::default()
-                    .event("update")
-                    .id(change.position.to_string())
-                    .data(encode_b64(&change.update)),
+                Some(Ok(event)) => feed_event(event),
                 Some(Err(e)) => {
                     tracing::error!(doc = %room.name(), error = %e, "SSE stream ended");
                     return;
@@ -694,6 +778,20 @@ async fn stream_events(
         if events.send(event).await.is_err() {
             return;
         }
+    }
+}
+
+/// An SSE event for a feed event.
+fn feed_event(event: FeedEvent) -> Event {
+    match event {
+        FeedEvent::Sync { update, position } => Event::default()
+            .event("sync")
+            .id(position.to_string())
+            .data(encode_b64(&update)),
+        FeedEvent::Change(change) => Event::default()
+            .event("update")
+            .id(change.position.to_string())
+            .data(encode_b64(&change.update)),
     }
 }
 
@@ -721,18 +819,18 @@ struct PollParams {
 /// `GET /docs/{name}/poll`: long-polling.
 async fn poll(
     State(concord): State<Concord>,
-    Path(name): Path<String>,
-    Query(params): Query<PollParams>,
+    DocPath(name): DocPath,
+    Params(params): Params<PollParams>,
     headers: HeaderMap,
     uri: Uri,
     extensions: Extensions,
 ) -> ApiResult<Response> {
-    let name = doc_name(&name)?;
     let request = Request {
         headers: &headers,
         uri: &uri,
         extensions: &extensions,
     };
+    let _admitted = request.admit(&concord, &name, Needs::Read, false).await?;
     let sv = state_vector_param(params.sv.as_deref())?;
     let since = params
         .since
@@ -741,14 +839,30 @@ async fn poll(
         .transpose()?;
     let timeout = match params.timeout {
         None => DEFAULT_POLL,
-        Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t).min(MAX_POLL),
+        Some(t) if t.is_finite() && t >= 0.0 => {
+            Duration::from_secs_f64(t.min(MAX_POLL.as_secs_f64()))
+        }
         Some(_) => return Err(ApiError::bad_request("timeout must be a number of seconds")),
     };
-    let _admitted = request.admit(&concord, &name, Needs::Read, false).await?;
-    concord.inner.counters.add_poll(1);
-    let answer = poll_answer(&concord, &name, since, sv, timeout).await;
-    concord.inner.counters.add_poll(-1);
-    Ok(Json(answer?).into_response())
+    let _waiting = PollGauge::start(&concord);
+    Ok(Json(poll_answer(&concord, &name, since, sv, timeout).await?).into_response())
+}
+
+/// Counts a waiting poll for `/metrics` for as long as it lives (also when its client leaves
+/// first and the handler is dropped).
+struct PollGauge(std::sync::Arc<Counters>);
+
+impl PollGauge {
+    fn start(concord: &Concord) -> PollGauge {
+        concord.inner.counters.add_poll(1);
+        PollGauge(concord.inner.counters.clone())
+    }
+}
+
+impl Drop for PollGauge {
+    fn drop(&mut self) {
+        self.0.add_poll(-1);
+    }
 }
 
 async fn poll_answer(
@@ -758,12 +872,22 @@ async fn poll_answer(
     sv: Option<StateVector>,
     timeout: Duration,
 ) -> ApiResult<serde_json::Value> {
-    let awareness = concord
-        .inner
-        .rooms
-        .get(name)
-        .and_then(|room| room.awareness_update())
-        .map(|update| encode_b64(&update));
+    // Presence as of the answer, so the newest renewal of every state is in it.
+    let awareness = || {
+        concord
+            .inner
+            .rooms
+            .get(name)
+            .and_then(|room| room.awareness_update())
+            .map(|update| encode_b64(&update))
+    };
+    // Clients drop awareness states they have not heard of for 30 s, and polls carry presence
+    // only when they answer: with presence in the room, no poll waits longer than this.
+    let timeout = if awareness().is_some() {
+        timeout.min(PRESENCE_POLL)
+    } else {
+        timeout
+    };
     let Some(since) = since else {
         let (update, position) = stored_state(concord.inner.store.clone(), name.clone(), sv)
             .await
@@ -772,15 +896,21 @@ async fn poll_answer(
             "since": position.to_string(),
             "sync": encode_b64(&update),
             "updates": [],
-            "awareness": awareness,
+            "awareness": awareness(),
         }));
     };
     let mut feed = concord.changes(name, Some(since), sv);
     let mut updates = Vec::new();
     let mut next = since;
     let mut sync = None;
-    let first = tokio::time::timeout(timeout, feed.next()).await;
-    let mut item = first.unwrap_or_default();
+    // What the log already holds after `since` comes at once, whatever the timeout: the
+    // stream reads it first, so that first read is not what the timeout bounds.
+    let mut item = match first_without_waiting(concord, name, since).await? {
+        true => feed.next().await,
+        false => tokio::time::timeout(timeout, feed.next())
+            .await
+            .unwrap_or_default(),
+    };
     while let Some(event) = item {
         match event.map_err(ApiError::internal)? {
             FeedEvent::Sync { update, position } => {
@@ -805,8 +935,28 @@ async fn poll_answer(
         "since": next.to_string(),
         "sync": sync,
         "updates": updates,
-        "awareness": awareness,
+        "awareness": awareness(),
     }))
+}
+
+/// Whether a stream from `since` has something to say at once: updates after it in the log,
+/// or a sync (the log no longer reaches back, or `since` is from another history).
+async fn first_without_waiting(
+    concord: &Concord,
+    name: &DocName,
+    since: Position,
+) -> ApiResult<bool> {
+    let store = concord.inner.store.clone();
+    let doc = name.clone();
+    let tail = tokio::task::spawn_blocking(move || store.log_from(&doc, since.seq))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let newer = tail.entries.iter().any(|(seq, updates)| {
+        *seq > since.seq
+            || u32::try_from(updates.len()).unwrap_or(u32::MAX) > since.index.saturating_add(1)
+    });
+    Ok(newer || !tail.complete || since.seq > tail.last_seq)
 }
 
 #[cfg(test)]

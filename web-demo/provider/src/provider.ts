@@ -19,7 +19,7 @@ import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate } from 'y-protoc
 import { ObservableV2 } from 'lib0/observable'
 import { Backoff, type BackoffOptions } from './backoff.js'
 import { fromBase64Url, toBase64Url } from './base64url.js'
-import { deleteSetCovers, deleteSetOf, deleteSetOfUpdate, hasStructsBeyond } from './deleteset.js'
+import { type DeleteSet, deleteSetCovers, deleteSetOf, deleteSetOfUpdate, hasStructsBeyond } from './deleteset.js'
 import { SseParser, type SseEvent } from './sse.js'
 
 /** How updates are received. */
@@ -207,7 +207,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
    * Deletions the document had before this provider saw it, until a sync message shows that the
    * server has them too or they were queued. Everything later goes through the queue.
    */
-  private unconfirmedDeletes: ReturnType<typeof Y.createDeleteSet> | null
+  private unconfirmedDeletes: DeleteSet | null
 
   private awarenessInFlight = false
   private awarenessDirty = false
@@ -352,8 +352,9 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
   }
 
   /**
-   * One request linked to `parent` (and to the provider's lifetime unless `parent` is null) with a
-   * deadline for the whole exchange, body included: the caller reads the body inside `use`.
+   * One request, aborted when `parent` is (callers pass signals that the provider's lifetime
+   * aborts, or null for the one request that must outlive it) or after `timeout` ms for the whole
+   * exchange, body included: the caller reads the body inside `use`.
    */
   private async request<T> (
     operation: Operation,
@@ -448,6 +449,10 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
         throw new NotAnEventStream('events', `events: expected text/event-stream, got ${JSON.stringify(type)} (HTTP ${res.status})`, res.status)
       }
       const reader = res.body.getReader()
+      // Aborting the request should error the body, but not every fetch implementation does
+      // that: cancelling the reader too makes any abort (idle timer, disconnect, destroy) end it.
+      const cancel = (): void => { reader.cancel(attempt.signal.reason).catch(() => {}) }
+      attempt.signal.addEventListener('abort', cancel, { once: true })
       const parser = new SseParser()
       let idle: ReturnType<typeof setTimeout> | null = null
       const armIdle = (): void => {
@@ -464,6 +469,8 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
       try {
         for (;;) {
           const { done, value } = await reader.read()
+          // A cancelled reader reports a clean end: the abort's reason is the real story.
+          if (attempt.signal.aborted) throw attempt.signal.reason
           if (done) break
           if (this.receivingSince === null) this.receivingSince = Date.now()
           armIdle()
@@ -472,6 +479,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
         for (const event of parser.end()) this.handleSseEvent(event)
       } finally {
         if (idle !== null) clearTimeout(idle)
+        attempt.signal.removeEventListener('abort', cancel)
         reader.releaseLock()
       }
     })
@@ -512,6 +520,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
       query.timeout = String(this.options.pollTimeout)
       query.sv = toBase64Url(Y.encodeStateVector(this.doc))
       const deadline = (this.options.pollTimeout + 15) * 1000
+      const started = Date.now()
       const body = await this.request('poll', this.url('/poll', query), { headers: this.headers({ Accept: 'application/json' }) },
         signal, deadline, async (res) => parsePollAnswer(await res.json()))
       if (signal.aborted) return
@@ -520,7 +529,11 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
         this.onReceiverUp()
       }
       if (this.receivingSince === null) this.receivingSince = Date.now()
-      this.receiveBackoff.reset()
+      // An empty answer long before the timeout means something in between does not hold long
+      // polls (or the server ignores `timeout`): back off instead of polling in a tight loop.
+      const hurried = body.sync === null && body.updates.length === 0 &&
+        Date.now() - started < Math.min(1_000, this.options.pollTimeout * 500)
+      if (!hurried) this.receiveBackoff.reset()
       if (body.sync !== null) {
         const data = fromBase64Url(body.sync)
         this.emit('message', [{ kind: 'sync', id: body.since, data, transport: 'poll' }])
@@ -540,6 +553,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
       }
       this._lastEventId = body.since
       this.setSynced(true)
+      if (hurried) await sleep(this.receiveBackoff.next(), signal)
     }
   }
 
@@ -631,6 +645,7 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
       await this.request('update', this.url('/update'), {
         method: 'POST',
         headers: this.headers({ 'Content-Type': 'application/octet-stream' }),
+        // TypeScript's DOM types take only ArrayBuffer-backed arrays as a body; Yjs's are.
         body: update as Uint8Array<ArrayBuffer>
       }, this.lifetime.signal, this.options.requestTimeout, async (res) => { await res.arrayBuffer() })
     } catch (err) {

@@ -34,18 +34,21 @@ class Ctx {
     this.providers = []
   }
 
-  /** An HttpProvider on a fresh doc (or `opts.doc`), SSE unless `opts.transport` says otherwise. */
-  http (name, opts = {}) {
+  /**
+   * An HttpProvider on a fresh doc (or `opts.doc`), SSE unless `opts.transport` says otherwise,
+   * on the test's server unless `opts.serverUrl` names another base.
+   */
+  http (name, { serverUrl = this.server.httpUrl, ...opts } = {}) {
     const doc = defineRoots(opts.doc ?? new Y.Doc())
-    const provider = new HttpProvider(this.server.httpUrl, name, doc, opts)
+    const provider = new HttpProvider(serverUrl, name, doc, opts)
     this.providers.push(provider)
     return provider
   }
 
   /** A y-websocket client; BroadcastChannel is off so that clients only talk through the server. */
-  ws (name, { params = {} } = {}) {
+  ws (name, { params = {}, path = '' } = {}) {
     const doc = defineRoots(new Y.Doc())
-    const provider = new WebsocketProvider(this.server.wsUrl, name, doc, {
+    const provider = new WebsocketProvider(this.server.wsUrl + path, name, doc, {
       WebSocketPolyfill: WebSocket,
       disableBc: true,
       resyncInterval: -1,
@@ -117,7 +120,8 @@ serverTest('an SSE provider, a polling provider and a y-websocket client converg
   for (let round = 0; round < 5; round++) {
     for (const [who, doc] of clients) {
       const text = doc.getText('text')
-      text.insert((round * 7) % (text.length + 1), `${who}${round} `)
+      // At either end: never inside another client's word, so each word stays whole to check below.
+      text.insert(round % 2 === 0 ? 0 : text.length, `${who}${round} `)
       doc.getMap('map').set(`${who}-${round}`, { round, who })
       doc.getArray('array').push([`${who}${round}`])
       if (round === 2) doc.getMap('map').delete(`${who}-0`)
@@ -135,6 +139,23 @@ serverTest('an SSE provider, a polling provider and a y-websocket client converg
   const late = ctx.http(name, { transport: 'poll' })
   await waitConverged([late.doc, ws.doc])
 })
+
+serverTest('a server mounted under --path-prefix with its own --api-prefix: serverUrl carries the path, apiPrefix the rest', async (ctx) => {
+  const name = 'mounted'
+  const base = `${ctx.server.httpUrl}/collab/`
+  const sse = ctx.http(name, { serverUrl: base, apiPrefix: 'v1' })
+  const poll = ctx.http(name, { serverUrl: base, apiPrefix: '/v1/', transport: 'poll' })
+  const ws = ctx.ws(name, { path: '/collab' })
+  await waitAllSynced([sse, poll, ws])
+  sse.doc.getText('text').insert(0, 'sse ')
+  poll.doc.getMap('map').set('poll', true)
+  ws.doc.getArray('array').push(['ws'])
+  await waitConverged([sse.doc, poll.doc, ws.doc])
+  // And nothing is served at the default prefix.
+  const res = await fetch(`${ctx.server.httpUrl}/api/docs/${name}/state-vector`)
+  assert.notEqual(res.status, 200)
+  await res.arrayBuffer()
+}, { serverArgs: ['--path-prefix', '/collab', '--api-prefix', '/v1'] })
 
 // (b)
 serverTest('a cut SSE connection resumes from its last event id: it gets everything, and no update twice', async (ctx) => {
@@ -192,6 +213,42 @@ serverTest('a cut SSE connection resumes from its last event id: it gets everyth
   assert.ok(comparePositions(syncIds[0], updateIds[0]) < 0, 'the sync event comes before every update event')
 })
 
+// (b), past a compaction
+serverTest('resuming past a compaction: the stream starts with a sync event holding only what the client lacks', async (ctx) => {
+  const name = 'compacted'
+  const flaky = new FlakyFetch()
+  const sse = ctx.http(name, { fetch: flaky.fetch })
+  const messages = []
+  sse.on('message', (m) => { if (m.kind !== 'awareness') messages.push(m) })
+  const ws = ctx.ws(name)
+  await waitAllSynced([sse, ws])
+  ws.doc.getText('text').insert(0, 'seen ')
+  await waitFor(() => sse.doc.getText('text').toString() === 'seen ', { message: 'the first edit over SSE' })
+  flaky.offline = true
+  await waitFor(() => sse.status === 'disconnected', { message: 'offline' })
+  // One POST per edit: each is its own log entry, and --compact-after-updates 3 compacts them away.
+  const writer = ctx.http(name, { transport: 'poll' })
+  await waitFor(() => writer.synced)
+  for (let i = 0; i < 12; i++) {
+    writer.doc.getArray('array').push([i])
+    await waitFor(() => !writer.hasUnsavedChanges, { message: `edit ${i} stored` })
+  }
+  const seenBefore = messages.length
+  flaky.offline = false
+  await waitConverged([sse.doc, ws.doc, writer.doc])
+  const resumed = flaky.requests.filter((r) => r.url.includes('/events') && r.headers.get('last-event-id') !== null).at(-1)
+  assert.ok(resumed, 'the reconnection carried Last-Event-ID')
+  const after = messages.slice(seenBefore)
+  assert.equal(after[0]?.kind, 'sync', `the resumed stream starts with a sync event: ${after.map((m) => `${m.kind} ${m.id}`).join(', ')}`)
+  // The sync event is the diff against the sv the client sent: no struct it already had.
+  const sv = Y.decodeStateVector(new Uint8Array(Buffer.from(new URL(resumed.url).searchParams.get('sv'), 'base64url')))
+  for (const struct of Y.decodeUpdate(after[0].data).structs) {
+    assert.ok(struct.id.clock >= (sv.get(struct.id.client) ?? 0), `struct ${struct.id.client}:${struct.id.clock} was already known (sv ${[...sv]})`)
+  }
+  const ids = messages.map((m) => m.id)
+  for (let i = 1; i < ids.length; i++) assert.ok(comparePositions(ids[i - 1], ids[i]) < 0, `ids strictly increase: ${ids.join(' ')}`)
+}, { serverArgs: ['--compact-after-updates', '3'] })
+
 // (c)
 serverTest('edits made while the server is unreachable arrive once it is back (SSE and polling)', async (ctx) => {
   const name = 'offline'
@@ -201,7 +258,7 @@ serverTest('edits made while the server is unreachable arrive once it is back (S
     const p = ctx.http(name, { transport, fetch: flaky.fetch })
     await waitAllSynced([p, ws])
     flaky.offline = true
-    await waitFor(() => p.status === 'disconnected' || flaky.requests.some((r) => r.method === 'POST'), { message: `${transport}: offline` })
+    await waitFor(() => p.status === 'disconnected', { message: `${transport}: the provider to notice it is offline` })
     p.doc.getText('text').insert(0, `${transport} offline `)
     p.doc.getMap('map').set(transport, 'offline')
     p.doc.getArray('array').push([transport])
@@ -261,6 +318,45 @@ serverTest('awareness: from the HTTP providers to y-websocket and back; destroy 
   const id = sse.doc.clientID
   sse.destroy()
   await waitFor(() => !ws.awareness.getStates().has(id), { timeout: 10_000, message: 'the SSE client removed at the y-websocket client' })
+})
+
+serverTest('contract: the first event of a new stream is `sync`, also when the room has awareness states', async (ctx) => {
+  const name = 'first-event'
+  const ws = ctx.ws(name)
+  await waitFor(() => ws.synced)
+  ws.awareness.setLocalStateField('user', { name: 'ws' })
+  const watcher = ctx.http(name)
+  await waitFor(() => watcher.awareness.getStates().has(ws.doc.clientID), { message: 'the state in the room' })
+  const kinds = []
+  const late = ctx.http(name, { connect: false })
+  late.on('message', (m) => kinds.push(m.kind))
+  late.connect()
+  await waitFor(() => late.synced && late.awareness.getStates().has(ws.doc.clientID), { message: 'the late client synced, with the state' })
+  assert.equal(kinds[0], 'sync', `ARCHITECTURE.md: "The first event is event: sync"; received ${kinds.join(', ')}`)
+})
+
+serverTest('awareness keeps flowing on a resumed stream, also when no document update comes', async (ctx) => {
+  const name = 'quiet'
+  const flaky = new FlakyFetch()
+  const sse = ctx.http(name, { fetch: flaky.fetch })
+  const ws = ctx.ws(name)
+  await waitAllSynced([sse, ws])
+  ws.doc.getText('text').insert(0, 'x')
+  await waitFor(() => sse.doc.getText('text').toString() === 'x' && sse.lastEventId !== null, { message: 'one update over SSE' })
+  ws.awareness.setLocalStateField('user', { name: 'ws1' })
+  const userAtSse = () => sse.awareness.getStates().get(ws.doc.clientID)?.user?.name
+  await waitFor(() => userAtSse() === 'ws1', { message: 'the first state over SSE' })
+  const streams = () => flaky.requests.filter((r) => r.url.includes('/events'))
+  const before = streams().length
+  flaky.cut()
+  await waitFor(() => streams().length > before && sse.status === 'connected', { message: 'the stream resumed' })
+  assert.ok(streams().at(-1).headers.get('last-event-id'), 'resumed with Last-Event-ID')
+  // Nobody edits the document: only awareness changes from here on.
+  ws.awareness.setLocalStateField('user', { name: 'ws2' })
+  await waitFor(() => userAtSse() === 'ws2', {
+    timeout: 10_000,
+    message: () => `the changed state over the resumed stream (ARCHITECTURE.md: "event: awareness carries awareness updates of the room"); the SSE client sees ${JSON.stringify(userAtSse())}`
+  })
 })
 
 // (e)

@@ -11,7 +11,11 @@ const unb64 = (text) => new Uint8Array(Buffer.from(text, 'base64url'))
 const json = (status, value) => new Response(JSON.stringify(value), { status, headers: { 'content-type': 'application/json' } })
 
 export class FakeServer {
+  /** Every server made, so a test file can close them all afterwards. */
+  static all = []
+
   constructor ({ apiPrefix = '/api', token = null } = {}) {
+    FakeServer.all.push(this)
     this.apiPrefix = apiPrefix
     this.token = token
     /** name -> { doc, awareness, log: [{ pos, update }], seq } */
@@ -85,6 +89,9 @@ export class FakeServer {
     const body = init.body === undefined ? null : new Uint8Array(init.body)
     const request = { method, url, headers, body, signal: init.signal }
     this.requests.push(request)
+    // A real fetch answers in a later task, never in the same microtask queue: a client looping on
+    // instant answers would otherwise starve every timer, the test's own included.
+    await new Promise((resolve) => setImmediate(resolve))
     if (init.signal?.aborted) throw init.signal.reason ?? new DOMException('aborted', 'AbortError')
     if (this.offline) throw new TypeError('fetch failed')
     for (const hook of this.hooks) {
@@ -173,6 +180,16 @@ export class FakeServer {
     }
     const updates = after().map((e) => ({ id: e.pos, update: b64(e.update) }))
     return json(200, { since: this.position(room), sync: null, updates, awareness })
+  }
+
+  /** Ends the streams and destroys the rooms (an Awareness runs an interval timer). */
+  close () {
+    this.endStreams()
+    for (const p of this.pollers) p.wake()
+    for (const room of this.docs.values()) {
+      room.awareness.destroy()
+      room.doc.destroy()
+    }
   }
 
   /** Requests whose path ends with `suffix`. */

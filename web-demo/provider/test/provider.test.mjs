@@ -18,6 +18,7 @@ afterEach(() => {
     p.destroy()
     p.doc.destroy()
   }
+  for (const server of FakeServer.all.splice(0)) server.close()
 })
 
 /** A provider on a fresh doc, destroyed after the test. Fast backoff so retries do not slow tests. */
@@ -230,6 +231,25 @@ test('poll transport: first call without since, then continues from the returned
   assert.ok(polls.slice(2).every((r) => r.url.searchParams.has('since')), 'later polls carry since')
 })
 
+test('poll transport: empty answers that come back at once are backed off, not polled in a tight loop', async () => {
+  const server = new FakeServer()
+  server.hooks.push((r) => {
+    // Something in between that answers every long poll at once, empty.
+    if (r.url.pathname.endsWith('/poll') && r.url.searchParams.has('since')) {
+      return new Response(JSON.stringify({ since: r.url.searchParams.get('since'), sync: null, updates: [], awareness: null }))
+    }
+  })
+  const p = provider(server, 'doc', { transport: 'poll', pollTimeout: 25, backoff: { initialDelay: 40, maxDelay: 40, jitter: 0 } })
+  await waitFor(() => p.synced)
+  const start = Date.now()
+  const count = () => server.requestsTo('/poll').length
+  const first = count()
+  await waitFor(() => count() >= first + 5, { message: 'five more polls' })
+  // At least four 40 ms waits between those five polls (a lower bound: a slow machine only adds).
+  assert.ok(Date.now() - start >= 4 * 40, `five polls in ${Date.now() - start} ms`)
+  assert.equal(p.status, 'connected')
+})
+
 test('fallback: an answer that is not an event stream switches to polling at once', async () => {
   const server = new FakeServer()
   server.hooks.push((r) => {
@@ -299,6 +319,28 @@ test('an auth failure is a connection-error with the status, and the provider ke
   assert.equal(streamErrors()[0].status, 401)
   assert.match(streamErrors()[0].message, /a token is required/)
   assert.equal(p.synced, false)
+})
+
+test('a silent stream is reconnected after idleTimeout; a stream the server ends is reconnected too', async () => {
+  const server = new FakeServer()
+  let silent = true
+  server.hooks.push((r) => {
+    // An event stream that never sends a byte: what a buffering proxy in between looks like.
+    if (silent && r.url.pathname.endsWith('/events')) {
+      return new Response(new ReadableStream({ start () {} }), { headers: { 'content-type': 'text/event-stream' } })
+    }
+  })
+  const p = provider(server, 'doc', { idleTimeout: 100 })
+  const errors = []
+  p.on('connection-error', (err) => errors.push(err))
+  await waitFor(() => server.requestsTo('/events').length >= 2, { message: 'a second attempt after the idle timeout' })
+  assert.match(errors.find((e) => e.operation === 'events').message, /no event or heartbeat for 100 ms/)
+  silent = false
+  await waitFor(() => p.synced, { message: 'synced once the stream talks' })
+  const attempts = server.requestsTo('/events').length
+  server.endStreams()
+  await waitFor(() => server.requestsTo('/events').length > attempts && p.synced, { message: 'reconnected after the server ended the stream' })
+  assert.ok(errors.some((e) => /the server ended the stream/.test(e.message)))
 })
 
 test('disconnect pauses receiving and sending; connect resumes both', async () => {

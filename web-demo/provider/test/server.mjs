@@ -3,7 +3,8 @@
 // the `listening on HOST:PORT` line, SIGTERM and require exit 0 at the end.
 //
 // The binary is $CONCORD_SERVER_BIN, or ../../target/debug/concord-server relative to the package
-// (build it with `cargo build -p concord-server --bins` at the repository root).
+// ($CARGO_TARGET_DIR/debug/concord-server when that is set, as in tests/interop); build it with
+// `cargo build -p concord-server --bins` at the repository root.
 
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
@@ -11,9 +12,11 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const packageDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const repoRoot = path.resolve(packageDir, '..', '..')
+const targetDir = process.env.CARGO_TARGET_DIR ? path.resolve(repoRoot, process.env.CARGO_TARGET_DIR) : path.join(repoRoot, 'target')
 export const serverBin = process.env.CONCORD_SERVER_BIN
   ? path.resolve(process.env.CONCORD_SERVER_BIN)
-  : path.resolve(packageDir, '..', '..', 'target', 'debug', 'concord-server')
+  : path.join(targetDir, 'debug', 'concord-server')
 
 /** How long the server gets to print its `listening on` line. */
 const STARTUP_TIMEOUT_MS = 30_000
