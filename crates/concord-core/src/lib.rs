@@ -6,6 +6,7 @@
 //! - [`Room`] applies decoded messages to one document and says what to send to whom.
 //! - [`Store`] is the persistence seam; [`MemoryStore`] keeps everything in memory.
 
+pub mod json;
 mod name;
 mod room;
 mod store;

@@ -57,6 +57,16 @@ pub struct SnapshotDraft {
 }
 
 impl SnapshotDraft {
+    /// Encodes `doc` both ways (see [`Room::draft_snapshot`]).
+    pub fn of(doc: &Doc) -> Result<SnapshotDraft, SnapshotError> {
+        let txn = doc.transact();
+        // yrs panics on some states it holds pending (an `unwrap` in its pending merge).
+        let v1 = quietly(|| txn.encode_state_as_update_v1(&StateVector::default()))
+            .ok_or(SnapshotError)?;
+        let v2 = quietly(|| txn.encode_state_as_update_v2(&StateVector::default()));
+        Ok(SnapshotDraft { v1, v2 })
+    }
+
     /// An upper bound of the finished snapshot's size.
     pub fn size_bound(&self) -> u64 {
         1 + self.v1.len().max(self.v2.as_ref().map_or(0, Vec::len)) as u64
@@ -451,12 +461,7 @@ impl Room {
     /// lock (about a millisecond each for a 160 KB document). [`SnapshotDraft::finish`], which
     /// checks the v2 encoding by decoding it, can run after the lock is released.
     pub fn draft_snapshot(&self) -> Result<SnapshotDraft, SnapshotError> {
-        let txn = self.doc().transact();
-        // yrs panics on some states it holds pending (an `unwrap` in its pending merge).
-        let v1 = quietly(|| txn.encode_state_as_update_v1(&StateVector::default()))
-            .ok_or(SnapshotError)?;
-        let v2 = quietly(|| txn.encode_state_as_update_v2(&StateVector::default()));
-        Ok(SnapshotDraft { v1, v2 })
+        SnapshotDraft::of(self.doc())
     }
 
     /// The document.

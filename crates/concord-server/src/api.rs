@@ -351,7 +351,8 @@ async fn read(
         )));
     }
     let types = match &params.types {
-        Some(types) => parse_types(types)?,
+        Some(types) => concord_core::json::parse_types(types)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
         None => Vec::new(),
     };
     let state = current_state(&concord, &name, sv)
@@ -360,102 +361,8 @@ async fn read(
     if format == "update" {
         return Ok(binary(state));
     }
-    Ok(Json(json_of(&state, &types)?).into_response())
-}
-
-/// A root type named by the `types` hint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RootKind {
-    Text,
-    Map,
-    Array,
-    Xml,
-}
-
-/// `text:content,map:meta` into root names and kinds.
-fn parse_types(types: &str) -> ApiResult<Vec<(String, RootKind)>> {
-    types
-        .split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let (kind, name) = part.split_once(':').ok_or_else(|| {
-                ApiError::bad_request(format!("types: {part:?} is not KIND:NAME"))
-            })?;
-            let kind = match kind {
-                "text" => RootKind::Text,
-                "map" => RootKind::Map,
-                "array" => RootKind::Array,
-                "xml" => RootKind::Xml,
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "types: {other:?} is not text, map, array or xml"
-                    )));
-                }
-            };
-            Ok((name.to_owned(), kind))
-        })
-        .collect()
-}
-
-/// The JSON of a document's root types. Roots named in `types` are read as that kind; other
-/// roots whose kind the update does not tell (every root a remote client created) are read as
-/// maps when they hold no sequence, else as arrays (name text roots in `types` to get their
-/// string).
-fn json_of(state: &[u8], types: &[(String, RootKind)]) -> ApiResult<serde_json::Value> {
-    use yrs::types::ToJson;
-    use yrs::{Doc, GetString, Out, WriteTxn};
-    let doc = Doc::new();
-    {
-        let update = yrs::Update::decode_v1(state).map_err(ApiError::internal)?;
-        doc.transact_mut()
-            .apply_update(update)
-            .map_err(ApiError::internal)?;
-    }
-    let mut txn = doc.transact_mut();
-    let mut out = serde_json::Map::new();
-    for (name, kind) in types {
-        let value = match kind {
-            RootKind::Text => {
-                yrs::Any::from(txn.get_or_insert_text(name.as_str()).get_string(&txn))
-            }
-            RootKind::Map => txn.get_or_insert_map(name.as_str()).to_json(&txn),
-            RootKind::Array => txn.get_or_insert_array(name.as_str()).to_json(&txn),
-            RootKind::Xml => yrs::Any::from(
-                txn.get_or_insert_xml_fragment(name.as_str())
-                    .get_string(&txn),
-            ),
-        };
-        out.insert(name.clone(), any_to_json(&value));
-    }
-    let others: Vec<(String, bool)> = txn
-        .root_refs()
-        .filter(|(name, _)| !types.iter().any(|(hinted, _)| hinted == name))
-        .map(|(name, value)| {
-            let sequence = match &value {
-                Out::UndefinedRef(branch) => branch.len() > 0,
-                _ => false,
-            };
-            (name.to_owned(), sequence)
-        })
-        .collect();
-    for (name, sequence) in others {
-        let value = match txn.root_refs().find(|(n, _)| *n == name).map(|(_, v)| v) {
-            Some(Out::UndefinedRef(_)) if sequence => {
-                txn.get_or_insert_array(name.as_str()).to_json(&txn)
-            }
-            Some(Out::UndefinedRef(_)) => txn.get_or_insert_map(name.as_str()).to_json(&txn),
-            Some(value) => value.to_json(&txn),
-            None => continue,
-        };
-        out.insert(name, any_to_json(&value));
-    }
-    Ok(serde_json::Value::Object(out))
-}
-
-fn any_to_json(any: &yrs::Any) -> serde_json::Value {
-    let mut text = String::new();
-    any.to_json(&mut text);
-    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    let json = concord_core::json::state_json(&state, &types).map_err(ApiError::internal)?;
+    Ok(Json(json).into_response())
 }
 
 /// `GET /docs/{name}/state-vector`.
@@ -962,19 +869,6 @@ async fn first_without_waiting(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn types_hints_parse() {
-        assert_eq!(
-            parse_types("text:content,map:meta").unwrap(),
-            vec![
-                ("content".to_owned(), RootKind::Text),
-                ("meta".to_owned(), RootKind::Map)
-            ]
-        );
-        assert!(parse_types("nope").is_err());
-        assert!(parse_types("blob:x").is_err());
-    }
 
     #[test]
     fn awareness_payloads_come_out_of_their_frames() {

@@ -1,0 +1,2 @@
+//! A Rust `concord-client` provider the Node interop tests drive (see `tests/interop`).
+fn main() {}
