@@ -66,6 +66,10 @@ pub struct SaveState {
     pub acks: AckSupport,
 }
 
+/// See `ProviderConfig::fail_attempt`.
+#[doc(hidden)]
+pub type FailAttempt = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Gives a token before each connection attempt (a fresh one, typically).
 pub type TokenSource = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
 
@@ -151,7 +155,7 @@ pub struct ProviderConfig {
     /// For tests: called with the URL before each attempt; `Some(reason)` fails the attempt at
     /// once, without any I/O.
     #[doc(hidden)]
-    pub fail_attempt: Option<Arc<dyn Fn(&str) -> Option<String> + Send + Sync>>,
+    pub fail_attempt: Option<FailAttempt>,
 }
 
 impl ProviderConfig {
