@@ -45,6 +45,8 @@ mod presence;
 mod provider;
 
 pub use presence::{OnlineStatus, Presence, User};
+#[doc(hidden)]
+pub use provider::FailAttempt;
 pub use provider::{
     AckSupport, ClientError, PeerEvent, Provider, ProviderConfig, Reconnect, SaveState, Status,
     TokenSource,
