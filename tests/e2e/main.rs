@@ -7,7 +7,9 @@ mod api;
 // Tokens, read-only access, origins and application authorizers.
 mod auth;
 mod awareness;
+// The Rust client against real servers.
 mod backpressure;
+mod client;
 // Tests through `Concord::new` + `router` (custom stores, `is_loaded`, `connection_count`,
 // `closed`).
 mod embedded;

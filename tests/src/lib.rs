@@ -177,6 +177,11 @@ impl SplitMix64 {
 // Server
 // ---------------------------------------------------------------------------------------------
 
+/// Waits a little before binding again (the port is briefly in use after a server stopped).
+async fn tracing_free_wait(_error: &std::io::Error) {
+    tokio::time::sleep(POLL_INTERVAL).await;
+}
+
 /// A Concord server listening on `127.0.0.1` on an ephemeral port, served by
 /// [`concord_server::run`] on a spawned task (documents live in a `MemoryStore`).
 ///
@@ -193,9 +198,22 @@ pub struct TestServer {
 impl TestServer {
     /// Binds `127.0.0.1:0` and starts serving with `config` (including its `path_prefix`).
     pub async fn start(config: Config) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind an ephemeral loopback port");
+        TestServer::start_at(config, "127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// Starts serving on `addr`: the address of a server that was stopped, to bring it back.
+    pub async fn start_at(config: Config, addr: SocketAddr) -> TestServer {
+        // The old listener's port may take a moment to be free again.
+        let deadline = Instant::now() + DEADLINE;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() < deadline && addr.port() != 0 => {
+                    tracing_free_wait(&e).await;
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().expect("listener address");
         let prefix = config.path_prefix.trim_end_matches('/').to_owned();
         let shutdown = CancellationToken::new();
@@ -217,6 +235,14 @@ impl TestServer {
     /// The WebSocket URL of an arbitrary request path (starting with `/`), ignoring the prefix.
     pub fn raw_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Stops the server at once, as a killed process would: its connections end without close
+    /// frames and nothing is flushed (documents are in memory, or in a store the test holds).
+    pub fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 
     /// Whether the server task has finished.
