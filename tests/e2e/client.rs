@@ -91,9 +91,11 @@ async fn two_clients_editing_while_the_server_is_down_converge_when_it_returns()
     .await;
     tokio::time::timeout(DEADLINE, a.wait_saved())
         .await
+        .unwrap()
         .unwrap();
     tokio::time::timeout(DEADLINE, b.wait_saved())
         .await
+        .unwrap()
         .unwrap();
     assert!(!a.has_unsaved_changes() && !b.has_unsaved_changes());
     assert_eq!(a.save_state().borrow().acks, AckSupport::Yes);
@@ -129,6 +131,7 @@ async fn a_client_restarted_while_offline_sends_its_stored_edits_later() {
     let server = TestServer::start_at(Config::default(), addr).await;
     tokio::time::timeout(DEADLINE, second.wait_saved())
         .await
+        .unwrap()
         .unwrap();
     let reader = TestClient::connect_synced(&server.url("kept"))
         .await
@@ -217,6 +220,7 @@ async fn a_killed_server_comes_back_and_the_client_resyncs_by_itself() {
     append(&provider, "before;");
     tokio::time::timeout(DEADLINE, provider.wait_saved())
         .await
+        .unwrap()
         .unwrap();
 
     server.kill();
@@ -225,6 +229,7 @@ async fn a_killed_server_comes_back_and_the_client_resyncs_by_itself() {
     let server = ServerProcess::start(addr.port(), data.path());
     tokio::time::timeout(DEADLINE, provider.wait_saved())
         .await
+        .unwrap()
         .unwrap();
     let reader = TestClient::connect_synced(&format!("ws://{}/survivor", server.addr))
         .await
@@ -328,6 +333,7 @@ async fn on_a_server_without_save_acknowledgements_the_provider_says_so_and_goes
     // wait_saved returns once it is clear no acknowledgement will come.
     tokio::time::timeout(DEADLINE, provider.wait_saved())
         .await
+        .unwrap()
         .unwrap();
     let state = *provider.save_state().borrow();
     assert_eq!(state.acks, AckSupport::No);

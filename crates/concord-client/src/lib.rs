@@ -16,7 +16,7 @@
 //! let text = doc.get_or_insert_text("content");
 //! text.insert(&mut doc.transact_mut(), 0, "hello"); // applied at once, sent when connected
 //! provider.wait_synced().await;
-//! provider.wait_saved().await; // durable on the server (Concord's save acknowledgement)
+//! provider.wait_saved().await?; // durable on the server (Concord's save acknowledgement)
 //! provider.close().await;
 //! # Ok(())
 //! # }
@@ -48,6 +48,6 @@ pub use presence::{OnlineStatus, Presence, User};
 #[doc(hidden)]
 pub use provider::FailAttempt;
 pub use provider::{
-    AckSupport, ClientError, PeerEvent, Provider, ProviderConfig, Reconnect, SaveState, Status,
-    TokenSource,
+    AckSupport, ClientError, EditsRefused, PeerEvent, Provider, ProviderConfig, Reconnect,
+    SaveState, Status, TokenSource,
 };

@@ -64,6 +64,18 @@ pub struct SaveState {
     pub unsaved: bool,
     /// Whether acknowledgements come at all.
     pub acks: AckSupport,
+    /// The server refused this client's edits on the current connection (the token grants
+    /// read-only access): they stay unsaved, acknowledgements notwithstanding, and
+    /// [`Provider::wait_saved`] fails. See [`Provider::refusal`] for the server's reason.
+    pub refused: bool,
+}
+
+/// The server refused this client's edits (see [`SaveState::refused`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the server refuses this client's edits: {reason}")]
+pub struct EditsRefused {
+    /// What the server said, or a generic reason if it gave none.
+    pub reason: String,
 }
 
 /// See `ProviderConfig::fail_attempt`.
@@ -201,6 +213,9 @@ pub enum ClientError {
     /// The URL is not `ws://` or `wss://`.
     #[error("not a WebSocket URL: {0}")]
     Url(String),
+    /// The server refuses this client's edits.
+    #[error(transparent)]
+    Refused(#[from] EditsRefused),
 }
 
 /// A change in the peers' awareness.
@@ -229,6 +244,8 @@ struct Shared {
     /// Every status change, for those who must see each one (the watch keeps the latest).
     transitions: broadcast::Sender<Status>,
     save: watch::Sender<SaveState>,
+    /// Why the server refused edits on the current connection (with `SaveState::refused`).
+    refusal: Mutex<Option<String>>,
     /// Local updates not sent yet.
     outbox: Mutex<Vec<Vec<u8>>>,
     /// Something to send: local updates, or a change of the local awareness state.
@@ -277,6 +294,7 @@ impl Provider {
         let (save, _) = watch::channel(SaveState {
             unsaved: restored,
             acks: AckSupport::Unknown,
+            refused: false,
         });
         let shared = Arc::new(Shared {
             name,
@@ -285,6 +303,7 @@ impl Provider {
             status,
             transitions: broadcast::channel(64).0,
             save,
+            refusal: Mutex::new(None),
             outbox: Mutex::new(Vec::new()),
             wake: Notify::new(),
             awareness_dirty: AtomicBool::new(false),
@@ -364,12 +383,35 @@ impl Provider {
     }
 
     /// Waits until every local edit is durable on the server, or the server turns out not to
-    /// acknowledge saves (then returns at once: see [`AckSupport::No`]).
-    pub async fn wait_saved(&self) {
+    /// acknowledge saves (then returns at once: see [`AckSupport::No`]). Fails if the server
+    /// refuses this client's edits (a read-only token): they will not be saved on this
+    /// connection, however long one waits.
+    pub async fn wait_saved(&self) -> Result<(), EditsRefused> {
         let mut save = self.save_state();
-        let _ = save
-            .wait_for(|s| !s.unsaved || s.acks == AckSupport::No)
-            .await;
+        let state = match save
+            .wait_for(|s| !s.unsaved || s.acks == AckSupport::No || s.refused)
+            .await
+        {
+            Ok(state) => *state,
+            Err(_) => return Ok(()),
+        };
+        if state.refused && state.unsaved {
+            return Err(EditsRefused {
+                reason: self
+                    .refusal()
+                    .unwrap_or_else(|| "no reason given".to_owned()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Why the server refused this client's edits on the current connection, if it did.
+    pub fn refusal(&self) -> Option<String> {
+        if self.shared.save.borrow().refused {
+            lock(&self.shared.refusal).clone()
+        } else {
+            None
+        }
     }
 
     /// The client id other clients see this provider's awareness under.
@@ -488,6 +530,10 @@ async fn run(shared: Arc<Shared>) {
         let reason = match connected {
             Ok(ws) => {
                 let opened = Instant::now();
+                // A refusal holds for the connection it came on (the next token may grant more).
+                shared
+                    .save
+                    .send_if_modified(|s| std::mem::replace(&mut s.refused, false));
                 shared.set_status(Status::Connected);
                 let reason = session(&shared, ws).await;
                 forget_peers(&shared);
@@ -753,7 +799,12 @@ fn handle(
                 }
             }
             Message::Auth(reason) => {
-                tracing::warn!(doc = %shared.name, reason = ?reason, "the server refuses this client's edits");
+                // The only Auth message a server sends a connected client refuses its edits
+                // (y-protocols' "permission denied"; Concord's read-only access).
+                let reason = reason.unwrap_or_else(|| "permission denied".to_owned());
+                tracing::warn!(doc = %shared.name, %reason, "the server refuses this client's edits");
+                *lock(&shared.refusal) = Some(reason);
+                shared.save.send_modify(|s| s.refused = true);
             }
             Message::Custom(MSG_SAVED, payload) => {
                 let id = Cursor::new(&payload)
@@ -766,7 +817,9 @@ fn handle(
                 let all = acked >= shared.local_edits.load(Ordering::Acquire);
                 shared.save.send_modify(|s| {
                     s.acks = AckSupport::Yes;
-                    if all {
+                    // The server answers save requests on a connection whose edits it refused
+                    // too: the acknowledgement covers what it accepted, which is none of them.
+                    if all && !s.refused {
                         s.unsaved = false;
                     }
                 });

@@ -1,0 +1,474 @@
+//! The `concord` binary against a real `concord-server` process: put, cat, watch, tokens.
+//!
+//! The server is another package's binary, which this package cannot depend on: it is taken
+//! from next to the `concord` binary (the same target directory and profile) or from
+//! `CONCORD_SERVER_BIN`. Build it first with `cargo build -p concord-server --bins` (the test
+//! command, `tests/run.sh`, builds every binary before it runs the tests).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use concord_client::{Presence, Provider, ProviderConfig, User};
+use serde_json::{Value, json};
+
+/// How long anything here may take before the test fails instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn concord_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_concord"))
+}
+
+fn server_bin() -> PathBuf {
+    let path = std::env::var_os("CONCORD_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| concord_bin().with_file_name("concord-server"));
+    assert!(
+        path.exists(),
+        "the server binary is not at {}: run `cargo build -p concord-server --bins` first \
+         (or set CONCORD_SERVER_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// A `concord-server` child process, killed when dropped (also when a test panics).
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    /// Starts a server on an ephemeral port with an in-memory store, and waits for its
+    /// `listening on` line.
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(server_bin())
+            .args(["--host", "127.0.0.1", "--port", "0", "--in-memory"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start concord-server");
+        let lines = line_reader(child.stdout.take().expect("piped stdout"));
+        // Guarded from here on: a failed start does not leave the process behind.
+        let mut server = Server {
+            child,
+            url: String::new(),
+        };
+        let line = lines
+            .recv_timeout(DEADLINE)
+            .expect("the server printed no `listening on` line in time");
+        let address = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"));
+        server.url = format!("ws://{}", address.trim());
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines of a child's stdout, read on a thread, so a test can wait for one with a deadline.
+fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// What a finished `concord` run said.
+#[derive(Debug)]
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+/// Runs `concord ARGS` with `stdin` and extra environment, to completion (killed, and the test
+/// failed, after [`DEADLINE`]).
+fn concord(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new(concord_bin())
+        .args(args)
+        .env_remove("CONCORD_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start concord");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_owned();
+    // Written on a thread: a child that does not read stdin must not block the test.
+    thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let read_all = |mut from: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = from.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for concord") {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("concord {args:?} did not finish within {DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        success: status.success(),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        took: started.elapsed(),
+    }
+}
+
+/// Runs `concord ARGS` and requires success.
+fn concord_ok(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+    let run = concord(args, stdin, env);
+    assert!(run.success, "concord {args:?} failed: {run:?}");
+    run
+}
+
+/// The JSON `concord cat` printed.
+fn cat_json(url: &str, doc: &str, extra: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut args = vec!["cat", url, doc, "--types", "text:content"];
+    args.extend_from_slice(extra);
+    let run = concord_ok(&args, "", env);
+    serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("cat printed no JSON ({e}): {run:?}"))
+}
+
+/// A port nothing listens on (bound, then released).
+fn unused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn put_replaces_the_text_and_cat_reads_it_back() {
+    let server = Server::start(&[]);
+    let url = server.url.as_str();
+    let first = "hello\nworld — ü 漢 😀\n";
+    let put = concord_ok(&["put", url, "notes", "--text", "content"], first, &[]);
+    assert!(
+        put.stdout.is_empty(),
+        "put prints nothing on stdout: {put:?}"
+    );
+    assert!(put.stderr.contains("saved"), "{put:?}");
+    assert_eq!(cat_json(url, "notes", &[], &[]), json!({"content": first}));
+
+    // A second put replaces the text (one delete-all and insert), it does not append.
+    concord_ok(&["put", url, "notes", "--text", "content"], "second", &[]);
+    assert_eq!(
+        cat_json(url, "notes", &[], &[]),
+        json!({"content": "second"})
+    );
+
+    // The same text again changes nothing.
+    let again = concord_ok(&["put", url, "notes", "--text", "content"], "second", &[]);
+    assert!(again.stderr.contains("unchanged"), "{again:?}");
+
+    // --pretty prints the same JSON, indented.
+    let pretty = concord_ok(
+        &["cat", url, "notes", "--types", "text:content", "--pretty"],
+        "",
+        &[],
+    );
+    assert!(pretty.stdout.contains("\n  \"content\""), "{pretty:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&pretty.stdout).unwrap(),
+        json!({"content": "second"})
+    );
+
+    // Without a hint, a text root a client only received reads as a sequence (an array).
+    let unhinted = concord_ok(&["cat", url, "notes"], "", &[]);
+    let unhinted: Value = serde_json::from_str(unhinted.stdout.trim()).unwrap();
+    assert!(unhinted["content"].is_array(), "{unhinted}");
+
+    // Empty stdin empties the text.
+    concord_ok(&["put", url, "notes", "--text", "content"], "", &[]);
+    assert_eq!(cat_json(url, "notes", &[], &[]), json!({"content": ""}));
+
+    // A document nobody wrote is empty.
+    assert_eq!(
+        cat_json(url, "nothing-here", &[], &[]),
+        json!({"content": ""})
+    );
+}
+
+#[test]
+fn cat_fails_with_a_message_when_it_cannot_sync() {
+    let port = unused_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let run = concord(&["cat", &url, "d", "--timeout", "1s"], "", &[]);
+    assert!(!run.success, "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+    assert!(
+        run.stderr.contains("cannot sync") && run.stderr.contains("within 1s"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("cannot connect"),
+        "the last reason: {run:?}"
+    );
+    assert!(
+        run.took < Duration::from_secs(8),
+        "bounded by --timeout: {run:?}"
+    );
+
+    let run = concord(&["cat", "http://127.0.0.1:1", "d"], "", &[]);
+    assert!(!run.success, "{run:?}");
+    assert!(run.stderr.contains("not a WebSocket URL"), "{run:?}");
+
+    let run = concord(&["cat", &url, "d", "--types", "blob:x"], "", &[]);
+    assert!(!run.success, "{run:?}");
+    assert!(run.stderr.contains("blob"), "{run:?}");
+}
+
+/// Lines of a running `concord watch`, read with a deadline.
+struct Watch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<Value>,
+}
+
+impl Watch {
+    fn start(url: &str, doc: &str) -> Watch {
+        let mut child = Command::new(concord_bin())
+            .args(["watch", url, doc, "--types", "text:content"])
+            .env_remove("CONCORD_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start concord watch");
+        let lines = line_reader(child.stdout.take().expect("piped stdout"));
+        Watch {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line matching `wanted`, skipping others (all kept in `seen`).
+    fn wait_for(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(e) => panic!("no {what} from watch ({e}); it printed {:#?}", self.seen),
+            };
+            let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                panic!("watch printed a line that is not JSON ({e}): {line:?}")
+            });
+            self.seen.push(value.clone());
+            if wanted(&value) {
+                return value;
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_prints_changes_presence_and_status_and_stops_on_sigterm() {
+    let server = Server::start(&[]);
+    let url = server.url.as_str();
+    concord_ok(&["put", url, "live", "--text", "content"], "v1", &[]);
+
+    let mut watch = Watch::start(url, "live");
+    watch.wait_for("synced status", |v| {
+        *v == json!({"type": "status", "status": "synced"})
+    });
+    watch.wait_for("the initial doc line", |v| {
+        *v == json!({"type": "doc", "json": {"content": "v1"}})
+    });
+
+    concord_ok(&["put", url, "live", "--text", "content"], "v2", &[]);
+    watch.wait_for("the doc line after a put", |v| {
+        *v == json!({"type": "doc", "json": {"content": "v2"}})
+    });
+
+    // A peer with a presence joins, changes it and leaves.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let peer = runtime
+        .block_on(Provider::start(ProviderConfig::new(url, "live")))
+        .unwrap();
+    let id = peer.client_id();
+    peer.set_presence(&Presence {
+        user: Some(User {
+            name: "Ada".into(),
+            color: Some("#d33682".into()),
+        }),
+        ..Presence::default()
+    });
+    let joined = watch.wait_for("the peer joining", |v| {
+        v["type"] == "presence" && v["event"] == "joined" && v["client"] == id
+    });
+    assert_eq!(joined["state"]["user"]["name"], "Ada", "{joined}");
+    peer.update_presence(|p| p.user.as_mut().unwrap().name = "Ada L.".into());
+    watch.wait_for("the peer's update", |v| {
+        v["event"] == "updated" && v["client"] == id && v["state"]["user"]["name"] == "Ada L."
+    });
+    runtime.block_on(peer.close());
+    watch.wait_for("the peer leaving", |v| {
+        v["event"] == "left" && v["client"] == id
+    });
+
+    // SIGTERM ends it cleanly.
+    let pid = watch.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = watch.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watch did not exit after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "watch exits 0 on SIGTERM: {status}");
+}
+
+/// Writes `secret` to a file and starts a server requiring HS256 tokens signed with it.
+fn auth_server(dir: &tempfile::TempDir) -> (Server, PathBuf) {
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a secret only this test knows\n").unwrap();
+    let server = Server::start(&["--auth-secret-file", secret.to_str().unwrap()]);
+    (server, secret)
+}
+
+/// A token from `concord-server token`.
+fn mint(secret: &std::path::Path, grant: &str) -> String {
+    let out = Command::new(server_bin())
+        .args(["token", "--secret-file"])
+        .arg(secret)
+        .args(["--doc", grant])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("cannot run concord-server token");
+    assert!(out.status.success(), "concord-server token failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn tokens_open_the_document_and_their_absence_is_a_clear_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, secret) = auth_server(&dir);
+    let url = server.url.as_str();
+    let token = mint(&secret, "d=write");
+
+    concord_ok(
+        &["put", url, "d", "--text", "content", "--token", &token],
+        "secret",
+        &[],
+    );
+    // The token may come from the environment.
+    assert_eq!(
+        cat_json(url, "d", &[], &[("CONCORD_TOKEN", &token)]),
+        json!({"content": "secret"})
+    );
+
+    // No token: the server's 401 ends the attempt at once, not after the timeout.
+    let run = concord(&["cat", url, "d", "--timeout", "20s"], "", &[]);
+    assert!(!run.success, "{run:?}");
+    assert!(
+        run.stderr.contains("401"),
+        "the server's refusal is shown: {run:?}"
+    );
+    assert!(
+        run.took < Duration::from_secs(15),
+        "a refusal is final: {run:?}"
+    );
+
+    // A token for another document is refused too.
+    let run = concord(
+        &["cat", url, "other", "--token", &token, "--timeout", "3s"],
+        "",
+        &[],
+    );
+    assert!(!run.success, "{run:?}");
+    assert!(run.stderr.contains("cannot open"), "{run:?}");
+}
+
+/// A read-only token lets `put` connect, but the server refuses the edit: `put` must not say
+/// it was saved. (The server answers the save request of a read-only connection too; the
+/// provider has to tell a refused edit from a stored one.)
+#[test]
+fn put_with_a_read_only_token_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, secret) = auth_server(&dir);
+    let url = server.url.as_str();
+    let writer = mint(&secret, "d=write");
+    let reader = mint(&secret, "d=read");
+    concord_ok(
+        &["put", url, "d", "--text", "content", "--token", &writer],
+        "kept",
+        &[],
+    );
+
+    let run = concord(
+        &[
+            "put",
+            url,
+            "d",
+            "--text",
+            "content",
+            "--token",
+            &reader,
+            "--timeout",
+            "3s",
+        ],
+        "overwritten?",
+        &[],
+    );
+    assert_eq!(
+        cat_json(url, "d", &["--token", &reader], &[]),
+        json!({"content": "kept"}),
+        "the server refused the edit"
+    );
+    assert!(
+        !run.success,
+        "put reported success although the server refused the edit: {run:?}"
+    );
+    assert!(
+        run.stderr.contains("read-only"),
+        "the failure names the server's reason: {run:?}"
+    );
+}
