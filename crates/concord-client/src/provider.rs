@@ -119,7 +119,7 @@ impl Default for Reconnect {
 
 impl Reconnect {
     /// The delays before successive attempts, forever.
-    fn schedule(&self) -> impl Iterator<Item = Duration> {
+    fn schedule(&self) -> impl Iterator<Item = Duration> + Send + use<> {
         let mut builder = backon::ExponentialBuilder::new()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)
@@ -135,6 +135,31 @@ impl Reconnect {
         builder
             .build()
             .map(|d| Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+}
+
+/// Where a provider is in its reconnection schedule.
+struct Backoff {
+    reconnect: Reconnect,
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
+}
+
+impl Backoff {
+    fn new(reconnect: Reconnect) -> Backoff {
+        let delays = Box::new(reconnect.schedule());
+        Backoff { reconnect, delays }
+    }
+
+    /// The delay before the next attempt.
+    fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.reconnect.max_delay)
+    }
+
+    /// A connection ended after `lasted`: a stable one starts the schedule again.
+    fn connection_lasted(&mut self, lasted: Duration) {
+        if lasted >= self.reconnect.reset_after {
+            self.delays = Box::new(self.reconnect.schedule());
+        }
     }
 }
 
@@ -513,7 +538,7 @@ impl Drop for Provider {
 
 /// Connects, serves the connection, waits, again, until the provider is closed.
 async fn run(shared: Arc<Shared>) {
-    let mut delays = shared.config.reconnect.schedule();
+    let mut backoff = Backoff::new(shared.config.reconnect.clone());
     loop {
         if shared.shutdown.is_cancelled() {
             return;
@@ -537,9 +562,7 @@ async fn run(shared: Arc<Shared>) {
                 shared.set_status(Status::Connected);
                 let reason = session(&shared, ws).await;
                 forget_peers(&shared);
-                if opened.elapsed() >= shared.config.reconnect.reset_after {
-                    delays = shared.config.reconnect.schedule();
-                }
+                backoff.connection_lasted(opened.elapsed());
                 reason
             }
             Err(reason) => reason,
@@ -552,7 +575,7 @@ async fn run(shared: Arc<Shared>) {
         }
         tracing::debug!(doc = %shared.name, %reason, "disconnected");
         shared.set_status(Status::Disconnected { reason });
-        let delay = delays.next().unwrap_or(shared.config.reconnect.max_delay);
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shared.shutdown.cancelled() => return,
@@ -963,6 +986,21 @@ mod tests {
             assert_eq!(pair, [Status::Connecting, down.clone()], "{seen:?}");
         }
         provider.close().await;
+    }
+
+    #[test]
+    fn a_stable_connection_resets_the_backoff_and_a_short_one_does_not() {
+        let mut backoff = Backoff::new(Reconnect {
+            jitter: false,
+            ..Reconnect::default()
+        });
+        let mut next = || backoff.next_delay().as_millis();
+        assert_eq!([next(), next(), next()], [100, 200, 400]);
+        backoff.connection_lasted(Duration::from_secs(9));
+        assert_eq!(backoff.next_delay().as_millis(), 800, "9 s is not stable");
+        backoff.connection_lasted(Duration::from_secs(10));
+        assert_eq!(backoff.next_delay().as_millis(), 100, "10 s is");
+        assert_eq!(backoff.next_delay().as_millis(), 200);
     }
 
     #[test]
