@@ -40,6 +40,22 @@
 //! The client depends on `concord-core` (the same validation the server applies runs on what
 //! the server sends) and on `concord-sled` for its local store; never on the server.
 
+/// At most this many local updates wait in one of the provider's queues (to be sent, to be
+/// written to the local store); past it they are merged into one. A merged update holds the same
+/// changes, so nothing is lost: the count stays bounded and the bytes stay those of the edits.
+pub(crate) const MAX_QUEUED_UPDATES: usize = 1024;
+
+/// Queues `update`, merging the queue once it is full (see [`MAX_QUEUED_UPDATES`]).
+pub(crate) fn push_merging(queue: &mut Vec<Vec<u8>>, update: Vec<u8>) {
+    queue.push(update);
+    if queue.len() >= MAX_QUEUED_UPDATES {
+        // Updates of one document: merging does not fail, but if it did, keep them all.
+        if let Ok(merged) = yrs::merge_updates_v1(queue.iter().map(Vec::as_slice)) {
+            *queue = vec![merged];
+        }
+    }
+}
+
 mod local;
 mod presence;
 mod provider;

@@ -26,7 +26,7 @@ pub(crate) struct Pending {
 impl Pending {
     /// Queues an update (called from the document's update observer: never blocks on I/O).
     pub(crate) fn push(&self, update: Vec<u8>) {
-        lock(&self.updates).push(update);
+        crate::push_merging(&mut lock(&self.updates), update);
         self.ready.notify_one();
     }
 
@@ -144,4 +144,37 @@ impl LocalStore {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A Vec pushed to and taken whole: nothing a panic could leave half done.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    #[test]
+    fn a_long_queue_is_merged_without_losing_an_edit() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let pending = Arc::new(Pending::default());
+        let sink = pending.clone();
+        doc.observe_update_v1("test", move |_, e| sink.push(e.update.clone()))
+            .unwrap();
+        for i in 0..3000u32 {
+            text.insert(&mut doc.transact_mut(), i, "x");
+        }
+        let queued = pending.take();
+        assert!(
+            queued.len() < crate::MAX_QUEUED_UPDATES,
+            "{} queued",
+            queued.len()
+        );
+        let copy = Doc::new();
+        for update in queued {
+            copy.transact_mut()
+                .apply_update(Update::decode_v1(&update).unwrap())
+                .unwrap();
+        }
+        let copied = copy.get_or_insert_text("t").get_string(&copy.transact());
+        assert_eq!(copied, "x".repeat(3000));
+    }
 }

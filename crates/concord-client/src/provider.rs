@@ -351,7 +351,7 @@ impl Provider {
                         store.pending.push(event.update.clone());
                     }
                     if txn.origin() != Some(&Origin::from(REMOTE)) {
-                        lock(&shared.outbox).push(event.update.clone());
+                        crate::push_merging(&mut lock(&shared.outbox), event.update.clone());
                         shared.local_edits.fetch_add(1, Ordering::AcqRel);
                         shared.save.send_modify(|s| s.unsaved = true);
                         shared.wake.notify_one();
