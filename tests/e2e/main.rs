@@ -7,12 +7,13 @@ mod api;
 // Tokens, read-only access, origins and application authorizers.
 mod auth;
 mod awareness;
-// The Rust client against real servers.
 mod backpressure;
+// The Rust client against real servers.
 mod client;
 // Tests through `Concord::new` + `router` (custom stores, `is_loaded`, `connection_count`,
 // `closed`).
 mod embedded;
+// Document names, path prefixes, static files next to documents.
 mod http;
 mod keepalive;
 // Floods, connection storms, size limits and room eviction.

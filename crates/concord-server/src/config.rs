@@ -112,6 +112,11 @@ pub struct Config {
     pub max_awareness_state_bytes: usize,
     /// Whether read-only connections' awareness (presence, cursors) is relayed.
     pub read_only_awareness: bool,
+    /// A directory of static files (the web demo's `dist/`) served by [`crate::router`] for
+    /// plain GET and HEAD requests, `index.html` at `/`. WebSocket upgrades on the same paths
+    /// still open documents; a path with no file answers as before (400: expected a WebSocket
+    /// upgrade). `None`: no files are served.
+    pub static_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -150,6 +155,7 @@ impl Default for Config {
             max_rooms: 10_000,
             max_awareness_state_bytes: 64 * 1024,
             read_only_awareness: true,
+            static_dir: None,
         }
     }
 }
@@ -173,6 +179,7 @@ impl fmt::Debug for Config {
             .field("compact_after_updates", &self.compact_after_updates)
             .field("compact_after_bytes", &self.compact_after_bytes)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("static_dir", &self.static_dir)
             .field("authorizer", &self.authorizer.as_ref().map(|_| "set"))
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)

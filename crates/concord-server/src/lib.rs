@@ -31,6 +31,7 @@ mod limits;
 mod metrics;
 mod persist;
 mod rooms;
+mod static_files;
 mod stats;
 mod ws;
 
@@ -94,6 +95,8 @@ struct Inner {
     /// Cancelled once connections are closed: the persistence worker drains and stops.
     stop_persist: CancellationToken,
     persist_worker: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// `Config::static_dir`, ready to serve.
+    static_files: Option<static_files::StaticFiles>,
 }
 
 impl Concord {
@@ -107,6 +110,10 @@ impl Concord {
                  document (configure an authorizer, e.g. --auth-secret-file or --auth-public-key)"
             );
         }
+        let static_files = config
+            .static_dir
+            .as_deref()
+            .map(static_files::StaticFiles::new);
         let tracker = TaskTracker::new();
         let counters = Arc::new(Counters::default());
         let feed = Feed::new();
@@ -197,6 +204,7 @@ impl Concord {
                 shutdown,
                 stop_persist,
                 persist_worker: std::sync::Mutex::new(Some(worker)),
+                static_files,
             }),
         }
     }
@@ -297,14 +305,12 @@ impl Concord {
 /// The routes serving documents: `GET /{*name}` upgrades to a WebSocket connection to the
 /// document `name` (the whole path, percent-decoded, slashes allowed; the query string is not
 /// part of the name). Mount it with `Router::nest("/prefix", router(&concord))` to serve
-/// documents under a prefix.
+/// documents under a prefix. With [`Config::static_dir`], plain GETs of paths holding a file get
+/// the file, and `/` the `index.html` (under a prefix, route `/prefix/` to it as [`run`] does).
 pub fn router(concord: &Concord) -> Router {
     let api = api::routes(concord);
     let documents = Router::new()
-        .route(
-            "/",
-            get(|| async { (StatusCode::BAD_REQUEST, "document name is empty") }),
-        )
+        .route("/", get(root))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -315,6 +321,34 @@ pub fn router(concord: &Concord) -> Router {
         // Checked when the instance was made: see `Concord::new`.
         _ => documents,
     }
+}
+
+/// `GET /`: the static files' `index.html` when there are some; there is no document there.
+/// Under a prefix (`/collab`, see [`run`]) the index is at `/collab/`, and `/collab` redirects
+/// there, so the page's relative links resolve under the prefix.
+async fn root(
+    axum::extract::State(concord): axum::extract::State<Concord>,
+    method: axum::http::Method,
+    original: axum::extract::OriginalUri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(files) = &concord.inner.static_files
+        && !ws::is_upgrade(&headers)
+    {
+        let path = original.path();
+        if !path.ends_with('/') {
+            let query = original
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            return axum::response::Redirect::permanent(&format!("{path}/{query}")).into_response();
+        }
+        let index = axum::http::Uri::from_static("/");
+        if let Some(response) = files.serve(&method, &index, &headers).await {
+            return response;
+        }
+    }
+    (StatusCode::BAD_REQUEST, "document name is empty").into_response()
 }
 
 /// `GET /readyz`: 200 while the server accepts work and its store takes writes, else 503.
@@ -365,7 +399,10 @@ pub async fn run(
     let store = open_store(&config).await?;
     let concord = Concord::new(config, store, shutdown.clone());
     let app = match prefix {
-        Some(prefix) => Router::new().nest(&prefix, router(&concord)),
+        // `nest` routes `/collab` and `/collab/...`; `/collab/` is the root too.
+        Some(prefix) => Router::new()
+            .nest(&prefix, router(&concord))
+            .route(&format!("{prefix}/"), get(root).with_state(concord.clone())),
         None => router(&concord),
     };
     tracing::info!(address = %listener.local_addr()?, "concord listening");

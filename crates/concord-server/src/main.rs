@@ -165,6 +165,13 @@ struct ServeArgs {
     /// Keep documents in memory only (lost on restart) instead of in --data-dir.
     #[arg(long, env = "CONCORD_IN_MEMORY", conflicts_with = "data_dir")]
     in_memory: bool,
+    /// Serve the files of this directory at / for plain GET requests (default: web-demo/dist
+    /// when it exists under the working directory, i.e. the built web demo).
+    #[arg(long, env = "CONCORD_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
+    /// Serve no static files, not even the web demo.
+    #[arg(long, env = "CONCORD_NO_STATIC", conflicts_with = "static_dir")]
+    no_static: bool,
     /// How often the store fsyncs in the background: what a power loss may lose. A killed
     /// process loses nothing acknowledged.
     #[arg(long, env = "CONCORD_FSYNC_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -298,8 +305,37 @@ impl ServeArgs {
             max_rooms: self.max_rooms,
             max_awareness_state_bytes: self.max_awareness_state,
             read_only_awareness: self.read_only_awareness,
+            static_dir: static_dir(self.static_dir, self.no_static)?,
             ..Config::default()
         })
+    }
+}
+
+/// Where the web demo is built to, relative to the working directory.
+const WEB_DEMO_DIST: &str = "web-demo/dist";
+
+/// `--static-dir`, checked; or the built web demo when it is there; or nothing.
+fn static_dir(flag: Option<PathBuf>, none: bool) -> anyhow::Result<Option<PathBuf>> {
+    if none {
+        return Ok(None);
+    }
+    if let Some(dir) = flag {
+        if !dir.is_dir() {
+            anyhow::bail!("--static-dir {} is not a directory", dir.display());
+        }
+        tracing::info!(dir = %dir.display(), "serving static files at /");
+        return Ok(Some(dir));
+    }
+    let demo = PathBuf::from(WEB_DEMO_DIST);
+    if demo.join("index.html").is_file() {
+        tracing::info!(dir = %demo.display(), "serving the web demo at /");
+        Ok(Some(demo))
+    } else {
+        tracing::info!(
+            "no web demo at {WEB_DEMO_DIST} (build it with `npm ci --prefix web-demo && npm run \
+             build --prefix web-demo`): serving documents only"
+        );
+        Ok(None)
     }
 }
 
@@ -549,11 +585,36 @@ mod tests {
         let config = cli.config().unwrap();
         assert_eq!(config.data_dir.as_deref(), Some(Path::new("data")));
         // Every other field (the Debug form lists them all) is the library's default.
+        // The default static directory depends on the working directory (see below).
         let config = Config {
             data_dir: None,
+            static_dir: None,
             ..config
         };
         assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn static_files_are_checked_and_can_be_turned_off() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["concord-server"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().serve.config()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let shown = dir.path().to_str().unwrap();
+        let config = parse(&["--static-dir", shown]).unwrap();
+        assert_eq!(config.static_dir.as_deref(), Some(dir.path()));
+        let missing = dir.path().join("missing");
+        let error = parse(&["--static-dir", missing.to_str().unwrap()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("not a directory"), "{error}");
+        assert_eq!(parse(&["--no-static"]).unwrap().static_dir, None);
+        assert!(
+            Cli::try_parse_from(["concord-server", "--no-static", "--static-dir", shown]).is_err()
+        );
     }
 
     #[test]

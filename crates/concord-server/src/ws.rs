@@ -78,16 +78,36 @@ pub(crate) fn doc_name_from_path(path: &str) -> Result<DocName, String> {
     DocName::new(&decoded).map_err(|e| e.to_string())
 }
 
+/// Whether the request asks for a WebSocket (`Upgrade: websocket`).
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::UPGRADE)
+        .iter()
+        .any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.eq_ignore_ascii_case("websocket"))
+        })
+}
+
 /// `GET /{*doc}`: upgrades to a WebSocket connection to the document named by the path, once
 /// the request passed every check: a valid name, an allowed origin, a free connection slot,
-/// the authorizer, and room for the document in memory.
+/// the authorizer, and room for the document in memory. A plain GET of a path holding a static
+/// file ([`crate::Config::static_dir`]) gets the file.
 pub(crate) async fn upgrade(
     State(concord): State<Concord>,
+    method: axum::http::Method,
     uri: Uri,
     headers: HeaderMap,
     extensions: Extensions,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // A plain GET of a path that holds a static file gets the file (see `static_files`).
+    if let Some(files) = &concord.inner.static_files
+        && !is_upgrade(&headers)
+        && let Some(response) = files.serve(&method, &uri, &headers).await
+    {
+        return response;
+    }
     let name = match doc_name_from_path(uri.path()) {
         Ok(name) => name,
         Err(reason) => {
