@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every Concord test suite: the Rust unit, integration and end-to-end tests, the interop
 # tests that drive the built server with the real npm Yjs packages, the TypeScript HTTP
-# provider's tests, and the HTTP API's conformance to its OpenAPI description.
+# provider's tests, the HTTP API's conformance to its OpenAPI description, and the web demo in a
+# real headless Chromium.
 # Installs what it needs (npm packages from the package-lock.json files, schemathesis from
-# PyPI into target/schemathesis-venv).
+# PyPI into target/schemathesis-venv, Debian's chromium package with apt-get when it is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,3 +30,13 @@ echo "== the TypeScript HTTP provider (SSE and long-polling) against the server"
 echo "== the HTTP API against its OpenAPI description (schemathesis, from PyPI)"
 command -v python3 >/dev/null || { echo "python3 (>= 3.9) is required for the API conformance run" >&2; exit 1; }
 SKIP_BUILD=1 bash tests/schemathesis/run.sh
+
+echo "== the web demo in headless Chromium (playwright-core driving Debian's chromium)"
+if [ -z "${CHROMIUM_BIN:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update
+  $sudo apt-get install -y --no-install-recommends chromium
+fi
+(cd web-demo && npm ci --no-audit --no-fund && npm run build)
+(cd tests/browser && npm ci --no-audit --no-fund && npm test)
