@@ -1,4 +1,7 @@
-//! Shared benchmark inputs: real editing traces turned into the Yjs updates a client would send.
+//! Shared benchmark inputs: real editing traces turned into the Yjs updates a client would send;
+//! and the load tool ([`load`]) behind the `load` and `compare` binaries.
+
+pub mod load;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -10,16 +13,31 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, Text, Transact};
 
+/// A trace file as it is stored: the text it ends with and its transactions.
 #[derive(Deserialize)]
-struct Trace {
+pub(crate) struct Trace {
     #[serde(rename = "endContent")]
-    end_content: String,
-    txns: Vec<Txn>,
+    pub(crate) end_content: String,
+    pub(crate) txns: Vec<Txn>,
 }
 
-#[derive(Deserialize)]
-struct Txn {
-    patches: Vec<(u32, u32, String)>,
+/// One transaction of a trace: its patches `(position, deleted, inserted)`, applied in order.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Txn {
+    pub(crate) patches: Vec<(u32, u32, String)>,
+}
+
+/// Reads and parses the gzipped trace `file` of `benches/data`.
+pub(crate) fn read_trace(file: &str) -> Result<Trace, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(file);
+    let gz = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut json)
+        .map_err(|e| format!("gunzip {}: {e}", path.display()))?;
+    serde_json::from_str(&json).map_err(|e| format!("parse {}: {e}", path.display()))
 }
 
 /// A trace replayed through a yrs client: one update per trace transaction (typically one
@@ -49,15 +67,7 @@ pub const TRACE_CLIENT_ID: u64 = 0x9e37_79b9;
 
 /// Loads a gzipped trace from `benches/data` and replays it into frames.
 pub fn load_trace(file: &str) -> TraceUpdates {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data")
-        .join(file);
-    let gz = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_string(&mut json)
-        .expect("gunzip trace");
-    let trace: Trace = serde_json::from_str(&json).expect("parse trace");
+    let trace = read_trace(file).unwrap_or_else(|e| panic!("{e}"));
 
     // A fixed client id, so every run produces the same bytes: a 32-bit value like the ones
     // Yjs (JS) clients pick at random (yrs picks 53-bit ids, a byte or three longer each).
