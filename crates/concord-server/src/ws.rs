@@ -138,7 +138,10 @@ pub(crate) async fn upgrade(
     let config = &inner.config;
     let max = config.max_message_size;
     let tracker = inner.tracker.clone();
-    ws.read_buffer_size(4096)
+    // Memory per idle connection: tungstenite zero-fills its whole read buffer on every read,
+    // so all of it is resident. 1 KiB holds dozens of keystroke updates per read; a larger
+    // frame gets a buffer of its size (read at most 1 KiB per syscall).
+    ws.read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(max.saturating_mul(2).max(1 << 20))
         .max_message_size(max)
@@ -174,7 +177,9 @@ async fn serve_contained(
     let counters = concord.inner.counters.clone();
     let doc = name.clone();
     counters.add_websocket(1);
-    let served = AssertUnwindSafe(serve(concord, name, grant, socket))
+    // Boxed here and inside `serve`: a future moved into another one (an async block, a
+    // `join!`) is laid out twice by rustc; boxing keeps one copy of each part on the heap.
+    let served = AssertUnwindSafe(Box::pin(serve(concord, name, grant, socket)))
         .catch_unwind()
         .await;
     counters.add_websocket(-1);
@@ -259,8 +264,8 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
     // Save requests waiting for their barrier. Bounded: a client with this many requests in
     // flight has its reads paused until the store catches up.
     let (saves_tx, saves_rx) = mpsc::channel(SAVE_QUEUE);
-    let acks = acknowledge_saves(saves_rx, peer.clone());
-    let reader = async {
+    let acks = Box::pin(acknowledge_saves(saves_rx, peer.clone()));
+    let reader = Box::pin(async {
         let mut stream = stream;
         read_loop(
             &concord,
@@ -277,8 +282,15 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
         if closer.frame().is_some() {
             linger(&mut stream).await;
         }
-    };
-    let writer = write_loop(&concord, sink, rx, &closer, &queued_bytes, &last_seen);
+    });
+    let writer = Box::pin(write_loop(
+        &concord,
+        sink,
+        rx,
+        &closer,
+        &queued_bytes,
+        &last_seen,
+    ));
     // Shutdown closes the connection even while the writer is stuck sending to a peer that
     // stopped reading (that peer gets no close frame: its socket cannot take one).
     // Beyond a year the timer is not worth arming (and far deadlines overflow `Instant`).
@@ -286,7 +298,7 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
         (left < Duration::from_secs(365 * 24 * 3600)).then(|| Instant::now() + left)
     });
-    let on_shutdown = async {
+    let on_shutdown = Box::pin(async {
         tokio::select! {
             _ = inner.shutdown.cancelled() => {
                 closer.close(close_code::GOING_AWAY, "server shutting down");
@@ -303,7 +315,7 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
             }
             _ = closer.closed() => {}
         }
-    };
+    });
     let session = async {
         tokio::join!(reader, writer, on_shutdown);
         // Leave at once (others see this client's awareness go) even if acknowledgements are
