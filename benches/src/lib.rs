@@ -11,7 +11,7 @@ use serde::Deserialize;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, Text, Transact};
+use yrs::{Doc, GetString, Text, TextRef, Transact, TransactionMut};
 
 /// A trace file as it is stored: the text it ends with and its transactions.
 #[derive(Deserialize)]
@@ -25,6 +25,20 @@ pub(crate) struct Trace {
 #[derive(Debug, Deserialize)]
 pub(crate) struct Txn {
     pub(crate) patches: Vec<(u32, u32, String)>,
+}
+
+impl Txn {
+    /// Applies the patches to `text` inside `t`, as the editor that recorded them did.
+    pub(crate) fn apply(&self, text: &TextRef, t: &mut TransactionMut) {
+        for (pos, deleted, inserted) in &self.patches {
+            if *deleted > 0 {
+                text.remove_range(t, *pos, *deleted);
+            }
+            if !inserted.is_empty() {
+                text.insert(t, *pos, inserted);
+            }
+        }
+    }
 }
 
 /// Reads and parses the gzipped trace `file` of `benches/data`.
@@ -76,14 +90,7 @@ pub fn load_trace(file: &str) -> TraceUpdates {
     let mut frames = Vec::with_capacity(trace.txns.len());
     for txn in &trace.txns {
         let mut t = doc.transact_mut();
-        for (pos, deleted, inserted) in &txn.patches {
-            if *deleted > 0 {
-                text.remove_range(&mut t, *pos, *deleted);
-            }
-            if !inserted.is_empty() {
-                text.insert(&mut t, *pos, inserted);
-            }
-        }
+        txn.apply(&text, &mut t);
         let update = t.encode_update_v1();
         drop(t);
         frames.push(Message::Sync(SyncMessage::Update(update)).encode_v1());

@@ -26,6 +26,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
+import { pollUntil, terminate } from '../wait.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 export const repoRoot = path.resolve(here, '..', '..')
@@ -49,37 +50,9 @@ export const TEST_TIMEOUT_MS = 150_000
 const STARTUP_TIMEOUT_MS = 30_000
 const SHUTDOWN_TIMEOUT_MS = 20_000
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/**
- * Polls `predicate` every `interval` ms until it returns a truthy value (which is returned) or the
- * deadline passes (which throws). `message` may be a function, called at the deadline, so the
- * failure can say what was observed.
- */
-export async function waitFor (predicate, { timeout = DEFAULT_TIMEOUT_MS, interval = 50, message = 'condition' } = {}) {
-  const deadline = Date.now() + timeout
-  let lastError = null
-  for (;;) {
-    try {
-      const value = await predicate()
-      if (value) return value
-      lastError = null
-    } catch (err) {
-      lastError = err
-    }
-    if (Date.now() >= deadline) {
-      let text
-      try {
-        text = typeof message === 'function' ? await message() : message
-      } catch (err) {
-        text = `(describing the state failed: ${err.message})`
-      }
-      throw new Error(`timed out after ${timeout} ms waiting for: ${text}` +
-        (lastError ? `\nlast predicate error: ${lastError.stack || lastError}` : ''))
-    }
-    await sleep(interval)
-  }
-}
+/** Polls `predicate` until it returns a truthy value or the deadline passes (see ../wait.mjs). */
+export const waitFor = (predicate, { timeout = DEFAULT_TIMEOUT_MS, interval = 50, message = 'condition' } = {}) =>
+  pollUntil(predicate, { timeout, interval, message })
 
 /** A room name no other test uses. */
 export function uniqueRoom (label) {
@@ -129,16 +102,7 @@ export class Server {
     if (this.exit) {
       throw new Error(`server had already exited: ${JSON.stringify(this.exit)}\n${this.stderrTail()}`)
     }
-    this.child.kill('SIGTERM')
-    let timer
-    const timedOut = new Promise((resolve) => { timer = setTimeout(() => resolve(null), SHUTDOWN_TIMEOUT_MS) })
-    const result = await Promise.race([this.exited, timedOut])
-    clearTimeout(timer)
-    if (result === null) {
-      this.child.kill('SIGKILL')
-      await this.exited
-      throw new Error(`server did not exit within ${SHUTDOWN_TIMEOUT_MS} ms of SIGTERM`)
-    }
+    const result = await terminate(this.child, this.exited, SHUTDOWN_TIMEOUT_MS)
     if (result.code !== 0) {
       throw new Error(`server exited with ${JSON.stringify(result)} after SIGTERM, expected status 0\n${this.stderrTail()}`)
     }

@@ -22,6 +22,7 @@ import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import { test } from 'node:test'
+import { pollUntil, terminate } from '../wait.mjs'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
@@ -48,33 +49,9 @@ const SHUTDOWN_TIMEOUT_MS = 15_000
 /** Per-test upper bound, so a hung test fails instead of hanging the suite. */
 export const TEST_TIMEOUT_MS = 120_000
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/**
- * Polls `predicate` every `interval` ms until it returns a truthy value (which is returned) or the
- * deadline passes (which throws). `message` may be a string or a function producing one, so the
- * failure can describe what was observed at the deadline.
- */
-export async function waitFor (predicate, { timeout = DEFAULT_TIMEOUT_MS, interval = 15, message = 'condition' } = {}) {
-  const deadline = Date.now() + timeout
-  let lastError = null
-  for (;;) {
-    try {
-      const value = await predicate()
-      if (value) return value
-      lastError = null
-    } catch (err) {
-      lastError = err
-    }
-    if (Date.now() >= deadline) {
-      const text = typeof message === 'function' ? message() : message
-      const err = new Error(`timed out after ${timeout} ms waiting for: ${text}` +
-        (lastError ? `\nlast predicate error: ${lastError.stack || lastError}` : ''))
-      throw err
-    }
-    await sleep(interval)
-  }
-}
+/** Polls `predicate` until it returns a truthy value or the deadline passes (see ../wait.mjs). */
+export const waitFor = (predicate, { timeout = DEFAULT_TIMEOUT_MS, interval = 15, message = 'condition' } = {}) =>
+  pollUntil(predicate, { timeout, interval, message })
 
 /** Mulberry32: a tiny seeded PRNG so randomised tests can be replayed with INTEROP_SEED. */
 export function makeRng (seed) {
@@ -179,16 +156,7 @@ export class Server {
     if (this.exit) {
       throw new Error(`server had already exited before the end of the test: ${JSON.stringify(this.exit)}`)
     }
-    this.child.kill('SIGTERM')
-    let timer
-    const timedOut = new Promise((resolve) => { timer = setTimeout(() => resolve(null), SHUTDOWN_TIMEOUT_MS) })
-    const result = await Promise.race([this.exited, timedOut])
-    clearTimeout(timer)
-    if (result === null) {
-      this.child.kill('SIGKILL')
-      await this.exited
-      throw new Error(`server did not exit within ${SHUTDOWN_TIMEOUT_MS} ms of SIGTERM`)
-    }
+    const result = await terminate(this.child, this.exited, SHUTDOWN_TIMEOUT_MS)
     if (result.code !== 0) {
       throw new Error(`server exited with ${JSON.stringify(result)} after SIGTERM, expected code 0`)
     }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact};
+use yrs::{Doc, GetString, ReadTxn, StateVector, Transact};
 
 /// The trace file, in `benches/data`.
 pub(crate) const TRACE_FILE: &str = "automerge-paper.json.gz";
@@ -61,15 +61,7 @@ pub(crate) fn document(count: usize) -> anyhow::Result<Arc<FullDocument>> {
     let doc = Doc::with_client_id(crate::TRACE_CLIENT_ID);
     let text = doc.get_or_insert_text(FULL_TEXT);
     for txn in &trace.txns[..count] {
-        let mut t = doc.transact_mut();
-        for (pos, deleted, inserted) in &txn.patches {
-            if *deleted > 0 {
-                text.remove_range(&mut t, *pos, *deleted);
-            }
-            if !inserted.is_empty() {
-                text.insert(&mut t, *pos, inserted);
-            }
-        }
+        txn.apply(&text, &mut doc.transact_mut());
     }
     let t = doc.transact();
     let content = text.get_string(&t);
