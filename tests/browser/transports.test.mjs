@@ -4,8 +4,8 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import {
-  Suite, TEST_TIMEOUT_MS, screenshot, typeInEditor, uniqueRoom, waitForEditorText, waitForLive,
-  waitForPresence
+  Suite, TEST_TIMEOUT_MS, presence, screenshot, typeInEditor, uniqueRoom, waitFor, waitForEditorText,
+  waitForLive, waitForPresence
 } from './harness.mjs'
 
 const suite = new Suite()
@@ -15,6 +15,10 @@ after(() => suite.teardown())
 async function exchange (alice, bob, round) {
   for (const u of [alice, bob]) {
     for (const name of ['Alice', 'Bob']) await waitForPresence(u.page, name, 'online')
+    // Exactly the two of them: whoever switched transport left the room with the old
+    // connection, also on a polling page (which only sees presence as a whole).
+    await waitFor(async () => (await presence(u.page)).length === 2,
+      { message: async () => `two people on ${u.name}'s page; it lists ${JSON.stringify(await presence(u.page))}` })
   }
   const fromAlice = `[${round}] from Alice (${await transportOf(alice)})`
   await typeInEditor(alice.page, `\n${fromAlice}`)

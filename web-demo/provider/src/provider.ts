@@ -15,7 +15,8 @@
 // went through the queue (a document loaded from IndexedDB, a queue lost with a reload).
 
 import * as Y from 'yjs'
-import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate } from 'y-protocols/awareness'
+import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate, removeAwarenessStates } from 'y-protocols/awareness'
+import * as decoding from 'lib0/decoding'
 import { ObservableV2 } from 'lib0/observable'
 import { Backoff, type BackoffOptions } from './backoff.js'
 import { fromBase64Url, toBase64Url } from './base64url.js'
@@ -546,11 +547,19 @@ export class HttpProvider extends ObservableV2<HttpProviderEvents> {
         Y.applyUpdate(this.doc, data, this)
         this._lastEventId = u.id
       }
+      // An answer's awareness is every state the room holds as of the answer, not the changes
+      // since the last one: a remote client missing from it has left (or expired), and is
+      // removed here rather than 30 s later by the awareness timeout.
+      let present = new Set<number>()
       if (body.awareness !== null) {
         const data = fromBase64Url(body.awareness)
         this.emit('message', [{ kind: 'awareness', id: null, data, transport: 'poll' }])
         applyAwarenessUpdate(this.awareness, data, this)
+        present = awarenessClients(data)
       }
+      const gone = Array.from(this.awareness.getStates().keys())
+        .filter((client) => client !== this.doc.clientID && !present.has(client))
+      if (gone.length > 0) removeAwarenessStates(this.awareness, gone, this)
       this._lastEventId = body.since
       this.setSynced(true)
       if (hurried) await sleep(this.receiveBackoff.next(), signal)
@@ -788,4 +797,20 @@ function describe (err: unknown, signal: AbortSignal): string {
     return cause instanceof Error ? `${err.message} (${cause.message})` : err.message
   }
   return String(err)
+}
+
+/**
+ * The clients with a state in an awareness update (y-protocols: a count, then per client its
+ * id, clock and state as JSON, `null` for a removed one).
+ */
+function awarenessClients (update: Uint8Array): Set<number> {
+  const decoder = decoding.createDecoder(update)
+  const clients = new Set<number>()
+  const count = decoding.readVarUint(decoder)
+  for (let i = 0; i < count; i++) {
+    const client = decoding.readVarUint(decoder)
+    decoding.readVarUint(decoder) // clock
+    if (decoding.readVarString(decoder) !== 'null') clients.add(client)
+  }
+  return clients
 }

@@ -318,6 +318,13 @@ serverTest('awareness: from the HTTP providers to y-websocket and back; destroy 
   const id = sse.doc.clientID
   sse.destroy()
   await waitFor(() => !ws.awareness.getStates().has(id), { timeout: 10_000, message: 'the SSE client removed at the y-websocket client' })
+  // A poll answer holds the room's presence as a whole: whoever left is gone at the poller too,
+  // the HTTP client that said goodbye and the WebSocket client that just closed.
+  await waitFor(() => !poll.awareness.getStates().has(id), { timeout: 10_000, message: 'the SSE client removed at the polling client' })
+  const wsId = ws.doc.clientID
+  ws.destroy()
+  await waitFor(() => !poll.awareness.getStates().has(wsId), { timeout: 10_000, message: 'the closed y-websocket client removed at the polling client' })
+  assert.ok(poll.awareness.getStates().has(poll.doc.clientID), 'the poller keeps its own state')
 })
 
 serverTest('contract: the first event of a new stream is `sync`, also when the room has awareness states', async (ctx) => {
