@@ -35,6 +35,10 @@ const EMPTY_AWARENESS: &[u8] = &[1, 1, 0];
 
 /// Most save requests of one connection waiting for the store.
 const SAVE_QUEUE: usize = 1024;
+/// Bytes tungstenite collects before writing to the socket even without a flush.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Most queued frames written to a connection with one flush.
+const WRITE_BATCH: usize = 64;
 
 /// Counts the document updates among `inbound` (for `/metrics`).
 pub(crate) fn count_updates(counters: &Counters, inbound: &[Inbound]) {
@@ -142,7 +146,8 @@ pub(crate) async fn upgrade(
     // so all of it is resident. 1 KiB holds dozens of keystroke updates per read; a larger
     // frame gets a buffer of its size (read at most 1 KiB per syscall).
     ws.read_buffer_size(1024)
-        .write_buffer_size(0)
+        // Frames of one batch (`write_loop`) collect here until the flush writes them at once.
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(max.saturating_mul(2).max(1 << 20))
         .max_message_size(max)
         .max_frame_size(max)
@@ -578,11 +583,29 @@ async fn write_loop(
             }
         };
         let counters = &concord.inner.counters;
-        if let WsMessage::Binary(data) = &message {
+        let WsMessage::Binary(first) = message else {
+            if !send(&mut sink, message, closer).await {
+                return;
+            }
+            continue;
+        };
+        // This frame and whatever else is queued already go out in one write: a busy room's
+        // fan-out costs a syscall per batch, not per frame.
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(frame) => {
+                    queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                    batch.push(frame);
+                }
+                Err(_) => break,
+            }
+        }
+        for data in &batch {
             Counters::bump(&counters.frames_out);
             Counters::add(&counters.bytes_out, data.len() as u64);
         }
-        if !send(&mut sink, message, closer).await {
+        if !send_all(&mut sink, batch, closer).await {
             return;
         }
     }
@@ -606,6 +629,31 @@ async fn send(
 ) -> bool {
     tokio::select! {
         result = sink.send(message) => {
+            if result.is_err() {
+                closer.close_silently();
+                return false;
+            }
+            true
+        }
+        _ = closer.closed() => false,
+    }
+}
+
+/// Sends `frames` with one flush at the end, unless the connection is asked to close meanwhile;
+/// returns false when the connection is finished (as [`send`]).
+async fn send_all(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    frames: Vec<Bytes>,
+    closer: &Closer,
+) -> bool {
+    let sending = async {
+        for frame in frames {
+            sink.feed(WsMessage::Binary(frame)).await?;
+        }
+        sink.flush().await
+    };
+    tokio::select! {
+        result = sending => {
             if result.is_err() {
                 closer.close_silently();
                 return false;
