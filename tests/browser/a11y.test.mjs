@@ -1,10 +1,12 @@
 // Keyboard and accessibility smoke test: every control has an accessible name (as Chromium's
-// accessibility tree computes it), and the to-do list works with the keyboard alone.
+// accessibility tree computes it), text has readable contrast, and the to-do list works with
+// the keyboard alone.
 
 import assert from 'node:assert/strict'
 import { after, before, test } from 'node:test'
 import {
-  Suite, TEST_TIMEOUT_MS, addTodo, goToView, readNotes, readTodos, screenshot, uniqueRoom, waitFor, waitForLive
+  Suite, TEST_TIMEOUT_MS, addTodo, goToView, readNotes, readTodos, screenshot, todoItem, typeInEditor, uniqueRoom,
+  waitFor, waitForLive
 } from './harness.mjs'
 
 const suite = new Suite()
@@ -16,6 +18,64 @@ const CONTROL_ROLES = new Set([
   'button', 'checkbox', 'combobox', 'link', 'listbox', 'menuitem', 'radio', 'searchbox', 'slider',
   'spinbutton', 'switch', 'tab', 'textbox', 'menuitemcheckbox', 'menuitemradio', 'option'
 ])
+
+/**
+ * Visible text whose contrast with its background is under WCAG 2 AA (4.5:1, or 3:1 for large
+ * text: 24px, or 18.66px bold). The background is the first opaque one among the element and
+ * its ancestors (the page is flat colors: no text over images). Disabled controls are exempt,
+ * as in WCAG. Each failure names the element, its text, colors and ratio.
+ */
+async function lowContrastText (page) {
+  return page.evaluate(() => {
+    const channels = (color) => {
+      const m = color.match(/rgba?\(([^)]+)\)/)
+      if (!m) return null
+      const [r, g, b, a = 1] = m[1].split(/[ ,/]+/).filter(Boolean).map(Number)
+      return { r, g, b, a }
+    }
+    const luminance = ({ r, g, b }) => {
+      const lin = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4 }
+      return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+    }
+    const background = (el) => {
+      for (let e = el; e; e = e.parentElement) {
+        const c = channels(getComputedStyle(e).backgroundColor)
+        if (c && c.a >= 0.99) return c
+      }
+      return { r: 255, g: 255, b: 255, a: 1 }
+    }
+    const failures = []
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT)
+    const seen = new Set()
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const text = node.textContent.trim()
+      const el = node.parentElement
+      // Only text that shows: not a lone zero-width character (editors put one in carets).
+      if (!/[\p{L}\p{N}\p{P}\p{S}]/u.test(text) || !el || seen.has(el)) continue
+      seen.add(el)
+      if (el.closest('[disabled], [aria-disabled="true"], [aria-hidden="true"]')) continue
+      const style = getComputedStyle(el)
+      const box = el.getBoundingClientRect()
+      if (style.visibility === 'hidden' || style.display === 'none' || box.width === 0 || box.height === 0) continue
+      const fg = channels(style.color)
+      if (!fg) continue
+      const bg = background(el)
+      // A translucent text color is blended over its background.
+      const blend = (f, b) => Math.round(f * fg.a + b * (1 - fg.a))
+      const seenColor = { r: blend(fg.r, bg.r), g: blend(fg.g, bg.g), b: blend(fg.b, bg.b) }
+      const [hi, lo] = [luminance(seenColor), luminance(bg)].sort((x, y) => y - x)
+      const ratio = (hi + 0.05) / (lo + 0.05)
+      const size = parseFloat(style.fontSize)
+      const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700)
+      const needed = large ? 3 : 4.5
+      if (ratio < needed) {
+        failures.push(`<${el.localName}${el.dataset.testid ? ` data-testid="${el.dataset.testid}"` : ''}${el.className && typeof el.className === 'string' ? ` class="${el.className}"` : ''}> ` +
+          `${JSON.stringify(text.slice(0, 40))}: ${style.color} on rgb(${bg.r}, ${bg.g}, ${bg.b}) = ${ratio.toFixed(2)}:1, needs ${needed}:1`)
+      }
+    }
+    return failures
+  })
+}
 
 /**
  * The controls without an accessible name in the page, from Chromium's full accessibility tree
@@ -80,6 +140,27 @@ test('accessibility: every control in the header and the three views has an acce
   await screenshot(suite.browser, 'a11y-list', [alice])
 
   assert.deepEqual(problems, [], `controls without an accessible name (${seen.join(', ')})`)
+}))
+
+test('contrast: text in the header and the three views is readable (WCAG AA)', { timeout: TEST_TIMEOUT_MS }, () => suite.run(async () => {
+  const room = uniqueRoom('contrast')
+  const alice = await suite.user({ room, view: 'editor', transport: 'ws', name: 'Alice' })
+  const bob = await suite.user({ room, view: 'editor', transport: 'ws', name: 'Bob' })
+  await Promise.all([waitForLive(alice.page), waitForLive(bob.page)])
+  await typeInEditor(bob.page, 'Hello')
+  const problems = []
+  problems.push(...(await lowContrastText(alice.page)).map((p) => `editor view: ${p}`))
+  await goToView(alice.page, 'canvas')
+  await alice.page.getByTestId('add-note').click()
+  await waitFor(async () => (await readNotes(alice.page)).length === 1, { message: 'a note to check' })
+  problems.push(...(await lowContrastText(alice.page)).map((p) => `canvas view: ${p}`))
+  await goToView(alice.page, 'list')
+  await addTodo(alice.page, 'check contrast')
+  await addTodo(alice.page, 'and a done one')
+  await (await todoItem(alice.page, 'and a done one')).getByTestId('todo-toggle').click()
+  problems.push(...(await lowContrastText(alice.page)).map((p) => `list view: ${p}`))
+  await screenshot(suite.browser, 'contrast-list', [alice])
+  assert.deepEqual(problems, [], 'text under WCAG AA contrast')
 }))
 
 test('keyboard: the to-do list can be used with the keyboard alone', { timeout: TEST_TIMEOUT_MS }, () => suite.run(async () => {
