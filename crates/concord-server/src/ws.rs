@@ -18,7 +18,7 @@ use concord_core::{ConnId, DocName, Inbound, RoomFault, decode_frame, encode_sav
 use futures_util::FutureExt;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::Concord;
@@ -266,10 +266,17 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
     let membership = Membership { room: &room, conn };
     tracing::debug!(doc = %name, conn, subject = grant.subject.as_deref(), ?access, "connected");
 
-    // Save requests waiting for their barrier. Bounded: a client with this many requests in
-    // flight has its reads paused until the store catches up.
-    let (saves_tx, saves_rx) = mpsc::channel(SAVE_QUEUE);
-    let acks = Box::pin(acknowledge_saves(saves_rx, peer.clone()));
+    // Save requests waiting for their barrier, made on the first request (plain y-websocket
+    // clients never send one).
+    let (mut saves, saves_rx) = SaveQueue::new();
+    let acks = Box::pin({
+        let peer = peer.clone();
+        async move {
+            if let Ok(saves) = saves_rx.await {
+                acknowledge_saves(saves, peer).await;
+            }
+        }
+    });
     let reader = Box::pin(async {
         let mut stream = stream;
         read_loop(
@@ -278,12 +285,12 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
             conn,
             &mut stream,
             &peer,
-            &saves_tx,
+            &mut saves,
             &last_seen,
         )
         .await;
         // Let the acknowledger finish what is queued, then stop.
-        drop(saves_tx);
+        drop(saves);
         if closer.frame().is_some() {
             linger(&mut stream).await;
         }
@@ -342,7 +349,7 @@ async fn read_loop(
     conn: ConnId,
     stream: &mut SplitStream<WebSocket>,
     peer: &Peer,
-    saves: &mpsc::Sender<(u64, Barrier)>,
+    saves: &mut SaveQueue,
     last_seen: &LastSeen,
 ) {
     let name = room.name();
@@ -452,7 +459,7 @@ async fn read_loop(
         }
         drop(order);
         for barrier in barriers {
-            if saves.send(barrier).await.is_err() {
+            if saves.sender().send(barrier).await.is_err() {
                 return;
             }
         }
@@ -519,6 +526,38 @@ async fn linger(stream: &mut SplitStream<WebSocket>) {
 /// Answers a connection's save requests, in the order they were made: each waits on a barrier
 /// queued behind that connection's updates, and barriers complete in order anyway, so waiting
 /// one after another costs nothing and a client may match acknowledgements first in, first out.
+/// The connection's queue of save requests waiting for their barrier, created on first use.
+/// Bounded: a client with `SAVE_QUEUE` requests in flight has its reads paused until the
+/// store catches up.
+struct SaveQueue {
+    tx: Option<mpsc::Sender<(u64, Barrier)>>,
+    /// Hands the receiving end to the acknowledger when the queue is made.
+    start: Option<oneshot::Sender<mpsc::Receiver<(u64, Barrier)>>>,
+}
+
+impl SaveQueue {
+    fn new() -> (SaveQueue, oneshot::Receiver<mpsc::Receiver<(u64, Barrier)>>) {
+        let (start, started) = oneshot::channel();
+        let queue = SaveQueue {
+            tx: None,
+            start: Some(start),
+        };
+        (queue, started)
+    }
+
+    fn sender(&mut self) -> &mpsc::Sender<(u64, Barrier)> {
+        let start = &mut self.start;
+        self.tx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(SAVE_QUEUE);
+            if let Some(start) = start.take() {
+                // The acknowledger is gone only when the connection ends: sends then fail.
+                let _ = start.send(rx);
+            }
+            tx
+        })
+    }
+}
+
 async fn acknowledge_saves(mut saves: mpsc::Receiver<(u64, Barrier)>, peer: Peer) {
     while let Some((id, barrier)) = saves.recv().await {
         if !barrier.wait().await {
