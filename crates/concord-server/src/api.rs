@@ -163,14 +163,30 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The parts of a request the admission checks read.
-struct Request<'a> {
-    headers: &'a HeaderMap,
-    uri: &'a Uri,
-    extensions: &'a Extensions,
+/// The parts of a request the admission checks read (the token from the query or the
+/// `Authorization` header, the client's address), taken as an extractor by every handler.
+struct Request {
+    headers: HeaderMap,
+    uri: Uri,
+    extensions: Extensions,
 }
 
-impl Request<'_> {
+impl<S: Send + Sync> FromRequestParts<S> for Request {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Request {
+            headers: parts.headers.clone(),
+            uri: parts.uri.clone(),
+            extensions: parts.extensions.clone(),
+        })
+    }
+}
+
+impl Request {
     async fn admit(
         &self,
         concord: &Concord,
@@ -181,9 +197,9 @@ impl Request<'_> {
         Ok(admit(
             concord,
             name,
-            self.headers,
-            self.uri,
-            self.extensions,
+            &self.headers,
+            &self.uri,
+            &self.extensions,
             needs,
             opens_room,
         )
@@ -244,15 +260,8 @@ struct ListParams {
 async fn list(
     State(concord): State<Concord>,
     Params(params): Params<ListParams>,
-    headers: HeaderMap,
-    uri: Uri,
-    extensions: Extensions,
+    request: Request,
 ) -> ApiResult<Response> {
-    let request = Request {
-        headers: &headers,
-        uri: &uri,
-        extensions: &extensions,
-    };
     let all = doc_name("*")?;
     request.admit(&concord, &all, Needs::Read, false).await?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
@@ -333,15 +342,8 @@ async fn read(
     State(concord): State<Concord>,
     DocPath(name): DocPath,
     Params(params): Params<ReadParams>,
-    headers: HeaderMap,
-    uri: Uri,
-    extensions: Extensions,
+    request: Request,
 ) -> ApiResult<Response> {
-    let request = Request {
-        headers: &headers,
-        uri: &uri,
-        extensions: &extensions,
-    };
     request.admit(&concord, &name, Needs::Read, false).await?;
     let sv = state_vector_param(params.sv.as_deref())?;
     let format = params.format.as_deref().unwrap_or("update");
@@ -369,16 +371,9 @@ async fn read(
 async fn state_vector(
     State(concord): State<Concord>,
     DocPath(name): DocPath,
-    headers: HeaderMap,
-    uri: Uri,
-    extensions: Extensions,
+    request: Request,
 ) -> ApiResult<Response> {
     use yrs::updates::encoder::Encode;
-    let request = Request {
-        headers: &headers,
-        uri: &uri,
-        extensions: &extensions,
-    };
     request.admit(&concord, &name, Needs::Read, false).await?;
     let state = current_state(&concord, &name, None)
         .await?
@@ -470,16 +465,9 @@ fn decode_body(frame: &[u8]) -> ApiResult<Vec<Inbound>> {
 async fn write(
     State(concord): State<Concord>,
     DocPath(name): DocPath,
-    headers: HeaderMap,
-    uri: Uri,
-    extensions: Extensions,
+    request: Request,
     payload: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let request = Request {
-        headers: &headers,
-        uri: &uri,
-        extensions: &extensions,
-    };
     let admitted = request.admit(&concord, &name, Needs::Write, true).await?;
     let body = body(payload)?;
     let inbound = decode_body(&frame(&[0, 2], &body)).inspect_err(|_| {
@@ -494,16 +482,9 @@ async fn write(
 async fn awareness(
     State(concord): State<Concord>,
     DocPath(name): DocPath,
-    headers: HeaderMap,
-    uri: Uri,
-    extensions: Extensions,
+    request: Request,
     payload: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let request = Request {
-        headers: &headers,
-        uri: &uri,
-        extensions: &extensions,
-    };
     let admitted = request.admit(&concord, &name, Needs::Read, true).await?;
     let body = body(payload)?;
     let inbound = decode_body(&frame(&[1], &body)).inspect_err(|_| {
@@ -517,15 +498,8 @@ async fn awareness(
 async fn delete(
     State(concord): State<Concord>,
     DocPath(name): DocPath,
-    headers: HeaderMap,
-    uri: Uri,
-    extensions: Extensions,
+    request: Request,
 ) -> ApiResult<Response> {
-    let request = Request {
-        headers: &headers,
-        uri: &uri,
-        extensions: &extensions,
-    };
     request.admit(&concord, &name, Needs::Write, false).await?;
     let inner = &concord.inner;
     let room = inner.rooms.remove(&name);
@@ -558,21 +532,14 @@ async fn events(
     State(concord): State<Concord>,
     DocPath(name): DocPath,
     Params(params): Params<EventsParams>,
-    headers: HeaderMap,
-    uri: Uri,
-    extensions: Extensions,
+    request: Request,
 ) -> ApiResult<Response> {
-    let request = Request {
-        headers: &headers,
-        uri: &uri,
-        extensions: &extensions,
-    };
     let admitted = request.admit(&concord, &name, Needs::Read, true).await?;
     let sv = state_vector_param(params.sv.as_deref())?;
     // The header (what an EventSource sends on reconnecting) wins over the query parameter;
     // an empty one means "none".
     let header =
-        match headers.get("last-event-id") {
+        match request.headers.get("last-event-id") {
             None => None,
             Some(value) => Some(value.to_str().map_err(|_| {
                 ApiError::bad_request("Last-Event-ID is not a position (SEQ.INDEX)")
@@ -728,15 +695,8 @@ async fn poll(
     State(concord): State<Concord>,
     DocPath(name): DocPath,
     Params(params): Params<PollParams>,
-    headers: HeaderMap,
-    uri: Uri,
-    extensions: Extensions,
+    request: Request,
 ) -> ApiResult<Response> {
-    let request = Request {
-        headers: &headers,
-        uri: &uri,
-        extensions: &extensions,
-    };
     let _admitted = request.admit(&concord, &name, Needs::Read, false).await?;
     let sv = state_vector_param(params.sv.as_deref())?;
     let since = params
