@@ -45,6 +45,13 @@
 /// changes, so nothing is lost: the count stays bounded and the bytes stay those of the edits.
 pub(crate) const MAX_QUEUED_UPDATES: usize = 1024;
 
+/// Locks `mutex`, poisoned or not: every critical section in this crate leaves its data whole
+/// (a few field updates, a `Vec` pushed to or taken whole), so a panic elsewhere cannot have
+/// left it half done.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Queues `update`, merging the queue once it is full (see [`MAX_QUEUED_UPDATES`]).
 pub(crate) fn push_merging(queue: &mut Vec<Vec<u8>>, update: Vec<u8>) {
     queue.push(update);

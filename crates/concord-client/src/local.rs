@@ -11,6 +11,8 @@ use tokio::sync::Notify;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Transact, Update};
 
+use crate::lock;
+
 /// Compact the local log once it holds this many updates.
 const COMPACT_AFTER: u64 = 1000;
 
@@ -139,11 +141,6 @@ impl LocalStore {
             .store(true, std::sync::atomic::Ordering::Release);
         self.pending.ready.notify_one();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A Vec pushed to and taken whole: nothing a panic could leave half done.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

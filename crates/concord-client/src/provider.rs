@@ -22,6 +22,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, Origin, ReadTxn, StateVector, Transact, Update};
 
 use crate::local::LocalStore;
+use crate::lock;
 use crate::presence::Presence;
 
 /// The transaction origin of updates that came from the server: they are not sent back.
@@ -909,11 +910,6 @@ fn forget_peers(shared: &Shared) {
         awareness.remove_state(id);
         let _ = shared.peers.send(PeerEvent::Left(id.get()));
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a few field updates that cannot stop half way.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
