@@ -8,14 +8,8 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Transact};
 /// The trace file, in `benches/data`.
 pub(crate) const TRACE_FILE: &str = "automerge-paper.json.gz";
 
-/// One transaction of the trace.
-pub(crate) use crate::Txn as TraceTxn;
-
 /// The parsed trace.
-pub(crate) struct Trace {
-    pub(crate) txns: Vec<TraceTxn>,
-    pub(crate) end_content: String,
-}
+pub(crate) use crate::Trace;
 
 /// The trace, parsed once per process.
 pub(crate) fn trace() -> anyhow::Result<Arc<Trace>> {
@@ -23,11 +17,7 @@ pub(crate) fn trace() -> anyhow::Result<Arc<Trace>> {
     if let Some(trace) = TRACE.get() {
         return Ok(trace.clone());
     }
-    let file = crate::read_trace(TRACE_FILE).map_err(anyhow::Error::msg)?;
-    let trace = Arc::new(Trace {
-        txns: file.txns,
-        end_content: file.end_content,
-    });
+    let trace = Arc::new(crate::read_trace(TRACE_FILE).map_err(anyhow::Error::msg)?);
     Ok(TRACE.get_or_init(|| trace).clone())
 }
 
