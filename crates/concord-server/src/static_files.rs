@@ -24,15 +24,16 @@ impl StaticFiles {
         }
     }
 
-    /// The file at `uri`'s path, or `None` when there is none (so the caller answers as if no
-    /// files were served).
+    /// The file at `uri`'s path, or `None` when there is none or the request is not a plain
+    /// GET or HEAD (a WebSocket upgrade is for the document), so the caller answers as if no
+    /// files were served.
     pub(crate) async fn serve(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Option<Response> {
-        if method != Method::GET && method != Method::HEAD {
+        if (method != Method::GET && method != Method::HEAD) || crate::ws::is_upgrade(headers) {
             return None;
         }
         let mut request = Request::new(Body::empty());

@@ -107,7 +107,6 @@ pub(crate) async fn upgrade(
 ) -> Response {
     // A plain GET of a path that holds a static file gets the file (see `static_files`).
     if let Some(files) = &concord.inner.static_files
-        && !is_upgrade(&headers)
         && let Some(response) = files.serve(&method, &uri, &headers).await
     {
         return response;
