@@ -355,8 +355,8 @@ export async function readTodos (page) {
     const toggle = el.querySelector('[data-testid="todo-toggle"]')
     return {
       id: el.getAttribute('data-id'),
-      text: text ? ('value' in text ? text.value : text.textContent) : null,
-      done: toggle ? toggle.checked : null
+      text: text?.value ?? null,
+      done: toggle?.checked ?? null
     }
   }))
 }
@@ -370,8 +370,8 @@ export async function readNotes (page) {
       id: el.getAttribute('data-id'),
       left: parseFloat(el.style.left),
       top: parseFloat(el.style.top),
-      text: text ? (text.value !== undefined && text.tagName !== 'DIV' ? text.value : text.textContent) : null,
-      color: color ? (color.value !== undefined ? color.value : color.getAttribute('data-color')) : null,
+      text: text?.value ?? null,
+      color: color?.value ?? null,
       background: getComputedStyle(el).backgroundColor
     }
   }))
