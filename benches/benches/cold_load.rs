@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_benches::{Summary, append_in_batches, load_trace, ms};
-use concord_core::{DocName, Room, Store, StoredDoc, SystemClock};
+use concord_core::{DocName, Room, StoredDoc, SystemClock};
 use concord_sled::{SledOptions, SledStore};
 use yrs::{GetString, ReadTxn, StateVector, Transact};
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_benches::{append_in_batches, dir_size, load_trace};
-use concord_core::{Appended, DocName, Room, Store, StoredUpdate, SystemClock};
+use concord_core::{Appended, DocName, Room, StoredUpdate, SystemClock};
 use concord_sled::{SledOptions, SledStore};
 use yrs::{GetString, ReadTxn, StateVector, Transact};
 

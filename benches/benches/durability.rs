@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use concord_benches::{Summary, fdatasync_latency, load_trace, ms, process_cpu};
-use concord_core::{DocName, MSG_SAVED, Room, Store, StoredUpdate, SystemClock, encode_saved};
+use concord_core::{DocName, MSG_SAVED, Room, StoredUpdate, SystemClock, encode_saved};
 use concord_server::{Concord, Config};
 use concord_sled::{SledOptions, SledStore};
 use futures_util::stream::{SplitSink, SplitStream};

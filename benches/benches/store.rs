@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_benches::load_trace;
-use concord_core::{DocName, Room, Store, StoredUpdate, SystemClock};
+use concord_core::{DocName, Room, StoredUpdate, SystemClock};
 use concord_sled::{SledOptions, SledStore};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use yrs::{GetString, Transact};

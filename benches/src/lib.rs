@@ -250,7 +250,7 @@ pub fn process_cpu() -> Option<Duration> {
 /// Appends `updates` of `doc` to `store` in batches of `batch`, one `append` per batch: what the
 /// server's group commit does when that many updates arrive during each flush.
 pub fn append_in_batches(
-    store: &dyn concord_core::Store,
+    store: &concord_sled::SledStore,
     doc: &concord_core::DocName,
     updates: &[Vec<u8>],
     batch: usize,
@@ -262,7 +262,7 @@ pub fn append_in_batches(
 
 /// Appends `updates` of `doc` to `store` in one `append` and returns what it wrote for `doc`.
 pub fn append_batch(
-    store: &dyn concord_core::Store,
+    store: &concord_sled::SledStore,
     doc: &concord_core::DocName,
     updates: &[Vec<u8>],
 ) -> concord_core::Appended {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use concord_core::{DocName, MemoryStore, Position, Store};
+use concord_core::{DocName, MemoryStore, Position};
 use concord_server::Config;
 use concord_server::auth::{Claims, JwtAuthorizer, Permission, TokenSigner, unix_now};
 use concord_server::feed::FeedEvent;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use concord_core::{DocName, MemoryStore, Store};
+use concord_core::{DocName, MemoryStore};
 use concord_server::Config;
 use concord_tests::{
     DEADLINE, EmbeddedServer, Hooked, ManualClock, RawClient, Root, StoreHooks, TestClient,
@@ -61,7 +61,7 @@ impl StoreHooks for GatedStore {
 }
 
 /// The text `t` of the document rebuilt from everything `store` holds for `doc`.
-fn stored_text(store: &dyn Store, doc: &DocName) -> String {
+fn stored_text(store: &concord_core::MemoryStore, doc: &DocName) -> String {
     let rebuilt = Doc::new();
     let text = rebuilt.get_or_insert_text("t");
     {
@@ -244,7 +244,7 @@ async fn shutdown_stores_every_update_and_closes_with_1001() {
         );
     }
     assert!(store.update_count(&name) >= 1);
-    assert_eq!(stored_text(&*store, &name), expected);
+    assert_eq!(stored_text(&store, &name), expected);
     let json = doc_json(&writer.full_state(), &[Root::Text("t")]).unwrap();
     assert_eq!(json["t"], expected.as_str());
 }

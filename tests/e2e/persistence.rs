@@ -14,7 +14,7 @@ use concord_server::Config;
 use concord_sled::SledStore;
 use concord_tests::{
     DEADLINE, EmbeddedServer, Hooked, RawClient, Root, StoreHooks, TestClient, awareness_message,
-    decode_messages, doc_json, poll_until, poll_until_ok, update_message,
+    decode_messages, doc_json, poll_until, poll_until_ok, poll_until_ok_async, update_message,
 };
 use yrs::encoding::read::{Cursor, Read};
 use yrs::sync::Message;
@@ -45,8 +45,8 @@ fn rebuild(stored: &StoredDoc) -> Doc {
 }
 
 /// Everything `store` holds for `doc`, as one v1 update.
-fn stored_state(store: &dyn Store, doc: &DocName) -> Vec<u8> {
-    let rebuilt = rebuild(&store.load(doc).expect("load"));
+async fn stored_state(store: &dyn Store, doc: &DocName) -> Vec<u8> {
+    let rebuilt = rebuild(&store.load(doc).await.expect("load"));
     let txn = rebuilt.transact();
     txn.encode_state_as_update_v1(&StateVector::default())
 }
@@ -114,8 +114,8 @@ impl Appender {
 }
 
 /// The text `t` of what `store` holds for `doc`.
-fn stored_text(store: &dyn Store, doc: &DocName) -> String {
-    doc_json(&stored_state(store, doc), &[Root::Text("t")]).unwrap()["t"]
+async fn stored_text(store: &dyn Store, doc: &DocName) -> String {
+    doc_json(&stored_state(store, doc).await, &[Root::Text("t")]).unwrap()["t"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -140,7 +140,7 @@ async fn save_acknowledgements(store: Arc<dyn Store>) {
     client.send_binary(encode_saved(7).to_vec()).await.unwrap();
     assert_eq!(next_ack(&mut client, &[7]).await, 7);
     // At the moment the acknowledgement arrives, the store already has all 20 updates.
-    assert_eq!(stored_text(&*store, &name), writer.text);
+    assert_eq!(stored_text(&*store, &name).await, writer.text);
 
     // Pipelined requests; each acknowledgement covers what was sent before its own request,
     // whatever order they arrive in. An id beyond 32 bits round-trips.
@@ -163,7 +163,7 @@ async fn save_acknowledgements(store: Arc<dyn Store>) {
     while !pending.is_empty() {
         let id = next_ack(&mut client, &pending).await;
         pending.retain(|&p| p != id);
-        let stored = stored_text(&*store, &name);
+        let stored = stored_text(&*store, &name).await;
         if id == 8 {
             // One client appending at the end: what is stored is always a prefix of the end
             // result, and it must contain the first 30 pieces.
@@ -200,8 +200,8 @@ fn append_to_t(client: &mut TestClient, piece: &str) {
 
 /// Polls until `doc` is stored as a snapshot with an empty log.
 async fn until_compacted_whole(store: &dyn Store, doc: &DocName) {
-    poll_until_ok(DEADLINE, "the idle document is compacted", || {
-        let stored = store.load(doc).map_err(|e| e.to_string())?;
+    poll_until_ok_async(DEADLINE, "the idle document is compacted", || async {
+        let stored = store.load(doc).await.map_err(|e| e.to_string())?;
         if stored.snapshot.is_some() && stored.updates.is_empty() {
             Ok(())
         } else {
@@ -262,13 +262,13 @@ async fn compaction_thresholds(store: Arc<dyn Store>) {
 
     // Persistence and compaction are asynchronous: poll until the store holds the live state
     // as a snapshot plus a tail shorter than the threshold.
-    poll_until_ok(
+    poll_until_ok_async(
         DEADLINE,
         "the store holds the live state, compacted",
-        || {
-            let stored = store.load(&name).map_err(|e| e.to_string())?;
+        || async {
+            let stored = store.load(&name).await.map_err(|e| e.to_string())?;
             let tail = stored.updates.len();
-            let state = stored_state(&*store, &name);
+            let state = stored_state(&*store, &name).await;
             let json = doc_json(&state, &TEXT).map_err(|e| e.to_string())?;
             if stored.snapshot.is_none() || tail as u64 >= THRESHOLD {
                 return Err(format!(
@@ -285,6 +285,7 @@ async fn compaction_thresholds(store: Arc<dyn Store>) {
     .await;
     let info = store
         .list()
+        .await
         .unwrap()
         .into_iter()
         .find(|info| info.name == name)
@@ -302,7 +303,7 @@ async fn compaction_thresholds(store: Arc<dyn Store>) {
     // as one snapshot.
     until_compacted_whole(&*store, &name).await;
     assert_eq!(
-        doc_json(&stored_state(&*store, &name), &TEXT).unwrap(),
+        doc_json(&stored_state(&*store, &name).await, &TEXT).unwrap(),
         live_json
     );
     let c = TestClient::connect_synced(&url).await.unwrap();
@@ -356,7 +357,7 @@ async fn an_unloaded_document_is_compacted() {
     })
     .await;
     assert_eq!(
-        doc_json(&stored_state(&*store, &name), &TEXT).unwrap(),
+        doc_json(&stored_state(&*store, &name).await, &TEXT).unwrap(),
         live_json
     );
     let b = TestClient::connect_synced(&url).await.unwrap();
@@ -402,8 +403,13 @@ async fn documents_survive_a_restart_in_process() {
         })
         .await;
     let other_expected = second.snapshot(&TEXT);
-    poll_until(DEADLINE, "the other document is stored", || {
-        doc_json(&stored_state(&*store, &other), &TEXT).unwrap() == other_expected
+    poll_until_ok_async(DEADLINE, "the other document is stored", || async {
+        let stored = doc_json(&stored_state(&*store, &other).await, &TEXT).unwrap();
+        if stored == other_expected {
+            Ok(())
+        } else {
+            Err(format!("stored {stored}"))
+        }
     })
     .await;
     let writer_state = writer.full_state();
@@ -460,7 +466,7 @@ async fn documents_survive_a_restart_in_process() {
         .await;
     server.shutdown().await;
     assert_eq!(
-        doc_json(&stored_state(&*store, &text), &TEXT).unwrap(),
+        doc_json(&stored_state(&*store, &text).await, &TEXT).unwrap(),
         want,
         "shutdown stored the edit made after the restart"
     );
@@ -556,7 +562,7 @@ async fn a_corrupt_log_entry_is_skipped_and_the_rest_of_the_document_loads() {
         })
         .await;
     server.shutdown().await;
-    let restored = doc_json(&stored_state(&*store, &name), &[Root::Map("m")]).unwrap();
+    let restored = doc_json(&stored_state(&*store, &name).await, &[Root::Map("m")]).unwrap();
     assert_eq!(restored["m"]["b1"], "value 1", "{restored}");
 }
 
@@ -686,7 +692,7 @@ async fn an_acknowledgement_covers_updates_the_room_already_had_but_had_not_stor
     tokio::spawn(async move {
         let id = next_ack(&mut b, &[1]).await;
         // What the store holds at the moment the acknowledgement arrives.
-        let _ = acked_tx.send((id, stored_text(&reader_store.inner, &reader_name)));
+        let _ = acked_tx.send((id, stored_text(&reader_store.inner, &reader_name).await));
     });
 
     // Let X, u0 and u1 be written; the next append (u2, whenever it comes) stays blocked.

@@ -86,6 +86,27 @@ pub async fn poll_until_ok(
     }
 }
 
+/// [`poll_until_ok`] for a check that has to await (a store's `load`, say).
+pub async fn poll_until_ok_async<F>(
+    deadline: Duration,
+    what: impl fmt::Display,
+    mut check: impl FnMut() -> F,
+) where
+    F: std::future::Future<Output = std::result::Result<(), String>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        let last = match check().await {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        if Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting until {what}; last seen: {last}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Polls `cond` every [`POLL_INTERVAL`] until it is true, and panics with `what` if it is still
 /// false after `deadline`.
 pub async fn poll_until(
@@ -1212,52 +1233,75 @@ pub trait StoreHooks: Send + Sync + 'static {
 }
 
 /// A [`concord_core::Store`] that runs `H`'s hooks and then its inner store. The test keeps
-/// the `Arc<H>` to steer the hooks.
+/// the `Arc<H>` to steer the hooks. Hooks may block (wait for a test's permit) or panic: every
+/// call runs on Tokio's blocking thread pool, as a blocking backend's would, and a panic in it
+/// resumes in the task that awaits the call.
 pub struct Hooked<H>(pub Arc<H>);
 
-impl<H: StoreHooks> concord_core::Store for Hooked<H> {
-    fn load(
+impl<H: StoreHooks> Hooked<H> {
+    fn blocking<T: Send + 'static>(
         &self,
-        doc: &concord_core::DocName,
-    ) -> std::result::Result<concord_core::StoredDoc, concord_core::StoreError> {
-        self.0.before_load(doc);
-        self.0.inner().load(doc)
+        f: impl FnOnce(&H) -> std::result::Result<T, concord_core::StoreError> + Send + 'static,
+    ) -> concord_core::StoreFuture<'static, T> {
+        let hooks = self.0.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || f(&hooks)).await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(concord_core::StoreError::Backend(Box::new(e))),
+            }
+        })
+    }
+}
+
+impl<H: StoreHooks> concord_core::Store for Hooked<H> {
+    fn load<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+    ) -> concord_core::StoreFuture<'a, concord_core::StoredDoc> {
+        let doc = doc.clone();
+        self.blocking(move |hooks| {
+            hooks.before_load(&doc);
+            hooks.inner().load(&doc)
+        })
     }
 
     fn append(
         &self,
-        batch: &[concord_core::StoredUpdate],
-    ) -> std::result::Result<Vec<concord_core::Appended>, concord_core::StoreError> {
-        self.0.before_append(batch);
-        self.0.inner().append(batch)
+        batch: Arc<[concord_core::StoredUpdate]>,
+    ) -> concord_core::StoreFuture<'_, Vec<concord_core::Appended>> {
+        self.blocking(move |hooks| {
+            hooks.before_append(&batch);
+            hooks.inner().append(&batch)
+        })
     }
 
-    fn compact(
-        &self,
-        doc: &concord_core::DocName,
-        snapshot: &[u8],
+    fn compact<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        snapshot: Vec<u8>,
         upto: concord_core::Seq,
-    ) -> std::result::Result<(), concord_core::StoreError> {
-        self.0.inner().compact(doc, snapshot, upto)
+    ) -> concord_core::StoreFuture<'a, ()> {
+        let doc = doc.clone();
+        self.blocking(move |hooks| hooks.inner().compact(&doc, &snapshot, upto))
     }
 
-    fn delete(
-        &self,
-        doc: &concord_core::DocName,
-    ) -> std::result::Result<(), concord_core::StoreError> {
-        self.0.inner().delete(doc)
+    fn delete<'a>(&'a self, doc: &'a concord_core::DocName) -> concord_core::StoreFuture<'a, ()> {
+        let doc = doc.clone();
+        self.blocking(move |hooks| hooks.inner().delete(&doc))
     }
 
-    fn list(&self) -> std::result::Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
-        self.0.inner().list()
+    fn list(&self) -> concord_core::StoreFuture<'_, Vec<concord_core::DocInfo>> {
+        self.blocking(|hooks| hooks.inner().list())
     }
 
-    fn log_from(
-        &self,
-        doc: &concord_core::DocName,
+    fn log_from<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
         from: concord_core::Seq,
-    ) -> std::result::Result<concord_core::LogTail, concord_core::StoreError> {
-        self.0.inner().log_from(doc, from)
+    ) -> concord_core::StoreFuture<'a, concord_core::LogTail> {
+        let doc = doc.clone();
+        self.blocking(move |hooks| hooks.inner().log_from(&doc, from))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use concord_core::{DocName, SnapshotDraft, Store, StoredUpdate};
+use concord_core::{DocName, SnapshotDraft, StoredUpdate};
 use concord_sled::SledStore;
 use tokio::sync::Notify;
 use yrs::updates::decoder::Decode;

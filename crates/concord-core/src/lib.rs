@@ -20,6 +20,6 @@ pub use room::{
 };
 pub use store::{
     Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, Position, Seq, Store, StoreError,
-    StoredDoc, StoredUpdate,
+    StoreFuture, StoredDoc, StoredUpdate,
 };
 pub use yrs::sync::time::{Clock, SystemClock};

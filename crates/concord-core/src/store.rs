@@ -5,12 +5,20 @@
 //! **log** of entries written after it; each log entry holds the v1 updates one group commit
 //! wrote for that document. Compaction replaces a prefix of the log with a new snapshot.
 //!
-//! The trait is synchronous on purpose: the engine does no I/O, and the server calls a store from
-//! a blocking thread pool (`spawn_blocking`), batching many updates into one `append` call (group
-//! commit). Backends therefore see few, large calls and never block an async runtime.
+//! The trait is asynchronous, with boxed futures so that it stays object-safe (`Arc<dyn Store>`):
+//! a network-backed store (Redis, a database) awaits its I/O without holding a runtime worker
+//! thread, and an embedded one (sled) moves its blocking calls to a blocking thread pool inside
+//! its own implementation. Defining the trait does no I/O and needs no runtime: this crate stays
+//! sans-IO. The server batches many updates into one `append` call (group commit), so backends
+//! see few, large calls.
+//!
+//! [`MemoryStore`] keeps everything in memory; its futures are ready at once. It also has plain
+//! (synchronous) methods of the same names for tests and tools.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use crate::DocName;
 
@@ -150,6 +158,9 @@ pub struct DocInfo {
     pub updated_at_ms: u64,
 }
 
+/// What every [`Store`] method returns: a boxed future, so that the trait is object-safe.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 /// Durable storage for documents. See the module documentation for the model.
 ///
 /// **Contract.** `append` returns only once every update of the batch is as durable as the
@@ -158,29 +169,36 @@ pub struct DocInfo {
 /// document. Applying `snapshot` then `updates` of [`Store::load`] to an empty document
 /// rebuilds it. `compact` is atomic: after a crash at any point, `load` returns either the old
 /// log or the new snapshot with the entries after `upto`, never a mix that loses or repeats an
-/// update.
+/// update. The conformance suite (`concord_core::conformance`, feature `conformance`) checks
+/// all of this against an implementation.
+///
+/// **Runtime.** Callers poll these futures on an async runtime's worker threads: an
+/// implementation must not block in them (run blocking I/O on a blocking pool, as
+/// `concord-sled` does, or use async I/O). A caller never holds a lock across them.
 pub trait Store: Send + Sync + 'static {
     /// Everything stored for `doc`. An unknown document loads as empty.
-    fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError>;
+    fn load<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, StoredDoc>;
 
     /// Appends a batch of updates durably: one log entry per document of the batch, holding
     /// that document's updates in batch order. Returns what was written, one element per
-    /// document.
-    fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError>;
+    /// document, sorted by document name. The batch is shared so that a backend can hand it to
+    /// another thread without copying it.
+    fn append(&self, batch: Arc<[StoredUpdate]>) -> StoreFuture<'_, Vec<Appended>>;
 
     /// Atomically replaces the snapshot of `doc` with `snapshot` and removes every log
     /// entry up to and including `upto`, which the snapshot must cover.
-    fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError>;
+    fn compact<'a>(&'a self, doc: &'a DocName, snapshot: Vec<u8>, upto: Seq)
+    -> StoreFuture<'a, ()>;
 
     /// Removes everything stored for `doc`. Removing an unknown document is not an error.
-    fn delete(&self, doc: &DocName) -> Result<(), StoreError>;
+    fn delete<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, ()>;
 
     /// Every stored document, sorted by name.
-    fn list(&self) -> Result<Vec<DocInfo>, StoreError>;
+    fn list(&self) -> StoreFuture<'_, Vec<DocInfo>>;
 
     /// The log entries of `doc` with seq >= `from`, and whether the log still holds all of
     /// them (see [`LogTail`]). An unknown document has a complete, empty log.
-    fn log_from(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError>;
+    fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail>;
 }
 
 /// A [`Store`] that keeps documents in process memory: nothing survives a restart. For tests,
@@ -221,8 +239,9 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+impl MemoryStore {
+    /// [`Store::load`], at once.
+    pub fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
         let docs = self.lock();
         let Some(stored) = docs.get(doc) else {
             return Ok(StoredDoc::default());
@@ -250,7 +269,8 @@ impl Store for MemoryStore {
         })
     }
 
-    fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
+    /// [`Store::append`], at once.
+    pub fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
         let mut grouped: BTreeMap<&DocName, Vec<Vec<u8>>> = BTreeMap::new();
         for entry in batch {
             grouped
@@ -277,7 +297,8 @@ impl Store for MemoryStore {
         Ok(written)
     }
 
-    fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError> {
+    /// [`Store::compact`], at once.
+    pub fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError> {
         let mut docs = self.lock();
         let stored = docs.entry(doc.clone()).or_default();
         stored.snapshot = Some(snapshot.to_vec());
@@ -287,12 +308,14 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn delete(&self, doc: &DocName) -> Result<(), StoreError> {
+    /// [`Store::delete`], at once.
+    pub fn delete(&self, doc: &DocName) -> Result<(), StoreError> {
         self.lock().remove(doc);
         Ok(())
     }
 
-    fn log_from(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
+    /// [`Store::log_from`], at once.
+    pub fn log_from(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
         let docs = self.lock();
         let Some(stored) = docs.get(doc) else {
             return Ok(LogTail {
@@ -314,7 +337,8 @@ impl Store for MemoryStore {
         })
     }
 
-    fn list(&self) -> Result<Vec<DocInfo>, StoreError> {
+    /// [`Store::list`], at once.
+    pub fn list(&self) -> Result<Vec<DocInfo>, StoreError> {
         let docs = self.lock();
         let sorted: BTreeMap<_, _> = docs.iter().collect();
         Ok(sorted
@@ -332,6 +356,40 @@ impl Store for MemoryStore {
                 updated_at_ms: 0,
             })
             .collect())
+    }
+}
+
+/// Every method runs at once on the caller's thread: a few map operations under a mutex.
+impl Store for MemoryStore {
+    fn load<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, StoredDoc> {
+        Box::pin(std::future::ready(MemoryStore::load(self, doc)))
+    }
+
+    fn append(&self, batch: Arc<[StoredUpdate]>) -> StoreFuture<'_, Vec<Appended>> {
+        Box::pin(std::future::ready(MemoryStore::append(self, &batch)))
+    }
+
+    fn compact<'a>(
+        &'a self,
+        doc: &'a DocName,
+        snapshot: Vec<u8>,
+        upto: Seq,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(MemoryStore::compact(
+            self, doc, &snapshot, upto,
+        )))
+    }
+
+    fn delete<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(MemoryStore::delete(self, doc)))
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<DocInfo>> {
+        Box::pin(std::future::ready(MemoryStore::list(self)))
+    }
+
+    fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail> {
+        Box::pin(std::future::ready(MemoryStore::log_from(self, doc, from)))
     }
 }
 

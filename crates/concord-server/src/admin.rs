@@ -31,19 +31,19 @@ pub enum AdminError {
 }
 
 /// Every stored document.
-pub fn list(store: &dyn Store) -> Result<Vec<DocInfo>, AdminError> {
-    Ok(store.list()?)
+pub async fn list(store: &dyn Store) -> Result<Vec<DocInfo>, AdminError> {
+    Ok(store.list().await?)
 }
 
 /// The whole document as one Yjs v1 update (what `Y.applyUpdate` takes).
-pub fn export(store: &dyn Store, doc: &DocName) -> Result<Vec<u8>, AdminError> {
-    require(store, doc)?;
-    Ok(rebuild(store, doc)?.encode_state())
+pub async fn export(store: &dyn Store, doc: &DocName) -> Result<Vec<u8>, AdminError> {
+    require(store, doc).await?;
+    Ok(from_stored(doc, &store.load(doc).await?)?.encode_state())
 }
 
 /// Adds a Yjs v1 update to a document (creating it if needed). The update merges with what the
 /// document already holds, as any client's update would.
-pub fn import(store: &dyn Store, doc: &DocName, update: &[u8]) -> Result<(), AdminError> {
+pub async fn import(store: &dyn Store, doc: &DocName, update: &[u8]) -> Result<(), AdminError> {
     validate_update_v1(update)?;
     // Decode and apply once, so an update yrs refuses is not stored.
     let mut room = Room::new(Arc::new(SystemClock));
@@ -51,52 +51,65 @@ pub fn import(store: &dyn Store, doc: &DocName, update: &[u8]) -> Result<(), Adm
         doc: doc.to_string(),
         reason: e.to_string(),
     })?;
-    store.append(&[StoredUpdate {
-        doc: doc.clone(),
-        update: update.to_vec(),
-    }])?;
+    store
+        .append(
+            vec![StoredUpdate {
+                doc: doc.clone(),
+                update: update.to_vec(),
+            }]
+            .into(),
+        )
+        .await?;
     Ok(())
 }
 
 /// Compacts one document into a snapshot. Returns the snapshot's size in bytes.
-pub fn compact(store: &dyn Store, doc: &DocName) -> Result<usize, AdminError> {
-    require(store, doc)?;
-    let (snapshot, last_seq) = snapshot_of_stored(store, doc)?;
-    store.compact(doc, &snapshot, last_seq)?;
-    Ok(snapshot.len())
+pub async fn compact(store: &dyn Store, doc: &DocName) -> Result<usize, AdminError> {
+    require(store, doc).await?;
+    let (snapshot, last_seq) = snapshot_of_stored(store, doc).await?;
+    let size = snapshot.len();
+    store.compact(doc, snapshot, last_seq).await?;
+    Ok(size)
 }
 
 /// Rebuilds a document from the store and encodes its snapshot, with the sequence
 /// number of the last log entry it covers. The compactor uses it for documents not loaded.
-pub(crate) fn snapshot_of_stored(
+pub(crate) async fn snapshot_of_stored(
     store: &dyn Store,
     doc: &DocName,
 ) -> Result<(Vec<u8>, Seq), AdminError> {
-    let stored = store.load(doc)?;
-    let room = from_stored(doc, &stored)?;
-    let snapshot = room.encode_snapshot().map_err(|e| AdminError::Unreadable {
+    let stored = store.load(doc).await?;
+    let last_seq = stored.last_seq;
+    let name = doc.clone();
+    // Replaying a long log and encoding the snapshot is blocking work.
+    let snapshot = tokio::task::spawn_blocking(move || {
+        from_stored(&name, &stored)?
+            .encode_snapshot()
+            .map_err(|e| AdminError::Unreadable {
+                doc: name.to_string(),
+                reason: e.to_string(),
+            })
+    })
+    .await
+    .map_err(|e| AdminError::Unreadable {
         doc: doc.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok((snapshot, stored.last_seq))
+        reason: format!("rebuilding it panicked: {e}"),
+    })??;
+    Ok((snapshot, last_seq))
 }
 
 /// Removes a document.
-pub fn delete(store: &dyn Store, doc: &DocName) -> Result<(), AdminError> {
-    require(store, doc)?;
-    Ok(store.delete(doc)?)
+pub async fn delete(store: &dyn Store, doc: &DocName) -> Result<(), AdminError> {
+    require(store, doc).await?;
+    Ok(store.delete(doc).await?)
 }
 
-fn require(store: &dyn Store, doc: &DocName) -> Result<(), AdminError> {
-    if store.list()?.iter().any(|info| &info.name == doc) {
+async fn require(store: &dyn Store, doc: &DocName) -> Result<(), AdminError> {
+    if store.list().await?.iter().any(|info| &info.name == doc) {
         Ok(())
     } else {
         Err(AdminError::UnknownDocument(doc.to_string()))
     }
-}
-
-fn rebuild(store: &dyn Store, doc: &DocName) -> Result<Room, AdminError> {
-    from_stored(doc, &store.load(doc)?)
 }
 
 fn from_stored(doc: &DocName, stored: &concord_core::StoredDoc) -> Result<Room, AdminError> {
@@ -135,26 +148,26 @@ mod tests {
         text.get_string(&doc.transact())
     }
 
-    #[test]
-    fn import_export_compact_delete_round_trip() {
+    #[tokio::test]
+    async fn import_export_compact_delete_round_trip() {
         let store = MemoryStore::new();
         let name = DocName::new("notes").unwrap();
         assert!(matches!(
-            export(&store, &name),
+            export(&store, &name).await,
             Err(AdminError::UnknownDocument(_))
         ));
-        import(&store, &name, &text_update("hello")).unwrap();
+        import(&store, &name, &text_update("hello")).await.unwrap();
         assert!(matches!(
-            import(&store, &name, &[0xff, 0xff]),
+            import(&store, &name, &[0xff, 0xff]).await,
             Err(AdminError::InvalidUpdate(_))
         ));
-        assert_eq!(text_of(&export(&store, &name).unwrap()), "hello");
-        assert!(compact(&store, &name).unwrap() > 0);
+        assert_eq!(text_of(&export(&store, &name).await.unwrap()), "hello");
+        assert!(compact(&store, &name).await.unwrap() > 0);
         let stored = store.load(&name).unwrap();
         assert!(stored.snapshot.is_some() && stored.updates.is_empty());
-        assert_eq!(text_of(&export(&store, &name).unwrap()), "hello");
-        assert_eq!(list(&store).unwrap().len(), 1);
-        delete(&store, &name).unwrap();
-        assert!(list(&store).unwrap().is_empty());
+        assert_eq!(text_of(&export(&store, &name).await.unwrap()), "hello");
+        assert_eq!(list(&store).await.unwrap().len(), 1);
+        delete(&store, &name).await.unwrap();
+        assert!(list(&store).await.unwrap().is_empty());
     }
 }

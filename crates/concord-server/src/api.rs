@@ -265,10 +265,11 @@ async fn list(
     let all = doc_name("*")?;
     request.admit(&concord, &all, Needs::Read, false).await?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
-    let store = concord.inner.store.clone();
-    let infos = tokio::task::spawn_blocking(move || store.list())
+    let infos = concord
+        .inner
+        .store
+        .list()
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let after = params.after.unwrap_or_default();
     let page: Vec<_> = infos
@@ -324,11 +325,11 @@ async fn current_state(
 
 /// Whether the store has anything of `name` (a log entry was ever written and not deleted).
 async fn stored(concord: &Concord, name: &DocName) -> ApiResult<bool> {
-    let store = concord.inner.store.clone();
-    let doc = name.clone();
-    let tail = tokio::task::spawn_blocking(move || store.log_from(&doc, Seq::MAX))
+    let tail = concord
+        .inner
+        .store
+        .log_from(name, Seq::MAX)
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     Ok(tail.last_seq > 0)
 }
@@ -511,11 +512,10 @@ async fn delete(
     }
     // Updates of the room still queued for the store would bring it back: let them land first.
     inner.persister.barrier().await;
-    let store = inner.store.clone();
-    let doc = name.clone();
-    tokio::task::spawn_blocking(move || store.delete(&doc))
+    inner
+        .store
+        .delete(&name)
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     tracing::info!(doc = %name, "document deleted through the API");
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -813,11 +813,11 @@ async fn first_without_waiting(
     name: &DocName,
     since: Position,
 ) -> ApiResult<bool> {
-    let store = concord.inner.store.clone();
-    let doc = name.clone();
-    let tail = tokio::task::spawn_blocking(move || store.log_from(&doc, since.seq))
+    let tail = concord
+        .inner
+        .store
+        .log_from(name, since.seq)
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let newer = tail.entries.iter().any(|(seq, updates)| {
         *seq > since.seq

@@ -92,22 +92,22 @@ async fn compact_one(
     // The loaded room holds everything stored so far; a room unloaded since holds everything
     // it wrote, which is what `upto` covers; else the store itself.
     let live = rooms.get(doc).or(unloaded).and_then(|room| room.snapshot());
-    let store = store.clone();
-    let doc = doc.clone();
-    tokio::task::spawn_blocking(move || {
-        let snapshot = match live {
-            Some(draft) => draft.finish(),
-            None => {
-                crate::admin::snapshot_of_stored(store.as_ref(), &doc)
-                    .map_err(|e| e.to_string())?
-                    .0
-            }
-        };
-        store
-            .compact(&doc, &snapshot, upto)
-            .map_err(|e| e.to_string())?;
-        Ok(snapshot.len())
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    let snapshot = match live {
+        // Checking the v2 encoding decodes it: blocking work.
+        Some(draft) => tokio::task::spawn_blocking(move || draft.finish())
+            .await
+            .map_err(|e| e.to_string())?,
+        None => {
+            crate::admin::snapshot_of_stored(store.as_ref(), doc)
+                .await
+                .map_err(|e| e.to_string())?
+                .0
+        }
+    };
+    let size = snapshot.len();
+    store
+        .compact(doc, snapshot, upto)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(size)
 }

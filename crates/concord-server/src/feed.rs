@@ -99,15 +99,18 @@ impl Feed {
 
     /// Publishes everything a successful `append` of `batch` wrote: `seqs` holds the seq of each
     /// document's new entry.
-    pub(crate) fn publish_batch(&self, batch: Vec<StoredUpdate>, seqs: &[(DocName, Seq)]) {
+    pub(crate) fn publish_batch(&self, batch: Arc<[StoredUpdate]>, seqs: &[(DocName, Seq)]) {
         if !self.has_subscribers() {
             return;
         }
         // The store wrote each document's updates in batch order: group them the same way.
         let mut by_doc: std::collections::BTreeMap<DocName, Vec<Vec<u8>>> =
             std::collections::BTreeMap::new();
-        for update in batch {
-            by_doc.entry(update.doc).or_default().push(update.update);
+        for update in batch.iter() {
+            by_doc
+                .entry(update.doc.clone())
+                .or_default()
+                .push(update.update.clone());
         }
         for (doc, seq) in seqs {
             if let Some(updates) = by_doc.remove(doc) {
@@ -208,10 +211,9 @@ async fn catch_up(
     sv: Option<&StateVector>,
     tx: &Sender,
 ) -> Result<Position, FeedError> {
-    let (reader, name) = (store.clone(), doc.clone());
-    let tail = tokio::task::spawn_blocking(move || reader.log_from(&name, from.seq))
+    let tail = store
+        .log_from(doc, from.seq)
         .await
-        .map_err(|e| FeedError::Store(e.to_string()))?
         .map_err(|e| FeedError::Store(e.to_string()))?;
     // A position past the end of the log comes from another history of the document (a
     // memory store that restarted, a document deleted and made again): start over.
@@ -261,10 +263,12 @@ pub(crate) async fn stored_state(
     doc: DocName,
     sv: Option<StateVector>,
 ) -> Result<(Vec<u8>, Position), FeedError> {
+    let stored = store
+        .load(&doc)
+        .await
+        .map_err(|e| FeedError::Store(e.to_string()))?;
+    // Replaying a long log is blocking work: keep it off the async workers.
     tokio::task::spawn_blocking(move || {
-        let stored = store
-            .load(&doc)
-            .map_err(|e| FeedError::Store(e.to_string()))?;
         let (room, _skipped) = Room::from_stored(Arc::new(SystemClock), &stored)
             .map_err(|e| FeedError::Unreadable(e.to_string()))?;
         let update = room

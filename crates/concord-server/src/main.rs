@@ -416,9 +416,10 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a `docs` command against the store in `data_dir`.
-fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
     use concord_server::admin;
-    use concord_server::concord_core::{DocName, Store};
+    use concord_server::concord_core::DocName;
     use std::io::{Read, Write};
 
     if !data_dir.exists() {
@@ -439,7 +440,7 @@ fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
                 "{:<40} {:>12} {:>10} {:>12}",
                 "name", "snapshot", "log", "log bytes"
             )?;
-            for info in admin::list(&store)? {
+            for info in admin::list(&store).await? {
                 writeln!(
                     out,
                     "{:<40} {:>12} {:>10} {:>12}",
@@ -448,13 +449,13 @@ fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
             }
         }
         DocsAction::Export { name: doc } => {
-            let update = admin::export(&store, &name(&doc)?)?;
+            let update = admin::export(&store, &name(&doc)?).await?;
             std::io::stdout().lock().write_all(&update)?;
         }
         DocsAction::Import { name: doc } => {
             let mut update = Vec::new();
             std::io::stdin().lock().read_to_end(&mut update)?;
-            admin::import(&store, &name(&doc)?, &update)?;
+            admin::import(&store, &name(&doc)?, &update).await?;
             eprintln!("imported {} bytes into {doc:?}", update.len());
         }
         DocsAction::Compact { name: doc } => {
@@ -463,12 +464,12 @@ fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
                 None => store.list()?.into_iter().map(|info| info.name).collect(),
             };
             for doc in targets {
-                let bytes = admin::compact(&store, &doc)?;
+                let bytes = admin::compact(&store, &doc).await?;
                 eprintln!("compacted {doc:?}: snapshot of {bytes} bytes");
             }
         }
         DocsAction::Delete { name: doc } => {
-            admin::delete(&store, &name(&doc)?)?;
+            admin::delete(&store, &name(&doc)?).await?;
             eprintln!("deleted {doc:?}");
         }
     }

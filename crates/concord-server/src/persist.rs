@@ -238,8 +238,11 @@ async fn write(
             (None, updates) => {
                 let mut by_doc: std::collections::BTreeMap<DocName, Vec<StoredUpdate>> =
                     std::collections::BTreeMap::new();
-                for update in updates {
-                    by_doc.entry(update.doc.clone()).or_default().push(update);
+                for update in updates.iter() {
+                    by_doc
+                        .entry(update.doc.clone())
+                        .or_default()
+                        .push(update.clone());
                 }
                 for (doc, updates) in by_doc {
                     let count = updates.len();
@@ -270,7 +273,7 @@ async fn write(
 }
 
 /// Publishes what one successful `append` wrote to the change feed.
-fn publish(feed: &Feed, updates: Vec<StoredUpdate>, appended: &[Appended]) {
+fn publish(feed: &Feed, updates: Arc<[StoredUpdate]>, appended: &[Appended]) {
     if feed.has_subscribers() {
         let seqs: Vec<(DocName, Seq)> = appended.iter().map(|a| (a.doc.clone(), a.seq)).collect();
         feed.publish_batch(updates, &seqs);
@@ -283,29 +286,20 @@ async fn append_with_retries(
     outputs: &Outputs,
     updates: Vec<StoredUpdate>,
     stop: &CancellationToken,
-) -> (Option<Vec<Appended>>, Vec<StoredUpdate>) {
-    let updates = Arc::new(updates);
-    let give_back = |updates: Arc<Vec<StoredUpdate>>| {
-        // The blocking task that shared it has finished, so this is the last handle.
-        Arc::try_unwrap(updates).unwrap_or_else(|shared| shared.as_ref().clone())
-    };
+) -> (Option<Vec<Appended>>, Arc<[StoredUpdate]>) {
+    let updates: Arc<[StoredUpdate]> = updates.into();
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=ATTEMPTS {
-        let store = store.clone();
-        let batch = updates.clone();
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || store.append(&batch)).await {
-            Ok(Ok(appended)) => {
+        match store.append(updates.clone()).await {
+            Ok(appended) => {
                 outputs
                     .flush_seconds
                     .observe(started.elapsed().as_secs_f64());
-                return (Some(appended), give_back(updates));
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, updates = updates.len(), attempt, "store append failed")
+                return (Some(appended), updates);
             }
             Err(e) => {
-                tracing::error!(error = %e, updates = updates.len(), attempt, "store append panicked")
+                tracing::error!(error = %e, updates = updates.len(), attempt, "store append failed")
             }
         }
         if attempt < ATTEMPTS && !stop.is_cancelled() {
@@ -313,13 +307,13 @@ async fn append_with_retries(
             delay *= 2;
         }
     }
-    (None, give_back(updates))
+    (None, updates)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_core::MemoryStore;
+    use concord_core::{MemoryStore, StoredDoc};
 
     /// A store that refuses every append for one document.
     struct RefusesOneDoc {
@@ -328,38 +322,40 @@ mod tests {
     }
 
     impl Store for RefusesOneDoc {
-        fn load(&self, doc: &DocName) -> Result<concord_core::StoredDoc, concord_core::StoreError> {
-            self.inner.load(doc)
+        fn load<'a>(&'a self, doc: &'a DocName) -> concord_core::StoreFuture<'a, StoredDoc> {
+            Store::load(&self.inner, doc)
         }
         fn append(
             &self,
-            batch: &[StoredUpdate],
-        ) -> Result<Vec<Appended>, concord_core::StoreError> {
+            batch: Arc<[StoredUpdate]>,
+        ) -> concord_core::StoreFuture<'_, Vec<Appended>> {
             if batch.iter().any(|u| u.doc == self.refused) {
-                return Err(concord_core::StoreError::Corrupt("refused".into()));
+                return Box::pin(async {
+                    Err(concord_core::StoreError::Corrupt("refused".into()))
+                });
             }
-            self.inner.append(batch)
+            Store::append(&self.inner, batch)
         }
-        fn compact(
-            &self,
-            doc: &DocName,
-            snapshot: &[u8],
+        fn compact<'a>(
+            &'a self,
+            doc: &'a DocName,
+            snapshot: Vec<u8>,
             upto: Seq,
-        ) -> Result<(), concord_core::StoreError> {
-            self.inner.compact(doc, snapshot, upto)
+        ) -> concord_core::StoreFuture<'a, ()> {
+            Store::compact(&self.inner, doc, snapshot, upto)
         }
-        fn delete(&self, doc: &DocName) -> Result<(), concord_core::StoreError> {
-            self.inner.delete(doc)
+        fn delete<'a>(&'a self, doc: &'a DocName) -> concord_core::StoreFuture<'a, ()> {
+            Store::delete(&self.inner, doc)
         }
-        fn list(&self) -> Result<Vec<concord_core::DocInfo>, concord_core::StoreError> {
-            self.inner.list()
+        fn list(&self) -> concord_core::StoreFuture<'_, Vec<concord_core::DocInfo>> {
+            Store::list(&self.inner)
         }
-        fn log_from(
-            &self,
-            doc: &DocName,
+        fn log_from<'a>(
+            &'a self,
+            doc: &'a DocName,
             from: Seq,
-        ) -> Result<concord_core::LogTail, concord_core::StoreError> {
-            self.inner.log_from(doc, from)
+        ) -> concord_core::StoreFuture<'a, concord_core::LogTail> {
+            Store::log_from(&self.inner, doc, from)
         }
     }
 

@@ -16,6 +16,7 @@ use concord_core::{
     Access, Clock, ConnId, DocName, Effects, Inbound, Recipients, Room, RoomFault, RoomLimits,
     SnapshotDraft, Store,
 };
+use futures_util::FutureExt;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -369,10 +370,23 @@ pub(crate) enum OpenError {
     Store(#[from] concord_core::StoreError),
     #[error("loading the document from storage failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the store panicked while loading the document")]
+    StorePanicked,
     #[error("the stored snapshot does not decode: {0}")]
     Snapshot(String),
     #[error("{0} documents are open and none is idle")]
     TooManyRooms(usize),
+}
+
+impl OpenError {
+    /// Whether the load panicked (counted in [`crate::Stats::panics`]).
+    pub(crate) fn is_panic(&self) -> bool {
+        match self {
+            OpenError::Join(join) => join.is_panic(),
+            OpenError::StorePanicked => true,
+            _ => false,
+        }
+    }
 }
 
 struct Slot {
@@ -498,12 +512,15 @@ impl Rooms {
         if !self.persister.barrier().await {
             tracing::warn!(doc = %name, "some queued updates could not be stored before this load");
         }
-        let store = self.store.clone();
-        let doc = name.clone();
+        // A panicking store must not take the connection's task down with it: the load fails
+        // (1011) and the next connection tries again.
+        let stored = std::panic::AssertUnwindSafe(self.store.load(name))
+            .catch_unwind()
+            .await
+            .map_err(|_| OpenError::StorePanicked)??;
         let clock = self.config.clock.clone();
-        // Reading and replaying a long log is blocking work: keep it off the async workers.
+        // Replaying a long log is blocking work: keep it off the async workers.
         let (room, skipped, stored_updates, corrupt) = tokio::task::spawn_blocking(move || {
-            let stored = store.load(&doc)?;
             let (room, skipped) = Room::from_stored(clock, &stored)
                 .map_err(|e| OpenError::Snapshot(e.to_string()))?;
             Ok::<_, OpenError>((room, skipped, stored.updates.len(), stored.corrupt_entries))

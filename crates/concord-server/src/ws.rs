@@ -236,7 +236,7 @@ async fn serve(concord: Concord, name: DocName, grant: Grant, socket: WebSocket)
             return;
         }
         Err(e) => {
-            if matches!(&e, OpenError::Join(join) if join.is_panic()) {
+            if e.is_panic() {
                 Counters::bump(&inner.counters.panics);
             }
             tracing::error!(doc = %name, error = %e, "could not open document");

@@ -5,11 +5,12 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_core::{
-    Appended, DocInfo, DocName, LogTail, Position, Seq, Store, StoreError, StoredDoc, StoredUpdate,
+    Appended, DocInfo, DocName, LogTail, Position, Seq, Store, StoreError, StoreFuture, StoredDoc,
+    StoredUpdate,
 };
 
 use crate::keys;
@@ -42,7 +43,19 @@ impl Default for SledOptions {
 
 /// The durable [`Store`]: documents in a sled database and a directory of snapshot files, in
 /// the layout and with the durability contract described in the [crate documentation](crate).
+///
+/// Cheap to clone: every clone is a handle to the same open store, which closes when the last
+/// one is dropped. Its own methods (`load`, `append`, ...) block the calling thread on disk
+/// I/O, for tools, tests and synchronous callers; its [`Store`] implementation runs the same
+/// calls on Tokio's blocking thread pool, so its futures must be polled within a Tokio runtime
+/// and never hold a runtime worker thread while sled reads, writes or flushes.
+#[derive(Clone)]
 pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+/// The open store behind every [`SledStore`] handle.
+struct Inner {
     db: sled::Db,
     /// sled's data file, fsynced before a superseded snapshot file is removed (see
     /// [`SledStore::sync_sled`]).
@@ -115,7 +128,125 @@ impl SledStore {
         path: impl AsRef<Path>,
         options: SledOptions,
     ) -> Result<SledStore, StoreError> {
-        let path = path.as_ref();
+        Ok(SledStore {
+            inner: Arc::new(Inner::open_with(path.as_ref(), options)?),
+        })
+    }
+
+    /// How many corrupt log entries this store has read (and skipped) since it was opened. An
+    /// entry read twice counts twice: this is a signal for monitoring, not an inventory.
+    pub fn corrupt_entries_seen(&self) -> u64 {
+        self.inner.corrupt_seen.load(Ordering::Relaxed)
+    }
+
+    /// Failpoint for tests: does the first part of [`Store::compact`] only, i.e. what a crash in
+    /// the middle of a compaction leaves. `load` must still return every update exactly once,
+    /// and reopening the store must clean up.
+    #[doc(hidden)]
+    pub fn compact_interrupted(
+        &self,
+        doc: &DocName,
+        snapshot: &[u8],
+        upto: Seq,
+        at: CompactCrash,
+    ) -> Result<(), StoreError> {
+        self.inner.compact_inner(doc, snapshot, upto, Some(at))
+    }
+
+    /// The underlying sled tree, for tests that inspect or damage stored records.
+    #[doc(hidden)]
+    pub fn raw_tree(&self) -> &sled::Tree {
+        &self.inner.db
+    }
+
+    /// The file holding the current snapshot of `doc`, for tests that inspect or damage it.
+    #[doc(hidden)]
+    pub fn snapshot_file(&self, doc: &DocName) -> Result<Option<PathBuf>, StoreError> {
+        self.inner.snapshot_file(doc)
+    }
+
+    /// [`Store::load`], blocking the calling thread.
+    pub fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+        self.inner.load(doc)
+    }
+
+    /// [`Store::append`], blocking the calling thread until the batch is flushed.
+    pub fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
+        self.inner.append(batch)
+    }
+
+    /// [`Store::compact`], blocking the calling thread.
+    pub fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError> {
+        self.inner.compact_inner(doc, snapshot, upto, None)
+    }
+
+    /// [`Store::delete`], blocking the calling thread.
+    pub fn delete(&self, doc: &DocName) -> Result<(), StoreError> {
+        self.inner.delete(doc)
+    }
+
+    /// [`Store::list`], blocking the calling thread.
+    pub fn list(&self) -> Result<Vec<DocInfo>, StoreError> {
+        self.inner.list()
+    }
+
+    /// [`Store::log_from`], blocking the calling thread.
+    pub fn log_from(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
+        self.inner.log_from(doc, from)
+    }
+
+    /// Runs `f` on the open store on Tokio's blocking thread pool.
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'static, T> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&inner))
+                .await
+                .map_err(|e| backend(format!("a blocking store call failed: {e}")))?
+        })
+    }
+}
+
+/// Each call runs on Tokio's blocking thread pool (see [`SledStore`]).
+impl Store for SledStore {
+    fn load<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, StoredDoc> {
+        let doc = doc.clone();
+        self.blocking(move |inner| inner.load(&doc))
+    }
+
+    fn append(&self, batch: Arc<[StoredUpdate]>) -> StoreFuture<'_, Vec<Appended>> {
+        self.blocking(move |inner| inner.append(&batch))
+    }
+
+    fn compact<'a>(
+        &'a self,
+        doc: &'a DocName,
+        snapshot: Vec<u8>,
+        upto: Seq,
+    ) -> StoreFuture<'a, ()> {
+        let doc = doc.clone();
+        self.blocking(move |inner| inner.compact_inner(&doc, &snapshot, upto, None))
+    }
+
+    fn delete<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, ()> {
+        let doc = doc.clone();
+        self.blocking(move |inner| inner.delete(&doc))
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<DocInfo>> {
+        self.blocking(|inner| inner.list())
+    }
+
+    fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail> {
+        let doc = doc.clone();
+        self.blocking(move |inner| inner.log_from(&doc, from))
+    }
+}
+
+impl Inner {
+    fn open_with(path: &Path, options: SledOptions) -> Result<Inner, StoreError> {
         if path.join("conf").exists() && path.join("db").exists() {
             return Err(StoreError::Corrupt(format!(
                 "{} holds a sled database at its top level: a store of format 1, written by a \
@@ -132,7 +263,7 @@ impl SledStore {
         let db = open_waiting_for_lock(&config)?;
         let next_doc_id = check_format(&db)?;
         let snapshots = SnapshotDir::open(path.join(SNAPSHOT_DIR)).map_err(backend)?;
-        let store = SledStore {
+        let store = Inner {
             db,
             sled_file: sled_path.join("db"),
             snapshots,
@@ -144,35 +275,7 @@ impl SledStore {
         Ok(store)
     }
 
-    /// How many corrupt log entries this store has read (and skipped) since it was opened. An
-    /// entry read twice counts twice: this is a signal for monitoring, not an inventory.
-    pub fn corrupt_entries_seen(&self) -> u64 {
-        self.corrupt_seen.load(Ordering::Relaxed)
-    }
-
-    /// Failpoint for tests: does the first part of [`Store::compact`] only, i.e. what a crash in
-    /// the middle of a compaction leaves. `load` must still return every update exactly once,
-    /// and reopening the store must clean up.
-    #[doc(hidden)]
-    pub fn compact_interrupted(
-        &self,
-        doc: &DocName,
-        snapshot: &[u8],
-        upto: Seq,
-        at: CompactCrash,
-    ) -> Result<(), StoreError> {
-        self.compact_inner(doc, snapshot, upto, Some(at))
-    }
-
-    /// The underlying sled tree, for tests that inspect or damage stored records.
-    #[doc(hidden)]
-    pub fn raw_tree(&self) -> &sled::Tree {
-        &self.db
-    }
-
-    /// The file holding the current snapshot of `doc`, for tests that inspect or damage it.
-    #[doc(hidden)]
-    pub fn snapshot_file(&self, doc: &DocName) -> Result<Option<PathBuf>, StoreError> {
+    fn snapshot_file(&self, doc: &DocName) -> Result<Option<PathBuf>, StoreError> {
         let _state = self.lock();
         Ok(self
             .read_meta(doc)?
@@ -445,7 +548,7 @@ impl fmt::Debug for SledStore {
     }
 }
 
-impl Store for SledStore {
+impl Inner {
     fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
         let mut loaded = StoredDoc::default();
         let snapshot = {
@@ -536,10 +639,6 @@ impl Store for SledStore {
         // One flush makes the whole batch durable (and any batch applied meanwhile).
         self.db.flush().map_err(backend)?;
         Ok(written)
-    }
-
-    fn compact(&self, doc: &DocName, snapshot: &[u8], upto: Seq) -> Result<(), StoreError> {
-        self.compact_inner(doc, snapshot, upto, None)
     }
 
     fn delete(&self, doc: &DocName) -> Result<(), StoreError> {

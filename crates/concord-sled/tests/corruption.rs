@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use concord_core::{DocName, Store, StoreError, StoredUpdate};
+use concord_core::{DocName, StoreError, StoredUpdate};
 use concord_sled::SledStore;
 
 fn name(s: &str) -> DocName {

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use concord_core::{DocName, Store, StoredUpdate};
+use concord_core::{DocName, StoredUpdate};
 use concord_sled::SledStore;
 
 /// Set (to a store directory) in the child process only.

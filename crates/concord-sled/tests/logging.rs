@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use concord_core::{DocName, Store, StoredUpdate};
+use concord_core::{DocName, StoredUpdate};
 use concord_sled::SledStore;
 
 fn name(s: &str) -> DocName {

@@ -2,9 +2,7 @@
 //! layout, seqs, tail statistics, listing, deletion, reopening, format checks, and equivalence
 //! with the in-memory reference store under a long random sequence of operations.
 
-use concord_core::{
-    Appended, DocInfo, DocName, MemoryStore, Store, StoreError, StoredDoc, StoredUpdate,
-};
+use concord_core::{Appended, DocInfo, DocName, MemoryStore, StoreError, StoredDoc, StoredUpdate};
 use concord_sled::{SledOptions, SledStore};
 
 fn name(s: &str) -> DocName {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use concord_core::{DocName, Store, StoredDoc, StoredUpdate};
+use concord_core::{DocName, StoredDoc, StoredUpdate};
 use concord_sled::{CompactCrash, SledStore};
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
