@@ -15,8 +15,8 @@ pub mod validate;
 pub use name::{DocName, InvalidDocName, MAX_DOC_NAME_BYTES};
 pub use room::{
     Access, ConnId, Effects, Inbound, MSG_SAVED, Outgoing, ProtocolError, READ_ONLY_REASON,
-    Recipients, Room, RoomFault, RoomLimits, SnapshotDraft, SnapshotError, decode_frame,
-    decode_snapshot, encode_saved,
+    Recipients, Room, RoomFault, RoomLimits, SnapshotDraft, SnapshotError, awareness_payload,
+    decode_frame, decode_snapshot, encode_saved, is_awareness_frame,
 };
 pub use store::{
     Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, Position, Seq, Store, StoreError,

@@ -177,6 +177,28 @@ pub fn encode_saved(id: u64) -> Bytes {
     Bytes::from(Message::Custom(MSG_SAVED, payload).encode_v1())
 }
 
+/// Whether `frame`, one encoded y-protocols message as [`Effects`] and [`Room::join`] produce
+/// them, is an awareness message (soft state: a transport may skip it for a peer that is
+/// behind, never a document update).
+pub fn is_awareness_frame(frame: &[u8]) -> bool {
+    frame.first() == Some(&yrs::sync::protocol::MSG_AWARENESS)
+}
+
+/// The awareness update (what `encodeAwarenessUpdate` returns in JS) inside an awareness
+/// message frame, or `None` when `frame` is not a well-formed awareness message.
+pub fn awareness_payload(frame: &[u8]) -> Option<&[u8]> {
+    use yrs::encoding::read::Read;
+    let (&tag, rest) = frame.split_first()?;
+    if tag != yrs::sync::protocol::MSG_AWARENESS {
+        return None;
+    }
+    let mut cursor = Cursor::new(rest);
+    let len: u64 = cursor.read_var().ok()?;
+    let start = cursor.next;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    rest.get(start..end)
+}
+
 /// A message from a client, validated and decoded, ready for [`Room::receive`].
 #[derive(Debug)]
 pub enum Inbound {
@@ -1241,6 +1263,17 @@ mod tests {
         copy.restore_snapshot(&snapshot).unwrap();
         assert_eq!(text_of(&copy), "snap");
         assert!(copy.restore_snapshot(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn awareness_frames_are_recognised_and_their_payloads_extracted() {
+        assert!(is_awareness_frame(&[1, 2, 7, 8]));
+        assert!(!is_awareness_frame(&[0, 2, 7, 8]));
+        assert!(!is_awareness_frame(&[]));
+        assert_eq!(awareness_payload(&[1, 2, 7, 8]), Some(&[7u8, 8][..]));
+        assert_eq!(awareness_payload(&[0, 2, 7, 8]), None);
+        assert_eq!(awareness_payload(&[1, 5, 7]), None);
+        assert_eq!(awareness_payload(&[1, 0xff]), None);
     }
 
     #[test]
