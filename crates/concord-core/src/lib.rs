@@ -6,18 +6,23 @@
 //! - [`Room`] applies decoded messages to one document and says what to send to whom.
 //! - [`Store`] is the persistence seam; [`MemoryStore`] keeps everything in memory.
 
+mod codec;
 pub mod json;
 mod name;
 mod room;
+mod snapshot;
 mod store;
 pub mod validate;
 
+pub use codec::{
+    Inbound, MSG_SAVED, ProtocolError, awareness_payload, decode_frame, encode_saved,
+    is_awareness_frame,
+};
 pub use name::{DocName, InvalidDocName, MAX_DOC_NAME_BYTES};
 pub use room::{
-    Access, ConnId, Effects, Inbound, MSG_SAVED, Outgoing, ProtocolError, READ_ONLY_REASON,
-    Recipients, Room, RoomFault, RoomLimits, SnapshotDraft, SnapshotError, awareness_payload,
-    decode_frame, decode_snapshot, encode_saved, is_awareness_frame,
+    Access, ConnId, Effects, Outgoing, READ_ONLY_REASON, Recipients, Room, RoomFault, RoomLimits,
 };
+pub use snapshot::{SnapshotDraft, SnapshotError, decode_snapshot};
 pub use store::{
     Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, Position, Seq, Store, StoreError,
     StoreFuture, StoredDoc, StoredUpdate,

@@ -1,9 +1,11 @@
 //! One document's sync engine: a `yrs` document, its awareness, and the connections editing it.
 //!
-//! A [`Room`] is sans-IO. Inbound frames are validated and decoded by [`decode_frame`] (without
-//! touching the room, so the caller can do it outside any lock), then handed to
-//! [`Room::receive`], which applies them and returns [`Effects`]: the frames to send to whom and
-//! the document changes to persist. The caller owns sockets, queues and storage.
+//! A [`Room`] is sans-IO. Inbound frames are validated and decoded by
+//! [`decode_frame`](crate::decode_frame) (without touching the room, so the caller can do it
+//! outside any lock), then handed to [`Room::receive`], which applies them and returns
+//! [`Effects`]: the frames to send to whom and the document changes to persist. The caller owns
+//! sockets, queues and storage. The wire codec lives in `codec.rs` and the snapshot format in
+//! `snapshot.rs`; this file is the engine only.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -11,16 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use yrs::encoding::read::Cursor;
-use yrs::sync::protocol::MessageReader;
 use yrs::sync::time::Clock;
 use yrs::sync::{Awareness, AwarenessUpdate, DefaultProtocol, Message, Protocol, SyncMessage};
-use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::StoredDoc;
-use crate::validate::{InvalidMessage, validate_frame, validate_update_v1};
+use crate::codec::{Inbound, ProtocolError, decode_update};
+use crate::snapshot::{SnapshotDraft, SnapshotError, decode_snapshot};
+use crate::validate::validate_update_v1;
 
 /// Identifies one connection (or other subscriber) within a server process.
 pub type ConnId = u64;
@@ -36,103 +37,6 @@ pub enum Access {
 
 /// A Yjs v1 update with no structs and an empty delete set.
 const EMPTY_UPDATE: [u8; 2] = [0, 0];
-
-/// Tag of a snapshot holding a Yjs v1 update.
-const SNAPSHOT_V1: u8 = 1;
-/// Tag of a snapshot holding a Yjs v2 update.
-const SNAPSHOT_V2: u8 = 2;
-
-/// A room's state encoded both ways a snapshot may take, from [`Room::draft_snapshot`].
-///
-/// A snapshot is one tag byte and a Yjs update: `2` and the v2 encoding (about half the size
-/// of v1), or `1` and the v1 encoding. yrs 0.28 cannot always read back its own v2: it writes
-/// the length of binary content (every `Uint8Array` a Yjs app stores) twice and reads it once,
-/// and some states do not encode in v2 at all. So v2 is kept only when it decodes into a
-/// document whose v1 encoding is the live one's (the same update, decoded); otherwise the
-/// snapshot is v1.
-#[derive(Debug, Clone)]
-pub struct SnapshotDraft {
-    v1: Vec<u8>,
-    v2: Option<Vec<u8>>,
-}
-
-impl SnapshotDraft {
-    /// Encodes `doc` both ways (see [`Room::draft_snapshot`]).
-    pub fn of(doc: &Doc) -> Result<SnapshotDraft, SnapshotError> {
-        let txn = doc.transact();
-        // yrs panics on some states it holds pending (an `unwrap` in its pending merge).
-        let v1 = quietly(|| txn.encode_state_as_update_v1(&StateVector::default()))
-            .ok_or(SnapshotError)?;
-        let v2 = quietly(|| txn.encode_state_as_update_v2(&StateVector::default()));
-        Ok(SnapshotDraft { v1, v2 })
-    }
-
-    /// An upper bound of the finished snapshot's size.
-    pub fn size_bound(&self) -> u64 {
-        1 + self.v1.len().max(self.v2.as_ref().map_or(0, Vec::len)) as u64
-    }
-
-    /// The snapshot: v2 if it round-trips, else v1. Decodes the v2 encoding into a fresh
-    /// document (a few milliseconds for a large one); no room is involved.
-    pub fn finish(self) -> Vec<u8> {
-        let (tag, bytes) = match self.v2 {
-            Some(v2) if v2_restores(&v2, &self.v1) => (SNAPSHOT_V2, v2),
-            _ => (SNAPSHOT_V1, self.v1),
-        };
-        let mut snapshot = Vec::with_capacity(1 + bytes.len());
-        snapshot.push(tag);
-        snapshot.extend_from_slice(&bytes);
-        snapshot
-    }
-}
-
-/// Decodes a snapshot made by [`Room::encode_snapshot`] (see [`SnapshotDraft`] for the format)
-/// into the Yjs update it holds.
-pub fn decode_snapshot(snapshot: &[u8]) -> Result<Update, ProtocolError> {
-    let decode_error = |e: yrs::encoding::read::Error| ProtocolError::Decode(e.to_string());
-    match snapshot.split_first() {
-        Some((&SNAPSHOT_V2, bytes)) => Update::decode_v2(bytes).map_err(decode_error),
-        Some((&SNAPSHOT_V1, bytes)) => Update::decode_v1(bytes).map_err(decode_error),
-        _ => Err(ProtocolError::Decode(
-            "not a Concord snapshot (unknown encoding tag)".into(),
-        )),
-    }
-}
-
-/// Whether `v2` decodes into a document that encodes to exactly `v1`.
-fn v2_restores(v2: &[u8], v1: &[u8]) -> bool {
-    quietly(|| {
-        let Ok(update) = Update::decode_v2(v2) else {
-            return false;
-        };
-        let doc = Doc::new();
-        if doc.transact_mut().apply_update(update).is_err() {
-            return false;
-        }
-        let restored = doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        // Equal bytes, or equal decoded updates: maps (JSON objects, attributes) are encoded
-        // in hash order, so the same document may encode to other bytes.
-        restored == v1
-            || matches!(
-                (Update::decode_v1(&restored), Update::decode_v1(v1)),
-                (Ok(a), Ok(b)) if a == b
-            )
-    })
-    .unwrap_or(false)
-}
-
-/// Runs `f`, turning a panic inside yrs into `None`.
-fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
-    catch_unwind(AssertUnwindSafe(f)).ok()
-}
-
-/// yrs could not encode the document (it panicked on data it holds pending): no snapshot can
-/// be taken; the log is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the document cannot be encoded as a snapshot (yrs failed on its pending data)")]
-pub struct SnapshotError;
 
 /// Limits a [`Room`] enforces on what its connections send. The default enforces none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,117 +65,6 @@ impl Default for RoomLimits {
 
 /// The reason sent (once) to a read-only connection that tries to write.
 pub const READ_ONLY_REASON: &str = "read-only access: document updates are not accepted";
-
-/// Message type of Concord's durability extension. A client sends `[MSG_SAVED,
-/// varUint8Array(varUint id)]` after its updates; the server answers with the same message once
-/// everything that connection sent before it is durably stored. Plain y-websocket clients never
-/// send it, so they never receive one. Below 128, so yrs's `Message::Custom` (which writes its
-/// tag as a byte) and lib0's varUint agree on the encoding.
-pub const MSG_SAVED: u8 = 100;
-
-/// Encodes the acknowledgement of save request `id`.
-pub fn encode_saved(id: u64) -> Bytes {
-    use yrs::encoding::write::Write;
-    let mut payload = Vec::with_capacity(10);
-    payload.write_var(id);
-    Bytes::from(Message::Custom(MSG_SAVED, payload).encode_v1())
-}
-
-/// Whether `frame`, one encoded y-protocols message as [`Effects`] and [`Room::join`] produce
-/// them, is an awareness message (soft state: a transport may skip it for a peer that is
-/// behind, never a document update).
-pub fn is_awareness_frame(frame: &[u8]) -> bool {
-    frame.first() == Some(&yrs::sync::protocol::MSG_AWARENESS)
-}
-
-/// The awareness update (what `encodeAwarenessUpdate` returns in JS) inside an awareness
-/// message frame, or `None` when `frame` is not a well-formed awareness message.
-pub fn awareness_payload(frame: &[u8]) -> Option<&[u8]> {
-    use yrs::encoding::read::Read;
-    let (&tag, rest) = frame.split_first()?;
-    if tag != yrs::sync::protocol::MSG_AWARENESS {
-        return None;
-    }
-    let mut cursor = Cursor::new(rest);
-    let len: u64 = cursor.read_var().ok()?;
-    let start = cursor.next;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    rest.get(start..end)
-}
-
-/// A message from a client, validated and decoded, ready for [`Room::receive`].
-#[derive(Debug)]
-pub enum Inbound {
-    /// SyncStep1: the client's state vector; answered with the updates it is missing.
-    SyncStep1(StateVector),
-    /// SyncStep2 or Update: changes to apply to the document, decoded, and the bytes they came
-    /// in (stored as they are if the update cannot be integrated yet).
-    Update(Update, Vec<u8>),
-    /// An awareness update (presence, cursors).
-    Awareness(AwarenessUpdate),
-    /// A request for every current awareness state.
-    QueryAwareness,
-    /// An auth message; clients have nothing to say to the server with it, so it is ignored.
-    Auth,
-    /// A save request ([`MSG_SAVED`]): the connection, not the room, answers it once what the
-    /// client sent before it is durable. Rooms ignore it.
-    SaveRequest(u64),
-}
-
-/// Why an inbound frame was refused before it reached any document.
-#[derive(Debug, thiserror::Error)]
-pub enum ProtocolError {
-    /// The frame failed structural validation.
-    #[error(transparent)]
-    Invalid(#[from] InvalidMessage),
-    /// The frame passed validation but yrs could not decode it.
-    #[error("undecodable message: {0}")]
-    Decode(String),
-}
-
-impl ProtocolError {
-    /// True when the frame was well-formed but of a kind Concord does not speak.
-    pub fn is_unsupported(&self) -> bool {
-        matches!(self, ProtocolError::Invalid(e) if e.is_unsupported())
-    }
-}
-
-/// Validates a binary frame of one or more y-protocols messages and decodes it.
-///
-/// Validation runs first so that no length or count read from the wire reaches a yrs decoder
-/// unchecked (yrs pre-allocates from them). Nothing is applied anywhere.
-pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
-    validate_frame(frame)?;
-    let mut decoder = DecoderV1::new(Cursor::new(frame));
-    let mut inbound = Vec::new();
-    for message in MessageReader::new(&mut decoder) {
-        let message = message.map_err(|e| ProtocolError::Decode(e.to_string()))?;
-        inbound.push(match message {
-            Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::SyncStep1(sv),
-            Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
-                Inbound::Update(decode_update(&update)?, update)
-            }
-            Message::Awareness(update) => Inbound::Awareness(update),
-            Message::AwarenessQuery => Inbound::QueryAwareness,
-            Message::Auth(_) => Inbound::Auth,
-            Message::Custom(MSG_SAVED, payload) => {
-                use yrs::encoding::read::Read;
-                let id = Cursor::new(&payload)
-                    .read_var::<u64>()
-                    .map_err(|e| ProtocolError::Decode(e.to_string()))?;
-                Inbound::SaveRequest(id)
-            }
-            Message::Custom(tag, _) => {
-                return Err(InvalidMessage::UnknownMessageType(tag.into()).into());
-            }
-        });
-    }
-    Ok(inbound)
-}
-
-fn decode_update(update: &[u8]) -> Result<Update, ProtocolError> {
-    Update::decode_v1(update).map_err(|e| ProtocolError::Decode(e.to_string()))
-}
 
 /// Who a frame in [`Effects`] goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -865,8 +658,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode_frame;
     use std::sync::atomic::{AtomicU64, Ordering};
     use yrs::sync::awareness::AwarenessUpdateEntry;
+    use yrs::updates::decoder::Decode;
     use yrs::{GetString, Text};
 
     #[derive(Default)]
@@ -1263,36 +1058,6 @@ mod tests {
         copy.restore_snapshot(&snapshot).unwrap();
         assert_eq!(text_of(&copy), "snap");
         assert!(copy.restore_snapshot(&[1, 2, 3]).is_err());
-    }
-
-    #[test]
-    fn awareness_frames_are_recognised_and_their_payloads_extracted() {
-        assert!(is_awareness_frame(&[1, 2, 7, 8]));
-        assert!(!is_awareness_frame(&[0, 2, 7, 8]));
-        assert!(!is_awareness_frame(&[]));
-        assert_eq!(awareness_payload(&[1, 2, 7, 8]), Some(&[7u8, 8][..]));
-        assert_eq!(awareness_payload(&[0, 2, 7, 8]), None);
-        assert_eq!(awareness_payload(&[1, 5, 7]), None);
-        assert_eq!(awareness_payload(&[1, 0xff]), None);
-    }
-
-    #[test]
-    fn save_requests_decode_and_acknowledgements_encode() {
-        let request = encode_saved(300);
-        assert_eq!(&request[..], &[MSG_SAVED, 2, 0xac, 0x02]);
-        let inbound = decode_frame(&request).unwrap();
-        assert!(matches!(inbound[..], [Inbound::SaveRequest(300)]));
-        // Exactly one varUint inside, nothing else.
-        assert!(decode_frame(&[MSG_SAVED, 2, 1, 1]).is_err());
-        assert!(decode_frame(&[MSG_SAVED, 0]).is_err());
-    }
-
-    #[test]
-    fn invalid_frames_are_refused_before_decoding() {
-        assert!(decode_frame(&[]).is_err());
-        assert!(decode_frame(&[0, 2, 4, 255, 255, 255, 122]).is_err());
-        let unknown = decode_frame(&[42, 0]).unwrap_err();
-        assert!(unknown.is_unsupported());
     }
 
     #[test]
