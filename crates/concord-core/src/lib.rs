@@ -12,6 +12,8 @@ mod name;
 mod room;
 mod snapshot;
 mod store;
+#[cfg(test)]
+mod test_support;
 pub mod validate;
 
 pub use codec::{
