@@ -1,12 +1,14 @@
 //! Offline administration of a store: list, export, import, compact and delete documents. The
 //! `concord-server docs ...` commands call these while the server is stopped (sled locks its
-//! directory, so a running server and an admin command cannot open it at once). The compactor
-//! also uses `snapshot_of_stored` for documents that are not loaded.
+//! directory, so a running server and an admin command cannot open it at once). They work on
+//! any [`Store`], with the compactor's rebuild and snapshot code.
 
 use std::sync::Arc;
 
 use concord_core::validate::{InvalidMessage, validate_update_v1};
-use concord_core::{DocInfo, DocName, Room, Seq, Store, StoreError, StoredUpdate, SystemClock};
+use concord_core::{DocInfo, DocName, Room, Store, StoreError, StoredUpdate, SystemClock};
+
+use crate::durability::compact::{RebuildError, rebuild, snapshot_of_stored};
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,36 +68,13 @@ pub async fn import(store: &dyn Store, doc: &DocName, update: &[u8]) -> Result<(
 /// Compacts one document into a snapshot. Returns the snapshot's size in bytes.
 pub async fn compact(store: &dyn Store, doc: &DocName) -> Result<usize, AdminError> {
     require(store, doc).await?;
-    let (snapshot, last_seq) = snapshot_of_stored(store, doc).await?;
+    let (snapshot, last_seq) = snapshot_of_stored(store, doc).await.map_err(|e| match e {
+        RebuildError::Store(e) => AdminError::Store(e),
+        RebuildError::Unreadable { doc, reason } => AdminError::Unreadable { doc, reason },
+    })?;
     let size = snapshot.len();
     store.compact(doc, snapshot, last_seq).await?;
     Ok(size)
-}
-
-/// Rebuilds a document from the store and encodes its snapshot, with the sequence
-/// number of the last log entry it covers. The compactor uses it for documents not loaded.
-pub(crate) async fn snapshot_of_stored(
-    store: &dyn Store,
-    doc: &DocName,
-) -> Result<(Vec<u8>, Seq), AdminError> {
-    let stored = store.load(doc).await?;
-    let last_seq = stored.last_seq;
-    let name = doc.clone();
-    // Replaying a long log and encoding the snapshot is blocking work.
-    let snapshot = tokio::task::spawn_blocking(move || {
-        from_stored(&name, &stored)?
-            .encode_snapshot()
-            .map_err(|e| AdminError::Unreadable {
-                doc: name.to_string(),
-                reason: e.to_string(),
-            })
-    })
-    .await
-    .map_err(|e| AdminError::Unreadable {
-        doc: doc.to_string(),
-        reason: format!("rebuilding it panicked: {e}"),
-    })??;
-    Ok((snapshot, last_seq))
 }
 
 /// Removes a document.
@@ -113,15 +92,10 @@ async fn require(store: &dyn Store, doc: &DocName) -> Result<(), AdminError> {
 }
 
 fn from_stored(doc: &DocName, stored: &concord_core::StoredDoc) -> Result<Room, AdminError> {
-    let (room, skipped) =
-        Room::from_stored(Arc::new(SystemClock), stored).map_err(|e| AdminError::Unreadable {
-            doc: doc.to_string(),
-            reason: e.to_string(),
-        })?;
-    for (index, error) in skipped {
-        tracing::error!(%doc, index, %error, "skipping a stored update that does not apply");
-    }
-    Ok(room)
+    rebuild(doc, stored).map_err(|e| AdminError::Unreadable {
+        doc: doc.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use concord_core::{Clock, SystemClock};
 
 use crate::auth::Authorizer;
+use crate::replication::Replication;
 
 /// Everything the server can be told. Start from [`Config::default`] and change what you need.
 #[derive(Clone)]
@@ -117,6 +118,10 @@ pub struct Config {
     /// still open documents; a path with no file answers as before (400: expected a WebSocket
     /// upgrade). `None`: no files are served.
     pub static_dir: Option<PathBuf>,
+    /// Links this server to other processes serving the same documents (see
+    /// [`Replication`]): what their clients change reaches this one's, and back. `None`: a
+    /// single process.
+    pub replication: Option<Arc<dyn Replication>>,
 }
 
 impl Default for Config {
@@ -156,6 +161,7 @@ impl Default for Config {
             max_awareness_state_bytes: 64 * 1024,
             read_only_awareness: true,
             static_dir: None,
+            replication: None,
         }
     }
 }
@@ -181,6 +187,7 @@ impl fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("static_dir", &self.static_dir)
             .field("authorizer", &self.authorizer.as_ref().map(|_| "set"))
+            .field("replication", &self.replication.as_ref().map(|_| "set"))
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)

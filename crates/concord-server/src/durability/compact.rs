@@ -1,22 +1,23 @@
 //! The compactor: replaces a document's long log with a snapshot, one document at a time, off
 //! the persistence worker's path so that writes of other rooms never wait for it.
 //!
-//! The snapshot comes from the live room when the document is loaded (encoding it holds the
-//! room's lock for about a millisecond on a large document, so its clients keep being served),
-//! or from the room that was just unloaded when the request comes from unloading, else from
+//! The snapshot comes from the live document when it is loaded (encoding it holds the room's
+//! lock for about a millisecond on a large document, so its clients keep being served), or
+//! from the document that was just unloaded when the request comes from unloading, else from
 //! the store itself. Either way it covers every log entry up to the requested
 //! sequence number: those entries were applied to the room before the persistence worker wrote
-//! them, and a room only loads after every write of its previous incarnation (see `rooms.rs`).
+//! them, and a room only loads after every write of its previous incarnation (see
+//! `rooms/registry.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use concord_core::{DocName, Seq, Store};
+use concord_core::{DocName, Room, Seq, Store, StoreError, SystemClock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::rooms::{LiveRoom, Rooms};
+use crate::durability::{LiveDocument, LiveDocuments};
+use crate::ops::stats::Counters;
 
 /// A request to compact `doc` up to log entry `upto`.
 pub(crate) struct CompactRequest {
@@ -24,22 +25,16 @@ pub(crate) struct CompactRequest {
     pub(crate) upto: Seq,
     /// The room that wrote those entries, if it was just unloaded: its state covers them, and
     /// encoding it is cheaper than rebuilding the document from the store.
-    pub(crate) unloaded: Option<Arc<LiveRoom>>,
+    pub(crate) unloaded: Option<Arc<dyn LiveDocument>>,
 }
 
-/// Counters the compactor keeps, for tests and (later) metrics.
-#[derive(Debug, Default)]
-pub(crate) struct CompactionStats {
-    pub(crate) done: AtomicU64,
-    pub(crate) failed: AtomicU64,
-}
-
-/// Runs until `shutdown` is cancelled or every request sender is gone.
+/// Runs until `shutdown` is cancelled or every request sender is gone. Counts compactions in
+/// `counters`.
 pub(crate) async fn run_compactor(
-    rooms: Arc<Rooms>,
+    live: Arc<dyn LiveDocuments>,
     store: Arc<dyn Store>,
     mut requests: mpsc::Receiver<CompactRequest>,
-    stats: Arc<CompactionStats>,
+    counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -51,7 +46,7 @@ pub(crate) async fn run_compactor(
             return;
         };
         // Coalesce what queued up meanwhile: one compaction per document, up to its latest entry.
-        let mut pending: HashMap<DocName, (Seq, Option<Arc<LiveRoom>>)> = HashMap::new();
+        let mut pending: HashMap<DocName, (Seq, Option<Arc<dyn LiveDocument>>)> = HashMap::new();
         let mut add = |request: CompactRequest| {
             let (seq, unloaded) = pending.entry(request.doc).or_default();
             *seq = (*seq).max(request.upto);
@@ -68,13 +63,13 @@ pub(crate) async fn run_compactor(
             if shutdown.is_cancelled() {
                 return;
             }
-            match compact_one(&rooms, &store, &doc, upto, unloaded).await {
+            match compact_one(live.as_ref(), &store, &doc, upto, unloaded).await {
                 Ok(bytes) => {
-                    stats.done.fetch_add(1, Ordering::Relaxed);
+                    Counters::bump(&counters.compactions_done);
                     tracing::debug!(%doc, upto, snapshot_bytes = bytes, "compacted");
                 }
                 Err(error) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    Counters::bump(&counters.compactions_failed);
                     tracing::error!(%doc, upto, %error, "compaction failed; the log is kept");
                 }
             }
@@ -83,22 +78,25 @@ pub(crate) async fn run_compactor(
 }
 
 async fn compact_one(
-    rooms: &Rooms,
+    live: &dyn LiveDocuments,
     store: &Arc<dyn Store>,
     doc: &DocName,
     upto: Seq,
-    unloaded: Option<Arc<LiveRoom>>,
+    unloaded: Option<Arc<dyn LiveDocument>>,
 ) -> Result<usize, String> {
     // The loaded room holds everything stored so far; a room unloaded since holds everything
     // it wrote, which is what `upto` covers; else the store itself.
-    let live = rooms.get(doc).or(unloaded).and_then(|room| room.snapshot());
+    let live = live
+        .live(doc)
+        .or(unloaded)
+        .and_then(|room| room.draft_snapshot());
     let snapshot = match live {
         // Checking the v2 encoding decodes it: blocking work.
         Some(draft) => tokio::task::spawn_blocking(move || draft.finish())
             .await
             .map_err(|e| e.to_string())?,
         None => {
-            crate::admin::snapshot_of_stored(store.as_ref(), doc)
+            snapshot_of_stored(store.as_ref(), doc)
                 .await
                 .map_err(|e| e.to_string())?
                 .0
@@ -110,4 +108,50 @@ async fn compact_one(
         .await
         .map_err(|e| e.to_string())?;
     Ok(size)
+}
+
+/// Why a stored document could not be turned into a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RebuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("document {doc:?} cannot be rebuilt: {reason}")]
+    Unreadable { doc: String, reason: String },
+}
+
+/// Rebuilds a document from the store and encodes its snapshot, with the sequence number of
+/// the last log entry it covers. For documents that are not loaded (and the offline `docs
+/// compact` command).
+pub(crate) async fn snapshot_of_stored(
+    store: &dyn Store,
+    doc: &DocName,
+) -> Result<(Vec<u8>, Seq), RebuildError> {
+    let stored = store.load(doc).await?;
+    let last_seq = stored.last_seq;
+    let name = doc.clone();
+    let unreadable = |reason: String| RebuildError::Unreadable {
+        doc: doc.to_string(),
+        reason,
+    };
+    // Replaying a long log and encoding the snapshot is blocking work.
+    let snapshot = tokio::task::spawn_blocking(move || {
+        let room = rebuild(&name, &stored).map_err(|e| e.to_string())?;
+        room.encode_snapshot().map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| unreadable(format!("rebuilding it panicked: {e}")))?
+    .map_err(unreadable)?;
+    Ok((snapshot, last_seq))
+}
+
+/// Rebuilds a room from what the store holds for `doc`, logging the updates that do not apply.
+pub(crate) fn rebuild(
+    doc: &DocName,
+    stored: &concord_core::StoredDoc,
+) -> Result<Room, concord_core::ProtocolError> {
+    let (room, skipped) = Room::from_stored(Arc::new(SystemClock), stored)?;
+    for (index, error) in skipped {
+        tracing::error!(%doc, index, %error, "skipping a stored update that does not apply");
+    }
+    Ok(room)
 }

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use concord_core::{Appended, DocName, Seq, Store, StoredUpdate};
 
-use crate::compact::CompactRequest;
-use crate::feed::Feed;
-use crate::rooms::LiveRoom;
-use crate::stats::Counters;
+use crate::durability::compact::CompactRequest;
+use crate::durability::feed::Feed;
+use crate::durability::{Barrier, LiveDocument};
+use crate::ops::stats::Counters;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ enum Job {
     Barrier(oneshot::Sender<()>),
     /// The room of this document was unloaded: compact the document once its updates are
     /// written (from the room's state, when given).
-    Idle(DocName, Option<Arc<LiveRoom>>),
+    Idle(DocName, Option<Arc<dyn LiveDocument>>),
 }
 
 /// Sends updates to the persistence worker.
@@ -74,7 +74,7 @@ impl Persister {
     /// Tells the worker that `doc`'s room was unloaded, so that the document is compacted once
     /// its updates are written. Never waits: when the queue is full the hint is dropped (the
     /// document keeps its log until it is next used).
-    pub(crate) fn idle(&self, doc: &DocName, room: Option<Arc<LiveRoom>>) {
+    pub(crate) fn idle(&self, doc: &DocName, room: Option<Arc<dyn LiveDocument>>) {
         let _ = self.tx.try_send(Job::Idle(doc.clone(), room));
     }
 
@@ -88,21 +88,9 @@ impl Persister {
     /// Barriers complete in the order they were queued.
     pub(crate) async fn queue_barrier(&self) -> Barrier {
         let (done, wait) = oneshot::channel();
-        let queued = self.tx.send(Job::Barrier(done)).await.is_ok();
-        Barrier(queued.then_some(wait))
-    }
-}
-
-/// A queued barrier; see [`Persister::queue_barrier`].
-pub(crate) struct Barrier(Option<oneshot::Receiver<()>>);
-
-impl Barrier {
-    /// True once everything queued before the barrier is stored; false if some of it could not
-    /// be (or the worker has stopped).
-    pub(crate) async fn wait(self) -> bool {
-        match self.0 {
-            Some(wait) => wait.await.is_ok(),
-            None => false,
+        match self.tx.send(Job::Barrier(done)).await {
+            Ok(()) => Barrier::queued(wait),
+            Err(_) => Barrier::failed(),
         }
     }
 }
@@ -200,7 +188,7 @@ async fn run_worker(
 const ATTEMPTS: u32 = 6;
 
 /// The document of an unloaded room, and the room.
-type IdleRoom = (DocName, Option<Arc<LiveRoom>>);
+type IdleRoom = (DocName, Option<Arc<dyn LiveDocument>>);
 
 /// Writes one batch and releases its barriers. Returns what the store wrote, and the documents
 /// whose idle markers the batch held.

@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition through `prometheus-client`. The counters the
-//! server keeps anyway ([`crate::stats::Counters`], compactions, rooms loaded) are read at
-//! scrape time by a collector; the persistence flush latency is a histogram the worker
-//! observes.
+//! server keeps anyway ([`Counters`]) and the number of rooms loaded (a gauge the registry is
+//! asked for through a closure, so this module knows nothing of rooms) are read at scrape time
+//! by a collector; the persistence flush latency is a histogram the worker observes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,9 +13,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::compact::CompactionStats;
-use crate::rooms::Rooms;
-use crate::stats::Counters;
+use crate::ops::stats::Counters;
+
+/// Reads how many rooms are loaded, at scrape time.
+pub(crate) type RoomsLoaded = Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// The registry: the collector of live counters and the flush latency histogram (observed
 /// by the persistence worker, which holds a clone of it).
@@ -31,8 +32,7 @@ impl Metrics {
 
     pub(crate) fn new(
         counters: Arc<Counters>,
-        rooms: Arc<Rooms>,
-        compactions: Arc<CompactionStats>,
+        rooms_loaded: RoomsLoaded,
         flush_seconds: Histogram,
     ) -> Metrics {
         let mut registry = Registry::with_prefix("concord");
@@ -43,8 +43,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(Live {
             counters,
-            rooms,
-            compactions,
+            rooms_loaded,
         }));
         Metrics { registry }
     }
@@ -60,8 +59,7 @@ impl Metrics {
 /// Reads the live counters at scrape time.
 struct Live {
     counters: Arc<Counters>,
-    rooms: Arc<Rooms>,
-    compactions: Arc<CompactionStats>,
+    rooms_loaded: RoomsLoaded,
 }
 
 impl std::fmt::Debug for Live {
@@ -131,7 +129,7 @@ impl Collector for Live {
             &mut encoder,
             "rooms_loaded",
             "Documents loaded in memory",
-            self.rooms.loaded().len() as i64,
+            (self.rooms_loaded)() as i64,
         )?;
         counter(
             &mut encoder,
@@ -163,8 +161,8 @@ impl Collector for Live {
             "Document compactions, by outcome",
             "outcome",
             vec![
-                ("done", ConstCounter::new(read(&self.compactions.done))),
-                ("failed", ConstCounter::new(read(&self.compactions.failed))),
+                ("done", ConstCounter::new(read(&c.compactions_done))),
+                ("failed", ConstCounter::new(read(&c.compactions_failed))),
             ],
         )?;
         labelled(

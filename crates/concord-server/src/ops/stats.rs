@@ -24,6 +24,9 @@ pub(crate) struct Counters {
     pub(crate) frames_out: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) corrupt_entries: AtomicU64,
+    /// Compactions that replaced a log with a snapshot, and those that failed (the log is kept).
+    pub(crate) compactions_done: AtomicU64,
+    pub(crate) compactions_failed: AtomicU64,
     /// Set while the store fails to take writes (after retries), for `/readyz`.
     pub(crate) store_failing: std::sync::atomic::AtomicBool,
     /// Open connections by transport.

@@ -1,20 +1,19 @@
 //! The checks every request for a document passes before it gets anywhere near a room, shared
-//! by the WebSocket upgrade and the HTTP API: origin allow-list, connection slot, authorizer,
-//! room capacity. A refusal is an HTTP status and a reason; each transport renders it its own
-//! way (a text body before a WebSocket upgrade, JSON on the API).
+//! by the WebSocket upgrade and the HTTP API: shutdown, origin allow-list, connection slot,
+//! authorizer, access, room capacity. A refusal is an HTTP status and a reason; each edge
+//! renders it its own way (a text body before a WebSocket upgrade, JSON on the API).
 
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
-use axum::extract::connect_info::ConnectInfo;
-use axum::http::{Extensions, HeaderMap, StatusCode, Uri, header};
-use concord_core::{Access, DocName};
+use axum::http::{StatusCode, header};
+use concord_core::Access;
 use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
 
-use crate::Concord;
-use crate::auth::{AuthError, AuthRequest, Grant};
-use crate::limits::{ConnectionSlot, Refused};
-use crate::stats::Counters;
+use crate::ops::stats::Counters;
+use crate::policy::auth::{AuthError, AuthRequest, Authorizer, Grant};
+use crate::policy::limits::{ConnectionLimits, ConnectionSlot, Refused};
 
 /// A request that passed every check.
 pub(crate) struct Admitted {
@@ -54,125 +53,135 @@ pub(crate) enum Needs {
     Write,
 }
 
-/// Runs the checks, in order: shutdown, origin, connection slot, authorizer, the access
-/// `needs`, and (when `opens_room`) room capacity.
-pub(crate) async fn admit(
-    concord: &Concord,
-    name: &DocName,
-    headers: &HeaderMap,
-    uri: &Uri,
-    extensions: &Extensions,
-    needs: Needs,
-    opens_room: bool,
-) -> Result<Admitted, Refusal> {
-    let inner = &concord.inner;
-    let config = &inner.config;
-    let counters = &inner.counters;
-    if inner.shutdown.is_cancelled() {
-        return Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is shutting down",
-        ));
-    }
-    let peer = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
+/// Asks whether a document could be opened now (the room registry's capacity): handed in, so
+/// that policy depends on no other layer.
+pub(crate) type RoomCapacity = Arc<dyn Fn(&concord_core::DocName) -> bool + Send + Sync>;
 
-    if !config.allowed_origins.is_empty()
-        && let Some(origin) = headers.get(header::ORIGIN)
-        && !config
-            .allowed_origins
-            .iter()
-            .any(|allowed| origin_matches(allowed, origin.as_bytes()))
-    {
-        Counters::bump(&counters.origin_refused);
-        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
-        tracing::info!(doc = %name, %origin, "refused: origin not allowed");
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            format!("origin {origin} is not allowed"),
-        ));
-    }
+/// The admission policy and what it counts against.
+pub(crate) struct Admission {
+    pub(crate) shutdown: CancellationToken,
+    /// [`crate::Config::allowed_origins`].
+    pub(crate) allowed_origins: Vec<String>,
+    /// [`crate::Config::authorizer`].
+    pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
+    pub(crate) connections: Arc<ConnectionLimits>,
+    pub(crate) can_open: RoomCapacity,
+    pub(crate) max_rooms: usize,
+    pub(crate) counters: Arc<Counters>,
+}
 
-    let slot = inner
-        .connections
-        .acquire(peer.map(|p| p.ip()))
-        .map_err(|refused| {
-            Counters::bump(&counters.connections_refused);
-            let refusal = match refused {
-                Refused::Total(max) => Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the server holds its maximum of {max} connections"),
-                ),
-                Refused::PerIp(max) => Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("too many connections from your address (at most {max})"),
-                ),
-                Refused::AttemptsPerIp(rate) => Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("too many connection attempts from your address (more than {rate}/s)"),
-                ),
-            };
-            tracing::warn!(doc = %name, peer = ?peer, reason = %refusal.reason, "refused");
-            refusal
-        })?;
+impl Admission {
+    /// Runs the checks, in order: shutdown, origin, connection slot, authorizer, the access
+    /// `needs`, and (when `opens_room`) room capacity.
+    pub(crate) async fn admit(
+        &self,
+        request: AuthRequest<'_>,
+        needs: Needs,
+        opens_room: bool,
+    ) -> Result<Admitted, Refusal> {
+        let counters = &self.counters;
+        let (name, peer) = (request.doc, request.peer);
+        if self.shutdown.is_cancelled() {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is shutting down",
+            ));
+        }
 
-    let grant = match &config.authorizer {
-        None => Grant {
-            access: Access::ReadWrite,
-            subject: None,
-            expires_at: None,
-        },
-        Some(authorizer) => {
-            let request = AuthRequest {
-                doc: name,
-                headers,
-                query: uri.query(),
-                peer,
-            };
-            match AssertUnwindSafe(authorizer.authorize(request))
-                .catch_unwind()
-                .await
-            {
-                Ok(Ok(grant)) => grant,
-                Ok(Err(error)) => {
-                    Counters::bump(&counters.auth_failures);
-                    tracing::info!(doc = %name, peer = ?peer, reason = %error, "refused: not authorized");
-                    return Err(match error {
-                        AuthError::Unauthenticated(reason) => {
-                            Refusal::new(StatusCode::UNAUTHORIZED, reason)
-                        }
-                        AuthError::Forbidden(reason) => Refusal::new(StatusCode::FORBIDDEN, reason),
-                    });
-                }
-                Err(_) => {
-                    Counters::bump(&counters.panics);
-                    tracing::error!(doc = %name, "the authorizer panicked; request refused");
-                    return Err(Refusal::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "authorization failed",
-                    ));
+        if !self.allowed_origins.is_empty()
+            && let Some(origin) = request.headers.get(header::ORIGIN)
+            && !self
+                .allowed_origins
+                .iter()
+                .any(|allowed| origin_matches(allowed, origin.as_bytes()))
+        {
+            Counters::bump(&counters.origin_refused);
+            let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+            tracing::info!(doc = %name, %origin, "refused: origin not allowed");
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("origin {origin} is not allowed"),
+            ));
+        }
+
+        let slot = self
+            .connections
+            .acquire(peer.map(|p| p.ip()))
+            .map_err(|refused| {
+                Counters::bump(&counters.connections_refused);
+                let refusal = match refused {
+                    Refused::Total(max) => Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the server holds its maximum of {max} connections"),
+                    ),
+                    Refused::PerIp(max) => Refusal::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!("too many connections from your address (at most {max})"),
+                    ),
+                    Refused::AttemptsPerIp(rate) => Refusal::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "too many connection attempts from your address (more than {rate}/s)"
+                        ),
+                    ),
+                };
+                tracing::warn!(doc = %name, peer = ?peer, reason = %refusal.reason, "refused");
+                refusal
+            })?;
+
+        let grant = match &self.authorizer {
+            None => Grant {
+                access: Access::ReadWrite,
+                subject: None,
+                expires_at: None,
+            },
+            Some(authorizer) => {
+                match AssertUnwindSafe(authorizer.authorize(request))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Ok(grant)) => grant,
+                    Ok(Err(error)) => {
+                        Counters::bump(&counters.auth_failures);
+                        tracing::info!(doc = %name, peer = ?peer, reason = %error, "refused: not authorized");
+                        return Err(match error {
+                            AuthError::Unauthenticated(reason) => {
+                                Refusal::new(StatusCode::UNAUTHORIZED, reason)
+                            }
+                            AuthError::Forbidden(reason) => {
+                                Refusal::new(StatusCode::FORBIDDEN, reason)
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        Counters::bump(&counters.panics);
+                        tracing::error!(doc = %name, "the authorizer panicked; request refused");
+                        return Err(Refusal::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "authorization failed",
+                        ));
+                    }
                 }
             }
+        };
+        if needs == Needs::Write && grant.access == Access::ReadOnly {
+            Counters::bump(&counters.auth_failures);
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("the token grants read-only access to document {name:?}"),
+            ));
         }
-    };
-    if needs == Needs::Write && grant.access == Access::ReadOnly {
-        Counters::bump(&counters.auth_failures);
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            format!("the token grants read-only access to document {name:?}"),
-        ));
-    }
 
-    if opens_room && !inner.rooms.can_open(name) {
-        Counters::bump(&counters.rooms_refused);
-        tracing::warn!(doc = %name, max_rooms = config.max_rooms, "refused: too many documents open");
-        return Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many documents are open; try again later",
-        ));
+        if opens_room && !(self.can_open)(name) {
+            Counters::bump(&counters.rooms_refused);
+            tracing::warn!(doc = %name, max_rooms = self.max_rooms, "refused: too many documents open");
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many documents are open; try again later",
+            ));
+        }
+        Ok(Admitted { grant, slot })
     }
-    Ok(Admitted { grant, slot })
 }
 
 /// Whether the `Origin` header value `origin` is the configured `allowed` origin. Origins are

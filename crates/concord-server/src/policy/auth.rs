@@ -437,13 +437,13 @@ mod tests {
     fn eddsa_and_es256_tokens_verify_with_the_public_key() {
         let pairs: [(&[u8], &[u8], Algorithm); 2] = [
             (
-                include_bytes!("../tests/data/ed25519-private.pem"),
-                include_bytes!("../tests/data/ed25519-public.pem"),
+                include_bytes!("../../tests/data/ed25519-private.pem"),
+                include_bytes!("../../tests/data/ed25519-public.pem"),
                 Algorithm::EdDSA,
             ),
             (
-                include_bytes!("../tests/data/p256-private.pem"),
-                include_bytes!("../tests/data/p256-public.pem"),
+                include_bytes!("../../tests/data/p256-private.pem"),
+                include_bytes!("../../tests/data/p256-public.pem"),
                 Algorithm::ES256,
             ),
         ];

@@ -73,6 +73,20 @@ impl ConnectionLimits {
         self.attempts.shrink_to_fit();
     }
 
+    /// Forgets quiet addresses every minute until `shutdown`.
+    pub(crate) async fn forget_quiet_addresses_until(
+        self: Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.forget_quiet_addresses(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
     /// Takes a slot for one connection from `ip` (unknown: counted in the total only). The
     /// slot is given back when the returned guard is dropped.
     pub(crate) fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnectionSlot, Refused> {

@@ -1,367 +1,25 @@
-//! The room registry: opens rooms atomically (loading them from the store once, however many
-//! connections arrive at the same moment), fans frames out to their connections, and unloads rooms
-//! that stayed idle.
+//! The room registry: opens rooms atomically (loading each from the store once, however many
+//! connections arrive at the same moment), bounds how many are loaded (the least recently used
+//! idle one is unloaded to make room), and unloads rooms that stayed idle.
 //!
-//! Locking: the registry lock is taken only to join, leave and unload, never per message. Each
-//! room has its own short `std::sync::Mutex`, held while yrs applies a message and its frames
-//! are queued, never across an `.await`; rooms therefore proceed in parallel.
+//! Locking: the registry lock is taken only to open, release, unload and list rooms, never per
+//! message; rooms proceed in parallel.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
-use concord_core::{
-    Access, Clock, ConnId, DocName, Effects, Inbound, Recipients, Room, RoomFault, RoomLimits,
-    SnapshotDraft, Store,
-};
+use concord_core::{Clock, DocName, Room, RoomLimits, Store};
 use futures_util::FutureExt;
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::persist::Persister;
-
-/// The connection id HTTP API requests act as (never given to a real connection).
-const API_CONN: ConnId = ConnId::MAX - 1;
-
-/// Message type of y-protocols awareness messages (the first byte of their frames; yrs's
-/// `sync::protocol::MSG_AWARENESS`).
-const MSG_AWARENESS: u8 = 1;
-use crate::stats::Counters;
-
-/// WebSocket close codes Concord sends, with the situations that produce them.
-pub(crate) mod close_code {
-    /// The server is shutting down.
-    pub(crate) const GOING_AWAY: u16 = 1001;
-    /// A text frame, or a message type Concord does not speak.
-    pub(crate) const UNSUPPORTED: u16 = 1003;
-    /// A malformed message or an update yrs refused.
-    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
-    /// A message larger than the configured maximum.
-    pub(crate) const TOO_BIG: u16 = 1009;
-    /// The document could not be loaded, or the room failed and will be reloaded.
-    pub(crate) const INTERNAL_ERROR: u16 = 1011;
-    /// The connection's outbound queue overflowed: the client was too slow; or too many
-    /// documents are open.
-    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
-    /// The connection's token expired.
-    pub(crate) const TOKEN_EXPIRED: u16 = 4401;
-    /// An update would have grown the document past its size limit.
-    pub(crate) const DOCUMENT_TOO_LARGE: u16 = 4413;
-    /// The document was deleted.
-    pub(crate) const DOCUMENT_DELETED: u16 = 4404;
-    /// The connection sent faster than its rate limits.
-    pub(crate) const RATE_LIMITED: u16 = 4429;
-}
-
-/// Asks a connection to close, once, with an optional close frame. Shared by the connection's
-/// reader and writer and by rooms that need to drop a peer.
-#[derive(Clone, Default)]
-pub(crate) struct Closer {
-    token: CancellationToken,
-    frame: Arc<OnceLock<Option<(u16, String)>>>,
-}
-
-impl Closer {
-    /// Closes with a close frame; the first call wins.
-    pub(crate) fn close(&self, code: u16, reason: impl Into<String>) {
-        let _ = self.frame.set(Some((code, reason.into())));
-        self.token.cancel();
-    }
-
-    /// Closes without a close frame (the peer is gone or already said goodbye).
-    pub(crate) fn close_silently(&self) {
-        let _ = self.frame.set(None);
-        self.token.cancel();
-    }
-
-    pub(crate) async fn closed(&self) {
-        self.token.cancelled().await;
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    /// The close frame to send, if any.
-    pub(crate) fn frame(&self) -> Option<(u16, String)> {
-        self.frame.get().cloned().flatten()
-    }
-}
-
-/// A connection as a room sees it: where its frames go and how to close it.
-#[derive(Clone)]
-pub(crate) struct Peer {
-    pub(crate) tx: mpsc::Sender<Bytes>,
-    /// Bytes queued in `tx` and not yet written; the writer subtracts what it sends.
-    pub(crate) queued_bytes: Arc<AtomicUsize>,
-    pub(crate) closer: Closer,
-    /// Only awareness frames are queued for it: an SSE stream, which gets document changes
-    /// from the change feed (with positions) instead.
-    pub(crate) awareness_only: bool,
-}
-
-/// Limits applied when queueing frames to peers.
-#[derive(Clone)]
-pub(crate) struct QueueLimits {
-    pub(crate) max_bytes: usize,
-    /// Where skipped awareness frames are counted.
-    pub(crate) counters: Arc<Counters>,
-}
-
-/// A loaded room: the engine plus the peers its frames go to.
-pub(crate) struct LiveRoom {
-    name: DocName,
-    limits: QueueLimits,
-    state: Mutex<RoomState>,
-    /// Held from applying a frame until its changes (and any save barrier) are queued for
-    /// storage, so that a room's changes enter the persistence queue in the order the room
-    /// applied them. Without it, a save request could be queued ahead of changes another
-    /// connection applied earlier (and that the requester's sync relied on), and be acknowledged
-    /// before they are stored.
-    persist_order: tokio::sync::Mutex<()>,
-}
-
-struct RoomState {
-    room: Room,
-    peers: HashMap<ConnId, Peer>,
-}
-
-impl LiveRoom {
-    fn lock(&self) -> MutexGuard<'_, RoomState> {
-        // A panic inside yrs is caught by the engine (which marks the room poisoned), so a
-        // poisoned mutex can only come from a bug in the fan-out code below; the state it guards
-        // is then still structurally valid, and the room is discarded through `is_poisoned`.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn name(&self) -> &DocName {
-        &self.name
-    }
-
-    /// See the `persist_order` field.
-    pub(crate) async fn persist_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.persist_order.lock().await
-    }
-
-    /// Adds a peer and queues its first frames (SyncStep1 and awareness states).
-    pub(crate) fn join(&self, conn: ConnId, access: Access, peer: Peer) {
-        let mut state = self.lock();
-        let frames = state.room.join(conn, access);
-        state.peers.insert(conn, peer);
-        let mut dropped = Vec::new();
-        for frame in frames {
-            deliver_to(&mut state, conn, &frame, &self.limits, &mut dropped);
-        }
-        self.drop_peers(&mut state, dropped);
-    }
-
-    /// Applies decoded messages from `conn`, delivers the resulting frames and returns the
-    /// updates to persist and the fault, if any.
-    pub(crate) fn receive(
-        &self,
-        conn: ConnId,
-        inbound: Vec<Inbound>,
-    ) -> (Vec<Vec<u8>>, Option<RoomFault>) {
-        let mut state = self.lock();
-        let mut effects = state.room.receive(conn, inbound);
-        let persist = std::mem::take(&mut effects.persist);
-        let fault = effects.fault.take();
-        self.deliver(&mut state, conn, effects);
-        if matches!(fault, Some(RoomFault::Poisoned)) {
-            for peer in state.peers.values() {
-                peer.closer.close(
-                    close_code::INTERNAL_ERROR,
-                    "internal error in this document; reconnect",
-                );
-            }
-        }
-        (persist, fault)
-    }
-
-    /// Applies decoded messages sent through the HTTP API with `access`, as a connection of
-    /// its own that is gone right after: the frames go to every peer, and awareness states it
-    /// set stay (until they expire or their client removes them). Returns what to persist and
-    /// the fault, like [`LiveRoom::receive`].
-    pub(crate) fn receive_from_api(
-        &self,
-        access: Access,
-        inbound: Vec<Inbound>,
-    ) -> (Vec<Vec<u8>>, Option<RoomFault>) {
-        let mut state = self.lock();
-        // No peer has this id, so the frames of joining are queued for nobody.
-        state.room.join(API_CONN, access);
-        let mut effects = state.room.receive(API_CONN, inbound);
-        state.room.detach(API_CONN);
-        let persist = std::mem::take(&mut effects.persist);
-        let fault = effects.fault.take();
-        self.deliver(&mut state, API_CONN, effects);
-        (persist, fault)
-    }
-
-    /// The document's state as one v1 update: what `sv` lacks.
-    pub(crate) fn encode_state(&self, sv: &yrs::StateVector) -> Vec<u8> {
-        use yrs::{ReadTxn, Transact};
-        self.lock()
-            .room
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(sv)
-    }
-
-    /// Every awareness state of the room, as one awareness update payload.
-    pub(crate) fn awareness_update(&self) -> Option<Vec<u8>> {
-        self.lock().room.awareness_update()
-    }
-
-    /// Closes every connection of the room with `code`.
-    pub(crate) fn close_all(&self, code: u16, reason: &str) {
-        for peer in self.lock().peers.values() {
-            peer.closer.close(code, reason);
-        }
-    }
-
-    /// Removes a peer and tells the others its awareness states are gone.
-    pub(crate) fn leave(&self, conn: ConnId) {
-        let mut state = self.lock();
-        state.peers.remove(&conn);
-        let effects = state.room.leave(conn);
-        self.deliver(&mut state, conn, effects);
-    }
-
-    /// Expires stale awareness states and broadcasts their removal.
-    pub(crate) fn expire_awareness(&self, timeout: Duration) {
-        let mut state = self.lock();
-        let effects = state.room.expire_awareness(timeout);
-        // No connection caused this: `ConnId::MAX` is never assigned, so "Everyone" is everyone.
-        self.deliver(&mut state, ConnId::MAX, effects);
-    }
-
-    /// The document's snapshot draft (finish it off the room's lock), unless the room is
-    /// poisoned or yrs cannot encode it. For compaction: the room's stored size restarts from
-    /// the snapshot's.
-    pub(crate) fn snapshot(&self) -> Option<SnapshotDraft> {
-        let mut state = self.lock();
-        if state.room.is_poisoned() {
-            return None;
-        }
-        let draft = state.room.draft_snapshot().ok()?;
-        state.room.set_document_bytes(draft.size_bound());
-        Some(draft)
-    }
-
-    pub(crate) fn connection_count(&self) -> usize {
-        self.lock().peers.len()
-    }
-
-    pub(crate) fn is_poisoned(&self) -> bool {
-        self.lock().room.is_poisoned()
-    }
-
-    /// Delivers effects; peers whose queues overflow are closed, removed from the room, and
-    /// their own awareness removals delivered in turn.
-    fn deliver(&self, state: &mut RoomState, sender: ConnId, effects: Effects) {
-        let mut dropped = Vec::new();
-        for out in &effects.send {
-            match out.to {
-                Recipients::Sender => {
-                    deliver_to(state, sender, &out.frame, &self.limits, &mut dropped);
-                }
-                Recipients::Others | Recipients::Everyone => {
-                    let ids: Vec<ConnId> = state
-                        .peers
-                        .keys()
-                        .copied()
-                        .filter(|&id| out.to == Recipients::Everyone || id != sender)
-                        .collect();
-                    for id in ids {
-                        deliver_to(state, id, &out.frame, &self.limits, &mut dropped);
-                    }
-                }
-            }
-        }
-        self.drop_peers(state, dropped);
-    }
-
-    fn drop_peers(&self, state: &mut RoomState, mut dropped: Vec<ConnId>) {
-        while let Some(id) = dropped.pop() {
-            let effects = state.room.leave(id);
-            for out in &effects.send {
-                let ids: Vec<ConnId> = state.peers.keys().copied().collect();
-                for other in ids {
-                    deliver_to(state, other, &out.frame, &self.limits, &mut dropped);
-                }
-            }
-        }
-    }
-}
-
-/// Queues one frame for one peer. A peer whose queue is full (by frames or bytes) is closed with
-/// 1013 and removed, never skipped: skipping would leave its document silently behind.
-fn deliver_to(
-    state: &mut RoomState,
-    id: ConnId,
-    frame: &Bytes,
-    limits: &QueueLimits,
-    dropped: &mut Vec<ConnId>,
-) {
-    let Some(peer) = state.peers.get(&id) else {
-        return;
-    };
-    if peer.awareness_only && frame.first() != Some(&MSG_AWARENESS) {
-        return;
-    }
-    // Awareness is soft state (clients renew theirs every 15 s and forget states not renewed
-    // for 30 s): a peer that is behind is not sent more of it. A flood of presence from one
-    // client would otherwise fill every other client's queue (delaying their document updates,
-    // then getting them closed) before its sender is rate-limited. Document updates are never
-    // skipped.
-    if frame.first() == Some(&MSG_AWARENESS) && behind(peer, limits) {
-        Counters::bump(&limits.counters.awareness_skipped);
-        return;
-    }
-    // The byte bound applies to the backlog already queued, so one frame larger than the bound
-    // (a big document's SyncStep2) still goes out behind a small backlog: memory per connection
-    // stays under `max_bytes` plus one frame.
-    let fits = peer.queued_bytes.load(Ordering::Relaxed) < limits.max_bytes;
-    let sent = fits && {
-        peer.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed);
-        match peer.tx.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(_) => {
-                peer.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-                false
-            }
-        }
-    };
-    if !sent {
-        if let Some(peer) = state.peers.remove(&id) {
-            if !peer.closer.is_closed() {
-                tracing::warn!(conn = id, "outbound queue full; closing slow connection");
-            }
-            peer.closer.close(
-                close_code::TRY_AGAIN_LATER,
-                "outbound queue full: client too slow; reconnect to resync",
-            );
-            Counters::bump(&limits.counters.slow_consumers);
-        }
-        dropped.push(id);
-    }
-}
-
-/// Frames queued for a peer past which it is sent no more awareness: a healthy connection's
-/// queue is nearly empty, and each frame waiting delays the document updates behind it.
-const AWARENESS_BACKLOG: usize = 64;
-
-/// Whether `peer` is behind: more than [`AWARENESS_BACKLOG`] frames, or more than a quarter of
-/// its byte bound, wait in its outbound queue.
-fn behind(peer: &Peer, limits: &QueueLimits) -> bool {
-    let frames_queued = peer.tx.max_capacity() - peer.tx.capacity();
-    frames_queued > AWARENESS_BACKLOG
-        || peer.queued_bytes.load(Ordering::Relaxed) > limits.max_bytes / 4
-}
+use crate::durability::{LiveDocument, LiveDocuments, Persister};
+use crate::ops::stats::Counters;
+use crate::replication::{Inlet, MaybeReplication, RemoteInput};
+use crate::rooms::fanout::QueueLimits;
+use crate::rooms::room::LiveRoom;
 
 /// Why a room could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +34,9 @@ pub(crate) enum OpenError {
     Snapshot(String),
     #[error("{0} documents are open and none is idle")]
     TooManyRooms(usize),
+    /// Not an error of the registry: what a caller reports when shutdown interrupted its open.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 impl OpenError {
@@ -408,6 +69,7 @@ pub(crate) struct RoomsConfig {
     pub(crate) max_rooms: usize,
     pub(crate) room_limits: RoomLimits,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) replication: MaybeReplication,
 }
 
 /// All rooms of a server.
@@ -470,10 +132,10 @@ impl Rooms {
             let evicted = if slots.contains_key(name) || slots.len() < self.config.max_rooms {
                 None
             } else {
-                Some(
-                    evict_least_recently_used(&mut slots)
-                        .ok_or(OpenError::TooManyRooms(self.config.max_rooms))?,
-                )
+                let evicted = evict_least_recently_used(&mut slots)
+                    .ok_or(OpenError::TooManyRooms(self.config.max_rooms))?;
+                self.unfollow(&evicted.0);
+                Some(evicted)
             };
             let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
                 cell: Arc::new(OnceCell::new()),
@@ -488,7 +150,8 @@ impl Rooms {
         if let Some((evicted, room)) = evicted {
             Counters::bump(&self.config.counters.rooms_evicted);
             tracing::info!(doc = %evicted, for_doc = %name, "unloaded the least recently used idle room to open another");
-            self.persister.idle(&evicted, Some(room));
+            self.persister
+                .idle(&evicted, Some(room as Arc<dyn LiveDocument>));
         }
         // Release our reference if this future is dropped or the load fails.
         let mut pending = PendingRef {
@@ -536,15 +199,25 @@ impl Rooms {
         tracing::debug!(doc = %name, updates = stored_updates, skipped = skipped.len(), "room loaded");
         let mut room = room;
         room.set_limits(self.config.room_limits);
-        Ok(Arc::new(LiveRoom {
-            name: name.clone(),
-            limits: self.config.queue.clone(),
-            state: Mutex::new(RoomState {
-                room,
-                peers: HashMap::new(),
-            }),
-            persist_order: tokio::sync::Mutex::new(()),
-        }))
+        let room = Arc::new(LiveRoom::new(
+            name.clone(),
+            room,
+            self.config.queue.clone(),
+            self.config.replication.clone(),
+        ));
+        if let Some(replication) = &self.config.replication {
+            let input: Arc<dyn RemoteInput> = room.clone();
+            replication.follow(name, Inlet::new(Arc::downgrade(&input)));
+        }
+        Ok(room)
+    }
+
+    /// Tells the replication, if any, that `name`'s room is gone. Called with the registry
+    /// lock held, so that it comes before the `follow` of the room that replaces it.
+    fn unfollow(&self, name: &DocName) {
+        if let Some(replication) = &self.config.replication {
+            replication.unfollow(name);
+        }
     }
 
     fn release(self: &Arc<Self>, name: &DocName, cell: &Arc<OnceCell<Arc<LiveRoom>>>) {
@@ -564,6 +237,9 @@ impl Rooms {
             // Never loaded (the load failed or was abandoned), or broken: forget it now so the
             // next connection loads afresh from the store.
             slots.remove(name);
+            if poisoned {
+                self.unfollow(name);
+            }
             return;
         }
         slot.idle_generation += 1;
@@ -593,8 +269,10 @@ impl Rooms {
             // Its updates are already queued for the store; the next load waits for them, and
             // the idle marker queued behind them compacts the document once they are written.
             slots.remove(name);
+            self.unfollow(name);
             drop(slots);
-            self.persister.idle(name, cell.get().cloned());
+            let room = cell.get().map(|room| room.clone() as Arc<dyn LiveDocument>);
+            self.persister.idle(name, room);
             tracing::debug!(doc = %name, "room unloaded");
         }
     }
@@ -602,9 +280,13 @@ impl Rooms {
     /// Removes `name`'s room from the registry, whoever holds it, and returns it if it was
     /// loaded: the next connection opens the document afresh. For deleting a document.
     pub(crate) fn remove(&self, name: &DocName) -> Option<Arc<LiveRoom>> {
-        self.slots()
-            .remove(name)
-            .and_then(|slot| slot.cell.get().cloned())
+        let mut slots = self.slots();
+        let slot = slots.remove(name)?;
+        let room = slot.cell.get().cloned();
+        if room.is_some() {
+            self.unfollow(name);
+        }
+        room
     }
 
     /// Removes a poisoned room from the registry at once so new connections reload it.
@@ -616,6 +298,7 @@ impl Rooms {
             .is_some_and(|loaded| Arc::ptr_eq(loaded, room));
         if matches {
             slots.remove(room.name());
+            self.unfollow(room.name());
             tracing::error!(doc = %room.name(), "room discarded after an internal error; it reloads from storage");
         }
     }
@@ -649,6 +332,29 @@ impl Rooms {
         self.slots()
             .get(name)
             .and_then(|slot| slot.cell.get().cloned())
+    }
+}
+
+impl Rooms {
+    /// Every `every`, expires the awareness states of every loaded room not renewed within
+    /// `timeout` (clients renew every 15 s), until shutdown.
+    pub(crate) async fn sweep_awareness(self: Arc<Self>, every: Duration, timeout: Duration) {
+        let mut ticker = tokio::time::interval(every.max(Duration::from_millis(10)));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            for room in self.loaded() {
+                room.expire_awareness(timeout);
+            }
+        }
+    }
+}
+
+impl LiveDocuments for Rooms {
+    fn live(&self, doc: &DocName) -> Option<Arc<dyn LiveDocument>> {
+        self.get(doc).map(|room| room as Arc<dyn LiveDocument>)
     }
 }
 

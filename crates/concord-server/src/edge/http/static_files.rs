@@ -33,7 +33,8 @@ impl StaticFiles {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Option<Response> {
-        if (method != Method::GET && method != Method::HEAD) || crate::ws::is_upgrade(headers) {
+        if (method != Method::GET && method != Method::HEAD) || crate::edge::ws::is_upgrade(headers)
+        {
             return None;
         }
         let mut request = Request::new(Body::empty());

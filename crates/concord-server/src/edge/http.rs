@@ -1,0 +1,62 @@
+//! The HTTP edge: the document API under [`crate::Config::api_prefix`] (read, write, list,
+//! delete; follow with Server-Sent Events or long-polling), static files, and the probes at
+//! the root. Every handler passes the same admission as a WebSocket upgrade; writes go through
+//! the ingest path. The contract is `openapi.json` (served at `{api_prefix}/openapi.json`) and
+//! `HTTP.md` in this crate.
+
+pub(crate) mod documents;
+pub(crate) mod error;
+mod params;
+pub(crate) mod poll;
+pub(crate) mod probes;
+pub(crate) mod sse;
+pub(crate) mod static_files;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use crate::edge::http::error::ApiError;
+use crate::state::AppState;
+
+/// The API routes, to be nested under the API prefix.
+pub(crate) fn api_routes(state: &AppState) -> Router {
+    Router::new()
+        .route(
+            "/docs/",
+            get(empty_name).post(empty_name).delete(empty_name),
+        )
+        .route("/openapi.json", get(documents::openapi))
+        .route("/docs", get(documents::list))
+        .route(
+            "/docs/{name}",
+            get(documents::read).delete(documents::delete),
+        )
+        .route("/docs/{name}/state-vector", get(documents::state_vector))
+        .route("/docs/{name}/update", post(documents::write))
+        .route("/docs/{name}/awareness", post(documents::awareness))
+        .route("/docs/{name}/events", get(sse::events))
+        .route("/docs/{name}/poll", get(poll::poll))
+        // Everything else under the prefix, which would otherwise reach the WebSocket route.
+        .route("/{*rest}", axum::routing::any(no_such_endpoint))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_such_endpoint)
+        .layer(DefaultBodyLimit::max(state.config.max_message_size))
+        .with_state(state.clone())
+}
+
+async fn empty_name() -> ApiError {
+    ApiError::bad_request("document name is empty")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method",
+    )
+}
+
+async fn no_such_endpoint() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}

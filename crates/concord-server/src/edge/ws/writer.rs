@@ -1,0 +1,341 @@
+//! The writing half of a WebSocket connection: drains the connection's outbox in batches (one
+//! flush per batch), keeps the connection alive, and ends it with the close frame its
+//! [`CloseReason`](crate::rooms::CloseReason) calls for. Generic over the socket's sink, so it
+//! is tested without sockets.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::edge::ws::close::close_frame;
+use crate::ops::stats::Counters;
+use crate::rooms::{CloseReason, Closer, Outbox};
+
+/// An awareness message with no entries: `[messageAwareness, length 1, count 0]`. Clients apply
+/// it as a no-op, but it counts as a received message for their 30 s reconnect timer.
+pub(crate) const EMPTY_AWARENESS: &[u8] = &[1, 1, 0];
+
+/// Most queued frames written to a connection with one flush.
+const WRITE_BATCH: usize = 64;
+
+/// How long a close frame may take to go out before the connection is simply dropped.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the writer of one connection works with.
+pub(crate) struct Writer<'a> {
+    /// [`crate::Config::keepalive_interval`].
+    pub(crate) keepalive: Duration,
+    pub(crate) shutdown: &'a CancellationToken,
+    pub(crate) closer: &'a Closer,
+    pub(crate) last_seen: &'a LastSeen,
+    pub(crate) counters: &'a Counters,
+}
+
+impl Writer<'_> {
+    /// Writes until the connection is asked to close (then sends its close frame), the peer
+    /// is gone, or the server shuts down.
+    ///
+    /// Keepalive: a ping every `keepalive`; a peer silent for three intervals is dropped; a
+    /// connection sent nothing during an interval also gets [`EMPTY_AWARENESS`], so an idle
+    /// y-websocket client (which reconnects after 30 s without a message) stays connected.
+    pub(crate) async fn run<S>(&self, mut sink: S, mut outbox: Outbox)
+    where
+        S: Sink<WsMessage> + Unpin,
+    {
+        let (closer, interval) = (self.closer, self.keepalive);
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent_since_tick = false;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = closer.closed() => break,
+                _ = self.shutdown.cancelled() => {
+                    closer.close(CloseReason::ShuttingDown);
+                    break;
+                }
+                frame = outbox.recv() => match frame {
+                    Some(frame) => {
+                        sent_since_tick = true;
+                        frame
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    if self.last_seen.elapsed() > interval * 3 {
+                        tracing::info!("closing: peer silent for three keepalive intervals");
+                        closer.close_silently();
+                        break;
+                    }
+                    if !send_all(&mut sink, vec![WsMessage::Ping(Bytes::new())], closer).await {
+                        return;
+                    }
+                    if sent_since_tick {
+                        sent_since_tick = false;
+                        continue;
+                    }
+                    Bytes::from_static(EMPTY_AWARENESS)
+                }
+            };
+            // This frame and whatever else is queued already go out in one write: a busy
+            // room's fan-out costs a syscall per batch, not per frame.
+            let mut batch = vec![first];
+            while batch.len() < WRITE_BATCH {
+                match outbox.try_recv() {
+                    Some(frame) => batch.push(frame),
+                    None => break,
+                }
+            }
+            for frame in &batch {
+                Counters::bump(&self.counters.frames_out);
+                Counters::add(&self.counters.bytes_out, frame.len() as u64);
+            }
+            let messages = batch.into_iter().map(WsMessage::Binary).collect();
+            if !send_all(&mut sink, messages, closer).await {
+                return;
+            }
+        }
+        match closer.reason() {
+            Some(reason) => {
+                let (code, reason) = close_frame(&reason);
+                close(&mut sink, code, &reason).await;
+            }
+            // No frame of our own: if the peer sent a close frame, tungstenite has queued the
+            // reply that completes the closing handshake, and closing the sink flushes it.
+            None => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+            }
+        }
+    }
+}
+
+/// Sends `messages` with one flush at the end, unless the connection is asked to close
+/// meanwhile. Returns false when the connection is finished (the peer is gone, or closing was
+/// requested mid-send: a socket whose send blocks cannot take a close frame either).
+async fn send_all<S>(sink: &mut S, messages: Vec<WsMessage>, closer: &Closer) -> bool
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    let sending = async {
+        for message in messages {
+            sink.feed(message).await?;
+        }
+        sink.flush().await
+    };
+    tokio::select! {
+        result = sending => {
+            if result.is_err() {
+                closer.close_silently();
+                return false;
+            }
+            true
+        }
+        _ = closer.closed() => false,
+    }
+}
+
+/// Sends a close frame and closes the sink, each within [`CLOSE_TIMEOUT`].
+pub(crate) async fn close<S>(sink: &mut S, code: u16, reason: &str)
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// When the peer last sent anything, for dead-peer detection: the reader touches it, the
+/// writer reads it.
+pub(crate) struct LastSeen {
+    start: Instant,
+    millis: AtomicU64,
+}
+
+impl LastSeen {
+    pub(crate) fn new() -> Self {
+        LastSeen {
+            start: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn elapsed(&self) -> Duration {
+        let seen = Duration::from_millis(self.millis.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::Peer;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::PollSender;
+
+    /// A sink whose messages the test reads, holding `capacity` of them before it blocks.
+    fn sink(capacity: usize) -> (PollSender<WsMessage>, mpsc::Receiver<WsMessage>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (PollSender::new(tx), rx)
+    }
+
+    struct Fixture {
+        shutdown: CancellationToken,
+        closer: Closer,
+        last_seen: LastSeen,
+        counters: Counters,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                shutdown: CancellationToken::new(),
+                closer: Closer::default(),
+                last_seen: LastSeen::new(),
+                counters: Counters::default(),
+            }
+        }
+
+        fn writer(&self) -> Writer<'_> {
+            Writer {
+                keepalive: Duration::from_secs(15),
+                shutdown: &self.shutdown,
+                closer: &self.closer,
+                last_seen: &self.last_seen,
+                counters: &self.counters,
+            }
+        }
+    }
+
+    fn binary(message: WsMessage) -> Bytes {
+        match message {
+            WsMessage::Binary(data) => data,
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    fn close_code(message: Option<WsMessage>) -> Option<u16> {
+        match message {
+            Some(WsMessage::Close(Some(frame))) => Some(frame.code),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_in_order_then_the_close_frame_of_the_reason() {
+        let fx = Fixture::new();
+        let (peer, outbox) = Peer::new(16, fx.closer.clone(), false);
+        for frame in [&b"a"[..], b"bb", b"ccc"] {
+            assert!(peer.try_queue(Bytes::copy_from_slice(frame), usize::MAX));
+        }
+        let (sink, mut written) = sink(16);
+        let writer = fx.writer();
+        let writing = writer.run(sink, outbox);
+        let closing = async {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(binary(written.recv().await.unwrap()));
+            }
+            fx.closer.close(CloseReason::SlowConsumer);
+            (got, written)
+        };
+        let ((), (got, mut written)) = tokio::join!(writing, closing);
+        assert_eq!(got, [&b"a"[..], b"bb", b"ccc"]);
+        assert_eq!(close_code(written.recv().await), Some(1013));
+        assert_eq!(fx.counters.frames_out.load(Ordering::Relaxed), 3);
+        assert_eq!(fx.counters.bytes_out.load(Ordering::Relaxed), 6);
+        assert_eq!(peer.queued_bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_gets_pings_and_empty_awareness_and_a_silent_peer_is_dropped() {
+        let fx = Fixture::new();
+        let (_peer, outbox) = Peer::new(16, fx.closer.clone(), false);
+        let (sink, mut written) = sink(64);
+        let writer = fx.writer();
+        let writing = writer.run(sink, outbox);
+        let watching = async {
+            let mut seen = Vec::new();
+            while let Some(message) = written.recv().await {
+                seen.push(message);
+            }
+            seen
+        };
+        // Paused time: the clock jumps to each tick; the peer never answers.
+        let ((), seen) = tokio::join!(writing, watching);
+        let kinds: Vec<&str> = seen
+            .iter()
+            .map(|m| match m {
+                WsMessage::Ping(_) => "ping",
+                WsMessage::Binary(data) if &data[..] == EMPTY_AWARENESS => "empty awareness",
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        // Three intervals of pings and keep-alive awareness; at the fourth tick the peer has
+        // been silent for more than three intervals and is dropped without a close frame.
+        assert_eq!(
+            kinds,
+            [
+                "ping",
+                "empty awareness",
+                "ping",
+                "empty awareness",
+                "ping",
+                "empty awareness"
+            ]
+        );
+        assert!(fx.closer.is_closed());
+        assert_eq!(fx.closer.reason(), None);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_with_1001() {
+        let fx = Fixture::new();
+        let (_peer, outbox) = Peer::new(16, fx.closer.clone(), false);
+        let (sink, mut written) = sink(4);
+        fx.shutdown.cancel();
+        fx.writer().run(sink, outbox).await;
+        assert_eq!(close_code(written.recv().await), Some(1001));
+        assert_eq!(fx.closer.reason(), Some(CloseReason::ShuttingDown));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stopped_reading_does_not_hold_the_writer_once_closing_is_asked() {
+        let fx = Fixture::new();
+        let (peer, outbox) = Peer::new(16, fx.closer.clone(), false);
+        for _ in 0..4 {
+            assert!(peer.try_queue(Bytes::from_static(b"x"), usize::MAX));
+        }
+        // The sink takes one message and then blocks, as a full socket does.
+        let (sink, _written) = sink(1);
+        let writer = fx.writer();
+        let writing = writer.run(sink, outbox);
+        let stopping = async {
+            tokio::task::yield_now().await;
+            fx.closer.close(CloseReason::SlowConsumer);
+        };
+        tokio::join!(writing, stopping);
+        assert!(fx.closer.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn last_seen_measures_silence() {
+        let seen = LastSeen::new();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(seen.elapsed(), Duration::from_secs(5));
+        seen.touch();
+        assert_eq!(seen.elapsed(), Duration::ZERO);
+    }
+}

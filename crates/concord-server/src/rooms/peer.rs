@@ -1,0 +1,200 @@
+//! A connection as a room sees it: a bounded queue its frames go to, how to close it, and why.
+//! Every edge (a WebSocket, an SSE stream) makes one [`Peer`] per connection and drains the
+//! [`Outbox`] at its own pace; the reasons a connection ends are named here once, and each edge
+//! says them its own way (a WebSocket close code, the end of a stream).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use concord_core::ConnId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A connection id no other connection of this process has.
+pub(crate) fn next_conn_id() -> ConnId {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Why a connection is closed. Rooms close peers for the first three; edges for the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Its outbound queue overflowed: the client reads too slowly. It reconnects and resyncs.
+    SlowConsumer,
+    /// The room failed (yrs panicked); it is discarded and reloads from the store.
+    RoomFailed,
+    /// The document was deleted.
+    DocumentDeleted,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The document could not be loaded.
+    LoadFailed,
+    /// Too many documents are open and none is idle.
+    TooManyRooms,
+    /// The connection's token expired.
+    TokenExpired,
+    /// It sent faster than its rate limits (the limit that was hit).
+    RateLimited(String),
+    /// It sent something Concord does not speak (a text frame, an unknown message type).
+    Unsupported(String),
+    /// It sent a malformed message, or an update yrs refused.
+    Malformed(String),
+    /// It sent a message over the size limit.
+    TooBig(String),
+    /// Its update would have grown the document past its size limit.
+    DocumentTooLarge(String),
+    /// Its awareness state is over the size limit.
+    AwarenessTooLarge(String),
+}
+
+/// Asks a connection to close, once, with or without a reason to tell the client. Shared by
+/// the connection's tasks and by the room that may drop it.
+#[derive(Clone, Default)]
+pub(crate) struct Closer {
+    token: CancellationToken,
+    reason: Arc<OnceLock<Option<CloseReason>>>,
+}
+
+impl Closer {
+    /// Closes, telling the client why; the first call wins.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(Some(reason));
+        self.token.cancel();
+    }
+
+    /// Closes without telling the client anything (it is gone or already said goodbye).
+    pub(crate) fn close_silently(&self) {
+        let _ = self.reason.set(None);
+        self.token.cancel();
+    }
+
+    pub(crate) async fn closed(&self) {
+        self.token.cancelled().await;
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Why it was closed, when the client is to be told.
+    pub(crate) fn reason(&self) -> Option<CloseReason> {
+        self.reason.get().cloned().flatten()
+    }
+}
+
+/// The sending side of a connection, held by its room.
+#[derive(Clone)]
+pub(crate) struct Peer {
+    tx: mpsc::Sender<Bytes>,
+    /// Bytes queued in `tx` and not yet taken by the [`Outbox`].
+    queued_bytes: Arc<AtomicUsize>,
+    pub(crate) closer: Closer,
+    /// Only awareness frames are queued for it: an SSE stream, which gets document changes
+    /// from the change feed (with positions) instead.
+    pub(crate) awareness_only: bool,
+}
+
+/// The receiving side of a connection's queue, drained by the edge that writes to it.
+pub(crate) struct Outbox {
+    rx: mpsc::Receiver<Bytes>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl Peer {
+    /// A peer whose queue holds at most `frames` frames (the byte bound is the room's, see
+    /// `fanout.rs`), and the outbox its edge drains.
+    pub(crate) fn new(frames: usize, closer: Closer, awareness_only: bool) -> (Peer, Outbox) {
+        let (tx, rx) = mpsc::channel(frames.max(2));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let peer = Peer {
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            closer,
+            awareness_only,
+        };
+        (peer, Outbox { rx, queued_bytes })
+    }
+
+    /// Queues `frame` unless the queue is full (by frames, or by bytes: `max_bytes` bounds the
+    /// backlog already queued, so one frame larger than it still goes out behind a small one).
+    /// Returns false when it did not fit; the caller then closes the connection, never skips
+    /// the frame.
+    pub(crate) fn try_queue(&self, frame: Bytes, max_bytes: usize) -> bool {
+        if self.queued_bytes() >= max_bytes {
+            return false;
+        }
+        let len = frame.len();
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if self.tx.try_send(frame).is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Frames waiting in the queue.
+    pub(crate) fn queued_frames(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Bytes waiting in the queue.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Outbox {
+    /// The next frame; `None` once every [`Peer`] handle is gone and the queue is empty.
+    pub(crate) async fn recv(&mut self) -> Option<Bytes> {
+        let frame = self.rx.recv().await?;
+        self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        Some(frame)
+    }
+
+    /// The next frame if one is queued already.
+    pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
+        let frame = self.rx.try_recv().ok()?;
+        self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        Some(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_queue_is_bounded_by_frames_and_by_bytes_and_counts_what_it_holds() {
+        let (peer, mut outbox) = Peer::new(2, Closer::default(), false);
+        assert!(peer.try_queue(Bytes::from_static(b"abc"), 100));
+        assert!(peer.try_queue(Bytes::from_static(b"de"), 100));
+        assert_eq!((peer.queued_frames(), peer.queued_bytes()), (2, 5));
+        assert!(!peer.try_queue(Bytes::from_static(b"f"), 100), "frames");
+        assert_eq!(outbox.recv().await.unwrap(), "abc");
+        assert_eq!((peer.queued_frames(), peer.queued_bytes()), (1, 2));
+        // A frame larger than the byte bound goes out behind a backlog under it.
+        assert!(peer.try_queue(Bytes::from(vec![0; 500]), 100));
+        assert!(!peer.try_queue(Bytes::from_static(b"g"), 100), "bytes");
+        assert_eq!(outbox.try_recv().unwrap(), "de");
+        assert_eq!(outbox.try_recv().unwrap().len(), 500);
+        assert!(outbox.try_recv().is_none());
+        assert_eq!(peer.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn the_first_close_wins() {
+        let closer = Closer::default();
+        assert!(!closer.is_closed());
+        closer.close(CloseReason::SlowConsumer);
+        closer.close(CloseReason::ShuttingDown);
+        closer.close_silently();
+        assert!(closer.is_closed());
+        assert_eq!(closer.reason(), Some(CloseReason::SlowConsumer));
+        let silent = Closer::default();
+        silent.close_silently();
+        silent.close(CloseReason::ShuttingDown);
+        assert_eq!(silent.reason(), None);
+    }
+}
