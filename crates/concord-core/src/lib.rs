@@ -7,12 +7,14 @@
 //! - [`Store`] is the persistence seam; [`MemoryStore`] keeps everything in memory.
 
 mod codec;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod json;
 mod name;
 mod room;
 mod snapshot;
 mod store;
-#[cfg(test)]
+#[cfg(any(test, feature = "conformance"))]
 mod test_support;
 pub mod validate;
 

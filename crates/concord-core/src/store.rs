@@ -397,64 +397,9 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
-    fn name(s: &str) -> DocName {
-        DocName::new(s).unwrap()
-    }
-
-    fn update(doc: &str, bytes: &[u8]) -> StoredUpdate {
-        StoredUpdate {
-            doc: name(doc),
-            update: bytes.to_vec(),
-        }
-    }
-
-    #[test]
-    fn appends_one_entry_per_document_per_batch() {
-        let store = MemoryStore::new();
-        assert_eq!(store.load(&name("a")).unwrap(), StoredDoc::default());
-        let written = store
-            .append(&[update("b", &[1]), update("a", &[2]), update("b", &[3, 4])])
-            .unwrap();
-        assert_eq!(
-            written,
-            vec![
-                Appended {
-                    doc: name("a"),
-                    seq: 1,
-                    tail_updates: 1,
-                    tail_bytes: 1
-                },
-                Appended {
-                    doc: name("b"),
-                    seq: 1,
-                    tail_updates: 2,
-                    tail_bytes: 3
-                },
-            ]
-        );
-        let written = store.append(&[update("b", &[5])]).unwrap();
-        assert_eq!((written[0].seq, written[0].tail_updates), (2, 3));
-        let loaded = store.load(&name("b")).unwrap();
-        assert_eq!(loaded.updates, vec![vec![1], vec![3, 4], vec![5]]);
-        assert_eq!(loaded.last_seq, 2);
-        let names: Vec<_> = store.list().unwrap().into_iter().map(|d| d.name).collect();
-        assert_eq!(names, vec![name("a"), name("b")]);
-    }
-
-    #[test]
-    fn compaction_replaces_the_covered_prefix_and_sequence_numbers_go_on() {
-        let store = MemoryStore::new();
-        store.append(&[update("d", &[1])]).unwrap();
-        store.append(&[update("d", &[2])]).unwrap();
-        store.append(&[update("d", &[3])]).unwrap();
-        store.compact(&name("d"), &[9, 9], 2).unwrap();
-        let loaded = store.load(&name("d")).unwrap();
-        assert_eq!(loaded.snapshot, Some(vec![9, 9]));
-        assert_eq!(loaded.updates, vec![vec![3]]);
-        let written = store.append(&[update("d", &[4])]).unwrap();
-        assert_eq!((written[0].seq, written[0].tail_updates), (4, 2));
-        store.delete(&name("d")).unwrap();
-        store.delete(&name("unknown")).unwrap();
-        assert!(store.list().unwrap().is_empty());
+    /// The contract itself is checked by the conformance suite, the same one every backend runs.
+    #[tokio::test]
+    async fn the_memory_store_conforms() {
+        crate::conformance::run_all(MemoryStore::new).await;
     }
 }

@@ -1,5 +1,5 @@
-//! Helpers shared by the tests of several modules, kept here so that no test module carries a
-//! copy of another's.
+//! Helpers shared by the tests of several modules and by the store conformance suite, kept here
+//! so that none of them carries a copy of another's.
 
 /// splitmix64: a seeded, dependency-free PRNG, so that a failing random case reproduces exactly
 /// from its seed.

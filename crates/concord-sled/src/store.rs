@@ -435,7 +435,7 @@ impl Inner {
         Ok(match self.read_meta(doc)? {
             // The new snapshot replaces the old one, which already made the entries up to its
             // seq redundant: never let those come back, even if `upto` is older (the store's
-            // observable behaviour is then the same as the in-memory reference's).
+            // observable behaviour is then the one the conformance suite requires).
             Some(meta) => (meta.id, meta.snapshot_seq.map_or(upto, |old| old.max(upto))),
             None => {
                 let id = state.next_doc_id;

@@ -4,19 +4,9 @@
 
 use std::path::Path;
 
-use concord_core::{DocName, StoreError, StoredUpdate};
+use concord_core::StoreError;
+use concord_core::conformance::{name, update};
 use concord_sled::SledStore;
-
-fn name(s: &str) -> DocName {
-    DocName::new(s).unwrap()
-}
-
-fn update(doc: &str, bytes: &[u8]) -> StoredUpdate {
-    StoredUpdate {
-        doc: name(doc),
-        update: bytes.to_vec(),
-    }
-}
 
 /// `b"l" + id + seq`, as the crate documents. "doc" is the first document created (id 1).
 fn log_key(id: u64, seq: u64) -> Vec<u8> {

@@ -5,19 +5,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use concord_core::{DocName, StoredUpdate};
+use concord_core::conformance::{name, update};
 use concord_sled::SledStore;
-
-fn name(s: &str) -> DocName {
-    DocName::new(s).unwrap()
-}
-
-fn update(doc: &str, bytes: &[u8]) -> StoredUpdate {
-    StoredUpdate {
-        doc: name(doc),
-        update: bytes.to_vec(),
-    }
-}
 
 /// A writer that appends to a shared buffer, for capturing log output.
 #[derive(Clone, Default)]

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use concord_core::{DocName, StoredDoc, StoredUpdate};
+use concord_core::conformance::{name, update};
+use concord_core::{StoredDoc, StoredUpdate};
 use concord_sled::{CompactCrash, SledStore};
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
@@ -12,18 +13,8 @@ use yrs::{
     Any, Doc, GetString, Map, MapRef, ReadTxn, StateVector, Text, TextRef, Transact, Update,
 };
 
-fn name(s: &str) -> DocName {
-    DocName::new(s).unwrap()
-}
-
 fn updates_of(doc: &str, updates: &[Vec<u8>]) -> Vec<StoredUpdate> {
-    updates
-        .iter()
-        .map(|u| StoredUpdate {
-            doc: name(doc),
-            update: u.clone(),
-        })
-        .collect()
+    updates.iter().map(|u| update(doc, u)).collect()
 }
 
 /// A document edited one transaction at a time, and the v1 update of each transaction.
