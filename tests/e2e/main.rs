@@ -22,5 +22,7 @@ mod malformed;
 // Durability with a real sled store: save acknowledgements, compaction, restarts, corruption.
 mod persistence;
 mod random;
+// The replication seam: two instances linked through `Replication`.
+mod replication;
 mod shutdown;
 mod sync;
