@@ -1,80 +1,99 @@
-//! The `concord` binary against a real `concord-server` process: put, cat, watch, tokens.
+//! The `concord` binary against a real Concord server: put, cat, watch, tokens.
 //!
-//! The server is another package's binary, which this package cannot depend on: it is taken
-//! from next to the `concord` binary (the same target directory and profile) or from
-//! `CONCORD_SERVER_BIN`. Build it first with `cargo build -p concord-server --bins` (the test
-//! command, `tests/run.sh`, builds every binary before it runs the tests).
+//! The server runs in this test process, through the same `concord_server::run` its binary
+//! calls, on an ephemeral loopback port; the `concord` binary under test is this package's own
+//! (`CARGO_BIN_EXE_concord`), so the tests need no earlier build of another package.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use concord_client::{Presence, Provider, ProviderConfig, User};
+use concord_server::auth::{Authorizer, Claims, JwtAuthorizer, Permission, TokenSigner, unix_now};
+use concord_server::{Config, ServerError};
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How long anything here may take before the test fails instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The key tokens are signed and checked with, on servers that require them.
+const SECRET: &[u8] = b"a secret only this test knows";
 
 fn concord_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_concord"))
 }
 
-fn server_bin() -> PathBuf {
-    let path = std::env::var_os("CONCORD_SERVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| concord_bin().with_file_name("concord-server"));
-    assert!(
-        path.exists(),
-        "the server binary is not at {}: run `cargo build -p concord-server --bins` first \
-         (or set CONCORD_SERVER_BIN)",
-        path.display()
-    );
-    path
-}
-
-/// A `concord-server` child process, killed when dropped (also when a test panics).
+/// A Concord server on an ephemeral loopback port with an in-memory store, on a runtime of its
+/// own so the tests themselves stay synchronous (they drive child processes). Dropping it
+/// cancels its shutdown token, also when a test panics; [`Server::stop`] also checks that it
+/// stopped cleanly.
 struct Server {
-    child: Child,
+    runtime: tokio::runtime::Runtime,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
     url: String,
 }
 
 impl Server {
-    /// Starts a server on an ephemeral port with an in-memory store, and waits for its
-    /// `listening on` line.
-    fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(server_bin())
-            .args(["--host", "127.0.0.1", "--port", "0", "--in-memory"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start concord-server");
-        let lines = line_reader(child.stdout.take().expect("piped stdout"));
-        // Guarded from here on: a failed start does not leave the process behind.
-        let mut server = Server {
-            child,
-            url: String::new(),
+    /// Starts a server; with an authorizer, connections need a token it accepts. It answers
+    /// as soon as this returns: the listener is bound, so connections queue until it accepts.
+    fn start(authorizer: Option<Arc<dyn Authorizer>>) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("cannot build the server's runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("cannot bind a loopback port");
+        let address = listener.local_addr().expect("the listener's address");
+        let config = Config {
+            authorizer,
+            ..Config::default()
         };
-        let line = lines
-            .recv_timeout(DEADLINE)
-            .expect("the server printed no `listening on` line in time");
-        let address = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"));
-        server.url = format!("ws://{}", address.trim());
-        server
+        let shutdown = CancellationToken::new();
+        let task = runtime.spawn(concord_server::run(listener, config, shutdown.clone()));
+        Server {
+            runtime,
+            shutdown,
+            task: Some(task),
+            url: format!("ws://{address}"),
+        }
+    }
+
+    /// A server that requires HS256 tokens signed with [`SECRET`].
+    fn with_tokens() -> Server {
+        let authorizer = JwtAuthorizer::hs256(SECRET).expect("a valid secret");
+        Server::start(Some(Arc::new(authorizer)))
+    }
+
+    /// Shuts the server down and requires `run` to return without an error in time.
+    fn stop(mut self) {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("stopped once");
+        // The timer is made inside the runtime: it needs the runtime's time driver.
+        let stopped = self
+            .runtime
+            .block_on(async { tokio::time::timeout(DEADLINE, task).await });
+        match stopped {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("the server failed: {e}"),
+            Ok(Err(e)) => panic!("the server task panicked: {e}"),
+            Err(_) => panic!("the server did not stop within {DEADLINE:?}"),
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // After a failed test: close the connections and let the runtime's drop end the rest.
+        self.shutdown.cancel();
     }
 }
 
@@ -172,7 +191,7 @@ fn unused_port() -> u16 {
 
 #[test]
 fn put_replaces_the_text_and_cat_reads_it_back() {
-    let server = Server::start(&[]);
+    let server = Server::start(None);
     let url = server.url.as_str();
     let first = "hello\nworld — ü 漢 😀\n";
     let put = concord_ok(&["put", url, "notes", "--text", "content"], first, &[]);
@@ -220,6 +239,7 @@ fn put_replaces_the_text_and_cat_reads_it_back() {
         cat_json(url, "nothing-here", &[], &[]),
         json!({"content": ""})
     );
+    server.stop();
 }
 
 #[test]
@@ -305,7 +325,7 @@ impl Drop for Watch {
 
 #[test]
 fn watch_prints_changes_presence_and_status_and_stops_on_sigterm() {
-    let server = Server::start(&[]);
+    let server = Server::start(None);
     let url = server.url.as_str();
     concord_ok(&["put", url, "live", "--text", "content"], "v1", &[]);
 
@@ -364,35 +384,27 @@ fn watch_prints_changes_presence_and_status_and_stops_on_sigterm() {
         thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "watch exits 0 on SIGTERM: {status}");
+    server.stop();
 }
 
-/// Writes `secret` to a file and starts a server requiring HS256 tokens signed with it.
-fn auth_server(dir: &tempfile::TempDir) -> (Server, PathBuf) {
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "a secret only this test knows\n").unwrap();
-    let server = Server::start(&["--auth-secret-file", secret.to_str().unwrap()]);
-    (server, secret)
-}
-
-/// A token from `concord-server token`.
-fn mint(secret: &std::path::Path, grant: &str) -> String {
-    let out = Command::new(server_bin())
-        .args(["token", "--secret-file"])
-        .arg(secret)
-        .args(["--doc", grant])
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("cannot run concord-server token");
-    assert!(out.status.success(), "concord-server token failed: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+/// A token signed with [`SECRET`] granting `permission` on `doc`, valid for an hour.
+fn mint(doc: &str, permission: Permission) -> String {
+    let claims = Claims {
+        exp: unix_now() + 3600,
+        sub: Some("cli-test".into()),
+        docs: BTreeMap::from([(doc.to_owned(), permission)]),
+    };
+    TokenSigner::hs256(SECRET)
+        .expect("a valid secret")
+        .sign(&claims)
+        .expect("cannot sign a token")
 }
 
 #[test]
 fn tokens_open_the_document_and_their_absence_is_a_clear_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, secret) = auth_server(&dir);
+    let server = Server::with_tokens();
     let url = server.url.as_str();
-    let token = mint(&secret, "d=write");
+    let token = mint("d", Permission::Write);
 
     concord_ok(
         &["put", url, "d", "--text", "content", "--token", &token],
@@ -425,6 +437,7 @@ fn tokens_open_the_document_and_their_absence_is_a_clear_failure() {
     );
     assert!(!run.success, "{run:?}");
     assert!(run.stderr.contains("cannot open"), "{run:?}");
+    server.stop();
 }
 
 /// A read-only token lets `put` connect, but the server refuses the edit: `put` must not say
@@ -432,11 +445,10 @@ fn tokens_open_the_document_and_their_absence_is_a_clear_failure() {
 /// provider has to tell a refused edit from a stored one.)
 #[test]
 fn put_with_a_read_only_token_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, secret) = auth_server(&dir);
+    let server = Server::with_tokens();
     let url = server.url.as_str();
-    let writer = mint(&secret, "d=write");
-    let reader = mint(&secret, "d=read");
+    let writer = mint("d", Permission::Write);
+    let reader = mint("d", Permission::Read);
     concord_ok(
         &["put", url, "d", "--text", "content", "--token", &writer],
         "kept",
@@ -471,4 +483,5 @@ fn put_with_a_read_only_token_fails() {
         run.stderr.contains("read-only"),
         "the failure names the server's reason: {run:?}"
     );
+    server.stop();
 }
