@@ -1,0 +1,91 @@
+//! A Concord server in a process of its own, for tests that kill it with SIGKILL and start it
+//! again on the same port and data directory. It serves with `concord_server::run`, the entry
+//! point the `concord-server` binary calls, on 127.0.0.1, and prints `listening on ADDR` once
+//! its listener is bound. Being a binary of this package, a test here finds it with
+//! `env!("CARGO_BIN_EXE_server-process")`: no other package's binary has to be built first.
+//!
+//! Usage:
+//!
+//! ```text
+//! server-process [--port PORT] [--data-dir DIR]
+//! ```
+//!
+//! Without `--port` (or with 0) the port is ephemeral; without `--data-dir` documents are kept
+//! in memory. Ctrl-C (SIGINT) shuts it down gracefully; a failure is a message on stderr and
+//! exit status 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use concord_server::Config;
+use tokio_util::sync::CancellationToken;
+
+/// What the command line asked for.
+struct Args {
+    port: u16,
+    data_dir: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        port: 0,
+        data_dir: None,
+    };
+    let mut argv = std::env::args_os().skip(1);
+    while let Some(flag) = argv.next() {
+        let mut value = || {
+            argv.next()
+                .with_context(|| format!("{} needs a value", flag.display()))
+        };
+        match flag.to_str() {
+            Some("--port") => {
+                let port = value()?;
+                args.port = port
+                    .to_str()
+                    .and_then(|p| p.parse().ok())
+                    .with_context(|| format!("--port {} is not a port", port.display()))?;
+            }
+            Some("--data-dir") => args.data_dir = Some(PathBuf::from(value()?)),
+            _ => bail!(
+                "unknown argument {}; usage: server-process [--port PORT] [--data-dir DIR]",
+                flag.display()
+            ),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn serve(args: Args) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+    // The test reads this line to learn the address (and that the port is bound).
+    println!("listening on {}", listener.local_addr()?);
+
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    let config = Config {
+        data_dir: args.data_dir,
+        ..Config::default()
+    };
+    concord_server::run(listener, config, shutdown)
+        .await
+        .context("the server failed")
+}
+
+fn main() -> ExitCode {
+    match parse_args().and_then(serve) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server-process: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
