@@ -222,3 +222,183 @@ fn multi_threaded() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+    use crate::rooms::{Closer, Peer, next_conn_id};
+    use crate::state::AppState;
+    use crate::testing::GatedStore;
+    use concord_core::decode_frame;
+    use futures_util::FutureExt;
+    use tokio_util::sync::CancellationToken;
+    use yrs::updates::encoder::Encode;
+    use yrs::{Text, Transact};
+
+    fn doc(name: &str) -> DocName {
+        DocName::new(name).unwrap()
+    }
+
+    fn update(text: &str) -> Vec<Inbound> {
+        let doc = yrs::Doc::new();
+        let t = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, 0, text);
+        let frame =
+            yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(txn.encode_update_v1()))
+                .encode_v1();
+        decode_frame(&frame).unwrap()
+    }
+
+    fn save(id: u64) -> Vec<Inbound> {
+        decode_frame(&concord_core::encode_saved(id)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_save_ticket_resolves_only_once_what_the_room_applied_before_it_is_stored() {
+        let store = GatedStore::new(false, true);
+        let state = AppState::start(Config::default(), store.clone(), CancellationToken::new()).0;
+        let name = doc("ordered");
+        let guard = state.rooms.open(&name).await.unwrap();
+        let room = guard.room();
+        let (a, b) = (next_conn_id(), next_conn_id());
+        // Each peer keeps its outbox: a peer whose queue is gone is dropped from the room.
+        let (peer_a, _out_a) = Peer::new(16, Closer::default(), false);
+        let (peer_b, _out_b) = Peer::new(16, Closer::default(), false);
+        let _ma = room.join(a, Access::ReadWrite, peer_a);
+        let _mb = room.join(b, Access::ReadWrite, peer_b);
+
+        // A's update is queued; the store holds its append at the gate.
+        let outcome = state
+            .ingest
+            .receive(room, Source::Conn(a), update("u1"))
+            .await;
+        assert!(outcome.refused.is_none() && outcome.saves.is_empty());
+        // B asks for a save after A's update was applied: it covers A's update too.
+        let mut outcome = state.ingest.receive(room, Source::Conn(b), save(7)).await;
+        let ticket = outcome.saves.pop().unwrap();
+        assert_eq!(ticket.id, 7);
+        let mut durable = Box::pin(ticket.durable.wait());
+        assert!(
+            (&mut durable).now_or_never().is_none(),
+            "not durable while the update before it is not stored"
+        );
+        store.allow_appends(usize::MAX >> 4);
+        assert!(durable.await);
+        assert_eq!(
+            store.inner.update_count(&name),
+            1,
+            "stored when acknowledged"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_gets_a_ticket_for_what_it_applied() {
+        let store = GatedStore::new(false, false);
+        let state = AppState::start(Config::default(), store.clone(), CancellationToken::new()).0;
+        let name = doc("request");
+        let guard = state.rooms.open(&name).await.unwrap();
+        let outcome = state
+            .ingest
+            .receive(
+                guard.room(),
+                Source::Request(Access::ReadWrite),
+                update("hi"),
+            )
+            .await;
+        assert!(outcome.refused.is_none());
+        assert!(outcome.stored.unwrap().wait().await);
+        assert_eq!(store.inner.update_count(&name), 1);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_typed_counted_and_apply_nothing() {
+        let store = GatedStore::new(false, false);
+        let config = Config {
+            max_document_bytes: Some(8),
+            max_awareness_state_bytes: 4,
+            ..Config::default()
+        };
+        let state = AppState::start(config, store.clone(), CancellationToken::new()).0;
+        let name = doc("limits");
+        let guard = state.rooms.open(&name).await.unwrap();
+        let room = guard.room();
+        let conn = next_conn_id();
+        let (peer, _outbox) = Peer::new(16, Closer::default(), false);
+        let _member = room.join(conn, Access::ReadWrite, peer);
+
+        let outcome = state
+            .ingest
+            .receive(room, Source::Conn(conn), update(&"x".repeat(64)))
+            .await;
+        let refused = outcome.refused.unwrap();
+        assert!(
+            matches!(refused, Refused::DocumentTooLarge(_)),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            refused.close_reason(),
+            CloseReason::DocumentTooLarge(_)
+        ));
+
+        let mut awareness = vec![1u8];
+        {
+            use yrs::encoding::write::Write;
+            let mut update = Vec::new();
+            update.write_var(1u32); // one entry
+            update.write_var(42u64); // client id
+            update.write_var(1u32); // clock
+            update.write_string(r#"{"name":"far too long"}"#);
+            awareness.write_buf(&update);
+        }
+        let outcome = state
+            .ingest
+            .receive(room, Source::Conn(conn), decode_frame(&awareness).unwrap())
+            .await;
+        assert!(matches!(
+            outcome.refused,
+            Some(Refused::AwarenessTooLarge(_))
+        ));
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(read(&state.counters.documents_too_large), 1);
+        assert_eq!(read(&state.counters.awareness_too_large), 1);
+        assert!(room.awareness_update().is_none(), "no state was set");
+        // Nothing reached the store either: a barrier behind everything passes with it empty.
+        let outcome = state
+            .ingest
+            .receive(room, Source::Request(Access::ReadWrite), Vec::new())
+            .await;
+        assert!(outcome.stored.unwrap().wait().await);
+        assert_eq!(store.inner.update_count(&name), 0);
+    }
+
+    #[tokio::test]
+    async fn delete_closes_the_rooms_connections_and_stores_nothing_after_it() {
+        let store = GatedStore::new(false, false);
+        let state = AppState::start(Config::default(), store.clone(), CancellationToken::new()).0;
+        let name = doc("doomed");
+        assert!(
+            !state.ingest.delete(&name).await.unwrap(),
+            "nothing to delete"
+        );
+        let guard = state.rooms.open(&name).await.unwrap();
+        let closer = Closer::default();
+        let (peer, _outbox) = Peer::new(16, closer.clone(), false);
+        let _member = guard.room().join(next_conn_id(), Access::ReadWrite, peer);
+        let outcome = state
+            .ingest
+            .receive(
+                guard.room(),
+                Source::Request(Access::ReadWrite),
+                update("bye"),
+            )
+            .await;
+        assert!(outcome.stored.unwrap().wait().await);
+        assert!(state.ingest.delete(&name).await.unwrap());
+        assert_eq!(closer.reason(), Some(CloseReason::DocumentDeleted));
+        assert!(!state.rooms.is_loaded(&name));
+        assert!(Store::list(store.as_ref()).await.unwrap().is_empty());
+        assert!(!state.ingest.delete(&name).await.unwrap(), "gone");
+    }
+}

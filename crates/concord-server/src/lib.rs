@@ -30,6 +30,8 @@ mod policy;
 mod replication;
 mod rooms;
 mod state;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 

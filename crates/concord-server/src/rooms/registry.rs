@@ -387,3 +387,152 @@ impl Drop for PendingRef<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+    use crate::state::AppState;
+    use crate::testing::GatedStore;
+
+    fn doc(name: &str) -> DocName {
+        DocName::new(name).unwrap()
+    }
+
+    fn start(store: Arc<GatedStore>, config: Config) -> AppState {
+        AppState::start(config, store, CancellationToken::new()).0
+    }
+
+    /// Polls `cond` (yielding to the runtime) until it holds, for at most ten seconds.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_opens_of_one_document_load_it_once_and_share_one_room() {
+        let store = GatedStore::new(true, false);
+        let state = start(store.clone(), Config::default());
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let rooms = state.rooms.clone();
+                tokio::spawn(async move { rooms.open(&doc("shared")).await })
+            })
+            .collect();
+        until("the load started", || store.loads() == 1).await;
+        assert!(
+            opens.iter().all(|open| !open.is_finished()),
+            "nobody is answered before the load finished"
+        );
+        assert!(state.rooms.can_open(&doc("shared")));
+        assert!(!state.rooms.is_loaded(&doc("shared")), "still loading");
+        store.allow_loads(1);
+        let mut guards = Vec::new();
+        for open in opens {
+            guards.push(open.await.unwrap().unwrap());
+        }
+        let first = guards[0].room().clone();
+        assert!(guards.iter().all(|g| Arc::ptr_eq(g.room(), &first)));
+        assert_eq!(store.loads(), 1, "one load for every connection");
+        assert!(state.rooms.is_loaded(&doc("shared")));
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_idle_room_makes_room_and_busy_rooms_are_never_unloaded() {
+        let store = GatedStore::new(false, false);
+        let config = Config {
+            max_rooms: 2,
+            room_idle_timeout: Duration::from_secs(3600),
+            ..Config::default()
+        };
+        let state = start(store.clone(), config);
+        let rooms = &state.rooms;
+        let a = rooms.open(&doc("a")).await.unwrap();
+        let b = rooms.open(&doc("b")).await.unwrap();
+        drop(a);
+        drop(b);
+        // Both idle: `a` has been idle longer, so it goes.
+        let c = rooms.open(&doc("c")).await.unwrap();
+        assert!(!rooms.is_loaded(&doc("a")));
+        assert!(rooms.is_loaded(&doc("b")));
+        let d = rooms.open(&doc("d")).await.unwrap();
+        assert!(!rooms.is_loaded(&doc("b")));
+        assert_eq!(
+            state
+                .counters
+                .rooms_evicted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        // Every loaded room is in use: no room for another, but the loaded ones still open.
+        assert!(!rooms.can_open(&doc("e")));
+        assert!(matches!(
+            rooms.open(&doc("e")).await,
+            Err(OpenError::TooManyRooms(2))
+        ));
+        assert!(rooms.can_open(&doc("c")));
+        let c_again = rooms.open(&doc("c")).await.unwrap();
+        assert!(Arc::ptr_eq(c.room(), c_again.room()));
+        assert_eq!(store.loads(), 4, "a, b, c and d once each; e never");
+        drop((c, c_again, d));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_room_unloads_after_its_timeout_unless_used_again_and_reloads_what_it_stored() {
+        use concord_core::{Access, decode_frame};
+        use yrs::updates::decoder::Decode;
+        use yrs::updates::encoder::Encode;
+        use yrs::{GetString, Text, Transact};
+
+        let store = GatedStore::new(false, false);
+        let idle = Duration::from_secs(30);
+        let config = Config {
+            room_idle_timeout: idle,
+            ..Config::default()
+        };
+        let state = start(store.clone(), config);
+        let name = doc("idle");
+        let guard = state.rooms.open(&name).await.unwrap();
+        let edit = {
+            let doc = yrs::Doc::new();
+            let text = doc.get_or_insert_text("t");
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "kept");
+            txn.encode_update_v1()
+        };
+        let frame = yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(edit)).encode_v1();
+        let outcome = state
+            .ingest
+            .receive(
+                guard.room(),
+                crate::ingest::Source::Request(Access::ReadWrite),
+                decode_frame(&frame).unwrap(),
+            )
+            .await;
+        assert!(outcome.stored.unwrap().wait().await);
+        drop(guard);
+
+        // Used again before the timeout: the first idle timer must not unload it.
+        tokio::time::sleep(idle / 2).await;
+        let again = state.rooms.open(&name).await.unwrap();
+        tokio::time::sleep(idle).await;
+        assert!(state.rooms.is_loaded(&name), "in use: stays loaded");
+        drop(again);
+        tokio::time::sleep(idle + Duration::from_secs(1)).await;
+        until("the idle room unloaded", || !state.rooms.is_loaded(&name)).await;
+        assert_eq!(store.loads(), 1);
+
+        let reloaded = state.rooms.open(&name).await.unwrap();
+        assert_eq!(store.loads(), 2, "loaded afresh from the store");
+        let update = reloaded.room().encode_state(&yrs::StateVector::default());
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("t");
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(&update).unwrap())
+            .unwrap();
+        assert_eq!(text.get_string(&doc.transact()), "kept");
+    }
+}
