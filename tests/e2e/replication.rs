@@ -151,9 +151,11 @@ async fn two_instances_linked_by_a_replication_share_edits_and_presence_without_
             text.insert(txn, end, word);
         });
     }
-    bob.wait_until(DEADLINE, "Bob, on the other instance, has Alice's edits", |c| {
-        c.text("t") == "one two three "
-    })
+    bob.wait_until(
+        DEADLINE,
+        "Bob, on the other instance, has Alice's edits",
+        |c| c.text("t") == "one two three ",
+    )
     .await;
     assert_eq!(updates(&bus.published_by(0)), 3, "one event per update");
     assert_eq!(
@@ -189,15 +191,19 @@ async fn two_instances_linked_by_a_replication_share_edits_and_presence_without_
     .await;
 
     // A's room is idle now: it unloads, and A stops following the document.
-    poll_until(DEADLINE, "A unloaded the document and unfollowed it", || {
-        !a.concord.is_loaded(&name)
-            && bus
-                .seen
-                .lock()
-                .unwrap()
-                .unfollowed
-                .contains(&(0, name.clone()))
-    })
+    poll_until(
+        DEADLINE,
+        "A unloaded the document and unfollowed it",
+        || {
+            !a.concord.is_loaded(&name)
+                && bus
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .unfollowed
+                    .contains(&(0, name.clone()))
+        },
+    )
     .await;
     let mut bob = bob;
     bob.disconnect().await;
@@ -215,6 +221,10 @@ async fn two_instances_linked_by_a_replication_share_edits_and_presence_without_
         }
         n
     };
-    assert_eq!(count(&mut stored_by_a), 3, "Alice's three edits, stored by A");
+    assert_eq!(
+        count(&mut stored_by_a),
+        3,
+        "Alice's three edits, stored by A"
+    );
     assert_eq!(count(&mut stored_by_b), 1, "Bob's edit, stored by B");
 }
