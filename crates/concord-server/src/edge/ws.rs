@@ -14,4 +14,4 @@ mod reader;
 mod upgrade;
 mod writer;
 
-pub(crate) use upgrade::{is_upgrade, upgrade};
+pub(crate) use upgrade::upgrade;

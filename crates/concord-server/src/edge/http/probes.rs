@@ -5,8 +5,7 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::edge::http::static_files::StaticFiles;
-use crate::edge::ws::is_upgrade;
+use crate::edge::http::static_files::{StaticFiles, is_upgrade};
 use crate::ops::health::readiness;
 use crate::state::AppState;
 

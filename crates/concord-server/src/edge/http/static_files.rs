@@ -11,6 +11,15 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
 
+/// Whether the request asks for a WebSocket (`Upgrade: websocket`): such a request is for
+/// the document at its path, never for a file.
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.eq_ignore_ascii_case("websocket"))
+    })
+}
+
 /// The files of one directory.
 #[derive(Clone)]
 pub(crate) struct StaticFiles {
@@ -33,7 +42,7 @@ impl StaticFiles {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Option<Response> {
-        if (method != Method::GET && method != Method::HEAD) || crate::edge::ws::is_upgrade(headers)
+        if (method != Method::GET && method != Method::HEAD) || is_upgrade(headers)
         {
             return None;
         }

@@ -37,14 +37,6 @@ pub(crate) fn doc_name_from_path(path: &str) -> Result<DocName, String> {
     DocName::new(&decoded).map_err(|e| e.to_string())
 }
 
-/// Whether the request asks for a WebSocket (`Upgrade: websocket`).
-pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.get_all(header::UPGRADE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.eq_ignore_ascii_case("websocket"))
-    })
-}
-
 /// Upgrades to a WebSocket connection to the document named by `uri`'s path, once the request
 /// passed every check (a valid name, then admission: origin, connection slot, authorizer,
 /// room capacity); a refusal is an HTTP status with the reason as a text body.
