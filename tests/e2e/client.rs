@@ -147,18 +147,10 @@ struct ServerProcess {
     addr: SocketAddr,
 }
 
+/// This package's `server-process` binary: `concord_server::run` in a process of its own, so
+/// `cargo test` builds it for these tests (no other package's binary is needed).
 fn server_binary() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| root.join(dir))
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("debug").join("concord-server");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p concord-server --bins` first (tests/run.sh does)",
-        binary.display()
-    );
-    binary
+    PathBuf::from(env!("CARGO_BIN_EXE_server-process"))
 }
 
 impl ServerProcess {
