@@ -42,8 +42,7 @@ impl StaticFiles {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Option<Response> {
-        if (method != Method::GET && method != Method::HEAD) || is_upgrade(headers)
-        {
+        if (method != Method::GET && method != Method::HEAD) || is_upgrade(headers) {
             return None;
         }
         let mut request = Request::new(Body::empty());
