@@ -11,6 +11,11 @@
 //!   (see `examples/embed.rs`); call [`Concord::closed`] after shutdown to wait for every
 //!   connection to close and every update to be stored.
 //!
+//! What clients see on the wire is written down next to this crate's `Cargo.toml`:
+//! `PROTOCOL.md` (the WebSocket protocol: on-connect messages, awareness, keepalive, read-only
+//! access, close codes, the save acknowledgement) and `HTTP.md` (the HTTP API, Server-Sent
+//! Events and long-polling; `src/edge/http/openapi.json` is its machine-readable form).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), concord_server::ServerError> {
 //! use tokio_util::sync::CancellationToken;
