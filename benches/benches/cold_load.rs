@@ -1,5 +1,5 @@
 //! Cold load: how long the server takes to bring a stored document into memory, i.e.
-//! `store.load(doc)` + `Room::from_stored(...)` (what `rooms.rs` runs when the first connection
+//! `store.load(doc)` + `Room::from_stored(...)` (what `rooms/registry.rs` runs when the first connection
 //! to an unloaded document arrives), on the automerge-paper document (259,778 keystroke updates)
 //! stored in a `SledStore` two ways:
 //!

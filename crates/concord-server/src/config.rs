@@ -66,18 +66,21 @@ pub struct Config {
     /// anyone who can reach it reads and writes every document.
     pub authorizer: Option<Arc<dyn Authorizer>>,
     /// Origins (`scheme://host[:port]`, as browsers send them in the `Origin` header) allowed
-    /// to open WebSocket connections, against cross-site WebSocket hijacking. Upgrades from
-    /// other origins get HTTP 403; requests without an `Origin` header (non-browser clients)
-    /// are allowed. Empty: any origin.
+    /// to open documents (WebSocket upgrades and HTTP API requests), against cross-site
+    /// WebSocket hijacking. Requests from other origins get HTTP 403; requests without an
+    /// `Origin` header (non-browser clients) are allowed. Empty: any origin.
     pub allowed_origins: Vec<String>,
-    /// Most WebSocket connections at once; more get HTTP 503.
+    /// Most connections at once (WebSocket connections, SSE streams, polls and API requests
+    /// in progress); more get HTTP 503.
     pub max_connections: usize,
-    /// Most WebSocket connections at once from one IP address; more get HTTP 429. Behind a
+    /// Most connections at once from one IP address (counted as `max_connections` is); more
+    /// get HTTP 429. Behind a
     /// reverse proxy every client has the proxy's address: raise it there. Only applied when
     /// the server knows peer addresses ([`crate::run`] does; an embedder must serve with
     /// `into_make_service_with_connect_info::<SocketAddr>()`).
     pub max_connections_per_ip: usize,
-    /// New WebSocket connections per second from one IP address, sustained, with a burst of
+    /// New connections (WebSocket upgrades and HTTP API requests) per second from one IP
+    /// address, sustained, with a burst of
     /// `connection_attempt_burst`; more get HTTP 429. Each connection starts with full rate
     /// buckets, so without this a client reconnecting in a loop would multiply its allowance.
     pub connection_attempts_per_ip: u32,
@@ -106,7 +109,8 @@ pub struct Config {
     /// applied, and its sender is closed with 4413. `None`: no limit.
     pub max_document_bytes: Option<u64>,
     /// Most documents loaded in memory at once. Opening another unloads the least recently used
-    /// idle one first; when none is idle, the connection is refused (HTTP 503).
+    /// idle one first; when none is idle, the request is refused (HTTP 503; a WebSocket that
+    /// lost the race for the last room after its upgrade is closed with 1013).
     pub max_rooms: usize,
     /// Largest awareness state of one client (its JSON), in bytes; a larger one closes its
     /// sender with 1009.

@@ -193,21 +193,21 @@ struct ServeArgs {
     /// Require EdDSA (Ed25519) or ES256 (P-256) JWTs verified with this public key (PEM).
     #[arg(long, env = "CONCORD_AUTH_PUBLIC_KEY")]
     auth_public_key: Option<PathBuf>,
-    /// An origin allowed to open WebSocket connections (e.g. https://app.example.com);
-    /// repeatable. When set, upgrades from other origins get 403. Default: any origin.
+    /// An origin allowed to open documents (e.g. https://app.example.com); repeatable. When
+    /// set, WebSocket upgrades and API requests from other origins get 403. Default: any origin.
     #[arg(
         long = "allowed-origin",
         env = "CONCORD_ALLOWED_ORIGINS",
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
-    /// Most WebSocket connections at once; more get HTTP 503.
+    /// Most connections at once (WebSocket, SSE, polls, API requests); more get HTTP 503.
     #[arg(long, env = "CONCORD_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
     max_connections: usize,
-    /// Most WebSocket connections at once from one IP address; more get HTTP 429.
+    /// Most connections at once from one IP address; more get HTTP 429.
     #[arg(long, env = "CONCORD_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
     max_connections_per_ip: usize,
-    /// New WebSocket connections per second from one IP address (HTTP 429 beyond).
+    /// New connections per second from one IP address (HTTP 429 beyond).
     #[arg(long, env = "CONCORD_CONNECTION_ATTEMPTS_PER_IP", default_value_t = Config::default().connection_attempts_per_ip)]
     connection_attempts_per_ip: u32,
     /// Connections one address may open at once above that rate.

@@ -4,7 +4,7 @@
 //!
 //! An update enters the feed once it is stored, so every change a subscriber sees is durable
 //! and has a position it can resume from. The feed is a bounded broadcast channel
-//! ([`FEED_CAPACITY`] changes); a subscriber that falls that far behind is told it lagged, and a
+//! (16,384 changes); a subscriber that falls that far behind is told it lagged, and a
 //! document stream then catches up from the store's log, or with a state sync when compaction
 //! removed that part of the log. Nothing is skipped either way.
 

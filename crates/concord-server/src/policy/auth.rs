@@ -1,5 +1,6 @@
-//! Who may open which document: the [`Authorizer`] hook every connection goes through before
-//! its WebSocket upgrade, and [`JwtAuthorizer`], the JSON Web Token implementation the binary's
+//! Who may open which document: the [`Authorizer`] hook every request for a document goes
+//! through before it reaches the document (a WebSocket upgrade, an HTTP API request, an SSE
+//! stream or a poll), and [`JwtAuthorizer`], the JSON Web Token implementation the binary's
 //! `--auth-secret-file` and `--auth-public-key` flags use.
 //!
 //! An embedding backend with its own sessions implements [`Authorizer`] (it sees the document
