@@ -78,8 +78,8 @@ start_server() {
   [ -n "$port" ] || { echo "the $name server did not start (see $OUT/$name.log)" >&2; exit 1; }
   local served
   served=$(curl -sf "http://127.0.0.1:$port/api/openapi.json")
-  if [ "$served" != "$(cat "$ROOT/crates/concord-server/src/openapi.json")" ]; then
-    echo "the $name server does not serve crates/concord-server/src/openapi.json: rebuild it" >&2
+  if [ "$served" != "$(cat "$ROOT/crates/concord-server/src/edge/http/openapi.json")" ]; then
+    echo "the $name server does not serve crates/concord-server/src/edge/http/openapi.json: rebuild it" >&2
     exit 1
   fi
   echo "   $name server on 127.0.0.1:$port"
