@@ -32,6 +32,11 @@ pub trait Replication: Send + Sync + 'static {
     /// A room for `doc` is open in this process: from now on, give what other processes
     /// publish for `doc` to `inlet`. For one document, `follow` and [`Replication::unfollow`]
     /// alternate, starting with `follow`.
+    ///
+    /// The room was loaded from the store just before this call: what other processes stored
+    /// before that load is in it, what they publish after it must reach the inlet (a
+    /// stream-based implementation reads from where the stored state ends). Delivering an
+    /// update twice is harmless: applying a Yjs update again changes nothing.
     fn follow(&self, doc: &DocName, inlet: Inlet);
 
     /// The room for `doc` closed (unloaded, deleted, or discarded after an internal error):
