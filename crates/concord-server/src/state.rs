@@ -28,9 +28,21 @@ use crate::rooms::{QueueLimits, Rooms, RoomsConfig};
 /// next used).
 const COMPACT_QUEUE: usize = 256;
 
-/// The state every edge is handed. Cheap to clone.
+/// The state every edge is handed: one pointer, cheap to clone. Every connection task holds a
+/// clone for its whole life, so it stays one word (the fields behind it are many).
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What an [`AppState`] points to.
+pub(crate) struct Shared {
     /// The one write path.
     pub(crate) ingest: Ingest,
     /// Loaded documents: to join one, read its state or presence.
@@ -152,7 +164,7 @@ impl AppState {
             counters: counters.clone(),
         });
         let ingest = Ingest::new(rooms.clone(), persister, store.clone(), counters.clone());
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             ingest,
             rooms,
             admission,
@@ -163,7 +175,7 @@ impl AppState {
             config,
             shutdown,
             tracker,
-        };
+        }));
         let background = Background {
             stop_persist,
             persist_worker: Mutex::new(Some(worker)),

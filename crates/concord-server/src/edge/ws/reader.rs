@@ -103,10 +103,10 @@ impl Reader<'_> {
                 closer.close(CloseReason::RateLimited(exceeded.to_string()));
                 return;
             }
-            let outcome = self
-                .ingest
-                .receive(self.room, Source::Conn(conn), inbound)
-                .await;
+            // Boxed: the write path's state then takes heap only while a frame is processed,
+            // instead of every idle connection's reader carrying room for it.
+            let outcome =
+                Box::pin(self.ingest.receive(self.room, Source::Conn(conn), inbound)).await;
             for ticket in outcome.saves {
                 if saves.send(ticket).await.is_err() {
                     return;
