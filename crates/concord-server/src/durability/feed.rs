@@ -99,18 +99,27 @@ impl Feed {
 
     /// Publishes everything a successful `append` of `batch` wrote: `seqs` holds the seq of each
     /// document's new entry.
-    pub(crate) fn publish_batch(&self, batch: Arc<[StoredUpdate]>, seqs: &[(DocName, Seq)]) {
+    pub(crate) fn publish_batch(&self, mut batch: Arc<[StoredUpdate]>, seqs: &[(DocName, Seq)]) {
         if !self.has_subscribers() {
             return;
         }
+        // Once the store's call returned, the batch is no longer shared: take its bytes instead
+        // of copying them (a copy only if a store kept a handle).
+        let updates: Vec<(DocName, Vec<u8>)> = match Arc::get_mut(&mut batch) {
+            Some(owned) => owned
+                .iter_mut()
+                .map(|update| (update.doc.clone(), std::mem::take(&mut update.update)))
+                .collect(),
+            None => batch
+                .iter()
+                .map(|update| (update.doc.clone(), update.update.clone()))
+                .collect(),
+        };
         // The store wrote each document's updates in batch order: group them the same way.
         let mut by_doc: std::collections::BTreeMap<DocName, Vec<Vec<u8>>> =
             std::collections::BTreeMap::new();
-        for update in batch.iter() {
-            by_doc
-                .entry(update.doc.clone())
-                .or_default()
-                .push(update.update.clone());
+        for (doc, update) in updates {
+            by_doc.entry(doc).or_default().push(update);
         }
         for (doc, seq) in seqs {
             if let Some(updates) = by_doc.remove(doc) {
