@@ -18,7 +18,7 @@ use axum::response::Response;
 use axum::routing::get;
 
 use crate::edge::http::probes;
-use crate::edge::http::static_files::StaticFiles;
+use crate::edge::http::static_files;
 use crate::state::AppState;
 
 /// Every route of an instance: documents at `/{*name}`, the probes and `/` at the root, the
@@ -47,8 +47,8 @@ async fn document(
     extensions: Extensions,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Some(dir) = &state.config.static_dir
-        && let Some(response) = StaticFiles::new(dir).serve(&method, &uri, &headers).await
+    if let Some(files) = &state.static_files
+        && let Some(response) = static_files::serve(files, &method, &uri, &headers).await
     {
         return response;
     }

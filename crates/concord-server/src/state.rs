@@ -9,6 +9,7 @@ use concord_core::{DocName, Position, RoomLimits, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::services::ServeDir;
 use yrs::StateVector;
 
 use crate::config::Config;
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
+    /// The files of [`Config::static_dir`], built once.
+    pub(crate) static_files: Option<ServeDir>,
 }
 
 /// The background work [`AppState::start`] started that outlives connections: the persistence
@@ -164,6 +167,10 @@ impl AppState {
             counters: counters.clone(),
         });
         let ingest = Ingest::new(rooms.clone(), persister, store.clone(), counters.clone());
+        let static_files = config
+            .static_dir
+            .as_ref()
+            .map(|dir| ServeDir::new(dir).append_index_html_on_directories(true));
         let state = AppState(Arc::new(Shared {
             ingest,
             rooms,
@@ -175,6 +182,7 @@ impl AppState {
             config,
             shutdown,
             tracker,
+            static_files,
         }));
         let background = Background {
             stop_persist,

@@ -5,7 +5,7 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::edge::http::static_files::{StaticFiles, is_upgrade};
+use crate::edge::http::static_files::{self, is_upgrade};
 use crate::ops::health::readiness;
 use crate::state::AppState;
 
@@ -18,7 +18,7 @@ pub(crate) async fn root(
     original: OriginalUri,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(dir) = &state.config.static_dir
+    if let Some(files) = &state.static_files
         && !is_upgrade(&headers)
     {
         let path = original.path();
@@ -30,7 +30,7 @@ pub(crate) async fn root(
             return Redirect::permanent(&format!("{path}/{query}")).into_response();
         }
         let index = Uri::from_static("/");
-        if let Some(response) = StaticFiles::new(dir).serve(&method, &index, &headers).await {
+        if let Some(response) = static_files::serve(files, &method, &index, &headers).await {
             return response;
         }
     }
