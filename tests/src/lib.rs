@@ -1165,7 +1165,7 @@ pub struct EmbeddedServer {
 }
 
 impl EmbeddedServer {
-    /// Serves `Concord::new(config, store)` with `axum::serve` on 127.0.0.1:0.
+    /// Serves `Concord::new(config, store)` with [`concord_server::serve`] on 127.0.0.1:0.
     pub async fn start_with_store(
         config: concord_server::Config,
         store: std::sync::Arc<dyn concord_core::Store>,
@@ -1174,14 +1174,10 @@ impl EmbeddedServer {
         let addr = listener.local_addr().unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let concord = concord_server::Concord::new(config, store, shutdown.clone());
-        // With peer addresses, as `run` serves, so the per-address limit applies.
-        let app = concord_server::router(&concord)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let signal = shutdown.clone().cancelled_owned();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
+        let app = concord_server::router(&concord);
+        let serve = tokio::spawn({
+            let concord = concord.clone();
+            async move { concord_server::serve(listener, app, &concord).await }
         });
         EmbeddedServer {
             addr,

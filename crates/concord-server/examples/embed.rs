@@ -41,11 +41,10 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
-    // With peer addresses, so Concord's per-address connection limit applies.
-    let service = app(&concord).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    // In place of `axum::serve`: sockets capped from accept, deadlines on request headers and
+    // idle connections, peer addresses for the per-address limits. Returns once `shutdown` is
+    // cancelled and the requests in progress have finished.
+    concord_server::serve(listener, app(&concord), &concord).await?;
     // Wait for Concord's connections to close (1001) and its updates to be stored.
     concord.closed().await;
     Ok(())
@@ -93,11 +92,10 @@ mod tests {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(
-            axum::serve(listener, app(&concord))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
+        let server = tokio::spawn({
+            let concord = concord.clone();
+            async move { concord_server::serve(listener, app(&concord), &concord).await }
+        });
 
         // The host app's own route still answers.
         let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -86,6 +86,27 @@ pub struct Config {
     pub connection_attempts_per_ip: u32,
     /// How many connections one address may open at once above its sustained rate.
     pub connection_attempt_burst: u32,
+    /// Most TCP connections open at once, counted from `accept` (requests still being read,
+    /// WebSocket, SSE, polls and idle keep-alive connections alike); a socket past it is closed
+    /// at once, before anything is read from it. `None`: derived from the process's descriptor
+    /// limit, which [`crate::serve`] first raises from its soft to its hard value (the cap then
+    /// leaves an eighth of the descriptors, at least 64, for the store and everything else). A
+    /// value above that limit is used as given, with a warning: the server may then run out of
+    /// descriptors (it survives that, see [`crate::serve`], but accepts nobody meanwhile).
+    pub max_sockets: Option<usize>,
+    /// Most TCP connections open at once from one peer address, counted as `max_sockets` is;
+    /// 0: no cap. Behind a reverse proxy every peer is the proxy: raise it to `max_sockets`
+    /// there (per-client limits after the request is read then still apply).
+    pub max_sockets_per_address: usize,
+    /// How long a client may take to send a request's line and headers, counted from `accept`
+    /// (or from the first byte of a later request on a kept-alive connection). Past it the
+    /// socket is closed without an answer: a client that trickles its headers (slowloris)
+    /// holds a descriptor and a buffer this long at most.
+    pub header_read_timeout: Duration,
+    /// How long a plain-HTTP connection may stay open with no request in progress, after its
+    /// last response; past it the socket is closed. WebSocket connections are not affected
+    /// (their liveness is [`Config::keepalive_interval`]'s pings).
+    pub keep_alive_timeout: Duration,
     /// Messages per second one connection may send, sustained; `rate_message_burst` more may
     /// come at once. A connection over it is closed with 4429.
     pub rate_messages_per_second: u32,
@@ -154,6 +175,10 @@ impl Default for Config {
             max_connections_per_ip: 512,
             connection_attempts_per_ip: 20,
             connection_attempt_burst: 200,
+            max_sockets: None,
+            max_sockets_per_address: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(30),
             rate_messages_per_second: 200,
             rate_message_burst: 1000,
             rate_bytes_per_second: 2 * 1024 * 1024,
@@ -200,6 +225,10 @@ impl fmt::Debug for Config {
                 &self.connection_attempts_per_ip,
             )
             .field("connection_attempt_burst", &self.connection_attempt_burst)
+            .field("max_sockets", &self.max_sockets)
+            .field("max_sockets_per_address", &self.max_sockets_per_address)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
             .field("rate_messages_per_second", &self.rate_messages_per_second)
             .field("rate_message_burst", &self.rate_message_burst)
             .field("rate_bytes_per_second", &self.rate_bytes_per_second)

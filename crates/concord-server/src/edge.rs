@@ -6,6 +6,7 @@
 //! barrier code.
 
 pub(crate) mod http;
+pub(crate) mod serve;
 pub(crate) mod ws;
 
 use axum::Router;

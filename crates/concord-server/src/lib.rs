@@ -224,20 +224,34 @@ pub async fn run(
         None => router(&concord),
     };
     tracing::info!(address = %listener.local_addr()?, "concord listening");
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        // Nagle's algorithm plus delayed ACKs adds tens of milliseconds to small frames.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    // Peer addresses, for the per-address connection limit.
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let result = serve.await;
+    let result = serve(listener, app, &concord).await;
     concord.closed().await;
     result.map_err(ServerError::Io)
+}
+
+/// Serves `app` (which mounts [`router`]`(concord)`, perhaps beside routes of your own) on
+/// `listener` with the protections a server facing the Internet needs before a request is
+/// complete, until `concord`'s shutdown token is cancelled; then requests in progress finish
+/// (for at most [`Config::shutdown_grace`]) and it returns. [`run`] serves with it; an
+/// embedder calls it in place of `axum::serve(listener, app)`:
+///
+/// - sockets are counted from `accept` in all ([`Config::max_sockets`]) and per peer address
+///   ([`Config::max_sockets_per_address`]); a socket past a cap is closed at once, unread;
+/// - a request's line and headers must arrive within [`Config::header_read_timeout`], and an
+///   idle kept-alive connection is closed after [`Config::keep_alive_timeout`];
+/// - when `accept` fails for want of descriptors, the loop waits (until one of its sockets
+///   closes, at most a second) instead of spinning, and logs at a bounded rate;
+/// - without [`Config::max_sockets`], the process's soft descriptor limit is raised to its
+///   hard limit and the total cap derived from it; both are logged.
+///
+/// Requests carry the peer's address as axum's `ConnectInfo<SocketAddr>`. HTTP/1.1 only
+/// (WebSocket upgrades included); put HTTP/2 and TLS in a reverse proxy.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    concord: &Concord,
+) -> Result<(), std::io::Error> {
+    edge::serve::serve(listener, app, &concord.inner.state).await
 }
 
 /// Opens the store [`run`] uses: sled in `data_dir`, or memory.

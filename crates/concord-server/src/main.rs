@@ -213,6 +213,21 @@ struct ServeArgs {
     /// Connections one address may open at once above that rate.
     #[arg(long, env = "CONCORD_CONNECTION_ATTEMPT_BURST", default_value_t = Config::default().connection_attempt_burst)]
     connection_attempt_burst: u32,
+    /// Most TCP connections open at once, counted from accept (a socket past it is closed at
+    /// once). Default: the descriptor limit (raised to its hard value at start) less an eighth.
+    #[arg(long, env = "CONCORD_MAX_SOCKETS")]
+    max_sockets: Option<usize>,
+    /// Most TCP connections open at once from one peer address, counted from accept; 0: no cap.
+    /// Behind a reverse proxy every client has the proxy's address: set it to --max-sockets.
+    #[arg(long, env = "CONCORD_MAX_SOCKETS_PER_ADDRESS", default_value_t = Config::default().max_sockets_per_address)]
+    max_sockets_per_address: usize,
+    /// How long a client may take to send a request's line and headers; then the socket is
+    /// closed.
+    #[arg(long, env = "CONCORD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// How long an HTTP connection may stay open idle between requests; then it is closed.
+    #[arg(long, env = "CONCORD_KEEP_ALIVE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    keep_alive_timeout: Duration,
     /// Messages per second one connection may send, sustained (close 4429 beyond).
     #[arg(long, env = "CONCORD_RATE_MESSAGES", default_value_t = Config::default().rate_messages_per_second)]
     rate_messages: u32,
@@ -295,6 +310,10 @@ impl ServeArgs {
             max_connections_per_ip: self.max_connections_per_ip,
             connection_attempts_per_ip: self.connection_attempts_per_ip,
             connection_attempt_burst: self.connection_attempt_burst,
+            max_sockets: self.max_sockets,
+            max_sockets_per_address: self.max_sockets_per_address,
+            header_read_timeout: self.header_read_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
             rate_messages_per_second: self.rate_messages,
             rate_message_burst: self.rate_message_burst,
             rate_bytes_per_second: self.rate_bytes,

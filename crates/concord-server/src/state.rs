@@ -22,6 +22,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::stats::Counters;
 use crate::policy::admission::Admission;
 use crate::policy::limits::ConnectionLimits;
+use crate::policy::sockets::Sockets;
 use crate::rooms::{QueueLimits, Rooms, RoomsConfig};
 
 /// Most compaction requests waiting for the compactor. Overflow policy: the request is dropped;
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
+    /// Open sockets, counted and capped from `accept`.
+    pub(crate) sockets: Arc<Sockets>,
     /// The files of [`Config::static_dir`], built once.
     pub(crate) static_files: Option<ServeDir>,
 }
@@ -171,6 +174,7 @@ impl AppState {
             .static_dir
             .as_ref()
             .map(|dir| ServeDir::new(dir).append_index_html_on_directories(true));
+        let sockets = Sockets::new(config.max_sockets_per_address, counters.clone());
         let state = AppState(Arc::new(Shared {
             ingest,
             rooms,
@@ -182,6 +186,7 @@ impl AppState {
             config,
             shutdown,
             tracker,
+            sockets,
             static_files,
         }));
         let background = Background {

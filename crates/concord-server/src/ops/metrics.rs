@@ -221,6 +221,41 @@ impl Collector for Live {
             "Panics caught while serving (the server went on)",
             stats.panics,
         )?;
+        gauge(
+            &mut encoder,
+            "sockets_open",
+            "TCP connections open now, counted from accept",
+            stats.sockets_open as i64,
+        )?;
+        labelled(
+            &mut encoder,
+            "sockets_refused",
+            "Sockets closed at accept, before anything was read, by the cap that was reached",
+            "cap",
+            vec![
+                ("total", ConstCounter::new(stats.sockets_refused_total)),
+                (
+                    "per_address",
+                    ConstCounter::new(stats.sockets_refused_per_address),
+                ),
+            ],
+        )?;
+        labelled(
+            &mut encoder,
+            "sockets_timed_out",
+            "Sockets closed for sending no complete request head in time, or idling between requests",
+            "phase",
+            vec![
+                ("header", ConstCounter::new(stats.header_timeouts)),
+                ("keep_alive", ConstCounter::new(stats.keep_alive_timeouts)),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "accept_errors",
+            "accept calls that failed for want of descriptors or memory",
+            stats.accept_errors,
+        )?;
         counter(
             &mut encoder,
             "store_corrupt_entries",

@@ -33,6 +33,17 @@ pub(crate) struct Counters {
     pub(crate) websockets: AtomicI64,
     pub(crate) sse_streams: AtomicI64,
     pub(crate) polls: AtomicI64,
+    /// TCP connections open now, counted from `accept` (see [`crate::policy::sockets`]).
+    pub(crate) sockets_open: AtomicI64,
+    /// Sockets closed at `accept` for the total cap and for the per-address cap.
+    pub(crate) sockets_refused_total: AtomicU64,
+    pub(crate) sockets_refused_per_address: AtomicU64,
+    /// Sockets closed for not sending a request's headers in time, and for idling too long
+    /// between requests.
+    pub(crate) header_timeouts: AtomicU64,
+    pub(crate) keep_alive_timeouts: AtomicU64,
+    /// `accept` calls that failed for want of descriptors or memory.
+    pub(crate) accept_errors: AtomicU64,
 }
 
 impl Counters {
@@ -75,6 +86,12 @@ impl Counters {
             websockets: self.websockets.load(Ordering::Relaxed).max(0) as u64,
             sse_streams: self.sse_streams.load(Ordering::Relaxed).max(0) as u64,
             polls: self.polls.load(Ordering::Relaxed).max(0) as u64,
+            sockets_open: self.sockets_open.load(Ordering::Relaxed).max(0) as u64,
+            sockets_refused_total: read(&self.sockets_refused_total),
+            sockets_refused_per_address: read(&self.sockets_refused_per_address),
+            header_timeouts: read(&self.header_timeouts),
+            keep_alive_timeouts: read(&self.keep_alive_timeouts),
+            accept_errors: read(&self.accept_errors),
         }
     }
 }
@@ -114,4 +131,19 @@ pub struct Stats {
     pub sse_streams: u64,
     /// Long polls waiting now.
     pub polls: u64,
+    /// TCP connections open now, counted from `accept`.
+    pub sockets_open: u64,
+    /// Sockets closed at `accept` because [`crate::Config::max_sockets`] were open.
+    pub sockets_refused_total: u64,
+    /// Sockets closed at `accept` because their address held
+    /// [`crate::Config::max_sockets_per_address`].
+    pub sockets_refused_per_address: u64,
+    /// Sockets closed because a request's headers did not arrive within
+    /// [`crate::Config::header_read_timeout`].
+    pub header_timeouts: u64,
+    /// Idle HTTP connections closed after [`crate::Config::keep_alive_timeout`].
+    pub keep_alive_timeouts: u64,
+    /// `accept` calls that failed for want of descriptors or memory (the server waited and
+    /// went on).
+    pub accept_errors: u64,
 }
