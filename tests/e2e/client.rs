@@ -4,16 +4,15 @@
 //! its status changes in order, and save acknowledgements (with a server that never sends
 //! them, too).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use concord_client::{AckSupport, Provider, ProviderConfig, Reconnect, Status};
 use concord_server::Config;
 use concord_tests::{DEADLINE, TestClient, TestServer};
 use yrs::{GetString, Text, Transact, WriteTxn};
+
+use crate::process::ServerProcess;
 
 /// Fast reconnection, so the tests do not wait for the default backoff.
 fn quick(url: &str, doc: &str) -> ProviderConfig {
@@ -139,62 +138,6 @@ async fn a_client_restarted_while_offline_sends_its_stored_edits_later() {
     assert_eq!(reader.text("t"), "written offline;and more;");
     second.close().await;
     server.shutdown().await.unwrap();
-}
-
-/// The server binary as a child process, killed with SIGKILL (or on drop).
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-/// This package's `server-process` binary: `concord_server::run` in a process of its own, so
-/// `cargo test` builds it for these tests (no other package's binary is needed).
-fn server_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_server-process"))
-}
-
-impl ServerProcess {
-    fn start(port: u16, data_dir: &std::path::Path) -> ServerProcess {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            let mut child = Command::new(server_binary())
-                .args(["--port", &port.to_string(), "--data-dir"])
-                .arg(data_dir)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start the server binary");
-            let stdout = child.stdout.take().expect("stdout");
-            let mut first = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut first);
-            if let Some(addr) = first.trim().strip_prefix("listening on ") {
-                return ServerProcess {
-                    child,
-                    addr: addr.parse().expect("an address"),
-                };
-            }
-            // The port (or the data directory's lock) may be a moment from free after a kill.
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server did not start"
-            );
-            std::thread::sleep(concord_tests::POLL_INTERVAL);
-        }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

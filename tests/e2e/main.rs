@@ -21,8 +21,13 @@ mod limits;
 mod malformed;
 // Durability with a real sled store: save acknowledgements, compaction, restarts, corruption.
 mod persistence;
+// The server as a process of its own.
+mod process;
 mod random;
 // The replication seam: two instances linked through `Replication`.
 mod replication;
 mod shutdown;
+// Before a request is complete: socket caps at accept, header and keep-alive deadlines,
+// running out of descriptors.
+mod sockets;
 mod sync;

@@ -308,12 +308,15 @@ fn authority(url: &str) -> Result<&str> {
 /// Opens a TCP connection (TCP_NODELAY, optionally with a small receive buffer) and runs the
 /// WebSocket client handshake over it. Size limits are lifted: the tests decide what is too big.
 async fn connect_ws(url: &str, recv_buffer: Option<u32>) -> Result<WebSocketStream<TcpStream>> {
-    connect_ws_with_headers(url, recv_buffer, &[]).await
+    connect_ws_with_headers(url, recv_buffer, None, &[]).await
 }
 
+/// [`connect_ws`] with extra request headers, from the local address `source` when given (any
+/// of 127.0.0.0/8 reaches a loopback server and is a peer address of its own to it).
 async fn connect_ws_with_headers(
     url: &str,
     recv_buffer: Option<u32>,
+    source: Option<std::net::IpAddr>,
     headers: &[(&str, &str)],
 ) -> Result<WebSocketStream<TcpStream>> {
     let addr: SocketAddr = authority(url)?
@@ -326,6 +329,11 @@ async fn connect_ws_with_headers(
     };
     if let Some(size) = recv_buffer {
         socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("cannot bind {ip}"))?;
     }
     let stream = socket
         .connect(addr)
@@ -410,6 +418,8 @@ pub struct TestClient {
     url: String,
     /// Sent with every upgrade request (cookies, an Authorization header).
     headers: Vec<(String, String)>,
+    /// The local address connections are made from (`None`: the system's choice).
+    source: Option<std::net::IpAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -431,25 +441,36 @@ impl TestClient {
         Ok(client)
     }
 
+    /// Connects from the local address `source` (say 127.0.0.2, a peer address of its own to a
+    /// loopback server) and waits until synced.
+    pub async fn connect_synced_from(url: &str, source: std::net::IpAddr) -> Result<TestClient> {
+        let client =
+            TestClient::connect_with_doc_and_headers(url, Doc::new(), &[], Some(source)).await?;
+        client.wait_synced().await;
+        Ok(client)
+    }
+
     /// Connects with `headers` on every upgrade request and waits until synced.
     pub async fn connect_synced_with_headers(
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<TestClient> {
-        let client = TestClient::connect_with_doc_and_headers(url, Doc::new(), headers).await?;
+        let client =
+            TestClient::connect_with_doc_and_headers(url, Doc::new(), headers, None).await?;
         client.wait_synced().await;
         Ok(client)
     }
 
     /// Connects a client that edits `doc` (which may already hold content).
     pub async fn connect_with_doc(url: &str, doc: Doc) -> Result<TestClient> {
-        TestClient::connect_with_doc_and_headers(url, doc, &[]).await
+        TestClient::connect_with_doc_and_headers(url, doc, &[], None).await
     }
 
     async fn connect_with_doc_and_headers(
         url: &str,
         doc: Doc,
         headers: &[(&str, &str)],
+        source: Option<std::net::IpAddr>,
     ) -> Result<TestClient> {
         let shared = Arc::new(Shared {
             awareness: Mutex::new(Awareness::new(doc)),
@@ -482,6 +503,7 @@ impl TestClient {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
+            source,
             tasks: Vec::new(),
         };
         client.open().await?;
@@ -494,7 +516,7 @@ impl TestClient {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        let ws = connect_ws_with_headers(&self.url, None, &headers).await?;
+        let ws = connect_ws_with_headers(&self.url, None, self.source, &headers).await?;
         let (sink, stream) = ws.split();
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(Mutex::new(ConnStatus::default()));
@@ -972,7 +994,7 @@ impl RawClient {
     /// Connects to `url`, sending `headers` with the upgrade request.
     pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<RawClient> {
         Ok(RawClient {
-            ws: connect_ws_with_headers(url, None, headers).await?,
+            ws: connect_ws_with_headers(url, None, None, headers).await?,
         })
     }
 

@@ -7,11 +7,13 @@
 //! Usage:
 //!
 //! ```text
-//! server-process [--port PORT] [--data-dir DIR]
+//! server-process [--port PORT] [--data-dir DIR] [--max-sockets N]
+//!                [--max-sockets-per-address N] [--header-read-timeout DURATION]
 //! ```
 //!
 //! Without `--port` (or with 0) the port is ephemeral; without `--data-dir` documents are kept
-//! in memory. Ctrl-C (SIGINT) shuts it down gracefully; a failure is a message on stderr and
+//! in memory; the other flags set the `Config` fields of the same names (defaults otherwise).
+//! The server's log goes to stderr (`RUST_LOG`, default `info`). Ctrl-C (SIGINT) shuts it down gracefully; a failure is a message on stderr and
 //! exit status 1.
 
 use std::path::PathBuf;
@@ -25,12 +27,14 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     port: u16,
     data_dir: Option<PathBuf>,
+    config: Config,
 }
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         port: 0,
         data_dir: None,
+        config: Config::default(),
     };
     let mut argv = std::env::args_os().skip(1);
     while let Some(flag) = argv.next() {
@@ -47,13 +51,29 @@ fn parse_args() -> Result<Args> {
                     .with_context(|| format!("--port {} is not a port", port.display()))?;
             }
             Some("--data-dir") => args.data_dir = Some(PathBuf::from(value()?)),
+            Some("--max-sockets") => args.config.max_sockets = Some(number(&value()?)?),
+            Some("--max-sockets-per-address") => {
+                args.config.max_sockets_per_address = number(&value()?)?;
+            }
+            Some("--header-read-timeout") => {
+                let text = value()?;
+                args.config.header_read_timeout =
+                    humantime::parse_duration(&text.to_string_lossy())
+                        .with_context(|| format!("{} is not a duration", text.display()))?;
+            }
             _ => bail!(
-                "unknown argument {}; usage: server-process [--port PORT] [--data-dir DIR]",
+                "unknown argument {}; see the usage at the top of server-process.rs",
                 flag.display()
             ),
         }
     }
     Ok(args)
+}
+
+fn number(text: &std::ffi::OsStr) -> Result<usize> {
+    text.to_str()
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("{} is not a number", text.display()))
 }
 
 #[tokio::main]
@@ -73,7 +93,7 @@ async fn serve(args: Args) -> Result<()> {
     });
     let config = Config {
         data_dir: args.data_dir,
-        ..Config::default()
+        ..args.config
     };
     concord_server::run(listener, config, shutdown)
         .await
@@ -81,6 +101,14 @@ async fn serve(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     match parse_args().and_then(serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
