@@ -237,14 +237,7 @@ pub fn fdatasync_latency(
 /// CPU time this process has used so far, all threads, user + system (Linux `/proc/self/stat`,
 /// assuming the usual 100 clock ticks per second). `None` where unavailable.
 pub fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 of `rest` (1-based).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
+    load::proc::cpu(std::process::id())
 }
 
 /// Appends `updates` of `doc` to `store` in batches of `batch`, one `append` per batch: what the

@@ -57,6 +57,16 @@ async fn closed_by_server(stream: &mut TcpStream) -> Vec<u8> {
     seen
 }
 
+/// `GET /metrics`, as text.
+async fn metrics(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn wait_stats(server: &EmbeddedServer, what: &str, check: impl Fn(&Stats) -> bool) {
     poll_until_ok(DEADLINE, what, || {
         let stats = server.concord.stats();
@@ -147,12 +157,7 @@ async fn sockets_past_a_cap_are_closed_at_accept_and_other_addresses_are_served(
         .unwrap();
     assert_eq!(back.text("t"), "served");
 
-    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(server.addr).await;
     assert!(
         metrics.contains("concord_sockets_refused_total{cap=\"per_address\"} 10"),
         "{metrics}"
@@ -308,12 +313,7 @@ async fn a_server_out_of_descriptors_waits_without_spinning_and_serves_again_at_
         reader.text("t") == "back"
     })
     .await;
-    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(server.addr).await;
     let errors = metrics
         .lines()
         .find_map(|line| line.strip_prefix("concord_accept_errors_total "))

@@ -89,6 +89,8 @@ const CONCORD_FLAGS: &[&str] = &[
     "100000",
     "--max-connections-per-ip",
     "100000",
+    "--max-sockets-per-address",
+    "0",
     "--connection-attempts-per-ip",
     "1000000",
     "--connection-attempt-burst",

@@ -74,9 +74,9 @@ pub struct Config {
     /// in progress); more get HTTP 503.
     pub max_connections: usize,
     /// Most connections at once from one IP address (counted as `max_connections` is); more
-    /// get HTTP 429. Behind a
-    /// reverse proxy every client has the proxy's address: raise it there. Only applied when
-    /// the server knows peer addresses ([`crate::run`] does; an embedder must serve with
+    /// get HTTP 429. Behind a reverse proxy every client has the proxy's address: raise it
+    /// there. Only applied when the server knows peer addresses ([`crate::serve`] and
+    /// [`crate::run`] do; with `axum::serve`, serve
     /// `into_make_service_with_connect_info::<SocketAddr>()`).
     pub max_connections_per_ip: usize,
     /// New connections (WebSocket upgrades and HTTP API requests) per second from one IP

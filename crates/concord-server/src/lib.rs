@@ -7,9 +7,10 @@
 //! Two ways in:
 //! - [`run`] serves on a listener until a [`CancellationToken`] is cancelled. The binary is a
 //!   thin wrapper around it.
-//! - [`Concord::new`] + [`router`] give an [`axum::Router`] to mount inside another axum app
-//!   (see `examples/embed.rs`); call [`Concord::closed`] after shutdown to wait for every
-//!   connection to close and every update to be stored.
+//! - [`Concord::new`] + [`router`] give an [`axum::Router`] to mount inside another axum app,
+//!   served with [`serve`] (socket caps from `accept`, deadlines on request heads and idle
+//!   connections; see `examples/embed.rs`); call [`Concord::closed`] after shutdown to wait for
+//!   every connection to close and every update to be stored.
 //!
 //! What clients see on the wire is written down next to this crate's `Cargo.toml`:
 //! `PROTOCOL.md` (the WebSocket protocol: on-connect messages, awareness, keepalive, read-only

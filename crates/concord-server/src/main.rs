@@ -13,6 +13,13 @@ use concord_server::Config;
 use concord_server::auth::{Claims, JwtAuthorizer, Permission, TokenSigner};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc, with a background thread that returns freed memory to the system: after a flood
+/// of connections is shed, the server's RSS falls back within seconds (glibc's malloc keeps
+/// most of it; see the slowloris figures in benches/README.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A Yjs-compatible real-time document sync server.
 ///
 /// Yjs clients connect to ws://HOST:PORT/<document name> (for example with y-websocket's
