@@ -294,7 +294,13 @@ async fn a_server_out_of_descriptors_waits_without_spinning_and_serves_again_at_
         used < 0.5,
         "the server used {used:.2} s of CPU in {window:?} while out of descriptors"
     );
-    let logged = server.log().matches("cannot accept connections").count();
+    let log = server.log();
+    assert!(
+        log.contains("limit=128"),
+        "the descriptor limit is logged:\n{log}"
+    );
+    assert!(log.contains("max_sockets=100000"), "{log}");
+    let logged = log.matches("cannot accept connections").count();
     assert!(logged <= 2, "logged {logged} times:\n{}", server.log());
 
     // The flood goes away: a client is served again, without a restart.
@@ -321,5 +327,55 @@ async fn a_server_out_of_descriptors_waits_without_spinning_and_serves_again_at_
         .unwrap_or_else(|| panic!("no accept error count in {metrics}"));
     assert!(errors > 0, "{metrics}");
     assert!(!server.log().contains("panicked"), "{}", server.log());
+    server.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_derived_socket_cap_keeps_the_server_below_its_descriptor_limit() {
+    // No --max-sockets: the cap comes from the 128 descriptors (128 less 64 kept free).
+    let server = ServerProcess::start_with(
+        0,
+        &[
+            "--max-sockets-per-address",
+            "0",
+            "--header-read-timeout",
+            "1h",
+        ],
+        Some(128),
+    );
+    poll_until(DEADLINE, "the derived cap is logged", || {
+        server.log().contains("max_sockets=64")
+    })
+    .await;
+    let mut flood = Vec::new();
+    for _ in 0..150 {
+        flood.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    poll_until(
+        DEADLINE,
+        "sockets past the cap are refused at accept",
+        || {
+            server
+                .log()
+                .contains("socket closed at accept: 64 sockets are open")
+        },
+    )
+    .await;
+    drop(flood);
+    let client = TestClient::connect_synced(&format!("ws://{}/under-the-cap", server.addr))
+        .await
+        .unwrap();
+    assert!(client.is_connected());
+    let metrics = metrics(server.addr).await;
+    assert!(
+        metrics.contains("concord_accept_errors_total 0"),
+        "the descriptors never ran out:\n{metrics}"
+    );
+    let refused = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("concord_sockets_refused_total{cap=\"total\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_default();
+    assert!(refused > 0, "{metrics}");
     server.kill();
 }
