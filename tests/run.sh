@@ -4,9 +4,26 @@
 # provider's tests, the HTTP API's conformance to its OpenAPI description, and the web demo in a
 # real headless Chromium.
 # Installs what it needs (npm packages from the package-lock.json files, schemathesis from
-# PyPI into target/schemathesis-venv, Debian's chromium package with apt-get when it is missing).
+# PyPI into target/schemathesis-venv, Debian's chromium and redis-server packages with apt-get
+# when they are missing). Tests start their own redis-server processes on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian packages the suites need, installed once when missing.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ -z "${APT_UPDATED:-}" ]; then
+    $sudo apt-get update
+    APT_UPDATED=1
+  fi
+  $sudo apt-get install -y --no-install-recommends "$@"
+}
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  echo "== installing redis-server (the Redis tests start their own instances)"
+  apt_install redis-server redis-tools
+fi
 
 echo "== building the workspace (server binary and yrs peer used by the interop tests)"
 cargo build --workspace --bins --locked
@@ -33,10 +50,7 @@ SKIP_BUILD=1 bash tests/schemathesis/run.sh
 
 echo "== the web demo in headless Chromium (playwright-core driving Debian's chromium)"
 if [ -z "${CHROMIUM_BIN:-}" ] && [ ! -x /usr/bin/chromium ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update
-  $sudo apt-get install -y --no-install-recommends chromium
+  apt_install chromium
 fi
 (cd web-demo && npm ci --no-audit --no-fund && npm run build)
 (cd tests/browser && npm ci --no-audit --no-fund && npm test)

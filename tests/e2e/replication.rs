@@ -90,7 +90,7 @@ struct Link {
 }
 
 impl Replication for Link {
-    fn follow(&self, doc: &DocName, inlet: Inlet) {
+    fn follow(&self, doc: &DocName, inlet: Inlet, _loaded: concord_core::Seq) {
         let mut seen = self.bus.seen.lock().unwrap();
         seen.inlets.insert((self.node, doc.clone()), inlet);
     }

@@ -11,6 +11,7 @@ mod codec;
 pub mod conformance;
 pub mod json;
 mod name;
+pub mod replication;
 mod room;
 mod snapshot;
 mod store;

@@ -89,6 +89,11 @@ pub enum StoreError {
     /// The backend failed (I/O error, a closed database...).
     #[error("storage backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend cannot be reached right now (a network store lost its server): nothing of
+    /// the call is known to be written, and the same call may succeed later. The server keeps
+    /// retrying such a write (holding its updates, acknowledging none) instead of giving up.
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
     /// The store was written by a newer version of Concord with a format this one cannot read.
     #[error("store format version {found} is newer than the {supported} this server supports")]
     NewerFormat {
@@ -199,6 +204,21 @@ pub trait Store: Send + Sync + 'static {
     /// The log entries of `doc` with seq >= `from`, and whether the log still holds all of
     /// them (see [`LogTail`]). An unknown document has a complete, empty log.
     fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail>;
+
+    /// Whether other server processes write to this store too (a shared Redis, a database).
+    /// Then a loaded room may not yet hold what another process appended, so the server builds
+    /// snapshots for [`Store::compact`] from the store itself, never from a room. False by
+    /// default: an embedded store has one writer.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Whether the backend can take writes right now, as far as the store knows without I/O:
+    /// `Err(why)` while it is unreachable (a network store that lost its server). The server's
+    /// readiness probe reports it. Always ready by default.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A [`Store`] that keeps documents in process memory: nothing survives a restart. For tests,

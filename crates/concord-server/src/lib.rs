@@ -48,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use concord_core;
+pub use concord_core::replication::InletTarget;
 pub use config::Config;
 pub use durability::feed;
 pub use ops::stats::Stats;

@@ -1,4 +1,6 @@
-//! The seam to other server processes that serve the same documents.
+//! The seam to other server processes that serve the same documents: the trait and types
+//! are in `concord_core::replication` (re-exported by this crate); here is how a room takes
+//! what arrives through an [`Inlet`].
 //!
 //! A [`Replication`] (set in [`crate::Config::replication`]) is told when a document's room
 //! opens and closes in this process ([`Replication::follow`], [`Replication::unfollow`]) and
@@ -17,105 +19,24 @@
 
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
-use concord_core::{DocName, Inbound, ProtocolError, RoomFault, decode_frame};
+use concord_core::replication::InletTarget;
+pub use concord_core::replication::{Inlet, InletError, Published, Replication};
+use concord_core::{DocName, Inbound, RoomFault, Seq, decode_frame};
 use yrs::sync::{Message, SyncMessage};
+
+use crate::durability::feed::Feed;
 use yrs::updates::encoder::Encode;
 
-/// Links this process's rooms to other processes serving the same documents.
-///
-/// Every method is called with a room's or the registry's lock held, in the order the room
-/// applied what it reports: an implementation must not block or call back into Concord from
-/// them. Queue the work (a bounded channel to a task of its own, with a written overflow
-/// policy) and return.
-pub trait Replication: Send + Sync + 'static {
-    /// A room for `doc` is open in this process: from now on, give what other processes
-    /// publish for `doc` to `inlet`. For one document, `follow` and [`Replication::unfollow`]
-    /// alternate, starting with `follow`.
-    ///
-    /// The room was loaded from the store just before this call: what other processes stored
-    /// before that load is in it, what they publish after it must reach the inlet (a
-    /// stream-based implementation reads from where the stored state ends). Delivering an
-    /// update twice is harmless: applying a Yjs update again changes nothing.
-    fn follow(&self, doc: &DocName, inlet: Inlet);
-
-    /// The room for `doc` closed (unloaded, deleted, or discarded after an internal error):
-    /// stop delivering to the inlet given to `follow` (it would refuse with
-    /// [`InletError::Closed`] anyway).
-    fn unfollow(&self, doc: &DocName);
-
-    /// The room for `doc` applied `event` from one of this process's clients (a WebSocket
-    /// connection, an HTTP request). Events of one document come in the order the room
-    /// applied them.
-    fn publish(&self, doc: &DocName, event: Published);
-}
-
-/// What a room applied from a local client, for other processes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Published {
-    /// A Yjs v1 update: exactly what the room stores for it (the change yrs reports, or the
-    /// update as received when yrs holds it pending).
-    Update(Bytes),
-    /// A y-protocols awareness update (what `encodeAwarenessUpdate` returns in JS): states
-    /// that were set, renewed or removed, also removals because a client left.
-    Awareness(Bytes),
-}
-
-/// Where another process's updates and awareness enter one room of this process. Cheap to
-/// clone; it does not keep the room loaded.
-#[derive(Clone)]
-pub struct Inlet {
+/// The inlet of one live room.
+pub(crate) struct RoomInlet {
     room: Weak<dyn RemoteInput>,
+    doc: DocName,
+    feed: Feed,
 }
 
-impl std::fmt::Debug for Inlet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inlet")
-            .field("open", &!self.is_closed())
-            .finish()
-    }
-}
-
-/// Why an [`Inlet`] refused an event.
-#[derive(Debug, thiserror::Error)]
-pub enum InletError {
-    /// The room closed: the document is no longer loaded in this process.
-    #[error("the room is closed")]
-    Closed,
-    /// The event is not a valid Yjs update or awareness update.
-    #[error("malformed: {0}")]
-    Malformed(#[from] ProtocolError),
-    /// The room could not apply it (yrs refused it, a limit, or the room failed).
-    #[error(transparent)]
-    Refused(#[from] RoomFault),
-}
-
-impl Inlet {
-    pub(crate) fn new(room: Weak<dyn RemoteInput>) -> Inlet {
-        Inlet { room }
-    }
-
-    /// Applies a Yjs v1 update another process published ([`Published::Update`]) and relays
-    /// it to every connection of the room here. Validated like a client's update; applying it
-    /// runs yrs on the calling thread (call it from a task that may block for the time a large
-    /// update takes to merge).
-    pub fn update(&self, update: &[u8]) -> Result<(), InletError> {
-        let frame = Message::Sync(SyncMessage::Update(update.to_vec())).encode_v1();
-        self.apply(&frame)
-    }
-
-    /// Applies an awareness update another process published ([`Published::Awareness`]) and
-    /// relays it to every connection of the room here.
-    pub fn awareness(&self, update: &[u8]) -> Result<(), InletError> {
-        let mut frame = Vec::with_capacity(update.len() + 6);
-        frame.push(yrs::sync::protocol::MSG_AWARENESS);
-        yrs::encoding::write::Write::write_buf(&mut frame, update);
-        self.apply(&frame)
-    }
-
-    /// Whether the room has closed (every event is then refused with [`InletError::Closed`]).
-    pub fn is_closed(&self) -> bool {
-        self.room.strong_count() == 0
+impl RoomInlet {
+    pub(crate) fn inlet(room: Weak<dyn RemoteInput>, doc: DocName, feed: Feed) -> Inlet {
+        Inlet::new(Arc::new(RoomInlet { room, doc, feed }))
     }
 
     fn apply(&self, frame: &[u8]) -> Result<(), InletError> {
@@ -123,6 +44,34 @@ impl Inlet {
         let inbound = decode_frame(frame)?;
         room.receive_remote(inbound)?;
         Ok(())
+    }
+}
+
+impl InletTarget for RoomInlet {
+    fn stored(&self, seq: Seq, updates: Vec<Vec<u8>>) -> Result<(), InletError> {
+        for update in &updates {
+            self.update(update)?;
+        }
+        if self.feed.has_subscribers() {
+            self.feed.publish(&self.doc, seq, updates);
+        }
+        Ok(())
+    }
+
+    fn update(&self, update: &[u8]) -> Result<(), InletError> {
+        let frame = Message::Sync(SyncMessage::Update(update.to_vec())).encode_v1();
+        self.apply(&frame)
+    }
+
+    fn awareness(&self, update: &[u8]) -> Result<(), InletError> {
+        let mut frame = Vec::with_capacity(update.len() + 6);
+        frame.push(yrs::sync::protocol::MSG_AWARENESS);
+        yrs::encoding::write::Write::write_buf(&mut frame, update);
+        self.apply(&frame)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.room.strong_count() == 0
     }
 }
 

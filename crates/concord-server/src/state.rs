@@ -110,6 +110,7 @@ impl AppState {
         let rooms = Arc::new(Rooms::new(
             store.clone(),
             persister.clone(),
+            feed.clone(),
             RoomsConfig {
                 idle_timeout: config.room_idle_timeout,
                 queue: QueueLimits {

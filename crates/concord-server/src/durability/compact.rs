@@ -84,6 +84,19 @@ async fn compact_one(
     upto: Seq,
     unloaded: Option<Arc<dyn LiveDocument>>,
 ) -> Result<usize, String> {
+    // A store other processes write to: a room here may lack what they appended, so only the
+    // store itself covers `upto` (and its snapshot covers whatever it read, maybe more).
+    if store.shared() {
+        let (snapshot, covered) = snapshot_of_stored(store.as_ref(), doc)
+            .await
+            .map_err(|e| e.to_string())?;
+        let size = snapshot.len();
+        store
+            .compact(doc, snapshot, covered)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(size);
+    }
     // The loaded room holds everything stored so far; a room unloaded since holds everything
     // it wrote, which is what `upto` covers; else the store itself.
     let live = live

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_core::{Appended, DocName, Seq, Store, StoredUpdate};
+use concord_core::{Appended, DocName, Seq, Store, StoreError, StoredUpdate};
 
 use crate::durability::compact::CompactRequest;
 use crate::durability::feed::Feed;
@@ -269,6 +269,12 @@ fn publish(feed: &Feed, updates: Arc<[StoredUpdate]>, appended: &[Appended]) {
 }
 
 /// Appends `updates`, retrying with backoff. Gives the updates back either way.
+///
+/// A store that reports itself unavailable ([`StoreError::Unavailable`]: a network store that
+/// lost its server) is retried until it answers or the server shuts down, with the delay
+/// capped at [`UNAVAILABLE_MAX_DELAY`]: the updates stay applied and relayed in their rooms,
+/// unacknowledged, and the queue behind them fills until producers wait. Other errors are
+/// tried [`ATTEMPTS`] times.
 async fn append_with_retries(
     store: &Arc<dyn Store>,
     outputs: &Outputs,
@@ -277,26 +283,47 @@ async fn append_with_retries(
 ) -> (Option<Vec<Appended>>, Arc<[StoredUpdate]>) {
     let updates: Arc<[StoredUpdate]> = updates.into();
     let mut delay = Duration::from_millis(50);
-    for attempt in 1..=ATTEMPTS {
+    let mut failures = 0;
+    let mut unavailable_since: Option<std::time::Instant> = None;
+    loop {
         let started = std::time::Instant::now();
         match store.append(updates.clone()).await {
             Ok(appended) => {
                 outputs
                     .flush_seconds
                     .observe(started.elapsed().as_secs_f64());
+                if let Some(since) = unavailable_since {
+                    tracing::info!(after = ?since.elapsed(), updates = updates.len(), "store available again: held updates stored");
+                }
                 return (Some(appended), updates);
             }
+            Err(StoreError::Unavailable(why)) => {
+                if unavailable_since.is_none() {
+                    tracing::warn!(error = %why, updates = updates.len(), "store unavailable: holding these updates (unacknowledged) and retrying");
+                    unavailable_since = Some(started);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return (None, updates),
+                }
+                delay = (delay * 2).min(UNAVAILABLE_MAX_DELAY);
+                continue;
+            }
             Err(e) => {
-                tracing::error!(error = %e, updates = updates.len(), attempt, "store append failed")
+                failures += 1;
+                tracing::error!(error = %e, updates = updates.len(), attempt = failures, "store append failed");
             }
         }
-        if attempt < ATTEMPTS && !stop.is_cancelled() {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+        if failures >= ATTEMPTS || stop.is_cancelled() {
+            return (None, updates);
         }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
     }
-    (None, updates)
 }
+
+/// The longest wait between two tries of an unavailable store.
+const UNAVAILABLE_MAX_DELAY: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

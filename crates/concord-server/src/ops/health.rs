@@ -5,16 +5,23 @@ use std::sync::atomic::Ordering;
 
 use crate::ops::stats::Counters;
 
-/// Whether the server should get new work: `Err(why)` while it shuts down or while its store
-/// keeps failing to take writes (after the persistence worker's retries).
-pub(crate) fn readiness(shutting_down: bool, counters: &Counters) -> Result<(), &'static str> {
+/// Whether the server should get new work: `Err(why)` while it shuts down, while its store
+/// keeps failing to take writes (after the persistence worker's retries), or while the store
+/// says its backend is unreachable ([`concord_core::Store::ready`]).
+pub(crate) fn readiness(
+    shutting_down: bool,
+    counters: &Counters,
+    store: &dyn concord_core::Store,
+) -> Result<(), String> {
     if shutting_down {
-        return Err("shutting down");
+        return Err("shutting down".into());
     }
     if counters.store_failing.load(Ordering::Relaxed) {
-        return Err("the store fails to take writes");
+        return Err("the store fails to take writes".into());
     }
-    Ok(())
+    store
+        .ready()
+        .map_err(|why| format!("the store is not ready: {why}"))
 }
 
 #[cfg(test)]
@@ -24,12 +31,16 @@ mod tests {
     #[test]
     fn ready_unless_shutting_down_or_the_store_fails() {
         let counters = Counters::default();
-        assert_eq!(readiness(false, &counters), Ok(()));
-        assert_eq!(readiness(true, &counters), Err("shutting down"));
+        let store = concord_core::MemoryStore::new();
+        assert_eq!(readiness(false, &counters, &store), Ok(()));
+        assert_eq!(
+            readiness(true, &counters, &store),
+            Err("shutting down".into())
+        );
         counters.store_failing.store(true, Ordering::Relaxed);
         assert_eq!(
-            readiness(false, &counters),
-            Err("the store fails to take writes")
+            readiness(false, &counters, &store),
+            Err("the store fails to take writes".into())
         );
     }
 }

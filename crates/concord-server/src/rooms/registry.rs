@@ -15,9 +15,10 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::durability::feed::Feed;
 use crate::durability::{LiveDocument, LiveDocuments, Persister};
 use crate::ops::stats::Counters;
-use crate::replication::{Inlet, MaybeReplication, RemoteInput};
+use crate::replication::{MaybeReplication, RemoteInput, RoomInlet};
 use crate::rooms::fanout::QueueLimits;
 use crate::rooms::room::LiveRoom;
 
@@ -77,6 +78,8 @@ pub(crate) struct Rooms {
     slots: Mutex<HashMap<DocName, Slot>>,
     store: Arc<dyn Store>,
     persister: Persister,
+    /// Where entries other processes stored enter this process's change feed.
+    feed: Feed,
     config: RoomsConfig,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -105,6 +108,7 @@ impl Rooms {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         persister: Persister,
+        feed: Feed,
         config: RoomsConfig,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -113,6 +117,7 @@ impl Rooms {
             slots: Mutex::new(HashMap::new()),
             store,
             persister,
+            feed,
             config,
             tracker,
             shutdown,
@@ -181,6 +186,9 @@ impl Rooms {
             .catch_unwind()
             .await
             .map_err(|_| OpenError::StorePanicked)??;
+        // The last log entry the load covers: another process's entries after it reach the
+        // room through the replication.
+        let loaded = stored.position.seq;
         let clock = self.config.clock.clone();
         // Replaying a long log is blocking work: keep it off the async workers.
         let (room, skipped, stored_updates, corrupt) = tokio::task::spawn_blocking(move || {
@@ -207,7 +215,8 @@ impl Rooms {
         ));
         if let Some(replication) = &self.config.replication {
             let input: Arc<dyn RemoteInput> = room.clone();
-            replication.follow(name, Inlet::new(Arc::downgrade(&input)));
+            let inlet = RoomInlet::inlet(Arc::downgrade(&input), name.clone(), self.feed.clone());
+            replication.follow(name, inlet, loaded);
         }
         Ok(room)
     }

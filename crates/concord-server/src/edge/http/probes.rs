@@ -44,7 +44,11 @@ pub(crate) async fn health() -> &'static str {
 
 /// `GET /readyz`: 200 while the server accepts work and its store takes writes, else 503.
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
-    match readiness(state.shutdown.is_cancelled(), &state.counters) {
+    match readiness(
+        state.shutdown.is_cancelled(),
+        &state.counters,
+        state.store.as_ref(),
+    ) {
         Ok(()) => "ready".into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }

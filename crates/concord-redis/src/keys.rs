@@ -1,0 +1,111 @@
+//! Key and channel names. Every key of one document carries the same hash tag (`{...}`), so
+//! Redis Cluster puts them in one slot and a script may touch them all; documents spread over
+//! every shard by their names.
+//!
+//! ```text
+//! PREFIX:docs                    sorted set: every stored document's name (score: last write, ms)
+//! PREFIX:node:NODE               a node's heartbeat (expires)
+//! PREFIX:{TAG}:log               the document's update log: a stream, entry ids SEQ-0
+//! PREFIX:{TAG}:meta              hash: seq (last seq given out), snap_seq, tail_updates,
+//!                                tail_bytes, updated (ms)
+//! PREFIX:{TAG}:snap              the latest snapshot (opaque bytes)
+//! PREFIX:{TAG}:lease             the compaction lease: a fencing token, with an expiry
+//! PREFIX:{TAG}:fence             the last fencing token given out
+//! PREFIX:{TAG}:awareness         pub/sub channel of the document's awareness updates
+//! ```
+//!
+//! `TAG` is the document name with `%`, `{` and `}` percent-encoded, so that no name can end
+//! the tag early or collide with another's.
+
+use concord_core::DocName;
+
+/// Names the keys of one deployment (all under one prefix).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+/// The keys of one document.
+#[derive(Debug, Clone)]
+pub(crate) struct DocKeys {
+    pub(crate) log: String,
+    pub(crate) meta: String,
+    pub(crate) snap: String,
+    pub(crate) lease: String,
+    pub(crate) fence: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn tagged(&self, doc: &DocName) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + doc.as_str().len() + 4);
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        for c in doc.as_str().chars() {
+            match c {
+                '%' => key.push_str("%25"),
+                '{' => key.push_str("%7B"),
+                '}' => key.push_str("%7D"),
+                c => key.push(c),
+            }
+        }
+        key.push('}');
+        key
+    }
+
+    pub(crate) fn doc(&self, doc: &DocName) -> DocKeys {
+        let base = self.tagged(doc);
+        DocKeys {
+            log: format!("{base}:log"),
+            meta: format!("{base}:meta"),
+            snap: format!("{base}:snap"),
+            lease: format!("{base}:lease"),
+            fence: format!("{base}:fence"),
+        }
+    }
+
+    /// The pub/sub channel of `doc`'s awareness updates.
+    pub(crate) fn awareness(&self, doc: &DocName) -> String {
+        format!("{}:awareness", self.tagged(doc))
+    }
+
+    /// The set of stored documents.
+    pub(crate) fn index(&self) -> String {
+        format!("{}:docs", self.prefix)
+    }
+
+    /// A node's heartbeat key.
+    pub(crate) fn node(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> DocName {
+        DocName::new(s).unwrap()
+    }
+
+    #[test]
+    fn every_key_of_a_document_has_one_hash_tag() {
+        let keys = Keys::new("concord");
+        let k = keys.doc(&name("notes/a b"));
+        assert_eq!(k.log, "concord:{notes/a b}:log");
+        assert_eq!(k.snap, "concord:{notes/a b}:snap");
+        assert_eq!(keys.awareness(&name("x")), "concord:{x}:awareness");
+    }
+
+    #[test]
+    fn braces_and_percents_cannot_end_the_tag_or_collide() {
+        let keys = Keys::new("p");
+        assert_eq!(keys.doc(&name("a}b{c")).log, "p:{a%7Db%7Bc}:log");
+        assert_ne!(keys.doc(&name("%7D")).log, keys.doc(&name("}")).log);
+    }
+}

@@ -1,0 +1,256 @@
+//! Concord on Redis: several Concord nodes serve the same documents through one Redis.
+//!
+//! [`connect`] gives a [`Redis`]: a [`RedisStore`] (the [`concord_core::Store`] every node shares)
+//! and a [`RedisLink`] (the `concord_server::Replication` that carries other nodes' changes and
+//! presence into this node's rooms). Put both into the server's `Config` (the binary does it
+//! for `--redis-url`) and any client may connect to any node.
+//!
+//! # Layout
+//!
+//! Each document has a stream (its update log, one entry per group commit, entry ids `SEQ-0`),
+//! a snapshot, a metadata hash and a compaction lease, all under one hash tag so that Redis
+//! Cluster keeps them in one slot (see `keys.rs` for every name). An entry holds the updates,
+//! the id of the node that wrote it, and their count and size.
+//!
+//! # What an acknowledgement means
+//!
+//! A node acknowledges an update (save message 100, HTTP 200) once Redis answered the `XADD`
+//! that holds it. Redis answers after its own persistence step: with `appendonly yes` and
+//! `appendfsync always` the entry is in the AOF on disk, so a Redis restart loses nothing
+//! acknowledged; with `everysec` (Redis' default) up to a second of acknowledged updates can
+//! be lost to a power loss or a Redis crash; without AOF only RDB snapshots keep data. Replicas
+//! are updated asynchronously: a failover can lose what the replica had not received. [`Redis::
+//! persistence`] reads the settings so the binary can log what applies.
+//!
+//! # Fan-out between nodes
+//!
+//! The store's append is the publication: a node follows the streams of the documents it has
+//! loaded with blocking `XREAD`s on one dedicated connection, skips its own entries, and hands
+//! the others' to the room's inlet at their seq (so change-feed positions are the same on every
+//! node). It reads from the seq its load reached, so nothing falls between load and follow; an
+//! entry that compaction trimmed before it was read shows as a gap in the seqs, and the node
+//! then brings the room up to date from the store's snapshot.
+//!
+//! # Presence between nodes
+//!
+//! Awareness goes over pub/sub, one channel per document, never into the log. Each node keeps a
+//! heartbeat key that expires ([`RedisOptions::node_ttl`]); the others remember which awareness
+//! clients came from which node, and when a node's key is gone they remove its clients'
+//! presence from their rooms (within the TTL plus one check interval).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::CancellationToken;
+
+mod entry;
+mod keys;
+mod link;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use link::RedisLink;
+pub use store::RedisStore;
+
+use keys::Keys;
+use store::Health;
+
+/// How to reach Redis and name things in it.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://HOST:PORT[/DB]` (or `rediss://`, `redis+unix://`).
+    pub url: String,
+    /// Prefix of every key and channel: nodes that share documents use the same prefix.
+    pub prefix: String,
+    /// How often a node renews its heartbeat key and checks the others'.
+    pub heartbeat_interval: Duration,
+    /// How long a node's heartbeat key lives: a node silent for this long is taken for dead and
+    /// its clients' presence is removed.
+    pub node_ttl: Duration,
+    /// How long one Redis command may take before it counts as failed.
+    pub response_timeout: Duration,
+    /// Awareness updates waiting to be published; past it new ones are dropped (and counted):
+    /// presence is soft state that each client renews.
+    pub awareness_queue: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            prefix: "concord".to_owned(),
+            heartbeat_interval: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(5),
+            awareness_queue: 4096,
+        }
+    }
+}
+
+/// Why [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The URL is not one redis-rs understands.
+    #[error("bad redis url {url:?}: {source}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis did not answer.
+    #[error("cannot reach redis at {url}: {source}")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// What failed.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// A node's connection to Redis: its store and its link to the other nodes.
+#[derive(Debug, Clone)]
+pub struct Redis {
+    /// The store shared by every node.
+    pub store: Arc<RedisStore>,
+    /// This node's link to the others.
+    pub link: Arc<RedisLink>,
+    node: Arc<str>,
+    conn: ConnectionManager,
+}
+
+/// What Redis will do with an acknowledged write, as far as this node can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistence {
+    /// `appendonly`: `yes` or `no` (empty when Redis refused `CONFIG GET`, as managed services
+    /// may).
+    pub appendonly: String,
+    /// `appendfsync`: `always`, `everysec` or `no`.
+    pub appendfsync: String,
+    /// Replicas connected to this Redis.
+    pub replicas: u64,
+}
+
+impl Persistence {
+    /// One sentence on what an acknowledged update survives.
+    pub fn meaning(&self) -> &'static str {
+        match (self.appendonly.as_str(), self.appendfsync.as_str()) {
+            ("yes", "always") => {
+                "acknowledged updates are fsynced to Redis' append-only file: a Redis crash or \
+                 restart loses none"
+            }
+            ("yes", "everysec") => {
+                "Redis fsyncs its append-only file once a second: a Redis crash or power loss \
+                 may lose up to a second of acknowledged updates"
+            }
+            ("yes", _) => {
+                "Redis leaves fsync of its append-only file to the OS: a power loss may lose \
+                 acknowledged updates"
+            }
+            ("no", _) => {
+                "Redis has no append-only file: a Redis restart loses acknowledged updates since \
+                 its last RDB snapshot"
+            }
+            _ => "Redis did not say how it persists: what an acknowledgement survives is unknown",
+        }
+    }
+}
+
+impl Redis {
+    /// This node's id (random, new at every start), as other nodes see it.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Reads Redis' persistence settings (`CONFIG GET appendonly appendfsync`, `INFO
+    /// replication`).
+    pub async fn persistence(&self) -> Persistence {
+        let mut conn = self.conn.clone();
+        let config: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("append*")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let replicas = info
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        Persistence {
+            appendonly: config.get("appendonly").cloned().unwrap_or_default(),
+            appendfsync: config.get("appendfsync").cloned().unwrap_or_default(),
+            replicas,
+        }
+    }
+}
+
+/// Connects to Redis and starts this node's link tasks (they stop when `shutdown` is
+/// cancelled). Fails when Redis does not answer at once; once connected, a lost Redis is
+/// waited for (see [`RedisStore`]).
+pub async fn connect(
+    options: RedisOptions,
+    shutdown: CancellationToken,
+) -> Result<Redis, RedisError> {
+    let client = redis::Client::open(options.url.as_str()).map_err(|source| RedisError::Url {
+        url: options.url.clone(),
+        source,
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(options.response_timeout))
+        .set_connection_timeout(Some(options.response_timeout))
+        .set_max_delay(Duration::from_secs(1));
+    let conn = ConnectionManager::new_with_config(client.clone(), config)
+        .await
+        .map_err(|source| RedisError::Connect {
+            url: options.url.clone(),
+            source,
+        })?;
+    let node: Arc<str> = new_node_id().into();
+    let keys = Keys::new(&options.prefix);
+    let health = Arc::new(Health::default());
+    let store = Arc::new(RedisStore::new(
+        conn.clone(),
+        keys.clone(),
+        node.clone(),
+        health.clone(),
+    ));
+    let link = RedisLink::start(
+        client,
+        conn.clone(),
+        store.clone(),
+        keys,
+        node.clone(),
+        health,
+        &options,
+        shutdown,
+    );
+    Ok(Redis {
+        store,
+        link,
+        node,
+        conn,
+    })
+}
+
+/// 64 random bits, in hex.
+fn new_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}

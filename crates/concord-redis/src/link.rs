@@ -1,0 +1,686 @@
+//! [`RedisLink`]: this node's [`Replication`], and the tasks behind it.
+//!
+//! - The **follower** reads the streams of every followed document with one blocking `XREAD`
+//!   on a connection of its own, and delivers other nodes' entries to the rooms. When the set
+//!   of followed documents changes it unblocks its read (`CLIENT UNBLOCK`) and reads again with
+//!   the new set. State: one entry per loaded document (bounded by the server's `max_rooms`).
+//! - The **publisher** sends this node's awareness updates to the documents' channels, from a
+//!   bounded queue ([`crate::RedisOptions::awareness_queue`]; overflow: the update is dropped
+//!   and counted, presence being renewed by every client).
+//! - The **subscriber** listens on the channels of the followed documents, delivers other
+//!   nodes' awareness, and remembers which awareness clients each node has (for ghost
+//!   removal).
+//! - The **heartbeat** renews this node's key and, when another node's key has expired,
+//!   removes that node's clients' presence from the rooms here.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use concord_core::replication::{Inlet, InletError, Published, Replication};
+use concord_core::{DocName, Room, Seq, Store, SystemClock};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+
+use crate::RedisOptions;
+use crate::keys::Keys;
+use crate::store::{Health, RedisStore, decode_entry, is_unavailable};
+
+/// How long one `XREAD` blocks before it is sent again.
+const BLOCK: Duration = Duration::from_secs(5);
+/// Most entries one `XREAD` returns per stream.
+const READ_COUNT: usize = 256;
+/// Kind byte of an awareness message on a channel.
+const AWARENESS: u8 = 0;
+
+/// This node's link to the other nodes that share a Redis. See the module documentation.
+pub struct RedisLink {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLink")
+            .field("node", &self.shared.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A followed document.
+struct Followed {
+    inlet: Inlet,
+    /// The last seq this node has (loaded, delivered, or written itself).
+    seq: Seq,
+}
+
+struct Shared {
+    keys: Keys,
+    node: Arc<str>,
+    followed: Mutex<HashMap<DocName, Followed>>,
+    /// The follower and the subscriber wait on these for changes of `followed`.
+    follow_changed: Notify,
+    subscribe_changed: Notify,
+    awareness: mpsc::Sender<(DocName, Bytes)>,
+    /// Awareness clients of other nodes, per document: node -> client -> clock.
+    remote_clients: Mutex<RemoteClients>,
+    counters: LinkCounters,
+}
+
+/// Awareness clients of other nodes, per document: node id -> client -> clock.
+type RemoteClients = HashMap<DocName, HashMap<Vec<u8>, HashMap<yrs::block::ClientID, u32>>>;
+
+/// What the link counted.
+#[derive(Debug, Default)]
+struct LinkCounters {
+    awareness_dropped: AtomicU64,
+    entries_delivered: AtomicU64,
+    resyncs: AtomicU64,
+    ghosts_removed: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocName, Followed>> {
+        self.followed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remote(&self) -> std::sync::MutexGuard<'_, RemoteClients> {
+        self.remote_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl RedisLink {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        client: redis::Client,
+        conn: ConnectionManager,
+        store: Arc<RedisStore>,
+        keys: Keys,
+        node: Arc<str>,
+        health: Arc<Health>,
+        options: &RedisOptions,
+        shutdown: CancellationToken,
+    ) -> Arc<RedisLink> {
+        let (awareness, queue) = mpsc::channel(options.awareness_queue.max(1));
+        let shared = Arc::new(Shared {
+            keys,
+            node,
+            followed: Mutex::default(),
+            follow_changed: Notify::new(),
+            subscribe_changed: Notify::new(),
+            awareness,
+            remote_clients: Mutex::default(),
+            counters: LinkCounters::default(),
+        });
+        tokio::spawn(follow(
+            shared.clone(),
+            client.clone(),
+            conn.clone(),
+            store,
+            shutdown.clone(),
+        ));
+        tokio::spawn(publish(
+            shared.clone(),
+            conn.clone(),
+            queue,
+            shutdown.clone(),
+        ));
+        tokio::spawn(subscribe(shared.clone(), client, shutdown.clone()));
+        tokio::spawn(heartbeat(
+            shared.clone(),
+            conn,
+            health,
+            options.heartbeat_interval,
+            options.node_ttl,
+            shutdown,
+        ));
+        Arc::new(RedisLink { shared })
+    }
+
+    /// Awareness updates dropped because the publish queue was full.
+    pub fn awareness_dropped(&self) -> u64 {
+        self.shared
+            .counters
+            .awareness_dropped
+            .load(Ordering::Relaxed)
+    }
+
+    /// Log entries of other nodes delivered to rooms here.
+    pub fn entries_delivered(&self) -> u64 {
+        self.shared
+            .counters
+            .entries_delivered
+            .load(Ordering::Relaxed)
+    }
+
+    /// Times a room was brought up to date from the snapshot because entries it had not read
+    /// were compacted away.
+    pub fn resyncs(&self) -> u64 {
+        self.shared.counters.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Awareness clients of dead nodes removed from rooms here.
+    pub fn ghosts_removed(&self) -> u64 {
+        self.shared.counters.ghosts_removed.load(Ordering::Relaxed)
+    }
+}
+
+impl Replication for RedisLink {
+    fn follow(&self, doc: &DocName, inlet: Inlet, loaded: Seq) {
+        self.shared
+            .lock()
+            .insert(doc.clone(), Followed { inlet, seq: loaded });
+        self.shared.follow_changed.notify_one();
+        self.shared.subscribe_changed.notify_one();
+    }
+
+    fn unfollow(&self, doc: &DocName) {
+        self.shared.lock().remove(doc);
+        self.shared.remote().remove(doc);
+        self.shared.follow_changed.notify_one();
+        self.shared.subscribe_changed.notify_one();
+    }
+
+    fn publish(&self, doc: &DocName, event: Published) {
+        // An update reaches the other nodes through the log the store appends it to.
+        let Published::Awareness(update) = event else {
+            return;
+        };
+        if self
+            .shared
+            .awareness
+            .try_send((doc.clone(), update))
+            .is_err()
+        {
+            self.shared
+                .counters
+                .awareness_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits `delay` (doubled up to a second for the next time), or returns false at shutdown.
+async fn back_off(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let wait = *delay;
+    *delay = (*delay * 2).min(Duration::from_secs(1));
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+/// A connection of the follower's own, and its client id (for `CLIENT UNBLOCK`).
+async fn follower_connection(
+    client: &redis::Client,
+) -> redis::RedisResult<(MultiplexedConnection, u64)> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let id: u64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut conn)
+        .await?;
+    Ok((conn, id))
+}
+
+/// One stream's reply to `XREAD`: key and entries.
+type StreamReply = (String, Vec<(String, Vec<Vec<u8>>)>);
+
+/// The follower task: see the module documentation.
+async fn follow(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut control: ConnectionManager,
+    store: Arc<RedisStore>,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(50);
+    'connect: while !shutdown.is_cancelled() {
+        let (mut conn, id) = match follower_connection(&client).await {
+            Ok(connected) => connected,
+            Err(e) => {
+                tracing::debug!(error = %e, "follower cannot connect to redis");
+                if back_off(&mut delay, &shutdown).await {
+                    continue;
+                }
+                return;
+            }
+        };
+        loop {
+            // The streams to read and where each stands.
+            let wanted: Vec<(DocName, String, Seq)> = shared
+                .lock()
+                .iter()
+                .map(|(doc, f)| (doc.clone(), shared.keys.doc(doc).log, f.seq))
+                .collect();
+            if wanted.is_empty() {
+                tokio::select! {
+                    _ = shared.follow_changed.notified() => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let mut read = redis::cmd("XREAD");
+            read.arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS");
+            for (_, key, _) in &wanted {
+                read.arg(key);
+            }
+            for (_, _, seq) in &wanted {
+                read.arg(format!("{seq}-0"));
+            }
+            let reply = read.query_async::<Option<Vec<StreamReply>>>(&mut conn);
+            tokio::pin!(reply);
+            let reply = tokio::select! {
+                reply = &mut reply => reply,
+                _ = shared.follow_changed.notified() => {
+                    // Wake the blocked read so the next one covers the new set.
+                    let _: redis::RedisResult<u64> = redis::cmd("CLIENT")
+                        .arg("UNBLOCK")
+                        .arg(id)
+                        .query_async(&mut control)
+                        .await;
+                    reply.await
+                }
+                _ = shutdown.cancelled() => return,
+            };
+            match reply {
+                Ok(streams) => {
+                    delay = Duration::from_millis(50);
+                    let by_key: HashMap<&str, &DocName> = wanted
+                        .iter()
+                        .map(|(doc, key, _)| (key.as_str(), doc))
+                        .collect();
+                    for (key, entries) in streams.unwrap_or_default() {
+                        if let Some(doc) = by_key.get(key.as_str()) {
+                            deliver(&shared, &store, doc, entries).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if is_unavailable(&e) {
+                        tracing::debug!(error = %e, "follower lost redis; reconnecting");
+                    } else {
+                        tracing::warn!(error = %e, "follower read failed; reconnecting");
+                    }
+                    if back_off(&mut delay, &shutdown).await {
+                        continue 'connect;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Delivers one document's new entries to its room, in seq order, skipping this node's own.
+async fn deliver(
+    shared: &Shared,
+    store: &RedisStore,
+    doc: &DocName,
+    entries: Vec<(String, Vec<Vec<u8>>)>,
+) {
+    for raw in entries {
+        let Some(entry) = decode_entry(raw) else {
+            continue;
+        };
+        let (inlet, last) = match shared.lock().get(doc) {
+            Some(f) => (f.inlet.clone(), f.seq),
+            None => return,
+        };
+        if entry.seq <= last {
+            continue;
+        }
+        if entry.seq != last + 1 {
+            // Entries between were compacted away before this node read them.
+            resync(shared, store, doc, &inlet).await;
+            continue;
+        }
+        let delivered = if entry.node.as_slice() == shared.node.as_bytes() {
+            Ok(())
+        } else {
+            match entry.updates {
+                Ok(updates) => {
+                    shared
+                        .counters
+                        .entries_delivered
+                        .fetch_add(1, Ordering::Relaxed);
+                    inlet.stored(entry.seq, updates)
+                }
+                Err(why) => {
+                    tracing::error!(%doc, seq = entry.seq, %why, "skipping a log entry that cannot be read");
+                    Ok(())
+                }
+            }
+        };
+        match delivered {
+            Ok(()) => {}
+            Err(InletError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(%doc, seq = entry.seq, error = %e, "another node's entry was refused here");
+            }
+        }
+        if let Some(f) = shared.lock().get_mut(doc) {
+            f.seq = f.seq.max(entry.seq);
+        }
+    }
+}
+
+/// Brings a room up to date from the store (snapshot and log), after entries it had not read
+/// were compacted away.
+async fn resync(shared: &Shared, store: &RedisStore, doc: &DocName, inlet: &Inlet) {
+    shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+    let stored = match store.load(doc).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(%doc, error = %e, "cannot read the document to catch up; retrying");
+            return;
+        }
+    };
+    let reached = stored.position.seq;
+    let inlet = inlet.clone();
+    let doc_name = doc.clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        let (room, _) = Room::from_stored(Arc::new(SystemClock), &stored)
+            .map_err(|e| format!("the stored document cannot be rebuilt: {e}"))?;
+        inlet
+            .update(&room.encode_state())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match applied {
+        Ok(()) => {
+            tracing::info!(doc = %doc_name, reached, "caught up from the snapshot after a compaction");
+            if let Some(f) = shared.lock().get_mut(doc) {
+                f.seq = f.seq.max(reached);
+            }
+        }
+        Err(e) => tracing::warn!(doc = %doc_name, error = %e, "cannot catch up"),
+    }
+}
+
+/// A channel message: kind, node id, payload.
+fn channel_message(node: &str, payload: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(2 + node.len() + payload.len());
+    message.push(AWARENESS);
+    message.push(u8::try_from(node.len()).unwrap_or(u8::MAX));
+    message.extend_from_slice(&node.as_bytes()[..node.len().min(255)]);
+    message.extend_from_slice(payload);
+    message
+}
+
+/// Splits a channel message into node id and payload.
+fn parse_channel_message(message: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&kind, rest) = message.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    if kind != AWARENESS || rest.len() < usize::from(len) {
+        return None;
+    }
+    Some(rest.split_at(usize::from(len)))
+}
+
+/// The publisher task: sends queued awareness updates, a pipeline per wake-up.
+async fn publish(
+    shared: Arc<Shared>,
+    mut conn: ConnectionManager,
+    mut queue: mpsc::Receiver<(DocName, Bytes)>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::new();
+    loop {
+        let got = tokio::select! {
+            got = queue.recv_many(&mut batch, 256) => got,
+            _ = shutdown.cancelled() => return,
+        };
+        if got == 0 {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (doc, update) in batch.drain(..) {
+            pipe.cmd("PUBLISH")
+                .arg(shared.keys.awareness(&doc))
+                .arg(channel_message(&shared.node, &update))
+                .ignore();
+        }
+        // Presence is soft state: what fails to go out is renewed by its client.
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::debug!(error = %e, "awareness not published");
+        }
+    }
+}
+
+/// The subscriber task: see the module documentation.
+async fn subscribe(shared: Arc<Shared>, client: redis::Client, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(50);
+    while !shutdown.is_cancelled() {
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                tracing::debug!(error = %e, "subscriber cannot connect to redis");
+                if back_off(&mut delay, &shutdown).await {
+                    continue;
+                }
+                return;
+            }
+        };
+        delay = Duration::from_millis(50);
+        let (mut sink, mut messages) = pubsub.split();
+        // Channel -> document, of the channels subscribed on this connection.
+        let mut channels: HashMap<String, DocName> = HashMap::new();
+        'connected: loop {
+            // Subscribe to what is followed and not yet subscribed, and the reverse.
+            let wanted: HashSet<DocName> = shared.lock().keys().cloned().collect();
+            let mut failed = false;
+            for doc in &wanted {
+                let channel = shared.keys.awareness(doc);
+                if let std::collections::hash_map::Entry::Vacant(slot) = channels.entry(channel) {
+                    if sink.subscribe(slot.key()).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    slot.insert(doc.clone());
+                }
+            }
+            let gone: Vec<String> = channels
+                .iter()
+                .filter(|(_, doc)| !wanted.contains(*doc))
+                .map(|(channel, _)| channel.clone())
+                .collect();
+            for channel in gone {
+                if sink.unsubscribe(&channel).await.is_err() {
+                    failed = true;
+                    break;
+                }
+                channels.remove(&channel);
+            }
+            if failed {
+                break 'connected;
+            }
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break 'connected };
+                        if let Some(doc) = channels.get(message.get_channel_name()) {
+                            awareness_arrived(&shared, doc, message.get_payload_bytes());
+                        }
+                    }
+                    _ = shared.subscribe_changed.notified() => continue 'connected,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+        tracing::debug!("subscriber lost redis; reconnecting");
+        if !back_off(&mut delay, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Delivers another node's awareness update to the room, and notes its clients.
+fn awareness_arrived(shared: &Shared, doc: &DocName, message: &[u8]) {
+    let Some((node, update)) = parse_channel_message(message) else {
+        return;
+    };
+    if node == shared.node.as_bytes() {
+        return;
+    }
+    let Some(inlet) = shared.lock().get(doc).map(|f| f.inlet.clone()) else {
+        return;
+    };
+    // The inlet validates the update before anything of it is trusted.
+    if let Err(e) = inlet.awareness(update) {
+        if !matches!(e, InletError::Closed) {
+            tracing::debug!(%doc, error = %e, "another node's awareness was refused here");
+        }
+        return;
+    }
+    let Ok(decoded) = AwarenessUpdate::decode_v1(update) else {
+        return;
+    };
+    let mut remote = shared.remote();
+    let clients = remote
+        .entry(doc.clone())
+        .or_default()
+        .entry(node.to_vec())
+        .or_default();
+    for (client, entry) in decoded.clients {
+        if &*entry.json == "null" {
+            clients.remove(&client);
+        } else {
+            clients.insert(client, entry.clock);
+        }
+    }
+}
+
+/// The heartbeat task: see the module documentation.
+async fn heartbeat(
+    shared: Arc<Shared>,
+    mut conn: ConnectionManager,
+    health: Arc<Health>,
+    interval: Duration,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let own = shared.keys.node(&shared.node);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.cancelled() => {
+                // Leaving on purpose: the others may forget this node at once.
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(&own).query_async(&mut conn).await;
+                return;
+            }
+        }
+        let renewed: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(&own)
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        match renewed {
+            Ok(()) => health.up(),
+            Err(e) => {
+                health.down(&e);
+                continue;
+            }
+        }
+        // The nodes whose clients this node shows, and whether each is still alive.
+        let nodes: Vec<Vec<u8>> = {
+            let remote = shared.remote();
+            let all: HashSet<&Vec<u8>> = remote.values().flat_map(|nodes| nodes.keys()).collect();
+            all.into_iter().cloned().collect()
+        };
+        if nodes.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.cmd("EXISTS")
+                .arg(shared.keys.node(&String::from_utf8_lossy(node)));
+        }
+        let Ok(alive): redis::RedisResult<Vec<bool>> = pipe.query_async(&mut conn).await else {
+            continue;
+        };
+        for (node, alive) in nodes.iter().zip(alive) {
+            if !alive {
+                remove_ghosts(&shared, node);
+            }
+        }
+    }
+}
+
+/// Removes the presence of every client of a dead node from the rooms here.
+fn remove_ghosts(shared: &Shared, node: &[u8]) {
+    let mut removals: Vec<(DocName, HashMap<yrs::block::ClientID, u32>)> = Vec::new();
+    for (doc, nodes) in shared.remote().iter_mut() {
+        if let Some(clients) = nodes.remove(node) {
+            removals.push((doc.clone(), clients));
+        }
+    }
+    for (doc, clients) in removals {
+        if clients.is_empty() {
+            continue;
+        }
+        let Some(inlet) = shared.lock().get(&doc).map(|f| f.inlet.clone()) else {
+            continue;
+        };
+        let count = clients.len();
+        let update = AwarenessUpdate {
+            clients: clients
+                .into_iter()
+                .map(|(client, clock)| {
+                    (
+                        client,
+                        AwarenessUpdateEntry {
+                            clock: clock.wrapping_add(1),
+                            json: Arc::from("null"),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        if inlet.awareness(&update.encode_v1()).is_ok() {
+            shared
+                .counters
+                .ghosts_removed
+                .fetch_add(count as u64, Ordering::Relaxed);
+            tracing::info!(%doc, node = %String::from_utf8_lossy(node), clients = count, "removed the presence of a node that stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_messages_round_trip_and_garbage_is_ignored() {
+        let message = channel_message("abc", &[1, 2, 3]);
+        assert_eq!(
+            parse_channel_message(&message),
+            Some((&b"abc"[..], &[1u8, 2, 3][..]))
+        );
+        assert_eq!(parse_channel_message(&[]), None);
+        assert_eq!(parse_channel_message(&[AWARENESS, 9, 1]), None);
+        assert_eq!(parse_channel_message(&[7, 0]), None);
+    }
+}

@@ -1,0 +1,545 @@
+//! [`RedisStore`]: the [`Store`] contract on Redis Streams (see the crate documentation for the
+//! layout and what an acknowledgement means).
+//!
+//! Every operation on one document is one Lua script, so it is atomic in Redis: an append
+//! takes the next seq and adds the entry together, a compaction writes the snapshot, moves the
+//! covered seq and trims the stream together, and a load reads snapshot and tail together. A
+//! batch of appends for many documents is one pipeline: one round trip, whatever its size.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use concord_core::{
+    Appended, DocInfo, DocName, LogTail, Position, Seq, Store, StoreError, StoreFuture, StoredDoc,
+    StoredUpdate,
+};
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+
+use crate::entry;
+use crate::keys::{DocKeys, Keys};
+
+/// How long a compaction lease lasts: a node that dies while compacting blocks others for at
+/// most this long.
+const LEASE: Duration = Duration::from_secs(60);
+
+/// Appends one entry (sent as `EVAL` in the batch's pipeline: Redis caches the compiled script,
+/// and a pipeline of `EVALSHA`s could half-fail after a Redis restart emptied the cache): takes
+/// the next seq, adds the entry under it, and counts the tail.
+/// KEYS: log, meta. ARGV: node, entry, updates, bytes, now (ms). Returns {seq, tail updates,
+/// tail bytes}.
+const APPEND: &str = r"
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+redis.call('XADD', KEYS[1], seq .. '-0', 'n', ARGV[1], 'u', ARGV[2], 'c', ARGV[3], 'b', ARGV[4])
+local tu = redis.call('HINCRBY', KEYS[2], 'tail_updates', ARGV[3])
+local tb = redis.call('HINCRBY', KEYS[2], 'tail_bytes', ARGV[4])
+redis.call('HSET', KEYS[2], 'updated', ARGV[5])
+return {seq, tu, tb}
+";
+
+/// Reads a document: its snapshot, the seq the snapshot covers, and the entries after it.
+/// KEYS: snap, meta, log.
+const LOAD: &str = r"
+local snap = redis.call('GET', KEYS[1])
+local covered = redis.call('HGET', KEYS[2], 'snap_seq')
+local from = '-'
+if covered then from = '(' .. covered .. '-0' end
+return {snap, covered, redis.call('XRANGE', KEYS[3], from, '+')}
+";
+
+/// Reads the entries from a seq on. KEYS: meta, log. ARGV: first id. Returns {covered seq,
+/// last seq, entries}.
+const LOG_FROM: &str = r"
+local meta = redis.call('HMGET', KEYS[1], 'snap_seq', 'seq')
+return {meta[1], meta[2], redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
+";
+
+/// Replaces the snapshot and trims the entries it covers, if the caller still holds the lease.
+/// KEYS: snap, meta, log, lease. ARGV: lease token, snapshot, upto, first id kept. A snapshot
+/// that covers less than the stored one is not written: it was built from the store and holds
+/// exactly what it covers. Returns 1 when done, 0 when the lease was lost.
+const COMPACT: &str = r"
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return 0 end
+local upto = tonumber(ARGV[3])
+local covered = redis.call('HGET', KEYS[2], 'snap_seq')
+if (not covered) or upto >= tonumber(covered) then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[2], 'snap_seq', ARGV[3])
+  local seq = redis.call('HGET', KEYS[2], 'seq')
+  if (not seq) or upto > tonumber(seq) then redis.call('HSET', KEYS[2], 'seq', ARGV[3]) end
+  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[4])
+  local tu, tb = 0, 0
+  for _, e in ipairs(redis.call('XRANGE', KEYS[3], '-', '+')) do
+    local f = e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'c' then tu = tu + tonumber(f[i + 1]) elseif f[i] == 'b' then tb = tb + tonumber(f[i + 1]) end
+    end
+  end
+  redis.call('HSET', KEYS[2], 'tail_updates', tu, 'tail_bytes', tb)
+end
+redis.call('DEL', KEYS[4])
+return 1
+";
+
+/// A [`Store`] in Redis, shared by every Concord node that uses the same Redis and key prefix.
+///
+/// Made by [`crate::connect`]. Its futures await Redis over one multiplexed connection that
+/// reconnects by itself; while Redis cannot be reached, calls fail with
+/// [`StoreError::Unavailable`] (the server then holds the updates unacknowledged and retries)
+/// and [`Store::ready`] says why.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    /// This node's id, written into every entry so its followers skip their own entries.
+    node: Arc<str>,
+    health: Arc<Health>,
+    corrupt: AtomicU64,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    load: Script,
+    log_from: Script,
+    compact: Script,
+}
+
+/// Whether Redis answered lately, and if not, why.
+#[derive(Default)]
+pub(crate) struct Health {
+    down: AtomicBool,
+    why: Mutex<String>,
+}
+
+impl Health {
+    pub(crate) fn up(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("redis reachable again");
+        }
+    }
+
+    pub(crate) fn down(&self, why: &redis::RedisError) {
+        let text = why.to_string();
+        *self.why.lock().unwrap_or_else(|e| e.into_inner()) = text.clone();
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %text, "redis unreachable");
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
+    fn status(&self) -> Result<(), String> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            let why = self.why.lock().unwrap_or_else(|e| e.into_inner());
+            Err(format!("redis unreachable: {why}"))
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a Redis error means "cannot reach Redis now" rather than "Redis refused this".
+pub(crate) fn is_unavailable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::ClusterDown
+                    | redis::ServerErrorKind::MasterDown
+                    | redis::ServerErrorKind::ReadOnly
+            )
+        )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One stream entry as XRANGE returns it: id and flattened field/value pairs.
+type RawEntry = (String, Vec<Vec<u8>>);
+
+/// A readable log entry: its seq and updates.
+type LogEntry = (Seq, Vec<Vec<u8>>);
+
+/// A decoded stream entry.
+pub(crate) struct Entry {
+    pub(crate) seq: Seq,
+    pub(crate) node: Vec<u8>,
+    /// The updates, or why they cannot be read.
+    pub(crate) updates: Result<Vec<Vec<u8>>, String>,
+}
+
+/// Decodes a stream entry; `None` when its id is not one Concord writes.
+pub(crate) fn decode_entry((id, fields): RawEntry) -> Option<Entry> {
+    let seq = id.strip_suffix("-0")?.parse().ok()?;
+    let mut node = Vec::new();
+    let mut blob = None;
+    let mut pairs = fields.into_iter();
+    while let (Some(field), Some(value)) = (pairs.next(), pairs.next()) {
+        match field.as_slice() {
+            b"n" => node = value,
+            b"u" => blob = Some(value),
+            _ => {}
+        }
+    }
+    let updates = match blob {
+        Some(blob) => entry::decode(&blob),
+        None => Err("no updates field".into()),
+    };
+    Some(Entry { seq, node, updates })
+}
+
+impl RedisStore {
+    pub(crate) fn new(
+        conn: ConnectionManager,
+        keys: Keys,
+        node: Arc<str>,
+        health: Arc<Health>,
+    ) -> RedisStore {
+        RedisStore {
+            conn,
+            keys,
+            node,
+            health,
+            corrupt: AtomicU64::new(0),
+            scripts: Scripts {
+                load: Script::new(LOAD),
+                log_from: Script::new(LOG_FROM),
+                compact: Script::new(COMPACT),
+            },
+        }
+    }
+
+    /// Log entries skipped so far because they could not be decoded.
+    pub fn corrupt_entries(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
+    }
+
+    /// Maps a Redis error to the store's, noting an unreachable Redis.
+    fn fail(&self, e: redis::RedisError) -> StoreError {
+        if is_unavailable(&e) {
+            self.health.down(&e);
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Backend(Box::new(e))
+        }
+    }
+
+    /// Notes that Redis answered.
+    fn answered<T>(&self, result: redis::RedisResult<T>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                self.health.up();
+                Ok(value)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Decodes entries, counting and reporting the ones that cannot be read.
+    fn decode_all(&self, doc: &DocName, raw: Vec<RawEntry>) -> (Vec<LogEntry>, u64) {
+        let mut entries = Vec::with_capacity(raw.len());
+        let mut corrupt = 0;
+        for raw in raw {
+            let id = raw.0.clone();
+            match decode_entry(raw) {
+                Some(Entry {
+                    seq,
+                    updates: Ok(updates),
+                    ..
+                }) => entries.push((seq, updates)),
+                Some(Entry {
+                    updates: Err(why), ..
+                }) => {
+                    corrupt += 1;
+                    tracing::error!(%doc, %id, %why, "skipping a log entry that cannot be read");
+                }
+                None => {
+                    corrupt += 1;
+                    tracing::error!(%doc, %id, "skipping a log entry with an id Concord does not write");
+                }
+            }
+        }
+        self.corrupt.fetch_add(corrupt, Ordering::Relaxed);
+        (entries, corrupt)
+    }
+
+    async fn load_doc(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+        let k = self.keys.doc(doc);
+        let mut conn = self.conn.clone();
+        let (snapshot, covered, raw): (Option<Vec<u8>>, Option<Seq>, Vec<RawEntry>) = self
+            .answered(
+                self.scripts
+                    .load
+                    .key(&k.snap)
+                    .key(&k.meta)
+                    .key(&k.log)
+                    .invoke_async(&mut conn)
+                    .await,
+            )?;
+        let (entries, corrupt_entries) = self.decode_all(doc, raw);
+        let position = match (entries.last(), covered) {
+            (Some((seq, updates)), _) => Position {
+                seq: *seq,
+                index: u32::try_from(updates.len().saturating_sub(1)).unwrap_or(u32::MAX),
+            },
+            (None, Some(covered)) if snapshot.is_some() => Position {
+                seq: covered,
+                index: u32::MAX,
+            },
+            _ => Position::START,
+        };
+        Ok(StoredDoc {
+            last_seq: entries.last().map_or(0, |(seq, _)| *seq),
+            updates: entries.into_iter().flat_map(|(_, u)| u).collect(),
+            snapshot,
+            position,
+            corrupt_entries,
+        })
+    }
+
+    async fn append_batch(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
+        let mut grouped: BTreeMap<&DocName, Vec<&[u8]>> = BTreeMap::new();
+        for update in batch {
+            grouped
+                .entry(&update.doc)
+                .or_default()
+                .push(update.update.as_slice());
+        }
+        if grouped.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for (doc, updates) in &grouped {
+            let k = self.keys.doc(doc);
+            let bytes: usize = updates.iter().map(|u| u.len()).sum();
+            let value = entry::encode(updates.iter().copied());
+            pipe.cmd("EVAL")
+                .arg(APPEND)
+                .arg(2)
+                .arg(&k.log)
+                .arg(&k.meta)
+                .arg(&*self.node)
+                .arg(value)
+                .arg(updates.len())
+                .arg(bytes)
+                .arg(now);
+            pipe.cmd("ZADD")
+                .arg(self.keys.index())
+                .arg(now)
+                .arg(doc.as_str())
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let written: Vec<(Seq, u64, u64)> = self.answered(pipe.query_async(&mut conn).await)?;
+        Ok(grouped
+            .keys()
+            .zip(written)
+            .map(|(doc, (seq, tail_updates, tail_bytes))| Appended {
+                doc: (*doc).clone(),
+                seq,
+                tail_updates,
+                tail_bytes,
+            })
+            .collect())
+    }
+
+    async fn compact_doc(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        upto: Seq,
+    ) -> Result<(), StoreError> {
+        let k: DocKeys = self.keys.doc(doc);
+        let mut conn = self.conn.clone();
+        let token: u64 = self.answered(
+            redis::cmd("INCR")
+                .arg(&k.fence)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        let taken: Option<String> = self.answered(
+            redis::cmd("SET")
+                .arg(&k.lease)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(LEASE.as_millis() as u64)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        if taken.is_none() {
+            tracing::debug!(%doc, "another node is compacting this document; skipped");
+            return Ok(());
+        }
+        let done: u8 = self.answered(
+            self.scripts
+                .compact
+                .key(&k.snap)
+                .key(&k.meta)
+                .key(&k.log)
+                .key(&k.lease)
+                .arg(token)
+                .arg(snapshot)
+                .arg(upto)
+                .arg(format!("{}-0", upto.saturating_add(1)))
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        if done == 0 {
+            tracing::warn!(%doc, token, "compaction lease expired before the snapshot was written; skipped");
+            return Ok(());
+        }
+        let _: () = self.answered(
+            redis::cmd("ZADD")
+                .arg(self.keys.index())
+                .arg(now_ms())
+                .arg(doc.as_str())
+                .query_async(&mut conn)
+                .await,
+        )?;
+        Ok(())
+    }
+
+    async fn delete_doc(&self, doc: &DocName) -> Result<(), StoreError> {
+        let k = self.keys.doc(doc);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(&k.log)
+            .arg(&k.meta)
+            .arg(&k.snap)
+            .arg(&k.lease)
+            .ignore();
+        pipe.cmd("ZREM")
+            .arg(self.keys.index())
+            .arg(doc.as_str())
+            .ignore();
+        self.answered(pipe.query_async(&mut conn).await)
+    }
+
+    async fn list_docs(&self) -> Result<Vec<DocInfo>, StoreError> {
+        let mut conn = self.conn.clone();
+        let names: Vec<String> = self.answered(
+            redis::cmd("ZRANGE")
+                .arg(self.keys.index())
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        let mut docs: Vec<DocName> = names
+            .iter()
+            .filter_map(|name| DocName::new(name).ok())
+            .collect();
+        docs.sort();
+        let mut infos = Vec::with_capacity(docs.len());
+        // Bounded pipelines, so a store with many documents does not build one huge reply.
+        for chunk in docs.chunks(512) {
+            let mut pipe = redis::pipe();
+            for doc in chunk {
+                let k = self.keys.doc(doc);
+                pipe.cmd("STRLEN").arg(&k.snap);
+                pipe.cmd("XLEN").arg(&k.log);
+                pipe.cmd("HMGET")
+                    .arg(&k.meta)
+                    .arg("tail_bytes")
+                    .arg("updated");
+            }
+            let values: Vec<Value> = self.answered(pipe.query_async(&mut conn).await)?;
+            for (doc, sizes) in chunk.iter().zip(values.chunks(3)) {
+                let [snapshot, entries, meta] = sizes else {
+                    continue;
+                };
+                let (log_bytes, updated): (Option<u64>, Option<u64>) =
+                    redis::from_redis_value_ref(meta).unwrap_or_default();
+                infos.push(DocInfo {
+                    name: doc.clone(),
+                    snapshot_bytes: redis::from_redis_value_ref(snapshot).unwrap_or(0),
+                    log_entries: redis::from_redis_value_ref(entries).unwrap_or(0),
+                    log_bytes: log_bytes.unwrap_or(0),
+                    updated_at_ms: updated.unwrap_or(0),
+                });
+            }
+        }
+        Ok(infos)
+    }
+
+    async fn log_tail(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
+        let k = self.keys.doc(doc);
+        let mut conn = self.conn.clone();
+        let (covered, last, raw): (Option<Seq>, Option<Seq>, Vec<RawEntry>) = self.answered(
+            self.scripts
+                .log_from
+                .key(&k.meta)
+                .key(&k.log)
+                .arg(format!("{from}-0"))
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        let (entries, _) = self.decode_all(doc, raw);
+        Ok(LogTail {
+            entries,
+            complete: covered.is_none_or(|covered| from > covered),
+            last_seq: last.unwrap_or(0),
+        })
+    }
+}
+
+impl Store for RedisStore {
+    fn load<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, StoredDoc> {
+        Box::pin(self.load_doc(doc))
+    }
+
+    fn append(&self, batch: Arc<[StoredUpdate]>) -> StoreFuture<'_, Vec<Appended>> {
+        Box::pin(async move { self.append_batch(&batch).await })
+    }
+
+    fn compact<'a>(
+        &'a self,
+        doc: &'a DocName,
+        snapshot: Vec<u8>,
+        upto: Seq,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.compact_doc(doc, snapshot, upto))
+    }
+
+    fn delete<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, ()> {
+        Box::pin(self.delete_doc(doc))
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<DocInfo>> {
+        Box::pin(self.list_docs())
+    }
+
+    fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail> {
+        Box::pin(self.log_tail(doc, from))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.health.status()
+    }
+}

@@ -1,0 +1,100 @@
+//! `RedisStore` against the `Store` contract (`concord_core::conformance`), on a real
+//! `redis-server` started by the test: each store gets a key prefix of its own, and "reopening"
+//! connects a new store to the same prefix, as a restarted node would.
+
+use std::future::Future;
+
+use concord_core::conformance::{Harness, run_all};
+use concord_redis::testing::RedisServer;
+use concord_redis::{RedisOptions, RedisStore, connect};
+use tokio_util::sync::CancellationToken;
+
+struct Redis {
+    server: RedisServer,
+    made: u32,
+    shutdown: CancellationToken,
+}
+
+impl Redis {
+    async fn store(&self, prefix: String) -> std::sync::Arc<RedisStore> {
+        let options = RedisOptions {
+            url: self.server.url(),
+            prefix,
+            ..RedisOptions::default()
+        };
+        connect(options, self.shutdown.clone())
+            .await
+            .expect("redis answers")
+            .store
+    }
+}
+
+/// `Arc<RedisStore>` is what `connect` gives; the harness hands out the store itself.
+struct Shared(std::sync::Arc<RedisStore>, String);
+
+impl concord_core::Store for Shared {
+    fn load<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+    ) -> concord_core::StoreFuture<'a, concord_core::StoredDoc> {
+        self.0.load(doc)
+    }
+    fn append(
+        &self,
+        batch: std::sync::Arc<[concord_core::StoredUpdate]>,
+    ) -> concord_core::StoreFuture<'_, Vec<concord_core::Appended>> {
+        self.0.append(batch)
+    }
+    fn compact<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        snapshot: Vec<u8>,
+        upto: concord_core::Seq,
+    ) -> concord_core::StoreFuture<'a, ()> {
+        self.0.compact(doc, snapshot, upto)
+    }
+    fn delete<'a>(&'a self, doc: &'a concord_core::DocName) -> concord_core::StoreFuture<'a, ()> {
+        self.0.delete(doc)
+    }
+    fn list(&self) -> concord_core::StoreFuture<'_, Vec<concord_core::DocInfo>> {
+        self.0.list()
+    }
+    fn log_from<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        from: concord_core::Seq,
+    ) -> concord_core::StoreFuture<'a, concord_core::LogTail> {
+        self.0.log_from(doc, from)
+    }
+    fn shared(&self) -> bool {
+        self.0.shared()
+    }
+}
+
+impl Harness for Redis {
+    type Store = Shared;
+
+    fn create(&mut self) -> impl Future<Output = Shared> {
+        self.made += 1;
+        let prefix = format!("conformance{}", self.made);
+        async move { Shared(self.store(prefix.clone()).await, prefix) }
+    }
+
+    async fn reopen(&mut self, store: Shared) -> Shared {
+        let prefix = store.1.clone();
+        drop(store);
+        Shared(self.store(prefix.clone()).await, prefix)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_conforms() {
+    let shutdown = CancellationToken::new();
+    run_all(Redis {
+        server: RedisServer::start(),
+        made: 0,
+        shutdown: shutdown.clone(),
+    })
+    .await;
+    shutdown.cancel();
+}
