@@ -24,6 +24,7 @@ mod persistence;
 // The server as a process of its own.
 mod process;
 mod random;
+mod redis;
 // The replication seam: two instances linked through `Replication`.
 mod replication;
 mod shutdown;

@@ -63,7 +63,7 @@ fn state_vector_of(update: &[u8]) -> StateVector {
 const TEXT: [Root<'static>; 3] = [Root::Text("t"), Root::Array("log"), Root::Map("m")];
 
 /// The id of a save acknowledgement in a server frame, if the frame is one.
-fn ack_in(frame: &[u8]) -> Option<u64> {
+pub(crate) fn ack_in(frame: &[u8]) -> Option<u64> {
     decode_messages(frame)
         .expect("server frames decode")
         .into_iter()
@@ -76,7 +76,7 @@ fn ack_in(frame: &[u8]) -> Option<u64> {
 }
 
 /// Reads frames until the acknowledgement of one of `ids` arrives; returns its id.
-async fn next_ack(client: &mut RawClient, ids: &[u64]) -> u64 {
+pub(crate) async fn next_ack(client: &mut RawClient, ids: &[u64]) -> u64 {
     loop {
         let frame = client
             .next_binary(DEADLINE)
@@ -90,20 +90,20 @@ async fn next_ack(client: &mut RawClient, ids: &[u64]) -> u64 {
 }
 
 /// A writer that appends `piece` to the root text `t`, one update per call.
-struct Appender {
+pub(crate) struct Appender {
     doc: Doc,
-    text: String,
+    pub(crate) text: String,
 }
 
 impl Appender {
-    fn new(client: u64) -> Appender {
+    pub(crate) fn new(client: u64) -> Appender {
         Appender {
             doc: Doc::with_client_id(client),
             text: String::new(),
         }
     }
 
-    fn append(&mut self, piece: &str) -> Vec<u8> {
+    pub(crate) fn append(&mut self, piece: &str) -> Vec<u8> {
         self.text.push_str(piece);
         let text = self.doc.get_or_insert_text("t");
         let mut txn = self.doc.transact_mut();

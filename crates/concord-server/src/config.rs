@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_core::{Clock, SystemClock};
+use concord_core::{Clock, Store, SystemClock};
 
 use crate::auth::Authorizer;
 use crate::replication::Replication;
@@ -147,6 +147,10 @@ pub struct Config {
     /// [`Replication`]): what their clients change reaches this one's, and back. `None`: a
     /// single process.
     pub replication: Option<Arc<dyn Replication>>,
+    /// The store [`crate::run`] uses (a shared one such as `concord_redis::RedisStore` when
+    /// several processes serve the same documents). `None`: sled in [`Config::data_dir`], or
+    /// memory.
+    pub store: Option<Arc<dyn Store>>,
 }
 
 impl Default for Config {
@@ -191,6 +195,7 @@ impl Default for Config {
             read_only_awareness: true,
             static_dir: None,
             replication: None,
+            store: None,
         }
     }
 }
@@ -217,6 +222,7 @@ impl fmt::Debug for Config {
             .field("static_dir", &self.static_dir)
             .field("authorizer", &self.authorizer.as_ref().map(|_| "set"))
             .field("replication", &self.replication.as_ref().map(|_| "set"))
+            .field("store", &self.store.as_ref().map(|_| "set"))
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)

@@ -206,8 +206,8 @@ pub fn router(concord: &Concord) -> Router {
 }
 
 /// Serves Concord on `listener` until `shutdown` is cancelled, then closes connections with
-/// 1001, stores what is pending and returns. Documents are stored in a sled database in
-/// [`Config::data_dir`], or in memory when it is `None`.
+/// 1001, stores what is pending and returns. Documents are stored in [`Config::store`] when it
+/// is set, else in a sled database in [`Config::data_dir`], or in memory when that is `None`.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -215,7 +215,10 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let prefix = normalize_prefix(&config.path_prefix)?;
     normalize_prefix(&config.api_prefix)?;
-    let store = open_store(&config).await?;
+    let store = match config.store.clone() {
+        Some(store) => store,
+        None => open_store(&config).await?,
+    };
     let concord = Concord::new(config, store, shutdown.clone());
     let app = match prefix {
         // `nest` routes `/collab` and `/collab/...`; `/collab/` is the root too.

@@ -45,6 +45,13 @@ enum Command {
         /// The server's data directory.
         #[arg(long, env = "CONCORD_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
+        /// Work on the documents in this Redis (as the nodes started with --redis-url see
+        /// them) instead of --data-dir. Nodes may keep running.
+        #[arg(long, env = "CONCORD_REDIS_URL")]
+        redis_url: Option<String>,
+        /// Prefix of the Redis keys (as given to the nodes).
+        #[arg(long, env = "CONCORD_REDIS_PREFIX", default_value = "concord")]
+        redis_prefix: String,
         #[command(subcommand)]
         action: DocsAction,
     },
@@ -172,6 +179,14 @@ struct ServeArgs {
     /// Keep documents in memory only (lost on restart) instead of in --data-dir.
     #[arg(long, env = "CONCORD_IN_MEMORY", conflicts_with = "data_dir")]
     in_memory: bool,
+    /// Store documents in this Redis (redis://HOST:PORT[/DB]) instead of --data-dir, and share
+    /// them with every other node started with the same Redis and --redis-prefix: clients may
+    /// connect to any node.
+    #[arg(long, env = "CONCORD_REDIS_URL", conflicts_with = "in_memory")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key and channel Concord uses.
+    #[arg(long, env = "CONCORD_REDIS_PREFIX", default_value = "concord")]
+    redis_prefix: String,
     /// Serve the files of this directory at / for plain GET requests (default: web-demo/dist
     /// when it exists under the working directory, i.e. the built web demo).
     #[arg(long, env = "CONCORD_STATIC_DIR")]
@@ -393,7 +408,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Some(Command::Docs { data_dir, action }) => docs(&data_dir, action),
+        Some(Command::Docs {
+            data_dir,
+            redis_url,
+            redis_prefix,
+            action,
+        }) => docs(&data_dir, redis_url, redis_prefix, action),
         Some(Command::Token(args)) => token(args),
         None => serve(cli.serve),
     }
@@ -414,7 +434,39 @@ fn init_tracing() {
 async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let host = cli.host.clone();
     let port = cli.port;
-    let config = cli.config()?;
+    let redis = cli
+        .redis_url
+        .clone()
+        .map(|url| concord_redis::RedisOptions {
+            url,
+            prefix: cli.redis_prefix.clone(),
+            ..concord_redis::RedisOptions::default()
+        });
+    let mut config = cli.config()?;
+    let shutdown = CancellationToken::new();
+    if let Some(options) = redis {
+        let shown = options.url.clone();
+        let redis = concord_redis::connect(options, shutdown.clone())
+            .await
+            .context("--redis-url")?;
+        let persistence = redis.persistence().await;
+        tracing::info!(
+            redis = %shown,
+            node = redis.node_id(),
+            appendonly = %persistence.appendonly,
+            appendfsync = %persistence.appendfsync,
+            replicas = persistence.replicas,
+            "documents are stored in Redis and shared with every node on it; {}{}",
+            persistence.meaning(),
+            if persistence.replicas > 0 {
+                " (replicas are updated asynchronously: a failover may lose the last acknowledged updates)"
+            } else {
+                ""
+            }
+        );
+        config.store = Some(redis.store.clone());
+        config.replication = Some(redis.link.clone());
+    }
     let address: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
         .await
         .with_context(|| format!("cannot resolve --host {host}"))?
@@ -426,7 +478,6 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     // Scripts and tests read this line to learn the port when --port 0 was given.
     println!("listening on {}", listener.local_addr()?);
 
-    let shutdown = CancellationToken::new();
     // Registered before serving, so no signal finds the default handler (which would kill the
     // process without a graceful shutdown).
     let mut signals = Signals::new().context("cannot listen for signals")?;
@@ -441,22 +492,42 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a `docs` command against the store in `data_dir`.
+/// Runs a `docs` command against the store in `data_dir`, or in Redis.
 #[tokio::main(flavor = "current_thread")]
-async fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
+async fn docs(
+    data_dir: &Path,
+    redis_url: Option<String>,
+    redis_prefix: String,
+    action: DocsAction,
+) -> anyhow::Result<()> {
     use concord_server::admin;
-    use concord_server::concord_core::DocName;
+    use concord_server::concord_core::{DocName, Store};
     use std::io::{Read, Write};
 
-    if !data_dir.exists() {
-        anyhow::bail!("no data directory at {}", data_dir.display());
-    }
-    let store = concord_sled::SledStore::open(data_dir).with_context(|| {
-        format!(
-            "cannot open the store in {} (is the server still running?)",
-            data_dir.display()
-        )
-    })?;
+    let stop = CancellationToken::new();
+    let store: Arc<dyn Store> = match redis_url {
+        Some(url) => {
+            let options = concord_redis::RedisOptions {
+                url,
+                prefix: redis_prefix,
+                ..concord_redis::RedisOptions::default()
+            };
+            concord_redis::connect(options, stop.clone()).await?.store
+        }
+        None => {
+            if !data_dir.exists() {
+                anyhow::bail!("no data directory at {}", data_dir.display());
+            }
+            Arc::new(concord_sled::SledStore::open(data_dir).with_context(|| {
+                format!(
+                    "cannot open the store in {} (is the server still running?)",
+                    data_dir.display()
+                )
+            })?)
+        }
+    };
+    let store = store.as_ref();
+    let _stop_link = stop.drop_guard();
     let name = |s: &str| DocName::new(s).with_context(|| format!("bad document name {s:?}"));
     match action {
         DocsAction::List => {
@@ -466,7 +537,7 @@ async fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
                 "{:<40} {:>12} {:>10} {:>12}",
                 "name", "snapshot", "log", "log bytes"
             )?;
-            for info in admin::list(&store).await? {
+            for info in admin::list(store).await? {
                 writeln!(
                     out,
                     "{:<40} {:>12} {:>10} {:>12}",
@@ -475,27 +546,31 @@ async fn docs(data_dir: &Path, action: DocsAction) -> anyhow::Result<()> {
             }
         }
         DocsAction::Export { name: doc } => {
-            let update = admin::export(&store, &name(&doc)?).await?;
+            let update = admin::export(store, &name(&doc)?).await?;
             std::io::stdout().lock().write_all(&update)?;
         }
         DocsAction::Import { name: doc } => {
             let mut update = Vec::new();
             std::io::stdin().lock().read_to_end(&mut update)?;
-            admin::import(&store, &name(&doc)?, &update).await?;
+            admin::import(store, &name(&doc)?, &update).await?;
             eprintln!("imported {} bytes into {doc:?}", update.len());
         }
         DocsAction::Compact { name: doc } => {
             let targets = match doc {
                 Some(doc) => vec![name(&doc)?],
-                None => store.list()?.into_iter().map(|info| info.name).collect(),
+                None => admin::list(store)
+                    .await?
+                    .into_iter()
+                    .map(|info| info.name)
+                    .collect(),
             };
             for doc in targets {
-                let bytes = admin::compact(&store, &doc).await?;
+                let bytes = admin::compact(store, &doc).await?;
                 eprintln!("compacted {doc:?}: snapshot of {bytes} bytes");
             }
         }
         DocsAction::Delete { name: doc } => {
-            admin::delete(&store, &name(&doc)?).await?;
+            admin::delete(store, &name(&doc)?).await?;
             eprintln!("deleted {doc:?}");
         }
     }

@@ -9,7 +9,11 @@
 //! ```text
 //! server-process [--port PORT] [--data-dir DIR] [--max-sockets N]
 //!                [--max-sockets-per-address N] [--header-read-timeout DURATION]
+//!                [--awareness-timeout DURATION] [--redis-url URL]
 //! ```
+//!
+//! With `--redis-url` documents are stored in that Redis and shared with the other processes
+//! on it (`concord_redis::connect`, key prefix `concord`), as `concord-server --redis-url` does.
 //!
 //! Without `--port` (or with 0) the port is ephemeral; without `--data-dir` documents are kept
 //! in memory; the other flags set the `Config` fields of the same names (defaults otherwise).
@@ -27,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     port: u16,
     data_dir: Option<PathBuf>,
+    redis_url: Option<String>,
     config: Config,
 }
 
@@ -34,6 +39,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         port: 0,
         data_dir: None,
+        redis_url: None,
         config: Config::default(),
     };
     let mut argv = std::env::args_os().skip(1);
@@ -51,15 +57,16 @@ fn parse_args() -> Result<Args> {
                     .with_context(|| format!("--port {} is not a port", port.display()))?;
             }
             Some("--data-dir") => args.data_dir = Some(PathBuf::from(value()?)),
+            Some("--redis-url") => {
+                args.redis_url = Some(value()?.to_string_lossy().into_owned());
+            }
+            Some("--awareness-timeout") => args.config.awareness_timeout = duration(&value()?)?,
             Some("--max-sockets") => args.config.max_sockets = Some(number(&value()?)?),
             Some("--max-sockets-per-address") => {
                 args.config.max_sockets_per_address = number(&value()?)?;
             }
             Some("--header-read-timeout") => {
-                let text = value()?;
-                args.config.header_read_timeout =
-                    humantime::parse_duration(&text.to_string_lossy())
-                        .with_context(|| format!("{} is not a duration", text.display()))?;
+                args.config.header_read_timeout = duration(&value()?)?;
             }
             _ => bail!(
                 "unknown argument {}; see the usage at the top of server-process.rs",
@@ -68,6 +75,11 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(args)
+}
+
+fn duration(text: &std::ffi::OsStr) -> Result<std::time::Duration> {
+    humantime::parse_duration(&text.to_string_lossy())
+        .with_context(|| format!("{} is not a duration", text.display()))
 }
 
 fn number(text: &std::ffi::OsStr) -> Result<usize> {
@@ -91,10 +103,19 @@ async fn serve(args: Args) -> Result<()> {
             on_signal.cancel();
         }
     });
-    let config = Config {
+    let mut config = Config {
         data_dir: args.data_dir,
         ..args.config
     };
+    if let Some(url) = args.redis_url {
+        let options = concord_redis::RedisOptions {
+            url,
+            ..concord_redis::RedisOptions::default()
+        };
+        let redis = concord_redis::connect(options, shutdown.clone()).await?;
+        config.store = Some(redis.store.clone());
+        config.replication = Some(redis.link.clone());
+    }
     concord_server::run(listener, config, shutdown)
         .await
         .context("the server failed")

@@ -1,0 +1,301 @@
+//! Several Concord nodes sharing documents through one real `redis-server` (started by each
+//! test on a free loopback port, append-only file with `appendfsync always`): clients on any
+//! node converge, a late joiner on another node gets everything, presence crosses nodes and a
+//! killed node's presence goes, acknowledged updates survive a killed node, and a lost Redis
+//! holds edits unacknowledged until it is back.
+
+use std::time::{Duration, Instant};
+
+use concord_core::{DocName, encode_saved};
+use concord_redis::testing::RedisServer;
+use concord_redis::{RedisOptions, connect};
+use concord_server::Config;
+use concord_tests::{
+    DEADLINE, EmbeddedServer, RawClient, TestClient, poll_until, poll_until_ok_async,
+    update_message,
+};
+use tokio_util::sync::CancellationToken;
+use yrs::{Array, Map, Text, WriteTxn};
+
+use crate::persistence::{Appender, ack_in, next_ack};
+use crate::process::ServerProcess;
+
+/// A node in this process: an embedded server on the test's Redis.
+struct Node {
+    server: EmbeddedServer,
+    link: CancellationToken,
+}
+
+impl Node {
+    async fn start(redis: &RedisServer) -> Node {
+        let link = CancellationToken::new();
+        let options = RedisOptions {
+            url: redis.url(),
+            ..RedisOptions::default()
+        };
+        let redis = connect(options, link.clone()).await.expect("redis answers");
+        let config = Config {
+            replication: Some(redis.link.clone()),
+            room_idle_timeout: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let server = EmbeddedServer::start_with_store(config, redis.store.clone()).await;
+        Node { server, link }
+    }
+
+    fn url(&self, doc: &str) -> String {
+        self.server.url(doc)
+    }
+
+    fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.addr)
+    }
+
+    async fn shutdown(self) {
+        self.server.shutdown().await;
+        self.link.cancel();
+    }
+}
+
+/// The state of `client` as JSON: text `t`, array `a`, map `m`.
+fn state(client: &TestClient) -> serde_json::Value {
+    serde_json::json!({
+        "t": client.text("t"),
+        "a": client.array_json("a"),
+        "m": client.map_json("m"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_three_nodes_converge_and_a_late_joiner_on_a_fourth_gets_everything() {
+    let redis = RedisServer::start();
+    let nodes = [
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+    ];
+    let doc = "team/board";
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(TestClient::connect_synced(&node.url(doc)).await.unwrap());
+    }
+    for round in 0..5 {
+        for (i, client) in clients.iter().enumerate() {
+            client.edit(|txn| {
+                let text = txn.get_or_insert_text("t");
+                let end = text.len(txn);
+                text.insert(txn, end, &format!("{i}.{round} "));
+                let array = txn.get_or_insert_array("a");
+                let len = array.len(txn);
+                array.insert(txn, len, format!("{i}.{round}"));
+                let map = txn.get_or_insert_map("m");
+                map.insert(txn, format!("n{i}"), round);
+            });
+        }
+    }
+    poll_until(
+        DEADLINE,
+        "every client on every node has all 45 edits",
+        || {
+            clients.iter().all(|c| c.array_len("a") == 15)
+                && clients.iter().all(|c| state(c) == state(&clients[0]))
+        },
+    )
+    .await;
+    let converged = state(&clients[0]);
+    assert_eq!(
+        converged["m"],
+        serde_json::json!({"n0": 4, "n1": 4, "n2": 4})
+    );
+
+    // Presence crosses nodes.
+    clients[0].set_awareness(r#"{"user":"ada"}"#);
+    let ada = clients[0].client_id();
+    poll_until(DEADLINE, "the client on the third node sees ada", || {
+        clients[2].awareness_states().get(&ada).map(String::as_str) == Some(r#"{"user":"ada"}"#)
+    })
+    .await;
+
+    // A fourth node, started now, serves the whole document to a new client.
+    let late = Node::start(&redis).await;
+    let joiner = TestClient::connect_synced(&late.url(doc)).await.unwrap();
+    assert_eq!(state(&joiner), converged);
+    // And what the joiner writes reaches the first node.
+    joiner.edit(|txn| {
+        let text = txn.get_or_insert_text("t");
+        text.insert(txn, 0, "late ");
+    });
+    poll_until(
+        DEADLINE,
+        "the first node's client sees the late joiner's edit",
+        || clients[0].text("t").starts_with("late "),
+    )
+    .await;
+
+    // An HTTP write on one node reaches WebSocket clients of another.
+    let update = {
+        let writer = yrs::Doc::with_client_id(4242);
+        let text = writer.get_or_insert_text("t");
+        let mut txn = yrs::Transact::transact_mut(&writer);
+        text.insert(&mut txn, 0, "posted ");
+        txn.encode_update_v1()
+    };
+    let posted = reqwest::Client::new()
+        .post(nodes[1].http("/api/docs/team%2Fboard/update"))
+        .header("content-type", "application/octet-stream")
+        .body(update)
+        .send()
+        .await
+        .unwrap();
+    assert!(posted.status().is_success(), "POST: {}", posted.status());
+    poll_until(
+        DEADLINE,
+        "the POST on node 2 reaches the clients of nodes 1 and 3",
+        || clients[0].text("t").contains("posted ") && clients[2].text("t").contains("posted "),
+    )
+    .await;
+
+    drop(clients);
+    drop(joiner);
+    late.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_nothing_acknowledged_and_its_presence_goes_from_the_others() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Awareness would only time out after a minute: what removes the dead node's presence is
+    // its expired heartbeat.
+    let args = ["--redis-url", url.as_str(), "--awareness-timeout", "60s"];
+    let a = ServerProcess::start_with(0, &args, None);
+    let b = ServerProcess::start_with(0, &args, None);
+    let doc = "kill/doc";
+    let ws = |node: &ServerProcess| format!("ws://{}/{doc}", node.addr);
+
+    let watcher = TestClient::connect_synced(&ws(&a)).await.unwrap();
+    let present = TestClient::connect_synced(&ws(&b)).await.unwrap();
+    present.set_awareness(r#"{"user":"bob"}"#);
+    let bob = present.client_id();
+    poll_until(DEADLINE, "the client on node A sees bob on node B", || {
+        watcher.awareness_states().contains_key(&bob)
+    })
+    .await;
+
+    // A writer on B: 30 updates, acknowledged.
+    let mut writer = Appender::new(77);
+    let mut raw = RawClient::connect(&ws(&b)).await.unwrap();
+    for i in 0..30 {
+        raw.send_binary(update_message(writer.append(&format!("{i};"))))
+            .await
+            .unwrap();
+    }
+    raw.send_binary(encode_saved(5).to_vec()).await.unwrap();
+    assert_eq!(next_ack(&mut raw, &[5]).await, 5);
+    let acknowledged = writer.text.clone();
+
+    let killed = Instant::now();
+    b.kill();
+    poll_until(DEADLINE, "bob's presence is gone from node A", || {
+        !watcher.awareness_states().contains_key(&bob)
+    })
+    .await;
+    eprintln!(
+        "a killed node's presence was removed from the other node after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        watcher.text("t"),
+        acknowledged,
+        "node A relayed every acknowledged update"
+    );
+
+    // A client that reconnects to A, and a restarted B, have everything acknowledged.
+    let again = TestClient::connect_synced(&ws(&a)).await.unwrap();
+    assert_eq!(again.text("t"), acknowledged);
+    let b = ServerProcess::start_with(0, &args, None);
+    let on_b = TestClient::connect_synced(&ws(&b)).await.unwrap();
+    assert_eq!(on_b.text("t"), acknowledged);
+    drop((watcher, present, again, on_b, a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_redis_holds_edits_unacknowledged_and_the_node_resumes_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let a = Node::start(&redis).await;
+    let c = Node::start(&redis).await;
+    let doc = "outage/doc";
+    let name = DocName::new(doc).unwrap();
+    let mut raw = RawClient::connect(&a.url(doc)).await.unwrap();
+    let neighbour = TestClient::connect_synced(&a.url(doc)).await.unwrap();
+    let far = TestClient::connect_synced(&c.url(doc)).await.unwrap();
+    let mut writer = Appender::new(9);
+    raw.send_binary(update_message(writer.append("before;")))
+        .await
+        .unwrap();
+    raw.send_binary(encode_saved(1).to_vec()).await.unwrap();
+    assert_eq!(next_ack(&mut raw, &[1]).await, 1);
+
+    redis.kill();
+    let http = reqwest::Client::new();
+    let readyz = a.http("/readyz");
+    let ready_is = |want: u16| {
+        let request = http.get(&readyz);
+        async move {
+            match request.send().await {
+                Ok(r) if r.status().as_u16() == want => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    poll_until_ok_async(DEADLINE, "/readyz says 503 without Redis", || ready_is(503)).await;
+
+    // Written while Redis is down: relayed to the node's other clients, not acknowledged.
+    raw.send_binary(update_message(writer.append("during;")))
+        .await
+        .unwrap();
+    raw.send_binary(encode_saved(2).to_vec()).await.unwrap();
+    poll_until(
+        DEADLINE,
+        "the neighbour on the same node sees the edit",
+        || neighbour.text("t") == writer.text,
+    )
+    .await;
+    // Nothing acknowledged it so far: read what the server has sent (until it sends nothing
+    // more for a moment; an acknowledgement arriving later is caught by the `next_ack` below,
+    // which accepts only id 2 after Redis is back).
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_millis(300), raw.next_binary(DEADLINE)).await
+    {
+        assert_eq!(
+            ack_in(&frame),
+            None,
+            "an update was acknowledged without Redis"
+        );
+    }
+
+    redis.restart();
+    assert_eq!(
+        next_ack(&mut raw, &[2]).await,
+        2,
+        "acknowledged once Redis is back"
+    );
+    poll_until(
+        DEADLINE,
+        "the other node's client gets the held edit",
+        || far.text("t") == writer.text,
+    )
+    .await;
+    poll_until_ok_async(DEADLINE, "/readyz says 200 with Redis back", || {
+        ready_is(200)
+    })
+    .await;
+    let stored = a.server.concord.is_loaded(&name);
+    assert!(stored, "the room stayed loaded through the outage");
+    drop((neighbour, far, raw));
+    a.shutdown().await;
+    c.shutdown().await;
+}
