@@ -272,7 +272,7 @@ async fn the_api_takes_the_websocket_tokens() {
 
 /// Reads SSE events until one of kind `update` with this text content arrives; returns the
 /// ids of the update events seen.
-async fn read_until_text(sse: &mut SseClient, doc: &Doc, want: &str) -> Vec<String> {
+pub(crate) async fn read_until_text(sse: &mut SseClient, doc: &Doc, want: &str) -> Vec<String> {
     let mut ids = Vec::new();
     while doc.get_or_insert_text("t").get_string(&doc.transact()) != want {
         let event = sse.next_event().await.expect("the stream goes on");

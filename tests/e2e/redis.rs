@@ -6,17 +6,21 @@
 
 use std::time::{Duration, Instant};
 
+use concord_core::Position;
 use concord_core::{DocName, encode_saved};
 use concord_redis::testing::RedisServer;
 use concord_redis::{RedisOptions, connect};
 use concord_server::Config;
 use concord_tests::{
-    DEADLINE, EmbeddedServer, RawClient, TestClient, poll_until, poll_until_ok_async,
-    update_message,
+    DEADLINE, EmbeddedServer, RawClient, SseClient, TestClient, b64_decode, poll_until,
+    poll_until_ok_async, update_message,
 };
 use tokio_util::sync::CancellationToken;
+use yrs::updates::decoder::Decode;
 use yrs::{Array, Map, Text, WriteTxn};
+use yrs::{Doc, Transact, Update};
 
+use crate::api::read_until_text;
 use crate::persistence::{Appender, ack_in, next_ack};
 use crate::process::ServerProcess;
 
@@ -28,6 +32,10 @@ struct Node {
 
 impl Node {
     async fn start(redis: &RedisServer) -> Node {
+        Node::start_with(redis, Config::default()).await
+    }
+
+    async fn start_with(redis: &RedisServer, config: Config) -> Node {
         let link = CancellationToken::new();
         let options = RedisOptions {
             url: redis.url(),
@@ -37,7 +45,7 @@ impl Node {
         let config = Config {
             replication: Some(redis.link.clone()),
             room_idle_timeout: Duration::from_millis(200),
-            ..Config::default()
+            ..config
         };
         let server = EmbeddedServer::start_with_store(config, redis.store.clone()).await;
         Node { server, link }
@@ -298,4 +306,124 @@ async fn a_lost_redis_holds_edits_unacknowledged_and_the_node_resumes_when_it_is
     drop((neighbour, far, raw));
     a.shutdown().await;
     c.shutdown().await;
+}
+
+/// Appends `[i]` to text `t` of `client`.
+fn append(client: &TestClient, i: usize) {
+    client.edit(|txn| {
+        let t = txn.get_or_insert_text("t");
+        let end = t.len(txn);
+        t.insert(txn, end, &format!("[{i}]"));
+    });
+}
+
+fn pieces(n: usize) -> String {
+    (0..n).map(|i| format!("[{i}]")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_resumes_on_another_node_with_no_gap_and_no_repeat() {
+    let redis = RedisServer::start();
+    let (a, b, c) = (
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+    );
+    let writer = TestClient::connect_synced(&b.url("resume")).await.unwrap();
+    let doc = Doc::new();
+    let events = |node: &Node| node.http("/api/docs/resume/events");
+    let mut sse = SseClient::connect(&events(&a), None).await.unwrap();
+    for i in 0..3 {
+        append(&writer, i);
+    }
+    let mut seen = read_until_text(&mut sse, &doc, &pieces(3)).await;
+    let last = seen.last().cloned().expect("update events came");
+    drop(sse);
+
+    for i in 3..6 {
+        append(&writer, i);
+    }
+    // Node C never had this document loaded: its positions are the store's, as on A.
+    let mut sse = SseClient::connect(&events(&c), Some(&last)).await.unwrap();
+    let first = sse.next_event().await.unwrap();
+    assert_eq!(
+        first.event, "update",
+        "resumes with the missed updates: {first:?}"
+    );
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(&b64_decode(&first.data)).unwrap())
+        .unwrap();
+    seen.push(first.id.unwrap());
+    seen.extend(read_until_text(&mut sse, &doc, &pieces(6)).await);
+    // Live updates written on B after the resume reach C's stream too.
+    append(&writer, 6);
+    seen.extend(read_until_text(&mut sse, &doc, &pieces(7)).await);
+    let positions: Vec<Position> = seen.iter().map(|id| id.parse().unwrap()).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions grow with no repeat: {positions:?}"
+    );
+    drop((sse, writer));
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}
+
+/// The length of a document's stream, read with `redis-cli`.
+fn stream_length(redis: &RedisServer, doc: &str) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "XLEN"])
+        .arg(format!("concord:{{{doc}}}:log"))
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("XLEN answers a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_under_load_with_joiners_racing_it_leaves_no_gap_and_a_short_stream() {
+    let redis = RedisServer::start();
+    let config = || Config {
+        compact_after_updates: 16,
+        ..Config::default()
+    };
+    let a = Node::start_with(&redis, config()).await;
+    let c = Node::start_with(&redis, config()).await;
+    let writer = TestClient::connect_synced(&a.url("race")).await.unwrap();
+    let watcher = TestClient::connect_synced(&c.url("race")).await.unwrap();
+    let mut joiners = Vec::new();
+    let total = 400;
+    for i in 0..total {
+        append(&writer, i);
+        if i % 40 == 39 {
+            // A joiner on the other node, loading while compactions run.
+            let joiner = TestClient::connect_synced(&c.url("race")).await.unwrap();
+            joiners.push((i, joiner));
+            tokio::task::yield_now().await;
+        }
+    }
+    let want = pieces(total);
+    poll_until(
+        DEADLINE,
+        "the watcher and every joiner have all updates",
+        || watcher.text("t") == want && joiners.iter().all(|(_, j)| j.text("t") == want),
+    )
+    .await;
+    let compactions = a.server.concord.compactions() + c.server.concord.compactions();
+    assert!(compactions > 0, "no compaction ran");
+    let length = stream_length(&redis, "race");
+    assert!(
+        length <= 64,
+        "the stream keeps {length} entries after {compactions} compactions"
+    );
+    // A fresh node rebuilds the same document from the snapshot and the stream's tail.
+    let late = Node::start(&redis).await;
+    let fresh = TestClient::connect_synced(&late.url("race")).await.unwrap();
+    assert_eq!(fresh.text("t"), want);
+    drop((writer, watcher, joiners, fresh));
+    for node in [a, c, late] {
+        node.shutdown().await;
+    }
 }
