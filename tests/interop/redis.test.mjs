@@ -1,0 +1,334 @@
+// Interop test: several Concord processes share documents through one real redis-server (started
+// here on a free loopback port, with its own config and temp dir: appendonly yes, appendfsync
+// always). Real npm y-websocket clients spread over the nodes converge; a late joiner on a fourth
+// node gets everything; one node killed with SIGKILL during a write storm from every node loses
+// nothing that was acknowledged (10 seeded rounds); Redis killed with SIGKILL mid-storm and
+// restarted loses nothing acknowledged, the nodes recover by themselves, and the edits made
+// meanwhile arrive.
+
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { test } from 'node:test'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+import {
+  TEST_TIMEOUT_MS, defineRoots, docJson, externalServerUrl, makeRng, seedFromEnv, startServer,
+  waitConverged, waitFor, waitSynced
+} from './harness.mjs'
+
+const skip = externalServerUrl ? 'these tests start their own servers and Redis' : false
+
+/** A loopback port nobody listens on right now. */
+function freePort () {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** Whether a Redis answers PING on `port`. */
+function ping (port) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1')
+    let answer = ''
+    socket.setTimeout(500, () => { socket.destroy(); resolve(false) })
+    socket.on('error', () => resolve(false))
+    socket.on('connect', () => socket.write('PING\r\n'))
+    socket.on('data', (chunk) => {
+      answer += chunk.toString()
+      if (answer.includes('\r\n')) {
+        socket.destroy()
+        resolve(answer.startsWith('+PONG'))
+      }
+    })
+  })
+}
+
+/** A redis-server of this test: its own port, config and directory. */
+class Redis {
+  static async start () {
+    const redis = new Redis()
+    redis.dir = mkdtempSync(path.join(os.tmpdir(), 'concord-redis-'))
+    redis.port = await freePort()
+    writeFileSync(path.join(redis.dir, 'redis.conf'), [
+      'bind 127.0.0.1', `port ${redis.port}`, `dir ${redis.dir}`, 'appendonly yes',
+      'appendfsync always', 'save ""', `logfile ${path.join(redis.dir, 'redis.log')}`
+    ].join('\n') + '\n')
+    await redis.spawn()
+    return redis
+  }
+
+  get url () { return `redis://127.0.0.1:${this.port}` }
+
+  async spawn () {
+    this.child = spawn('redis-server', [path.join(this.dir, 'redis.conf')], { stdio: 'ignore' })
+    this.exited = new Promise((resolve) => this.child.on('exit', resolve))
+    await waitFor(() => ping(this.port), {
+      timeout: 20_000,
+      message: () => 'redis-server to answer PING; its log:\n' + this.log()
+    })
+  }
+
+  log () {
+    try { return readFileSync(path.join(this.dir, 'redis.log'), 'utf8') } catch { return '' }
+  }
+
+  async kill () {
+    this.child.kill('SIGKILL')
+    await this.exited
+  }
+
+  async restart () {
+    await this.kill()
+    await this.spawn()
+  }
+
+  async stop () {
+    if (this.child.exitCode === null && this.child.signalCode === null) await this.kill()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+/** A y-websocket client of document `name` on the node at `url`. */
+function client (url, name, doc = new Y.Doc()) {
+  defineRoots(doc)
+  const provider = new WebsocketProvider(url, name, doc, {
+    WebSocketPolyfill: WebSocket, disableBc: true, resyncInterval: -1
+  })
+  return { doc, provider }
+}
+
+function destroy (clients) {
+  for (const { provider, doc } of clients) {
+    try { provider.destroy() } catch { /* already */ }
+    try { doc.destroy() } catch { /* already */ }
+  }
+}
+
+/** `http://HOST:PORT` of a node. */
+const httpBase = (server) => server.url.replace(/^ws:/, 'http:')
+
+/**
+ * Declares a test with a Redis and `n` Concord nodes on it. Every node's stderr is appended to a
+ * failure.
+ */
+function redisTest (name, n, fn) {
+  test(name, { timeout: TEST_TIMEOUT_MS * 3, skip }, async () => {
+    const redis = await Redis.start()
+    const nodes = []
+    const startNode = async (extra = []) => {
+      const node = await startServer(['--redis-url', redis.url, ...extra])
+      nodes.push(node)
+      return node
+    }
+    let failure = null
+    try {
+      for (let i = 0; i < n; i++) await startNode()
+      await fn({ redis, nodes, startNode })
+    } catch (err) {
+      failure = err
+    }
+    for (const node of nodes) {
+      if (node.exit === null) {
+        try { await node.stop() } catch (err) { failure = failure ?? err }
+      }
+    }
+    await redis.stop()
+    if (failure) {
+      if (failure instanceof Error) {
+        failure.message += nodes.map((node, i) => `\n--- node ${i} stderr (tail) ---\n${node.stderrTail(3000)}`).join('')
+      }
+      throw failure
+    }
+  })
+}
+
+/** Random edits of text, array and map by one client. */
+function randomEdit (doc, rng, tag) {
+  const roll = rng.next()
+  doc.transact(() => {
+    if (roll < 0.4) {
+      const text = doc.getText('text')
+      text.insert(Math.floor(rng.next() * (text.length + 1)), tag)
+    } else if (roll < 0.6 && doc.getText('text').length > 2) {
+      doc.getText('text').delete(0, 1)
+    } else if (roll < 0.85) {
+      doc.getArray('array').push([tag])
+    } else {
+      doc.getMap('map').set(`k${Math.floor(rng.next() * 5)}`, tag)
+    }
+  })
+}
+
+redisTest('y-websocket clients spread over three nodes converge; a late joiner on a fourth gets everything', 3, async ({ nodes, startNode }) => {
+  const seed = seedFromEnv()
+  const rng = makeRng(seed)
+  const clients = nodes.flatMap((node) => [client(node.url, 'spread'), client(node.url, 'spread')])
+  try {
+    await Promise.all(clients.map((c) => waitSynced(c.provider)))
+    for (let round = 0; round < 30; round++) {
+      clients.forEach((c, i) => randomEdit(c.doc, rng, `${i}.${round} `))
+    }
+    await waitConverged(clients.map((c) => c.doc), { timeout: 30_000 })
+    const json = docJson(clients[0].doc)
+    assert.equal(clients[0].doc.getArray('array').length > 0, true, `seed ${seed}: edits were made`)
+
+    // Presence crosses nodes.
+    clients[0].provider.awareness.setLocalStateField('user', { name: 'ada' })
+    const ada = clients[0].doc.clientID
+    await waitFor(() => clients[5].provider.awareness.getStates().get(ada)?.user?.name === 'ada', {
+      message: 'presence set on node 1 to reach node 3'
+    })
+
+    const fourth = await startNode()
+    const late = client(fourth.url, 'spread')
+    clients.push(late)
+    await waitSynced(late.provider)
+    assert.equal(docJson(late.doc), json, `seed ${seed}: the late joiner has the whole document`)
+  } finally {
+    destroy(clients)
+  }
+})
+
+/**
+ * Writers that POST updates (HTTP 200 = acknowledged: in Redis) adding unique items to the array
+ * `array`, spread over the nodes, until stopped. Returns the acknowledged items.
+ */
+function postStorm (nodes, name, { writers = 6, prefix = '' } = {}) {
+  const acknowledged = new Set()
+  let stopped = false
+  const runs = Array.from({ length: writers }, async (_, w) => {
+    const doc = new Y.Doc()
+    // Each POST carries everything this writer made since its last acknowledged POST: an update
+    // of one Yjs client only applies after its predecessors, so one lost on a killed node must
+    // travel again with the next.
+    let acknowledgedState = Y.encodeStateVector(doc)
+    for (let i = 0; !stopped; i++) {
+      const item = `${prefix}w${w}-${i}`
+      doc.getArray('array').push([item])
+      const sending = Y.encodeStateVector(doc)
+      const update = Y.encodeStateAsUpdate(doc, acknowledgedState)
+      const node = nodes[(w + i) % nodes.length]
+      try {
+        const response = await fetch(`${httpBase(node)}/api/docs/${encodeURIComponent(name)}/update`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/octet-stream' },
+          body: update,
+          signal: AbortSignal.timeout(5_000)
+        })
+        await response.arrayBuffer()
+        if (response.status === 200) {
+          acknowledged.add(item)
+          acknowledgedState = sending
+        }
+      } catch {
+        // A killed node or a timed-out request: not acknowledged. Pause so a dead node is not
+        // hammered.
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      }
+    }
+  })
+  return {
+    acknowledged,
+    async stop () {
+      stopped = true
+      await Promise.all(runs)
+    }
+  }
+}
+
+/** Every item of the array `array` in `doc`. */
+const items = (doc) => new Set(doc.getArray('array').toArray())
+
+redisTest('a node killed with SIGKILL during a write storm loses nothing acknowledged (10 seeded rounds)', 3, async ({ redis, nodes }) => {
+  const seed = seedFromEnv()
+  const rng = makeRng(seed)
+  for (let round = 0; round < 10; round++) {
+    const name = `storm-${round}`
+    // WebSocket clients on every node edit too, and keep their own edits when their node dies.
+    const live = nodes.map((node) => client(node.url, name))
+    let storm = null
+    let editing = null
+    try {
+      await Promise.all(live.map((c) => waitSynced(c.provider)))
+      storm = postStorm(nodes, name, { prefix: `r${round}-` })
+      editing = setInterval(() => live.forEach((c, i) => randomEdit(c.doc, rng, `${round}.${i} `)), 5)
+      await waitFor(() => storm.acknowledged.size >= 20, { message: 'the storm to get going' })
+      const victim = Math.floor(rng.next() * nodes.length)
+      const port = nodes[victim].port
+      await nodes[victim].kill()
+      await waitFor(() => storm.acknowledged.size >= 40, { message: 'the storm to go on without the killed node' })
+      clearInterval(editing)
+      await storm.stop()
+      // The killed node's client moves to another node, with its unsaved edits.
+      const moved = live[victim]
+      moved.provider.destroy()
+      const survivor = nodes[(victim + 1) % nodes.length]
+      live[victim] = client(survivor.url, name, moved.doc)
+      await waitConverged(live.map((c) => c.doc), { timeout: 30_000 })
+      for (const item of storm.acknowledged) {
+        assert.ok(items(live[0].doc).has(item), `seed ${seed}, round ${round}: acknowledged ${item} is missing`)
+      }
+      // The killed node comes back on its port and serves the same document.
+      nodes[victim] = await startServer(['--redis-url', redis.url, '--port', String(port)])
+      const back = client(nodes[victim].url, name)
+      live.push(back)
+      await waitSynced(back.provider)
+      await waitConverged(live.map((c) => c.doc), { timeout: 30_000 })
+      for (const item of storm.acknowledged) {
+        assert.ok(items(back.doc).has(item), `seed ${seed}, round ${round}: ${item} missing after the restart`)
+      }
+    } finally {
+      clearInterval(editing)
+      await storm?.stop()
+      destroy(live)
+    }
+  }
+})
+
+redisTest('Redis killed with SIGKILL mid-storm and restarted loses nothing acknowledged; nodes recover by themselves', 3, async ({ redis, nodes }) => {
+  const seed = seedFromEnv()
+  const rng = makeRng(seed)
+  const name = 'redis-down'
+  const live = nodes.map((node) => client(node.url, name))
+  let storm = null
+  try {
+    await Promise.all(live.map((c) => waitSynced(c.provider)))
+    storm = postStorm(nodes, name)
+    await waitFor(() => storm.acknowledged.size >= 30, { message: 'the storm to get going' })
+    await redis.kill()
+    // Edits made while Redis is down are relayed on their node, and stored once it is back.
+    live.forEach((c, i) => randomEdit(c.doc, rng, `down${i} `))
+    const before = storm.acknowledged.size
+    await redis.spawn()
+    await waitFor(() => storm.acknowledged.size >= before + 30, {
+      timeout: 30_000, message: 'acknowledgements to resume once Redis is back'
+    })
+    await storm.stop()
+    await waitConverged(live.map((c) => c.doc), { timeout: 30_000 })
+    for (const item of storm.acknowledged) {
+      assert.ok(items(live[0].doc).has(item), `acknowledged ${item} is missing`)
+    }
+    // A fresh client on each node, reading from Redis, has everything too.
+    const fresh = nodes.map((node) => client(node.url, name))
+    live.push(...fresh)
+    await Promise.all(fresh.map((c) => waitSynced(c.provider)))
+    await waitConverged(live.map((c) => c.doc), { timeout: 30_000 })
+    for (const node of nodes) {
+      const ready = await fetch(`${httpBase(node)}/readyz`)
+      assert.equal(ready.status, 200, 'every node is ready again')
+    }
+  } finally {
+    await storm?.stop()
+    destroy(live)
+  }
+})
