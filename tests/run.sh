@@ -4,8 +4,9 @@
 # provider's tests, the HTTP API's conformance to its OpenAPI description, and the web demo in a
 # real headless Chromium.
 # Installs what it needs (npm packages from the package-lock.json files, schemathesis from
-# PyPI into target/schemathesis-venv, Debian's chromium and redis-server packages with apt-get
-# when they are missing). Tests start their own redis-server processes on free loopback ports.
+# PyPI into target/schemathesis-venv, Debian's chromium, redis-server and haproxy packages with
+# apt-get when they are missing). Tests start their own redis-server and haproxy processes on
+# free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +21,12 @@ apt_install() {
   $sudo apt-get install -y --no-install-recommends "$@"
 }
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  echo "== installing redis-server (the Redis tests start their own instances)"
-  apt_install redis-server redis-tools
+missing=()
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server redis-tools)
+command -v haproxy >/dev/null || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (the Redis and load-balancer tests start their own instances)"
+  apt_install "${missing[@]}"
 fi
 
 echo "== building the workspace (server binary and yrs peer used by the interop tests)"

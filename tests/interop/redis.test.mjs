@@ -332,3 +332,135 @@ redisTest('Redis killed with SIGKILL mid-storm and restarted loses nothing ackno
     destroy(live)
   }
 })
+
+/** A WebSocket that connects from `localAddress` (a loopback address such as 127.0.0.2). */
+const webSocketFrom = (localAddress) => class extends WebSocket {
+  constructor (url, protocols, options = {}) {
+    super(url, protocols, { ...options, localAddress })
+  }
+}
+
+/** Opens a WebSocket from `localAddress`; resolves with 'open' or the HTTP status it got. */
+function tryConnect (url, localAddress) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, { localAddress })
+    ws.on('open', () => resolve({ status: 'open', ws }))
+    ws.on('unexpected-response', (_req, res) => { resolve({ status: res.statusCode }); res.resume() })
+    ws.on('error', (err) => resolve({ status: err.message }))
+  })
+}
+
+/** haproxy in front of `nodes`, on a free port, with its own config (health checks on /healthz). */
+async function startHaproxy (nodes) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'concord-haproxy-'))
+  const port = await freePort()
+  const config = path.join(dir, 'haproxy.cfg')
+  writeFileSync(config, [
+    'global', '  maxconn 4096',
+    'defaults', '  mode http', '  timeout connect 2s', '  timeout client 60s', '  timeout server 60s',
+    '  timeout tunnel 1h', '  retries 3', '  option redispatch',
+    'frontend front', `  bind 127.0.0.1:${port}`, '  option forwardfor', '  default_backend nodes',
+    // "first": every client on the first healthy node, so per-IP counts are on one node.
+    'backend nodes', '  balance first', '  option httpchk GET /healthz',
+    ...nodes.map((node, i) => `  server n${i} 127.0.0.1:${node.port} check inter 300 fall 2 rise 1`)
+  ].join('\n') + '\n')
+  const child = spawn('haproxy', ['-f', config, '-db'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let log = ''
+  child.stdout.on('data', (c) => { log += c })
+  child.stderr.on('data', (c) => { log += c })
+  const exited = new Promise((resolve) => child.on('exit', resolve))
+  await waitFor(async () => {
+    try { return (await fetch(`http://127.0.0.1:${port}/healthz`)).status === 200 } catch { return false }
+  }, { message: () => 'haproxy to serve /healthz; its output:\n' + log })
+  return {
+    url: `ws://127.0.0.1:${port}`,
+    http: `http://127.0.0.1:${port}`,
+    log: () => log,
+    async stop () {
+      child.kill('SIGKILL')
+      await exited
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+}
+
+test('behind haproxy: per-IP limits see the client through the trusted proxy, CORS preflights are answered, clients move to another node when theirs is killed', { timeout: TEST_TIMEOUT_MS * 2, skip }, async () => {
+  const redis = await Redis.start()
+  const args = ['--redis-url', redis.url, '--trusted-proxy', '127.0.0.1', '--max-connections-per-ip', '2',
+    '--cors-origin', 'https://app.example']
+  const nodes = []
+  let proxy = null
+  const clients = []
+  let failure = null
+  try {
+    for (let i = 0; i < 3; i++) nodes.push(await startServer(args))
+    proxy = await startHaproxy(nodes)
+
+    // Per-IP limits: two connections from 127.0.0.2 are let in, a third is refused; 127.0.0.3 is
+    // another client, although every connection comes from haproxy.
+    const opened = []
+    for (const from of ['127.0.0.2', '127.0.0.2']) {
+      const result = await tryConnect(`${proxy.url}/limits`, from)
+      assert.equal(result.status, 'open', `a connection from ${from}`)
+      opened.push(result.ws)
+    }
+    assert.equal((await tryConnect(`${proxy.url}/limits`, '127.0.0.2')).status, 429, 'a third from 127.0.0.2')
+    const other = await tryConnect(`${proxy.url}/limits`, '127.0.0.3')
+    assert.equal(other.status, 'open', 'another address is another client')
+    for (const ws of [...opened, other.ws]) ws.terminate()
+
+    // CORS preflight for the HTTP API, through the proxy.
+    const preflight = await fetch(`${proxy.http}/api/docs/x/update`, {
+      method: 'OPTIONS',
+      headers: { origin: 'https://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type' }
+    })
+    assert.ok(preflight.status === 200 || preflight.status === 204, `preflight status ${preflight.status}`)
+    assert.equal(preflight.headers.get('access-control-allow-origin'), 'https://app.example')
+    const stranger = await fetch(`${proxy.http}/api/docs/x/update`, {
+      method: 'OPTIONS',
+      headers: { origin: 'https://evil.example', 'access-control-request-method': 'POST' }
+    })
+    assert.equal(stranger.headers.get('access-control-allow-origin'), null, 'other origins get no CORS grant')
+
+    // Two y-websocket clients through the proxy (both on the first node), then that node dies.
+    for (const from of ['127.0.0.4', '127.0.0.5']) {
+      const doc = new Y.Doc()
+      defineRoots(doc)
+      const provider = new WebsocketProvider(proxy.url, 'behind-proxy', doc, {
+        WebSocketPolyfill: webSocketFrom(from), disableBc: true, resyncInterval: -1
+      })
+      clients.push({ doc, provider })
+    }
+    await Promise.all(clients.map((c) => waitSynced(c.provider)))
+    clients[0].doc.getText('text').insert(0, 'before ')
+    await waitConverged(clients.map((c) => c.doc))
+    await nodes[0].kill()
+    // Edited while their node is gone: kept locally, sent after the reconnect.
+    clients[1].doc.getText('text').insert(0, 'during ')
+    await waitFor(() => clients.every((c) => c.provider.wsconnected && c.provider.synced), {
+      timeout: 30_000, message: 'both clients to reconnect through haproxy to another node'
+    })
+    clients[0].doc.getArray('array').push(['after'])
+    await waitConverged(clients.map((c) => c.doc), { timeout: 30_000 })
+    assert.equal(clients[0].doc.getText('text').toString(), 'during before ')
+    // A fresh client directly on the third node reads all of it from Redis.
+    const direct = client(nodes[2].url, 'behind-proxy')
+    clients.push(direct)
+    await waitSynced(direct.provider)
+    await waitConverged(clients.map((c) => c.doc), { timeout: 30_000 })
+  } catch (err) {
+    failure = err
+  }
+  destroy(clients)
+  if (proxy) await proxy.stop()
+  for (const node of nodes) {
+    if (node.exit === null) {
+      try { await node.stop() } catch (err) { failure = failure ?? err }
+    }
+  }
+  await redis.stop()
+  if (failure) {
+    if (failure instanceof Error && proxy) failure.message += `\n--- haproxy ---\n${proxy.log()}`
+    throw failure
+  }
+})

@@ -151,6 +151,16 @@ pub struct Config {
     /// several processes serve the same documents). `None`: sled in [`Config::data_dir`], or
     /// memory.
     pub store: Option<Arc<dyn Store>>,
+    /// Reverse proxies and load balancers whose word on the client is believed: a request whose
+    /// peer is in one of these networks is taken to come from the address the proxies put in
+    /// `Forwarded: for=` or `X-Forwarded-For` (read from the right, past every trusted proxy),
+    /// for per-IP limits, logs and authorizers. Applied by [`crate::serve`]. Empty: every peer
+    /// is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Browser origins (e.g. `https://app.example.com`) whose cross-origin requests to the HTTP
+    /// API are allowed (CORS: preflights answered, `Access-Control-Allow-Origin` on responses).
+    /// `["*"]` allows any origin. Empty: no CORS headers (same-origin pages only).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -196,6 +206,8 @@ impl Default for Config {
             static_dir: None,
             replication: None,
             store: None,
+            trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -223,6 +235,8 @@ impl fmt::Debug for Config {
             .field("authorizer", &self.authorizer.as_ref().map(|_| "set"))
             .field("replication", &self.replication.as_ref().map(|_| "set"))
             .field("store", &self.store.as_ref().map(|_| "set"))
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("cors_origins", &self.cors_origins)
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)

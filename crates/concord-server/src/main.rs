@@ -86,6 +86,30 @@ struct TokenArgs {
     ttl: Duration,
 }
 
+/// An address or a network: `10.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8`.
+fn parse_network(value: &str) -> Result<ipnet::IpNet, String> {
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{value:?} is not an address or a network (e.g. 10.0.0.0/8)"))
+}
+
+/// `*`, or `scheme://host[:port]` with nothing after it.
+fn parse_origin(value: &str) -> Result<String, String> {
+    let origin = value.trim_end_matches('/');
+    let valid = origin == "*"
+        || (origin.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+        }) && axum::http::HeaderValue::from_str(origin).is_ok());
+    if valid {
+        Ok(origin.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not an origin (e.g. https://app.example.com, or *)"
+        ))
+    }
+}
+
 fn parse_grant(value: &str) -> Result<(String, Permission), String> {
     let (name, permission) = value
         .rsplit_once('=')
@@ -187,6 +211,15 @@ struct ServeArgs {
     /// Prefix of every Redis key and channel Concord uses.
     #[arg(long, env = "CONCORD_REDIS_PREFIX", default_value = "concord")]
     redis_prefix: String,
+    /// A reverse proxy or load balancer (an address or CIDR, e.g. 10.0.0.0/8) whose
+    /// Forwarded/X-Forwarded-For header names the client; repeatable. Per-IP limits then apply
+    /// to the client's address, not the proxy's.
+    #[arg(long = "trusted-proxy", env = "CONCORD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// A browser origin (e.g. https://app.example.com, or *) allowed to call the HTTP API from
+    /// another origin (CORS preflights answered); repeatable.
+    #[arg(long = "cors-origin", env = "CONCORD_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    cors_origins: Vec<String>,
     /// Serve the files of this directory at / for plain GET requests (default: web-demo/dist
     /// when it exists under the working directory, i.e. the built web demo).
     #[arg(long, env = "CONCORD_STATIC_DIR")]
@@ -347,6 +380,8 @@ impl ServeArgs {
             max_awareness_state_bytes: self.max_awareness_state,
             read_only_awareness: self.read_only_awareness,
             static_dir: static_dir(self.static_dir, self.no_static)?,
+            trusted_proxies: self.trusted_proxies,
+            cors_origins: self.cors_origins,
             ..Config::default()
         })
     }

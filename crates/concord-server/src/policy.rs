@@ -7,4 +7,5 @@
 pub(crate) mod admission;
 pub mod auth;
 pub(crate) mod limits;
+pub(crate) mod proxy;
 pub(crate) mod sockets;

@@ -22,7 +22,7 @@ use crate::state::AppState;
 
 /// The API routes, to be nested under the API prefix.
 pub(crate) fn api_routes(state: &AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/docs/",
             get(empty_name).post(empty_name).delete(empty_name),
@@ -43,7 +43,42 @@ pub(crate) fn api_routes(state: &AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_such_endpoint)
         .layer(DefaultBodyLimit::max(state.config.max_message_size))
-        .with_state(state.clone())
+        .with_state(state.clone());
+    match cors(&state.config.cors_origins) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    }
+}
+
+/// CORS for the API, when [`crate::Config::cors_origins`] lists origins: preflights are
+/// answered by the layer (before routing, so before admission), and responses to allowed
+/// origins carry `Access-Control-Allow-Origin`.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn empty_name() -> ApiError {
