@@ -44,6 +44,7 @@ impl Node {
         let redis = connect(options, link.clone()).await.expect("redis answers");
         let config = Config {
             replication: Some(redis.link.clone()),
+            metrics: vec![redis.metrics()],
             room_idle_timeout: Duration::from_millis(200),
             ..config
         };
@@ -162,6 +163,22 @@ async fn clients_on_three_nodes_converge_and_a_late_joiner_on_a_fourth_gets_ever
         || clients[0].text("t").contains("posted ") && clients[2].text("t").contains("posted "),
     )
     .await;
+
+    // The Redis metrics are in /metrics.
+    let metrics = reqwest::get(nodes[2].http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("concord_redis_reachable 1"), "{metrics}");
+    let delivered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("concord_redis_entries_delivered_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no delivery counter in {metrics}"));
+    assert!(delivered > 0, "node 3 delivered other nodes' entries");
+    assert!(metrics.contains("concord_redis_append_seconds_bucket"));
 
     drop(clients);
     drop(joiner);

@@ -47,11 +47,13 @@ use tokio_util::sync::CancellationToken;
 mod entry;
 mod keys;
 mod link;
+mod metrics;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use link::RedisLink;
+pub use metrics::RedisCollector;
 pub use store::RedisStore;
 
 use keys::Keys;
@@ -121,6 +123,8 @@ pub struct Redis {
     pub link: Arc<RedisLink>,
     node: Arc<str>,
     conn: ConnectionManager,
+    metrics: Arc<metrics::RedisMetrics>,
+    health: Arc<Health>,
 }
 
 /// What Redis will do with an acknowledged write, as far as this node can see.
@@ -164,6 +168,15 @@ impl Redis {
     /// This node's id (random, new at every start), as other nodes see it.
     pub fn node_id(&self) -> &str {
         &self.node
+    }
+
+    /// The node's Redis metrics (append and read round trips, follow lag, deliveries, catch-ups,
+    /// ghost removals, compaction leases, reachability), for the server's `Config::metrics`.
+    pub fn metrics(&self) -> Arc<RedisCollector> {
+        Arc::new(RedisCollector {
+            metrics: Arc::downgrade(&self.metrics),
+            health: Arc::downgrade(&self.health),
+        })
     }
 
     /// Reads Redis' persistence settings (`CONFIG GET appendonly appendfsync`, `INFO
@@ -218,11 +231,13 @@ pub async fn connect(
     let node: Arc<str> = new_node_id().into();
     let keys = Keys::new(&options.prefix);
     let health = Arc::new(Health::default());
+    let metrics = Arc::new(metrics::RedisMetrics::default());
     let store = Arc::new(RedisStore::new(
         conn.clone(),
         keys.clone(),
         node.clone(),
         health.clone(),
+        metrics.clone(),
     ));
     let link = RedisLink::start(
         client,
@@ -230,7 +245,8 @@ pub async fn connect(
         store.clone(),
         keys,
         node.clone(),
-        health,
+        health.clone(),
+        metrics.clone(),
         &options,
         shutdown,
     );
@@ -239,6 +255,8 @@ pub async fn connect(
         link,
         node,
         conn,
+        metrics,
+        health,
     })
 }
 

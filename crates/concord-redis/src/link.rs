@@ -14,7 +14,7 @@
 //!   removes that node's clients' presence from the rooms here.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +31,8 @@ use yrs::updates::encoder::Encode;
 
 use crate::RedisOptions;
 use crate::keys::Keys;
-use crate::store::{Health, RedisStore, decode_entry, is_unavailable};
+use crate::metrics::RedisMetrics;
+use crate::store::{Health, RedisStore, decode_entry, is_unavailable, now_ms};
 
 /// How long one `XREAD` blocks before it is sent again.
 const BLOCK: Duration = Duration::from_secs(5);
@@ -70,20 +71,11 @@ struct Shared {
     awareness: mpsc::Sender<(DocName, Bytes)>,
     /// Awareness clients of other nodes, per document: node -> client -> clock.
     remote_clients: Mutex<RemoteClients>,
-    counters: LinkCounters,
+    metrics: Arc<RedisMetrics>,
 }
 
 /// Awareness clients of other nodes, per document: node id -> client -> clock.
 type RemoteClients = HashMap<DocName, HashMap<Vec<u8>, HashMap<yrs::block::ClientID, u32>>>;
-
-/// What the link counted.
-#[derive(Debug, Default)]
-struct LinkCounters {
-    awareness_dropped: AtomicU64,
-    entries_delivered: AtomicU64,
-    resyncs: AtomicU64,
-    ghosts_removed: AtomicU64,
-}
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocName, Followed>> {
@@ -106,6 +98,7 @@ impl RedisLink {
         keys: Keys,
         node: Arc<str>,
         health: Arc<Health>,
+        metrics: Arc<RedisMetrics>,
         options: &RedisOptions,
         shutdown: CancellationToken,
     ) -> Arc<RedisLink> {
@@ -118,7 +111,7 @@ impl RedisLink {
             subscribe_changed: Notify::new(),
             awareness,
             remote_clients: Mutex::default(),
-            counters: LinkCounters::default(),
+            metrics,
         });
         tokio::spawn(follow(
             shared.clone(),
@@ -148,7 +141,7 @@ impl RedisLink {
     /// Awareness updates dropped because the publish queue was full.
     pub fn awareness_dropped(&self) -> u64 {
         self.shared
-            .counters
+            .metrics
             .awareness_dropped
             .load(Ordering::Relaxed)
     }
@@ -156,7 +149,7 @@ impl RedisLink {
     /// Log entries of other nodes delivered to rooms here.
     pub fn entries_delivered(&self) -> u64 {
         self.shared
-            .counters
+            .metrics
             .entries_delivered
             .load(Ordering::Relaxed)
     }
@@ -164,12 +157,12 @@ impl RedisLink {
     /// Times a room was brought up to date from the snapshot because entries it had not read
     /// were compacted away.
     pub fn resyncs(&self) -> u64 {
-        self.shared.counters.resyncs.load(Ordering::Relaxed)
+        self.shared.metrics.resyncs.load(Ordering::Relaxed)
     }
 
     /// Awareness clients of dead nodes removed from rooms here.
     pub fn ghosts_removed(&self) -> u64 {
-        self.shared.counters.ghosts_removed.load(Ordering::Relaxed)
+        self.shared.metrics.ghosts_removed.load(Ordering::Relaxed)
     }
 }
 
@@ -183,7 +176,13 @@ impl Replication for RedisLink {
     }
 
     fn unfollow(&self, doc: &DocName) {
-        self.shared.lock().remove(doc);
+        let mut followed = self.shared.lock();
+        followed.remove(doc);
+        self.shared
+            .metrics
+            .followed
+            .store(followed.len() as u64, Ordering::Relaxed);
+        drop(followed);
         self.shared.remote().remove(doc);
         self.shared.follow_changed.notify_one();
         self.shared.subscribe_changed.notify_one();
@@ -200,10 +199,7 @@ impl Replication for RedisLink {
             .try_send((doc.clone(), update))
             .is_err()
         {
-            self.shared
-                .counters
-                .awareness_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            RedisMetrics::bump(&self.shared.metrics.awareness_dropped);
         }
     }
 }
@@ -355,10 +351,14 @@ async fn deliver(
         } else {
             match entry.updates {
                 Ok(updates) => {
-                    shared
-                        .counters
-                        .entries_delivered
-                        .fetch_add(1, Ordering::Relaxed);
+                    RedisMetrics::bump(&shared.metrics.entries_delivered);
+                    if let Some(written) = entry.written_ms {
+                        let lag = now_ms().saturating_sub(written);
+                        shared
+                            .metrics
+                            .follow_lag_seconds
+                            .observe(lag as f64 / 1000.0);
+                    }
                     inlet.stored(entry.seq, updates)
                 }
                 Err(why) => {
@@ -383,7 +383,7 @@ async fn deliver(
 /// Brings a room up to date from the store (snapshot and log), after entries it had not read
 /// were compacted away.
 async fn resync(shared: &Shared, store: &RedisStore, doc: &DocName, inlet: &Inlet) {
-    shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+    RedisMetrics::bump(&shared.metrics.resyncs);
     let stored = match store.load(doc).await {
         Ok(stored) => stored,
         Err(e) => {
@@ -660,7 +660,7 @@ fn remove_ghosts(shared: &Shared, node: &[u8]) {
         };
         if inlet.awareness(&update.encode_v1()).is_ok() {
             shared
-                .counters
+                .metrics
                 .ghosts_removed
                 .fetch_add(count as u64, Ordering::Relaxed);
             tracing::info!(%doc, node = %String::from_utf8_lossy(node), clients = count, "removed the presence of a node that stopped");

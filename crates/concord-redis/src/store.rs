@@ -7,7 +7,7 @@
 //! batch of appends for many documents is one pipeline: one round trip, whatever its size.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,19 +20,20 @@ use redis::{Script, Value};
 
 use crate::entry;
 use crate::keys::{DocKeys, Keys};
+use crate::metrics::RedisMetrics;
 
 /// How long a compaction lease lasts: a node that dies while compacting blocks others for at
 /// most this long.
 const LEASE: Duration = Duration::from_secs(60);
 
-/// Appends one entry (sent as `EVAL` in the batch's pipeline: Redis caches the compiled script,
+/// Appends one entry (fields: node, updates, count, bytes, time in ms; sent as `EVAL` in the batch's pipeline: Redis caches the compiled script,
 /// and a pipeline of `EVALSHA`s could half-fail after a Redis restart emptied the cache): takes
 /// the next seq, adds the entry under it, and counts the tail.
 /// KEYS: log, meta. ARGV: node, entry, updates, bytes, now (ms). Returns {seq, tail updates,
 /// tail bytes}.
 const APPEND: &str = r"
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('XADD', KEYS[1], seq .. '-0', 'n', ARGV[1], 'u', ARGV[2], 'c', ARGV[3], 'b', ARGV[4])
+redis.call('XADD', KEYS[1], seq .. '-0', 'n', ARGV[1], 'u', ARGV[2], 'c', ARGV[3], 'b', ARGV[4], 't', ARGV[5])
 local tu = redis.call('HINCRBY', KEYS[2], 'tail_updates', ARGV[3])
 local tb = redis.call('HINCRBY', KEYS[2], 'tail_bytes', ARGV[4])
 redis.call('HSET', KEYS[2], 'updated', ARGV[5])
@@ -95,7 +96,7 @@ pub struct RedisStore {
     /// This node's id, written into every entry so its followers skip their own entries.
     node: Arc<str>,
     health: Arc<Health>,
-    corrupt: AtomicU64,
+    metrics: Arc<RedisMetrics>,
     scripts: Scripts,
 }
 
@@ -106,7 +107,7 @@ struct Scripts {
 }
 
 /// Whether Redis answered lately, and if not, why.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Health {
     down: AtomicBool,
     why: Mutex<String>,
@@ -167,7 +168,7 @@ pub(crate) fn is_unavailable(e: &redis::RedisError) -> bool {
         )
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -183,6 +184,8 @@ type LogEntry = (Seq, Vec<Vec<u8>>);
 pub(crate) struct Entry {
     pub(crate) seq: Seq,
     pub(crate) node: Vec<u8>,
+    /// When it was appended (ms since the Unix epoch, the writing node's clock).
+    pub(crate) written_ms: Option<u64>,
     /// The updates, or why they cannot be read.
     pub(crate) updates: Result<Vec<Vec<u8>>, String>,
 }
@@ -192,11 +195,17 @@ pub(crate) fn decode_entry((id, fields): RawEntry) -> Option<Entry> {
     let seq = id.strip_suffix("-0")?.parse().ok()?;
     let mut node = Vec::new();
     let mut blob = None;
+    let mut written_ms = None;
     let mut pairs = fields.into_iter();
     while let (Some(field), Some(value)) = (pairs.next(), pairs.next()) {
         match field.as_slice() {
             b"n" => node = value,
             b"u" => blob = Some(value),
+            b"t" => {
+                written_ms = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+            }
             _ => {}
         }
     }
@@ -204,7 +213,12 @@ pub(crate) fn decode_entry((id, fields): RawEntry) -> Option<Entry> {
         Some(blob) => entry::decode(&blob),
         None => Err("no updates field".into()),
     };
-    Some(Entry { seq, node, updates })
+    Some(Entry {
+        seq,
+        node,
+        written_ms,
+        updates,
+    })
 }
 
 impl RedisStore {
@@ -213,13 +227,14 @@ impl RedisStore {
         keys: Keys,
         node: Arc<str>,
         health: Arc<Health>,
+        metrics: Arc<RedisMetrics>,
     ) -> RedisStore {
         RedisStore {
             conn,
             keys,
             node,
             health,
-            corrupt: AtomicU64::new(0),
+            metrics,
             scripts: Scripts {
                 load: Script::new(LOAD),
                 log_from: Script::new(LOG_FROM),
@@ -230,7 +245,7 @@ impl RedisStore {
 
     /// Log entries skipped so far because they could not be decoded.
     pub fn corrupt_entries(&self) -> u64 {
-        self.corrupt.load(Ordering::Relaxed)
+        self.metrics.corrupt_entries.load(Ordering::Relaxed)
     }
 
     /// Maps a Redis error to the store's, noting an unreachable Redis.
@@ -278,13 +293,16 @@ impl RedisStore {
                 }
             }
         }
-        self.corrupt.fetch_add(corrupt, Ordering::Relaxed);
+        self.metrics
+            .corrupt_entries
+            .fetch_add(corrupt, Ordering::Relaxed);
         (entries, corrupt)
     }
 
     async fn load_doc(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
         let k = self.keys.doc(doc);
         let mut conn = self.conn.clone();
+        let started = std::time::Instant::now();
         let (snapshot, covered, raw): (Option<Vec<u8>>, Option<Seq>, Vec<RawEntry>) = self
             .answered(
                 self.scripts
@@ -295,6 +313,9 @@ impl RedisStore {
                     .invoke_async(&mut conn)
                     .await,
             )?;
+        self.metrics
+            .read_seconds
+            .observe(started.elapsed().as_secs_f64());
         let (entries, corrupt_entries) = self.decode_all(doc, raw);
         let position = match (entries.last(), covered) {
             (Some((seq, updates)), _) => Position {
@@ -388,9 +409,11 @@ impl RedisStore {
                 .await,
         )?;
         if taken.is_none() {
+            RedisMetrics::bump(&self.metrics.leases_busy);
             tracing::debug!(%doc, "another node is compacting this document; skipped");
             return Ok(());
         }
+        RedisMetrics::bump(&self.metrics.leases_taken);
         let done: u8 = self.answered(
             self.scripts
                 .compact
@@ -406,6 +429,7 @@ impl RedisStore {
                 .await,
         )?;
         if done == 0 {
+            RedisMetrics::bump(&self.metrics.leases_lost);
             tracing::warn!(%doc, token, "compaction lease expired before the snapshot was written; skipped");
             return Ok(());
         }

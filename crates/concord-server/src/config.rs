@@ -161,6 +161,9 @@ pub struct Config {
     /// API are allowed (CORS: preflights answered, `Access-Control-Allow-Origin` on responses).
     /// `["*"]` allows any origin. Empty: no CORS headers (same-origin pages only).
     pub cors_origins: Vec<String>,
+    /// More metrics for `GET /metrics`, encoded after the server's own at every scrape (e.g.
+    /// `concord_redis::Redis::metrics`). Names get the `concord_` prefix.
+    pub metrics: Vec<Arc<dyn prometheus_client::collector::Collector>>,
 }
 
 impl Default for Config {
@@ -208,6 +211,7 @@ impl Default for Config {
             store: None,
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -237,6 +241,7 @@ impl fmt::Debug for Config {
             .field("store", &self.store.as_ref().map(|_| "set"))
             .field("trusted_proxies", &self.trusted_proxies)
             .field("cors_origins", &self.cors_origins)
+            .field("metrics", &self.metrics.len())
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)

@@ -501,6 +501,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         );
         config.store = Some(redis.store.clone());
         config.replication = Some(redis.link.clone());
+        config.metrics.push(redis.metrics());
     }
     let address: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
         .await

@@ -148,6 +148,7 @@ impl AppState {
             counters.clone(),
             Arc::new(move || loaded.loaded().len()),
             flush_seconds,
+            &config.metrics,
         ));
         let connections = ConnectionLimits::new(
             config.max_connections,

@@ -115,6 +115,7 @@ async fn serve(args: Args) -> Result<()> {
         let redis = concord_redis::connect(options, shutdown.clone()).await?;
         config.store = Some(redis.store.clone());
         config.replication = Some(redis.link.clone());
+        config.metrics.push(redis.metrics());
     }
     concord_server::run(listener, config, shutdown)
         .await

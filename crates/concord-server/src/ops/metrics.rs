@@ -34,6 +34,7 @@ impl Metrics {
         counters: Arc<Counters>,
         rooms_loaded: RoomsLoaded,
         flush_seconds: Histogram,
+        extra: &[Arc<dyn Collector>],
     ) -> Metrics {
         let mut registry = Registry::with_prefix("concord");
         registry.register(
@@ -45,6 +46,9 @@ impl Metrics {
             counters,
             rooms_loaded,
         }));
+        for collector in extra {
+            registry.register_collector(Box::new(Shared(collector.clone())));
+        }
         Metrics { registry }
     }
 
@@ -53,6 +57,16 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// A collector given in [`crate::Config::metrics`].
+#[derive(Debug)]
+struct Shared(Arc<dyn Collector>);
+
+impl Collector for Shared {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
     }
 }
 
