@@ -129,6 +129,11 @@ async fn clients_on_three_nodes_converge_and_a_late_joiner_on_a_fourth_gets_ever
     let late = Node::start(&redis).await;
     let joiner = TestClient::connect_synced(&late.url(doc)).await.unwrap();
     assert_eq!(state(&joiner), converged);
+    // The new node asked the others who is there: ada's presence arrives without her renewing.
+    poll_until(DEADLINE, "the late joiner sees ada", || {
+        joiner.awareness_states().contains_key(&ada)
+    })
+    .await;
     // And what the joiner writes reaches the first node.
     joiner.edit(|txn| {
         let text = txn.get_or_insert_text("t");

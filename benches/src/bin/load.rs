@@ -21,6 +21,13 @@ struct Args {
     /// The server's process id: its memory (VmRSS) and CPU time are reported.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Another node serving the same documents (repeatable): connections are spread over
+    /// --url and these, so each document's clients sit on different nodes.
+    #[arg(long = "also-url")]
+    also_urls: Vec<String>,
+    /// Another process whose CPU counts as the server's (repeatable: other nodes, Redis).
+    #[arg(long = "also-pid")]
+    also_pids: Vec<u32>,
     /// edit, idle or late-join.
     #[arg(long, default_value = "edit")]
     mode: Mode,
@@ -83,6 +90,8 @@ fn main() -> anyhow::Result<()> {
     }
     let mut scenario = Scenario::new(args.name, args.url, args.mode);
     scenario.server_pid = args.server_pid;
+    scenario.more_urls = args.also_urls;
+    scenario.more_pids = args.also_pids;
     scenario.docs = args.docs;
     scenario.clients = args.clients;
     scenario.edits = args.edits;

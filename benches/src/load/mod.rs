@@ -74,6 +74,11 @@ pub struct Scenario {
     pub url: String,
     /// The server's process id, for its memory (`/proc/PID/status`); `None`: not measured.
     pub server_pid: Option<u32>,
+    /// More servers serving the same documents (nodes sharing a Redis): connection `i` goes to
+    /// `[url, more_urls...][i % n]`, so the clients of each document spread over the nodes.
+    pub more_urls: Vec<String>,
+    /// More processes whose CPU time counts as the server's (the other nodes, Redis).
+    pub more_pids: Vec<u32>,
     pub mode: Mode,
     /// Documents (edit and idle).
     pub docs: usize,
@@ -129,6 +134,8 @@ impl Scenario {
             name: name.into(),
             url: url.into(),
             server_pid: None,
+            more_urls: Vec::new(),
+            more_pids: Vec::new(),
             mode,
             docs: 1,
             clients: 2,
@@ -306,10 +313,12 @@ impl Health {
 /// in the report (`ok: false`, `error`); only a malformed scenario is an `Err`.
 pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
     let began = Instant::now();
-    let (addr, base) = resolve(&scenario.url).await?;
+    let mut targets = vec![resolve(&scenario.url).await?];
+    for url in &scenario.more_urls {
+        targets.push(resolve(url).await?);
+    }
     let dial = Dial {
-        addr,
-        base,
+        targets,
         read_buffer: match scenario.mode {
             Mode::Idle => 4 * 1024,
             _ => 64 * 1024,
@@ -318,7 +327,15 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
         timeout: scenario.connect_timeout,
     };
     let pid = scenario.server_pid;
-    let cpu_before = pid.and_then(proc::cpu);
+    // CPU time of every server process (the nodes, Redis), summed.
+    let server_cpu = || -> Option<Duration> {
+        let mut total = proc::cpu(pid?)?;
+        for &more in &scenario.more_pids {
+            total += proc::cpu(more)?;
+        }
+        Some(total)
+    };
+    let cpu_before = server_cpu();
     let own_cpu_before = proc::cpu(std::process::id());
     let mut report = Report {
         scenario: scenario.clone(),
@@ -356,7 +373,7 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
     if report.server_after.is_none() {
         report.server_after = pid.and_then(proc::memory);
     }
-    if let (Some(before), Some(after)) = (cpu_before, pid.and_then(proc::cpu)) {
+    if let (Some(before), Some(after)) = (cpu_before, server_cpu()) {
         report.server_cpu_s = Some(after.saturating_sub(before).as_secs_f64());
     }
     if let (Some(before), Some(after)) = (own_cpu_before, proc::cpu(std::process::id())) {
@@ -428,7 +445,7 @@ async fn connect_all(
     let mut opened: Vec<Option<Peer>> = (0..count).map(|_| None).collect();
     let mut stream = futures_util::stream::iter(wanted.into_iter().enumerate().map(
         |(i, (name, doc, inbox))| async move {
-            let peer = Peer::connect(dial, &name, doc, inbox)
+            let peer = Peer::connect(dial, i, &name, doc, inbox)
                 .await
                 .with_context(|| format!("connection {i} (document {name})"))?;
             let sync_by = deadline.min(tokio::time::Instant::now() + dial.timeout);

@@ -96,10 +96,9 @@ impl PeerState {
 /// How a peer connects.
 #[derive(Clone)]
 pub(crate) struct Dial {
-    /// The server's address, resolved once.
-    pub(crate) addr: SocketAddr,
-    /// `ws://host:port[/prefix]`, without a trailing slash.
-    pub(crate) base: String,
+    /// Each server's address, resolved once, and `ws://host:port[/prefix]` without a trailing
+    /// slash; connection `i` goes to `targets[i % len]`.
+    pub(crate) targets: Vec<(SocketAddr, String)>,
     /// Read buffer per connection: small for idle connections (memory), larger for editors and
     /// late joiners (fewer reads per large frame).
     pub(crate) read_buffer: usize,
@@ -126,15 +125,17 @@ impl Peer {
     /// reader (which records deliveries in `inbox` when given).
     pub(crate) async fn connect(
         dial: &Dial,
+        at: usize,
         name: &str,
         doc: Doc,
         inbox: Option<Inbox>,
     ) -> anyhow::Result<Peer> {
-        let url = format!("{}/{name}", dial.base);
+        let (addr, base) = &dial.targets[at % dial.targets.len()];
+        let url = format!("{base}/{name}");
         let ws = tokio::time::timeout(dial.timeout, async {
-            let tcp = TcpStream::connect(dial.addr)
+            let tcp = TcpStream::connect(addr)
                 .await
-                .with_context(|| format!("connect to {}", dial.addr))?;
+                .with_context(|| format!("connect to {addr}"))?;
             tcp.set_nodelay(true).context("TCP_NODELAY")?;
             let config = WebSocketConfig::default()
                 .read_buffer_size(dial.read_buffer)

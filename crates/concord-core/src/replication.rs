@@ -81,6 +81,10 @@ pub trait InletTarget: Send + Sync {
     fn awareness(&self, update: &[u8]) -> Result<(), InletError>;
     /// See [`Inlet::is_closed`].
     fn is_closed(&self) -> bool;
+    /// See [`Inlet::local_awareness`]. None by default.
+    fn local_awareness(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Where another process's updates and awareness enter one room of this process. Cheap to
@@ -130,5 +134,13 @@ impl Inlet {
     /// Whether the room has closed (every event is then refused with [`InletError::Closed`]).
     pub fn is_closed(&self) -> bool {
         self.target.is_closed()
+    }
+
+    /// The awareness states of this process's own clients in the room (not those other
+    /// processes published), as one awareness update; `None` when there are none or the room
+    /// closed. For answering another process that just loaded the document and asks who is
+    /// there.
+    pub fn local_awareness(&self) -> Option<Vec<u8>> {
+        self.target.local_awareness()
     }
 }

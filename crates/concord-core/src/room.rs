@@ -450,6 +450,21 @@ impl Room {
         (!update.clients.is_empty()).then(|| update.encode_v1())
     }
 
+    /// The awareness states set by this room's own connections (not those that arrived from
+    /// other processes), as one awareness update, or `None` when there are none: what another
+    /// process that just loaded the document asks for.
+    pub fn owned_awareness_update(&self) -> Option<Vec<u8>> {
+        use yrs::updates::encoder::Encode;
+        if self.owners.is_empty() {
+            return None;
+        }
+        let update = self
+            .awareness
+            .update_with_clients(self.owners.keys().copied())
+            .ok()?;
+        (!update.clients.is_empty()).then(|| update.encode_v1())
+    }
+
     /// Removes a connection and broadcasts the removal of the awareness states it owned.
     /// Removing an unknown connection does nothing.
     pub fn leave(&mut self, conn: ConnId) -> Effects {

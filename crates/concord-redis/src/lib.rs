@@ -33,8 +33,10 @@
 //!
 //! # Presence between nodes
 //!
-//! Awareness goes over pub/sub, one channel per document, never into the log. Each node keeps a
-//! heartbeat key that expires ([`RedisOptions::node_ttl`]); the others remember which awareness
+//! Awareness goes over pub/sub, one channel per document, never into the log. A node that loads
+//! a document asks on its channel who is there, and every other node that has it loaded answers
+//! with the states of its own clients, so presence shows at once rather than at the clients'
+//! next renewal. Each node keeps a heartbeat key that expires ([`RedisOptions::node_ttl`]); the others remember which awareness
 //! clients came from which node, and when a node's key is gone they remove its clients'
 //! presence from their rooms (within the TTL plus one check interval).
 

@@ -40,6 +40,9 @@ const BLOCK: Duration = Duration::from_secs(5);
 const READ_COUNT: usize = 256;
 /// Kind byte of an awareness message on a channel.
 const AWARENESS: u8 = 0;
+/// Kind byte of a query: "I just loaded this document; who is there?" Every other node that
+/// has it loaded answers with the awareness states of its own clients.
+const QUERY: u8 = 1;
 
 /// This node's link to the other nodes that share a Redis. See the module documentation.
 pub struct RedisLink {
@@ -68,7 +71,8 @@ struct Shared {
     /// The follower and the subscriber wait on these for changes of `followed`.
     follow_changed: Notify,
     subscribe_changed: Notify,
-    awareness: mpsc::Sender<(DocName, Bytes)>,
+    /// Channel messages to publish: document, kind, payload.
+    awareness: mpsc::Sender<(DocName, u8, Bytes)>,
     /// Awareness clients of other nodes, per document: node -> client -> clock.
     remote_clients: Mutex<RemoteClients>,
     metrics: Arc<RedisMetrics>,
@@ -196,7 +200,7 @@ impl Replication for RedisLink {
         if self
             .shared
             .awareness
-            .try_send((doc.clone(), update))
+            .try_send((doc.clone(), AWARENESS, update))
             .is_err()
         {
             RedisMetrics::bump(&self.shared.metrics.awareness_dropped);
@@ -415,30 +419,31 @@ async fn resync(shared: &Shared, store: &RedisStore, doc: &DocName, inlet: &Inle
 }
 
 /// A channel message: kind, node id, payload.
-fn channel_message(node: &str, payload: &[u8]) -> Vec<u8> {
+fn channel_message(kind: u8, node: &str, payload: &[u8]) -> Vec<u8> {
     let mut message = Vec::with_capacity(2 + node.len() + payload.len());
-    message.push(AWARENESS);
+    message.push(kind);
     message.push(u8::try_from(node.len()).unwrap_or(u8::MAX));
     message.extend_from_slice(&node.as_bytes()[..node.len().min(255)]);
     message.extend_from_slice(payload);
     message
 }
 
-/// Splits a channel message into node id and payload.
-fn parse_channel_message(message: &[u8]) -> Option<(&[u8], &[u8])> {
+/// Splits a channel message into kind, node id and payload.
+fn parse_channel_message(message: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&kind, rest) = message.split_first()?;
     let (&len, rest) = rest.split_first()?;
-    if kind != AWARENESS || rest.len() < usize::from(len) {
+    if !matches!(kind, AWARENESS | QUERY) || rest.len() < usize::from(len) {
         return None;
     }
-    Some(rest.split_at(usize::from(len)))
+    let (node, payload) = rest.split_at(usize::from(len));
+    Some((kind, node, payload))
 }
 
 /// The publisher task: sends queued awareness updates, a pipeline per wake-up.
 async fn publish(
     shared: Arc<Shared>,
     mut conn: ConnectionManager,
-    mut queue: mpsc::Receiver<(DocName, Bytes)>,
+    mut queue: mpsc::Receiver<(DocName, u8, Bytes)>,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::new();
@@ -451,10 +456,10 @@ async fn publish(
             return;
         }
         let mut pipe = redis::pipe();
-        for (doc, update) in batch.drain(..) {
+        for (doc, kind, payload) in batch.drain(..) {
             pipe.cmd("PUBLISH")
                 .arg(shared.keys.awareness(&doc))
-                .arg(channel_message(&shared.node, &update))
+                .arg(channel_message(kind, &shared.node, &payload))
                 .ignore();
         }
         // Presence is soft state: what fails to go out is renewed by its client.
@@ -494,6 +499,11 @@ async fn subscribe(shared: Arc<Shared>, client: redis::Client, shutdown: Cancell
                         break;
                     }
                     slot.insert(doc.clone());
+                    // Now subscribed: ask the other nodes who is there (dropped like awareness
+                    // when the queue is full; presence then comes with the next renewals).
+                    let _ = shared
+                        .awareness
+                        .try_send((doc.clone(), QUERY, Bytes::new()));
                 }
             }
             let gone: Vec<String> = channels
@@ -533,7 +543,7 @@ async fn subscribe(shared: Arc<Shared>, client: redis::Client, shutdown: Cancell
 
 /// Delivers another node's awareness update to the room, and notes its clients.
 fn awareness_arrived(shared: &Shared, doc: &DocName, message: &[u8]) {
-    let Some((node, update)) = parse_channel_message(message) else {
+    let Some((kind, node, update)) = parse_channel_message(message) else {
         return;
     };
     if node == shared.node.as_bytes() {
@@ -542,6 +552,14 @@ fn awareness_arrived(shared: &Shared, doc: &DocName, message: &[u8]) {
     let Some(inlet) = shared.lock().get(doc).map(|f| f.inlet.clone()) else {
         return;
     };
+    if kind == QUERY {
+        if let Some(states) = inlet.local_awareness() {
+            let _ = shared
+                .awareness
+                .try_send((doc.clone(), AWARENESS, states.into()));
+        }
+        return;
+    }
     // The inlet validates the update before anything of it is trusted.
     if let Err(e) = inlet.awareness(update) {
         if !matches!(e, InletError::Closed) {
@@ -674,10 +692,15 @@ mod tests {
 
     #[test]
     fn channel_messages_round_trip_and_garbage_is_ignored() {
-        let message = channel_message("abc", &[1, 2, 3]);
+        let message = channel_message(AWARENESS, "abc", &[1, 2, 3]);
         assert_eq!(
             parse_channel_message(&message),
-            Some((&b"abc"[..], &[1u8, 2, 3][..]))
+            Some((AWARENESS, &b"abc"[..], &[1u8, 2, 3][..]))
+        );
+        let query = channel_message(QUERY, "n", &[]);
+        assert_eq!(
+            parse_channel_message(&query),
+            Some((QUERY, &b"n"[..], &[][..]))
         );
         assert_eq!(parse_channel_message(&[]), None);
         assert_eq!(parse_channel_message(&[AWARENESS, 9, 1]), None);

@@ -43,6 +43,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's directory (its config, AOF and log).
     pub fn dir(&self) -> &Path {
         self.dir.path()

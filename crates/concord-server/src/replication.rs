@@ -73,6 +73,10 @@ impl InletTarget for RoomInlet {
     fn is_closed(&self) -> bool {
         self.room.strong_count() == 0
     }
+
+    fn local_awareness(&self) -> Option<Vec<u8>> {
+        self.room.upgrade()?.local_awareness()
+    }
 }
 
 /// A room as the inlet sees it: implemented by the live room.
@@ -80,6 +84,9 @@ pub(crate) trait RemoteInput: Send + Sync {
     /// Applies messages another process published: relayed to every local connection, never
     /// stored here, never published again.
     fn receive_remote(&self, inbound: Vec<Inbound>) -> Result<(), RoomFault>;
+
+    /// The awareness states of this process's own connections, as one awareness update.
+    fn local_awareness(&self) -> Option<Vec<u8>>;
 }
 
 /// The replication of a server, or none.

@@ -251,6 +251,10 @@ impl RemoteInput for LiveRoom {
             None => Ok(()),
         }
     }
+
+    fn local_awareness(&self) -> Option<Vec<u8>> {
+        self.lock().room.owned_awareness_update()
+    }
 }
 
 /// A connection's place in a room; dropping it (also while unwinding from a panic) takes the
