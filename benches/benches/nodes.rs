@@ -169,9 +169,9 @@ async fn synced_client(
         let WsMessage::Binary(data) = frame? else {
             continue;
         };
-        let mut decoder = yrs::encoding::read::Cursor::new(&data);
-        let reader =
-            yrs::sync::MessageReader::new(&mut yrs::updates::decoder::DecoderV1::new(&mut decoder));
+        let mut decoder =
+            yrs::updates::decoder::DecoderV1::new(yrs::encoding::read::Cursor::new(&data));
+        let reader = yrs::sync::MessageReader::new(&mut decoder);
         for message in reader {
             match message? {
                 Message::Sync(SyncMessage::SyncStep2(update)) => {
