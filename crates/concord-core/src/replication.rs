@@ -85,6 +85,10 @@ pub trait InletTarget: Send + Sync {
     fn local_awareness(&self) -> Option<Vec<u8>> {
         None
     }
+    /// See [`Inlet::relay`]. Applies the update by default.
+    fn relay(&self, update: &[u8]) -> Result<(), InletError> {
+        self.update(update)
+    }
 }
 
 /// Where another process's updates and awareness enter one room of this process. Cheap to
@@ -123,6 +127,16 @@ impl Inlet {
     /// update takes to merge).
     pub fn update(&self, update: &[u8]) -> Result<(), InletError> {
         self.target.update(update)
+    }
+
+    /// Relays a Yjs v1 update another process applied but may not have stored yet to every
+    /// connection of the room here, validated but without applying it to the room: the room
+    /// gets it from the shared store (through [`Inlet::stored`]) once it is durable. So a
+    /// client here sees it at once, and yet the room never holds an update no store has: a
+    /// client that sends it again (its own, unacknowledged, after its node died) finds the room
+    /// without it, and it is stored then.
+    pub fn relay(&self, update: &[u8]) -> Result<(), InletError> {
+        self.target.relay(update)
     }
 
     /// Applies an awareness update another process published ([`Published::Awareness`]) and

@@ -27,7 +27,12 @@
 //! The store's append is the publication: a node follows the streams of the documents it has
 //! loaded with blocking `XREAD`s on one dedicated connection, skips its own entries, and hands
 //! the others' to the room's inlet at their seq (so change-feed positions are the same on every
-//! node). It reads from the seq its load reached, so nothing falls between load and follow; an
+//! node). Ahead of that, each update is also published on the document's channel the moment its
+//! room applied it, and other nodes relay it to their clients at once, without waiting for
+//! Redis to store it (an fsync with `appendfsync always`) and without applying it to their
+//! rooms: a room only takes what the store holds (the stream entry), so a client that sends an
+//! unacknowledged update again after its node died finds no room that already has it, and it
+//! gets stored. Pub/sub is at most once; the stream delivers whatever it lost. It reads from the seq its load reached, so nothing falls between load and follow; an
 //! entry that compaction trimmed before it was read shows as a gap in the seqs, and the node
 //! then brings the room up to date from the store's snapshot.
 //!
@@ -75,8 +80,9 @@ pub struct RedisOptions {
     pub node_ttl: Duration,
     /// How long one Redis command may take before it counts as failed.
     pub response_timeout: Duration,
-    /// Awareness updates waiting to be published; past it new ones are dropped (and counted):
-    /// presence is soft state that each client renews.
+    /// Awareness and fast-path update messages waiting to be published; past it new ones are
+    /// dropped (and counted): presence is soft state that each client renews, and an update
+    /// still reaches the other nodes through its stream entry.
     pub awareness_queue: usize,
 }
 

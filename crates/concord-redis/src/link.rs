@@ -4,12 +4,14 @@
 //!   on a connection of its own, and delivers other nodes' entries to the rooms. When the set
 //!   of followed documents changes it unblocks its read (`CLIENT UNBLOCK`) and reads again with
 //!   the new set. State: one entry per loaded document (bounded by the server's `max_rooms`).
-//! - The **publisher** sends this node's awareness updates to the documents' channels, from a
-//!   bounded queue ([`crate::RedisOptions::awareness_queue`]; overflow: the update is dropped
-//!   and counted, presence being renewed by every client).
+//! - The **publisher** sends this node's awareness updates, and each document update the moment
+//!   its room applied it (the fast path: other nodes relay it without waiting for Redis to
+//!   store it), to the documents' channels, from a bounded queue
+//!   ([`crate::RedisOptions::awareness_queue`]; overflow: the message is dropped and counted:
+//!   presence is renewed by every client, and an update still arrives through the stream).
 //! - The **subscriber** listens on the channels of the followed documents, delivers other
-//!   nodes' awareness, and remembers which awareness clients each node has (for ghost
-//!   removal).
+//!   nodes' awareness and fast-path updates, and remembers which awareness clients each node
+//!   has (for ghost removal).
 //! - The **heartbeat** renews this node's key and, when another node's key has expired,
 //!   removes that node's clients' presence from the rooms here.
 
@@ -43,6 +45,11 @@ const AWARENESS: u8 = 0;
 /// Kind byte of a query: "I just loaded this document; who is there?" Every other node that
 /// has it loaded answers with the awareness states of its own clients.
 const QUERY: u8 = 1;
+/// Kind byte of a document update sent the moment its room applied it: the fast path to the
+/// other nodes' clients, relayed to them without entering the room (see [`Inlet::relay`]),
+/// ahead of the stream entry, which brings it into the room once Redis has stored it. At most
+/// once: what is lost here comes by the stream.
+const UPDATE: u8 = 2;
 
 /// This node's link to the other nodes that share a Redis. See the module documentation.
 pub struct RedisLink {
@@ -142,12 +149,9 @@ impl RedisLink {
         Arc::new(RedisLink { shared })
     }
 
-    /// Awareness updates dropped because the publish queue was full.
-    pub fn awareness_dropped(&self) -> u64 {
-        self.shared
-            .metrics
-            .awareness_dropped
-            .load(Ordering::Relaxed)
+    /// Awareness and update messages not published because the queue was full.
+    pub fn publish_dropped(&self) -> u64 {
+        self.shared.metrics.publish_dropped.load(Ordering::Relaxed)
     }
 
     /// Log entries of other nodes delivered to rooms here.
@@ -193,17 +197,14 @@ impl Replication for RedisLink {
     }
 
     fn publish(&self, doc: &DocName, event: Published) {
-        // An update reaches the other nodes through the log the store appends it to.
-        let Published::Awareness(update) = event else {
-            return;
+        // An update also reaches the other nodes through the log the store appends it to; this
+        // is the fast path, which does not wait for Redis to store it.
+        let message = match event {
+            Published::Update(update) => (doc.clone(), UPDATE, update),
+            Published::Awareness(update) => (doc.clone(), AWARENESS, update),
         };
-        if self
-            .shared
-            .awareness
-            .try_send((doc.clone(), AWARENESS, update))
-            .is_err()
-        {
-            RedisMetrics::bump(&self.shared.metrics.awareness_dropped);
+        if self.shared.awareness.try_send(message).is_err() {
+            RedisMetrics::bump(&self.shared.metrics.publish_dropped);
         }
     }
 }
@@ -432,7 +433,7 @@ fn channel_message(kind: u8, node: &str, payload: &[u8]) -> Vec<u8> {
 fn parse_channel_message(message: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&kind, rest) = message.split_first()?;
     let (&len, rest) = rest.split_first()?;
-    if !matches!(kind, AWARENESS | QUERY) || rest.len() < usize::from(len) {
+    if !matches!(kind, AWARENESS | QUERY | UPDATE) || rest.len() < usize::from(len) {
         return None;
     }
     let (node, payload) = rest.split_at(usize::from(len));
@@ -552,6 +553,15 @@ fn awareness_arrived(shared: &Shared, doc: &DocName, message: &[u8]) {
     let Some(inlet) = shared.lock().get(doc).map(|f| f.inlet.clone()) else {
         return;
     };
+    if kind == UPDATE {
+        RedisMetrics::bump(&shared.metrics.fast_updates);
+        if let Err(e) = inlet.relay(update)
+            && !matches!(e, InletError::Closed)
+        {
+            tracing::debug!(%doc, error = %e, "another node's update was refused here");
+        }
+        return;
+    }
     if kind == QUERY {
         if let Some(states) = inlet.local_awareness() {
             let _ = shared

@@ -24,7 +24,8 @@ pub(crate) struct RedisMetrics {
     pub(crate) entries_delivered: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) ghosts_removed: AtomicU64,
-    pub(crate) awareness_dropped: AtomicU64,
+    pub(crate) publish_dropped: AtomicU64,
+    pub(crate) fast_updates: AtomicU64,
     pub(crate) leases_taken: AtomicU64,
     pub(crate) leases_busy: AtomicU64,
     pub(crate) leases_lost: AtomicU64,
@@ -43,7 +44,8 @@ impl Default for RedisMetrics {
             entries_delivered: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
             ghosts_removed: AtomicU64::new(0),
-            awareness_dropped: AtomicU64::new(0),
+            publish_dropped: AtomicU64::new(0),
+            fast_updates: AtomicU64::new(0),
             leases_taken: AtomicU64::new(0),
             leases_busy: AtomicU64::new(0),
             leases_lost: AtomicU64::new(0),
@@ -135,9 +137,16 @@ impl Collector for RedisCollector {
         )?;
         encode_one(
             e,
-            "redis_awareness_dropped",
-            "Awareness updates not published because the queue was full",
-            &ConstCounter::new(read(&m.awareness_dropped)),
+            "redis_publish_dropped",
+            "Awareness and fast-path update messages not published because the queue was full \
+             (updates still arrive by the stream)",
+            &ConstCounter::new(read(&m.publish_dropped)),
+        )?;
+        encode_one(
+            e,
+            "redis_fast_updates",
+            "Other nodes' updates relayed here from pub/sub, ahead of their stream entries",
+            &ConstCounter::new(read(&m.fast_updates)),
         )?;
         encode_one(
             e,

@@ -22,6 +22,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Default)]
 struct Recorded {
     stored: Vec<(u64, Vec<Vec<u8>>)>,
+    relayed: Vec<Vec<u8>>,
     updates: Vec<Vec<u8>>,
     awareness: Vec<Vec<u8>>,
 }
@@ -50,6 +51,10 @@ impl InletTarget for Recorder {
     }
     fn is_closed(&self) -> bool {
         false
+    }
+    fn relay(&self, update: &[u8]) -> Result<(), InletError> {
+        self.0.lock().unwrap().relayed.push(update.to_vec());
+        Ok(())
     }
 }
 
@@ -234,5 +239,49 @@ async fn presence_crosses_nodes_and_a_node_that_leaves_takes_its_clients_presenc
     })
     .await;
     assert_eq!(a.link.ghosts_removed(), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_update_is_relayed_at_once_and_enters_rooms_only_from_the_stream() {
+    let server = RedisServer::start();
+    let shutdown = CancellationToken::new();
+    let (a, b) = (
+        node(&server, &shutdown).await,
+        node(&server, &shutdown).await,
+    );
+    let doc = name("fast");
+    let at_a = Arc::new(Recorder::default());
+    a.link.follow(&doc, Inlet::new(at_a.clone()), 0);
+    let update = text_update(3, "hi");
+    // Subscriptions are made by a task: publish until the fast path delivers.
+    let end = Instant::now() + DEADLINE;
+    while at_a.get(|r| r.relayed.is_empty()) {
+        assert!(
+            Instant::now() < end,
+            "B's update never reached A over pub/sub"
+        );
+        b.link.publish(
+            &doc,
+            concord_core::replication::Published::Update(update.clone().into()),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(at_a.get(|r| r.relayed[0].clone()), update);
+    assert!(
+        at_a.get(|r| r.updates.is_empty() && r.stored.is_empty()),
+        "nothing entered A's room before the store had it"
+    );
+    // Once B's store appends it, it arrives as the stream entry.
+    let batch: Arc<[StoredUpdate]> = vec![StoredUpdate {
+        doc: doc.clone(),
+        update: update.clone(),
+    }]
+    .into();
+    b.store.append(batch).await.unwrap();
+    wait_for("the stream entry reaches A", || {
+        at_a.get(|r| r.stored == vec![(1, vec![update.clone()])])
+    })
+    .await;
     shutdown.cancel();
 }

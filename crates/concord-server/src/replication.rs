@@ -77,6 +77,14 @@ impl InletTarget for RoomInlet {
     fn local_awareness(&self) -> Option<Vec<u8>> {
         self.room.upgrade()?.local_awareness()
     }
+
+    fn relay(&self, update: &[u8]) -> Result<(), InletError> {
+        concord_core::validate::validate_update_v1(update)
+            .map_err(|e| InletError::Malformed(e.into()))?;
+        let room = self.room.upgrade().ok_or(InletError::Closed)?;
+        room.relay_remote(update);
+        Ok(())
+    }
 }
 
 /// A room as the inlet sees it: implemented by the live room.
@@ -87,6 +95,9 @@ pub(crate) trait RemoteInput: Send + Sync {
 
     /// The awareness states of this process's own connections, as one awareness update.
     fn local_awareness(&self) -> Option<Vec<u8>>;
+
+    /// Sends a validated update to every connection, without applying it.
+    fn relay_remote(&self, update: &[u8]);
 }
 
 /// The replication of a server, or none.

@@ -255,6 +255,21 @@ impl RemoteInput for LiveRoom {
     fn local_awareness(&self) -> Option<Vec<u8>> {
         self.lock().room.owned_awareness_update()
     }
+
+    fn relay_remote(&self, update: &[u8]) {
+        use yrs::sync::{Message, SyncMessage};
+        use yrs::updates::encoder::Encode;
+        let frame = Message::Sync(SyncMessage::Update(update.to_vec())).encode_v1();
+        let effects = Effects {
+            send: vec![concord_core::Outgoing {
+                to: Recipients::Everyone,
+                frame: Bytes::from(frame),
+            }],
+            ..Effects::default()
+        };
+        let mut state = self.lock();
+        state.peers(&self.limits).deliver(DETACHED, &effects);
+    }
 }
 
 /// A connection's place in a room; dropping it (also while unwinding from a panic) takes the
