@@ -12,6 +12,10 @@
 //!   connections; see `examples/embed.rs`); call [`Concord::closed`] after shutdown to wait for
 //!   every connection to close and every update to be stored.
 //!
+//! Several processes serve the same documents when they share a store and are linked by a
+//! [`Replication`] ([`Config::store`], [`Config::replication`]): `concord_redis` provides both
+//! on Redis (the binary's `--redis-url`).
+//!
 //! What clients see on the wire is written down next to this crate's `Cargo.toml`:
 //! `PROTOCOL.md` (the WebSocket protocol: on-connect messages, awareness, keepalive, read-only
 //! access, close codes, the save acknowledgement) and `HTTP.md` (the HTTP API, Server-Sent
