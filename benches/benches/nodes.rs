@@ -21,7 +21,6 @@
 
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,16 +56,9 @@ impl Drop for Node {
     }
 }
 
-fn binary() -> PathBuf {
-    std::env::var_os("CONCORD_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/concord-server"),
-        PathBuf::from,
-    )
-}
-
 /// Starts a node with `store_args` and no rate limits (the load is a machine's).
 fn start(store_args: &[&str]) -> Result<Node> {
-    let binary = binary();
+    let binary = concord_benches::server_binary();
     if !binary.is_file() {
         bail!(
             "no server binary at {} (cargo build --release -p concord-server)",

@@ -13,7 +13,6 @@
 //! `cargo bench -p concord-benches --bench slowloris`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,16 +37,9 @@ impl Drop for Server {
     }
 }
 
-fn binary() -> PathBuf {
-    std::env::var_os("CONCORD_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/concord-server"),
-        PathBuf::from,
-    )
-}
-
 fn start(args: &[&str]) -> Result<Server> {
     use std::io::BufRead;
-    let binary = binary();
+    let binary = concord_benches::server_binary();
     if !binary.is_file() {
         bail!(
             "no server binary at {} (cargo build --release -p concord-server)",

@@ -3,6 +3,18 @@
 
 pub mod load;
 
+/// The release server binary the process benches start: `CONCORD_BIN`, or
+/// `target/release/concord-server` (build it with `cargo build --release -p concord-server`).
+pub fn server_binary() -> std::path::PathBuf {
+    std::env::var_os("CONCORD_BIN").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/release/concord-server")
+        },
+        std::path::PathBuf::from,
+    )
+}
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -449,3 +449,29 @@ async fn compaction_under_load_with_joiners_racing_it_leaves_no_gap_and_a_short_
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_deleted_on_one_node_is_closed_and_gone_on_the_others() {
+    let redis = RedisServer::start();
+    let (a, c) = (Node::start(&redis).await, Node::start(&redis).await);
+    let on_a = TestClient::connect_synced(&a.url("doomed")).await.unwrap();
+    let on_c = TestClient::connect_synced(&c.url("doomed")).await.unwrap();
+    append(&on_a, 0);
+    poll_until(DEADLINE, "the edit reached node C", || on_c.text("t") == "[0]").await;
+
+    let deleted = reqwest::Client::new()
+        .delete(a.http("/api/docs/doomed"))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "DELETE: {}", deleted.status());
+    on_c.wait_closed().await;
+    let (code, reason) = on_c.close_frame().expect("a close frame");
+    assert_eq!((code, reason.as_str()), (4404, "document deleted"));
+    // A new client on node C starts from what the store holds: nothing.
+    let fresh = TestClient::connect_synced(&c.url("doomed")).await.unwrap();
+    assert_eq!(fresh.text("t"), "");
+    drop((on_a, on_c, fresh));
+    a.shutdown().await;
+    c.shutdown().await;
+}

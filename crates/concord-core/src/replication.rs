@@ -44,6 +44,12 @@ pub trait Replication: Send + Sync + 'static {
     /// connection, an HTTP request). Events of one document come in the order the room
     /// applied them.
     fn publish(&self, doc: &DocName, event: Published);
+
+    /// `doc` was deleted through this process (its stored data is gone): tell the other
+    /// processes, whose rooms of it must close (see [`Inlet::deleted`]). Nothing by default.
+    fn deleted(&self, doc: &DocName) {
+        let _ = doc;
+    }
 }
 
 /// What a room applied from a local client, for other processes.
@@ -85,6 +91,8 @@ pub trait InletTarget: Send + Sync {
     fn local_awareness(&self) -> Option<Vec<u8>> {
         None
     }
+    /// See [`Inlet::deleted`]. Nothing by default.
+    fn deleted(&self) {}
     /// See [`Inlet::relay`]. Applies the update by default.
     fn relay(&self, update: &[u8]) -> Result<(), InletError> {
         self.update(update)
@@ -127,6 +135,12 @@ impl Inlet {
     /// update takes to merge).
     pub fn update(&self, update: &[u8]) -> Result<(), InletError> {
         self.target.update(update)
+    }
+
+    /// Another process deleted the document: the room here closes its connections (as for a
+    /// local delete) and is unloaded, so the next connection starts from what the store holds.
+    pub fn deleted(&self) {
+        self.target.deleted();
     }
 
     /// Relays a Yjs v1 update another process applied but may not have stored yet to every

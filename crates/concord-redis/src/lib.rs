@@ -5,6 +5,11 @@
 //! presence into this node's rooms). Put both into the server's `Config` (the binary does it
 //! for `--redis-url`) and any client may connect to any node.
 //!
+//! It talks to Redis with redis-rs (`redis` with tokio) rather than fred: the most used Redis
+//! crate, released regularly, with everything this design needs (Streams, scripts with an
+//! `EVALSHA` fallback, a multiplexed connection that reconnects by itself, cluster-async and
+//! sharded pub/sub).
+//!
 //! # Layout
 //!
 //! Each document has a stream (its update log, one entry per group commit, entry ids `SEQ-0`),

@@ -50,10 +50,13 @@ const QUERY: u8 = 1;
 /// ahead of the stream entry, which brings it into the room once Redis has stored it. At most
 /// once: what is lost here comes by the stream.
 const UPDATE: u8 = 2;
+/// Kind byte of "this document was deleted": nodes that have it loaded close their room.
+const DELETED: u8 = 3;
 
 /// This node's link to the other nodes that share a Redis. See the module documentation.
 pub struct RedisLink {
     shared: Arc<Shared>,
+    conn: ConnectionManager,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -124,6 +127,7 @@ impl RedisLink {
             remote_clients: Mutex::default(),
             metrics,
         });
+        let control = conn.clone();
         tokio::spawn(follow(
             shared.clone(),
             client.clone(),
@@ -146,7 +150,22 @@ impl RedisLink {
             options.node_ttl,
             shutdown,
         ));
-        Arc::new(RedisLink { shared })
+        Arc::new(RedisLink {
+            shared,
+            conn: control,
+        })
+    }
+
+    /// Tells the nodes that have `doc` loaded that it was deleted (they close their rooms of
+    /// it), and waits until Redis took the message: for tools that delete and exit, such as
+    /// `concord-server docs delete --redis-url`.
+    pub async fn announce_deleted(&self, doc: &DocName) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(self.shared.keys.awareness(doc))
+            .arg(channel_message(DELETED, &self.shared.node, &[]))
+            .query_async(&mut conn)
+            .await
     }
 
     /// Awareness and update messages not published because the queue was full.
@@ -205,6 +224,18 @@ impl Replication for RedisLink {
         };
         if self.shared.awareness.try_send(message).is_err() {
             RedisMetrics::bump(&self.shared.metrics.publish_dropped);
+        }
+    }
+
+    fn deleted(&self, doc: &DocName) {
+        if self
+            .shared
+            .awareness
+            .try_send((doc.clone(), DELETED, Bytes::new()))
+            .is_err()
+        {
+            RedisMetrics::bump(&self.shared.metrics.publish_dropped);
+            tracing::warn!(%doc, "the publish queue is full: other nodes keep their rooms of this deleted document until they unload them");
         }
     }
 }
@@ -433,7 +464,7 @@ fn channel_message(kind: u8, node: &str, payload: &[u8]) -> Vec<u8> {
 fn parse_channel_message(message: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&kind, rest) = message.split_first()?;
     let (&len, rest) = rest.split_first()?;
-    if !matches!(kind, AWARENESS | QUERY | UPDATE) || rest.len() < usize::from(len) {
+    if !matches!(kind, AWARENESS | QUERY | UPDATE | DELETED) || rest.len() < usize::from(len) {
         return None;
     }
     let (node, payload) = rest.split_at(usize::from(len));
@@ -553,6 +584,10 @@ fn awareness_arrived(shared: &Shared, doc: &DocName, message: &[u8]) {
     let Some(inlet) = shared.lock().get(doc).map(|f| f.inlet.clone()) else {
         return;
     };
+    if kind == DELETED {
+        inlet.deleted();
+        return;
+    }
     if kind == UPDATE {
         RedisMetrics::bump(&shared.metrics.fast_updates);
         if let Err(e) = inlet.relay(update)

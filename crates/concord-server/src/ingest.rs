@@ -212,6 +212,7 @@ impl Ingest {
         }
         self.persister.barrier().await;
         self.store.delete(name).await?;
+        self.rooms.announce_deleted(name);
         tracing::info!(doc = %name, "document deleted");
         Ok(true)
     }

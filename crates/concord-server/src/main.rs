@@ -541,6 +541,7 @@ async fn docs(
     use std::io::{Read, Write};
 
     let stop = CancellationToken::new();
+    let mut redis = None;
     let store: Arc<dyn Store> = match redis_url {
         Some(url) => {
             let options = concord_redis::RedisOptions {
@@ -548,7 +549,10 @@ async fn docs(
                 prefix: redis_prefix,
                 ..concord_redis::RedisOptions::default()
             };
-            concord_redis::connect(options, stop.clone()).await?.store
+            let connected = concord_redis::connect(options, stop.clone()).await?;
+            let store = connected.store.clone();
+            redis = Some(connected);
+            store
         }
         None => {
             if !data_dir.exists() {
@@ -606,8 +610,13 @@ async fn docs(
             }
         }
         DocsAction::Delete { name: doc } => {
-            admin::delete(store, &name(&doc)?).await?;
-            eprintln!("deleted {doc:?}");
+            let doc = name(&doc)?;
+            admin::delete(store, &doc).await?;
+            if let Some(redis) = &redis {
+                // Nodes that have it loaded close their rooms of it.
+                redis.link.announce_deleted(&doc).await?;
+            }
+            eprintln!("deleted {:?}", doc.as_str());
         }
     }
     Ok(())

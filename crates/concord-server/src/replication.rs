@@ -32,11 +32,23 @@ pub(crate) struct RoomInlet {
     room: Weak<dyn RemoteInput>,
     doc: DocName,
     feed: Feed,
+    /// Closes and unloads the room (the registry's part of [`Inlet::deleted`]).
+    on_deleted: Box<dyn Fn() + Send + Sync>,
 }
 
 impl RoomInlet {
-    pub(crate) fn inlet(room: Weak<dyn RemoteInput>, doc: DocName, feed: Feed) -> Inlet {
-        Inlet::new(Arc::new(RoomInlet { room, doc, feed }))
+    pub(crate) fn inlet(
+        room: Weak<dyn RemoteInput>,
+        doc: DocName,
+        feed: Feed,
+        on_deleted: Box<dyn Fn() + Send + Sync>,
+    ) -> Inlet {
+        Inlet::new(Arc::new(RoomInlet {
+            room,
+            doc,
+            feed,
+            on_deleted,
+        }))
     }
 
     fn apply(&self, frame: &[u8]) -> Result<(), InletError> {
@@ -76,6 +88,10 @@ impl InletTarget for RoomInlet {
 
     fn local_awareness(&self) -> Option<Vec<u8>> {
         self.room.upgrade()?.local_awareness()
+    }
+
+    fn deleted(&self) {
+        (self.on_deleted)();
     }
 
     fn relay(&self, update: &[u8]) -> Result<(), InletError> {

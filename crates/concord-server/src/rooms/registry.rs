@@ -175,7 +175,7 @@ impl Rooms {
         })
     }
 
-    async fn load(&self, name: &DocName) -> Result<Arc<LiveRoom>, OpenError> {
+    async fn load(self: &Arc<Self>, name: &DocName) -> Result<Arc<LiveRoom>, OpenError> {
         // Updates of a previous incarnation of this room may still be queued: wait for them.
         if !self.persister.barrier().await {
             tracing::warn!(doc = %name, "some queued updates could not be stored before this load");
@@ -215,7 +215,18 @@ impl Rooms {
         ));
         if let Some(replication) = &self.config.replication {
             let input: Arc<dyn RemoteInput> = room.clone();
-            let inlet = RoomInlet::inlet(Arc::downgrade(&input), name.clone(), self.feed.clone());
+            let (rooms, live) = (Arc::downgrade(self), Arc::downgrade(&room));
+            let on_deleted = Box::new(move || {
+                if let (Some(rooms), Some(room)) = (rooms.upgrade(), live.upgrade()) {
+                    rooms.deleted_elsewhere(&room);
+                }
+            });
+            let inlet = RoomInlet::inlet(
+                Arc::downgrade(&input),
+                name.clone(),
+                self.feed.clone(),
+                on_deleted,
+            );
             replication.follow(name, inlet, loaded);
         }
         Ok(room)
@@ -296,6 +307,33 @@ impl Rooms {
             self.unfollow(name);
         }
         room
+    }
+
+    /// Another process deleted `room`'s document: closes its connections (as a local delete
+    /// does) and takes it out of the registry, so the next connection loads what the store
+    /// holds. A room that was already replaced is left alone.
+    pub(crate) fn deleted_elsewhere(&self, room: &Arc<LiveRoom>) {
+        {
+            let mut slots = self.slots();
+            let matches = slots
+                .get(room.name())
+                .and_then(|slot| slot.cell.get())
+                .is_some_and(|loaded| Arc::ptr_eq(loaded, room));
+            if !matches {
+                return;
+            }
+            slots.remove(room.name());
+            self.unfollow(room.name());
+        }
+        room.close_all(crate::rooms::CloseReason::DocumentDeleted);
+        tracing::info!(doc = %room.name(), "document deleted by another node: room closed");
+    }
+
+    /// Tells the replication, if any, that a document was deleted through this process.
+    pub(crate) fn announce_deleted(&self, name: &DocName) {
+        if let Some(replication) = &self.config.replication {
+            replication.deleted(name);
+        }
     }
 
     /// Removes a poisoned room from the registry at once so new connections reload it.
