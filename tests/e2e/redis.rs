@@ -457,14 +457,21 @@ async fn a_document_deleted_on_one_node_is_closed_and_gone_on_the_others() {
     let on_a = TestClient::connect_synced(&a.url("doomed")).await.unwrap();
     let on_c = TestClient::connect_synced(&c.url("doomed")).await.unwrap();
     append(&on_a, 0);
-    poll_until(DEADLINE, "the edit reached node C", || on_c.text("t") == "[0]").await;
+    poll_until(DEADLINE, "the edit reached node C", || {
+        on_c.text("t") == "[0]"
+    })
+    .await;
 
     let deleted = reqwest::Client::new()
         .delete(a.http("/api/docs/doomed"))
         .send()
         .await
         .unwrap();
-    assert!(deleted.status().is_success(), "DELETE: {}", deleted.status());
+    assert!(
+        deleted.status().is_success(),
+        "DELETE: {}",
+        deleted.status()
+    );
     on_c.wait_closed().await;
     let (code, reason) = on_c.close_frame().expect("a close frame");
     assert_eq!((code, reason.as_str()), (4404, "document deleted"));

@@ -24,8 +24,9 @@
 //! `appendfsync always` the entry is in the AOF on disk, so a Redis restart loses nothing
 //! acknowledged; with `everysec` (Redis' default) up to a second of acknowledged updates can
 //! be lost to a power loss or a Redis crash; without AOF only RDB snapshots keep data. Replicas
-//! are updated asynchronously: a failover can lose what the replica had not received. [`Redis::
-//! persistence`] reads the settings so the binary can log what applies.
+//! are updated asynchronously: a failover can lose what the replica had not received, unless
+//! [`RedisOptions::wait_replicas`] makes every acknowledgement wait for that many replicas
+//! (`WAIT`). [`Redis::persistence`] reads the settings so the binary can log what applies.
 //!
 //! # Fan-out between nodes
 //!
@@ -85,6 +86,11 @@ pub struct RedisOptions {
     pub node_ttl: Duration,
     /// How long one Redis command may take before it counts as failed.
     pub response_timeout: Duration,
+    /// Replicas that must have an update before it is acknowledged (Redis `WAIT`): 0 (the
+    /// default) acknowledges once the primary has it. With N, an update is acknowledged only
+    /// when N replicas confirmed it, however long that takes (meanwhile `/readyz` says 503 and
+    /// updates wait unacknowledged).
+    pub wait_replicas: u64,
     /// Awareness and fast-path update messages waiting to be published; past it new ones are
     /// dropped (and counted): presence is soft state that each client renews, and an update
     /// still reaches the other nodes through its stream entry.
@@ -99,6 +105,7 @@ impl Default for RedisOptions {
             heartbeat_interval: Duration::from_secs(1),
             node_ttl: Duration::from_secs(3),
             response_timeout: Duration::from_secs(5),
+            wait_replicas: 0,
             awareness_queue: 4096,
         }
     }
@@ -235,18 +242,23 @@ pub async fn connect(
         .set_response_timeout(Some(options.response_timeout))
         .set_connection_timeout(Some(options.response_timeout))
         .set_max_delay(Duration::from_secs(1));
-    let conn = ConnectionManager::new_with_config(client.clone(), config)
-        .await
-        .map_err(|source| RedisError::Connect {
-            url: options.url.clone(),
-            source,
-        })?;
+    let connect = || async {
+        ConnectionManager::new_with_config(client.clone(), config.clone())
+            .await
+            .map_err(|source| RedisError::Connect {
+                url: options.url.clone(),
+                source,
+            })
+    };
+    let conn = connect().await?;
+    let append_conn = connect().await?;
     let node: Arc<str> = new_node_id().into();
     let keys = Keys::new(&options.prefix);
     let health = Arc::new(Health::default());
     let metrics = Arc::new(metrics::RedisMetrics::default());
     let store = Arc::new(RedisStore::new(
-        conn.clone(),
+        (conn.clone(), append_conn),
+        options.wait_replicas,
         keys.clone(),
         node.clone(),
         health.clone(),

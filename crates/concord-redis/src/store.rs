@@ -22,6 +22,9 @@ use crate::entry;
 use crate::keys::{DocKeys, Keys};
 use crate::metrics::RedisMetrics;
 
+/// How long one `WAIT` for replicas blocks before it is sent again.
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a compaction lease lasts: a node that dies while compacting blocks others for at
 /// most this long.
 const LEASE: Duration = Duration::from_secs(60);
@@ -92,6 +95,12 @@ return 1
 /// and [`Store::ready`] says why.
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// The appends' own connection: `WAIT` counts the replicas that have the writes of the
+    /// connection it is sent on, and blocks that connection meanwhile.
+    append_conn: ConnectionManager,
+    /// Replicas that must have an append before it is acknowledged (0: none; see
+    /// [`crate::RedisOptions::wait_replicas`]).
+    wait_replicas: u64,
     keys: Keys,
     /// This node's id, written into every entry so its followers skip their own entries.
     node: Arc<str>,
@@ -111,6 +120,8 @@ struct Scripts {
 pub(crate) struct Health {
     down: AtomicBool,
     why: Mutex<String>,
+    /// Appends wait for replicas that have not confirmed them.
+    replicas_behind: AtomicBool,
 }
 
 impl Health {
@@ -132,13 +143,29 @@ impl Health {
         !self.down.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn replicas_behind(&self, confirmed: u64, wanted: u64) {
+        self.replicas_behind.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            confirmed,
+            wanted,
+            "redis replicas have not confirmed the latest appends: acknowledgements wait"
+        );
+    }
+
+    pub(crate) fn replicas_caught_up(&self) {
+        self.replicas_behind.store(false, Ordering::Relaxed);
+        tracing::info!("redis replicas confirmed the appends: acknowledgements resume");
+    }
+
     fn status(&self) -> Result<(), String> {
-        if self.is_up() {
-            Ok(())
-        } else {
+        if !self.is_up() {
             let why = self.why.lock().unwrap_or_else(|e| e.into_inner());
-            Err(format!("redis unreachable: {why}"))
+            return Err(format!("redis unreachable: {why}"));
         }
+        if self.replicas_behind.load(Ordering::Relaxed) {
+            return Err("waiting for redis replicas to confirm appends".into());
+        }
+        Ok(())
     }
 }
 
@@ -223,7 +250,8 @@ pub(crate) fn decode_entry((id, fields): RawEntry) -> Option<Entry> {
 
 impl RedisStore {
     pub(crate) fn new(
-        conn: ConnectionManager,
+        (conn, append_conn): (ConnectionManager, ConnectionManager),
+        wait_replicas: u64,
         keys: Keys,
         node: Arc<str>,
         health: Arc<Health>,
@@ -231,6 +259,8 @@ impl RedisStore {
     ) -> RedisStore {
         RedisStore {
             conn,
+            append_conn,
+            wait_replicas,
             keys,
             node,
             health,
@@ -370,8 +400,15 @@ impl RedisStore {
                 .arg(doc.as_str())
                 .ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.append_conn.clone();
+        let started = std::time::Instant::now();
         let written: Vec<(Seq, u64, u64)> = self.answered(pipe.query_async(&mut conn).await)?;
+        if self.wait_replicas > 0 {
+            self.wait_for_replicas(&mut conn).await?;
+        }
+        self.metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(grouped
             .keys()
             .zip(written)
@@ -382,6 +419,32 @@ impl RedisStore {
                 tail_bytes,
             })
             .collect())
+    }
+
+    /// Waits until `wait_replicas` replicas have this connection's writes, however long that
+    /// takes: the appends are on the primary already, so they are not sent again; they are
+    /// just not acknowledged until then. Meanwhile the store reports itself not ready.
+    async fn wait_for_replicas(&self, conn: &mut ConnectionManager) -> Result<(), StoreError> {
+        let mut warned = false;
+        loop {
+            let confirmed: u64 = self.answered(
+                redis::cmd("WAIT")
+                    .arg(self.wait_replicas)
+                    .arg(REPLICA_WAIT.as_millis() as u64)
+                    .query_async(conn)
+                    .await,
+            )?;
+            if confirmed >= self.wait_replicas {
+                if warned {
+                    self.health.replicas_caught_up();
+                }
+                return Ok(());
+            }
+            if !warned {
+                self.health.replicas_behind(confirmed, self.wait_replicas);
+                warned = true;
+            }
+        }
     }
 
     async fn compact_doc(

@@ -16,18 +16,30 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// More config lines (a replica's `replicaof`).
+    extra: String,
 }
 
 impl RedisServer {
     /// Starts `redis-server` (from `PATH`) on a free loopback port and waits until it answers.
     /// Panics, saying what to install, when it cannot.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(String::new())
+    }
+
+    /// Starts a replica of `primary` (same settings, `replicaof` the primary's port).
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        RedisServer::start_with(format!("replicaof 127.0.0.1 {}\n", primary.port))
+    }
+
+    fn start_with(extra: String) -> RedisServer {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let mut server = RedisServer {
             child: None,
             port,
             dir,
+            extra,
         };
         server.spawn();
         server
@@ -74,10 +86,11 @@ impl RedisServer {
             &config,
             format!(
                 "bind 127.0.0.1\nport {port}\ndir {dir}\nappendonly yes\nappendfsync always\n\
-                 save \"\"\nlogfile {log}\ndaemonize no\nprotected-mode yes\n",
+                 save \"\"\nlogfile {log}\ndaemonize no\nprotected-mode yes\n{extra}",
                 port = self.port,
                 dir = self.dir.path().display(),
                 log = self.log().display(),
+                extra = self.extra,
             ),
         )
         .expect("the redis config is written");

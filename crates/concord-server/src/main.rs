@@ -211,6 +211,15 @@ struct ServeArgs {
     /// Prefix of every Redis key and channel Concord uses.
     #[arg(long, env = "CONCORD_REDIS_PREFIX", default_value = "concord")]
     redis_prefix: String,
+    /// Acknowledge an update only once this many Redis replicas have it (Redis WAIT); 0: once
+    /// the primary has it.
+    #[arg(
+        long,
+        env = "CONCORD_REDIS_WAIT_REPLICAS",
+        default_value_t = 0,
+        requires = "redis_url"
+    )]
+    redis_wait_replicas: u64,
     /// A reverse proxy or load balancer (an address or CIDR, e.g. 10.0.0.0/8) whose
     /// Forwarded/X-Forwarded-For header names the client; repeatable. Per-IP limits then apply
     /// to the client's address, not the proxy's.
@@ -481,6 +490,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     if let Some(options) = redis {
         let shown = options.url.clone();
+        let wait_replicas = options.wait_replicas;
         let redis = concord_redis::connect(options, shutdown.clone())
             .await
             .context("--redis-url")?;
@@ -493,8 +503,10 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
             replicas = persistence.replicas,
             "documents are stored in Redis and shared with every node on it; {}{}",
             persistence.meaning(),
-            if persistence.replicas > 0 {
-                " (replicas are updated asynchronously: a failover may lose the last acknowledged updates)"
+            if wait_replicas > 0 {
+                " (and every acknowledged update is on --redis-wait-replicas replicas too)"
+            } else if persistence.replicas > 0 {
+                " (replicas are updated asynchronously: a failover may lose the last acknowledged updates; --redis-wait-replicas makes acknowledgements wait for them)"
             } else {
                 ""
             }
