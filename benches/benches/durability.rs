@@ -133,10 +133,7 @@ fn main() {
     let link_stop = CancellationToken::new();
     let store: Arc<dyn Store> = match &redis_server {
         Some(redis) => {
-            let options = concord_redis::RedisOptions {
-                url: redis.url(),
-                ..concord_redis::RedisOptions::default()
-            };
+            let options = redis.options("concord");
             server_rt
                 .block_on(concord_redis::connect(options, link_stop.clone()))
                 .expect("redis answers")

@@ -1,14 +1,17 @@
-//! Several Concord nodes sharing documents through one real `redis-server` (started by each
-//! test on a free loopback port, append-only file with `appendfsync always`): clients on any
-//! node converge, a late joiner on another node gets everything, presence crosses nodes and a
-//! killed node's presence goes, acknowledged updates survive a killed node, and a lost Redis
-//! holds edits unacknowledged until it is back.
+//! Several Concord nodes sharing documents through one real `redis-server`, and through a real
+//! 3-master Redis Cluster (started by each test on free loopback ports, append-only files with
+//! `appendfsync always`): clients on any node converge, a late joiner on another node gets
+//! everything, presence crosses nodes and a killed node's presence goes, acknowledged updates
+//! survive a killed node, SSE resumes across nodes, compaction races joiners, deletions cross
+//! nodes, documents spread over every shard of a cluster, and a lost Redis holds edits
+//! unacknowledged until it is back. The cases that run on both are in modules `single` and
+//! `cluster`.
 
 use std::time::{Duration, Instant};
 
 use concord_core::Position;
 use concord_core::{DocName, encode_saved};
-use concord_redis::testing::RedisServer;
+use concord_redis::testing::{RedisCluster, RedisServer};
 use concord_redis::{RedisOptions, connect};
 use concord_server::Config;
 use concord_tests::{
@@ -24,6 +27,83 @@ use crate::api::read_until_text;
 use crate::persistence::{Appender, ack_in, next_ack};
 use crate::process::ServerProcess;
 
+/// The Redis of a test: one `redis-server`, or a 3-master Redis Cluster.
+enum Deployment {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Deployment {
+    fn single() -> Deployment {
+        Deployment::Single(RedisServer::start())
+    }
+
+    fn cluster() -> Deployment {
+        Deployment::Cluster(RedisCluster::start(3))
+    }
+
+    fn options(&self) -> RedisOptions {
+        match self {
+            Deployment::Single(server) => server.options("concord"),
+            Deployment::Cluster(cluster) => cluster.options("concord"),
+        }
+    }
+
+    /// The flags that put a server process on this Redis.
+    fn args(&self) -> Vec<String> {
+        let options = self.options();
+        let mut args = vec!["--redis-url".to_owned(), options.urls.join(",")];
+        if options.cluster {
+            args.push("--redis-cluster".to_owned());
+        }
+        args
+    }
+
+    /// `redis-cli` on (a node of) this Redis, following cluster redirections.
+    fn cli(&self, port: Option<u16>, args: &[&str]) -> String {
+        let port = port.unwrap_or(match self {
+            Deployment::Single(server) => server.port(),
+            Deployment::Cluster(cluster) => cluster.nodes[0].port(),
+        });
+        let out = std::process::Command::new("redis-cli")
+            .args(["-c", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// Runs each case on one `redis-server` and on a 3-master Redis Cluster.
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Deployment::single()).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Deployment::cluster()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    clients_on_three_nodes_converge_and_a_late_joiner_on_a_fourth_gets_everything,
+    a_killed_node_loses_nothing_acknowledged_and_its_presence_goes_from_the_others,
+    an_sse_client_resumes_on_another_node_with_no_gap_and_no_repeat,
+    compaction_under_load_with_joiners_racing_it_leaves_no_gap_and_a_short_stream,
+    a_document_deleted_on_one_node_is_closed_and_gone_on_the_others,
+);
+
 /// A node in this process: an embedded server on the test's Redis.
 struct Node {
     server: EmbeddedServer,
@@ -31,16 +111,16 @@ struct Node {
 }
 
 impl Node {
-    async fn start(redis: &RedisServer) -> Node {
+    async fn start(redis: &Deployment) -> Node {
         Node::start_with(redis, Config::default()).await
     }
 
-    async fn start_with(redis: &RedisServer, config: Config) -> Node {
+    async fn start_with(redis: &Deployment, config: Config) -> Node {
+        Node::start_on(redis.options(), config).await
+    }
+
+    async fn start_on(options: RedisOptions, config: Config) -> Node {
         let link = CancellationToken::new();
-        let options = RedisOptions {
-            url: redis.url(),
-            ..RedisOptions::default()
-        };
         let redis = connect(options, link.clone()).await.expect("redis answers");
         let config = Config {
             replication: Some(redis.link.clone()),
@@ -75,9 +155,9 @@ fn state(client: &TestClient) -> serde_json::Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_on_three_nodes_converge_and_a_late_joiner_on_a_fourth_gets_everything() {
-    let redis = RedisServer::start();
+async fn clients_on_three_nodes_converge_and_a_late_joiner_on_a_fourth_gets_everything(
+    redis: Deployment,
+) {
     let nodes = [
         Node::start(&redis).await,
         Node::start(&redis).await,
@@ -193,13 +273,14 @@ async fn clients_on_three_nodes_converge_and_a_late_joiner_on_a_fourth_gets_ever
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_loses_nothing_acknowledged_and_its_presence_goes_from_the_others() {
-    let redis = RedisServer::start();
-    let url = redis.url();
+async fn a_killed_node_loses_nothing_acknowledged_and_its_presence_goes_from_the_others(
+    redis: Deployment,
+) {
     // Awareness would only time out after a minute: what removes the dead node's presence is
     // its expired heartbeat.
-    let args = ["--redis-url", url.as_str(), "--awareness-timeout", "60s"];
+    let mut args = redis.args();
+    args.extend(["--awareness-timeout".to_owned(), "60s".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a = ServerProcess::start_with(0, &args, None);
     let b = ServerProcess::start_with(0, &args, None);
     let doc = "kill/doc";
@@ -254,8 +335,8 @@ async fn a_killed_node_loses_nothing_acknowledged_and_its_presence_goes_from_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_redis_holds_edits_unacknowledged_and_the_node_resumes_when_it_is_back() {
     let mut redis = RedisServer::start();
-    let a = Node::start(&redis).await;
-    let c = Node::start(&redis).await;
+    let a = Node::start_on(redis.options("concord"), Config::default()).await;
+    let c = Node::start_on(redis.options("concord"), Config::default()).await;
     let doc = "outage/doc";
     let name = DocName::new(doc).unwrap();
     let mut raw = RawClient::connect(&a.url(doc)).await.unwrap();
@@ -343,9 +424,7 @@ fn pieces(n: usize) -> String {
     (0..n).map(|i| format!("[{i}]")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sse_client_resumes_on_another_node_with_no_gap_and_no_repeat() {
-    let redis = RedisServer::start();
+async fn an_sse_client_resumes_on_another_node_with_no_gap_and_no_repeat(redis: Deployment) {
     let (a, b, c) = (
         Node::start(&redis).await,
         Node::start(&redis).await,
@@ -392,21 +471,16 @@ async fn an_sse_client_resumes_on_another_node_with_no_gap_and_no_repeat() {
 }
 
 /// The length of a document's stream, read with `redis-cli`.
-fn stream_length(redis: &RedisServer, doc: &str) -> u64 {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port().to_string(), "XLEN"])
-        .arg(format!("concord:{{{doc}}}:log"))
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
+fn stream_length(redis: &Deployment, doc: &str) -> u64 {
+    redis
+        .cli(None, &["XLEN", &format!("concord:{{{doc}}}:log")])
         .parse()
         .expect("XLEN answers a number")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compaction_under_load_with_joiners_racing_it_leaves_no_gap_and_a_short_stream() {
-    let redis = RedisServer::start();
+async fn compaction_under_load_with_joiners_racing_it_leaves_no_gap_and_a_short_stream(
+    redis: Deployment,
+) {
     let config = || Config {
         compact_after_updates: 16,
         ..Config::default()
@@ -450,9 +524,7 @@ async fn compaction_under_load_with_joiners_racing_it_leaves_no_gap_and_a_short_
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_document_deleted_on_one_node_is_closed_and_gone_on_the_others() {
-    let redis = RedisServer::start();
+async fn a_document_deleted_on_one_node_is_closed_and_gone_on_the_others(redis: Deployment) {
     let (a, c) = (Node::start(&redis).await, Node::start(&redis).await);
     let on_a = TestClient::connect_synced(&a.url("doomed")).await.unwrap();
     let on_c = TestClient::connect_synced(&c.url("doomed")).await.unwrap();
@@ -481,4 +553,56 @@ async fn a_document_deleted_on_one_node_is_closed_and_gone_on_the_others() {
     drop((on_a, on_c, fresh));
     a.shutdown().await;
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_documents_spread_over_every_shard_and_each_converges_across_nodes() {
+    let redis = Deployment::cluster();
+    let Deployment::Cluster(cluster) = &redis else {
+        unreachable!("a cluster was asked for")
+    };
+    let nodes = [Node::start(&redis).await, Node::start(&redis).await];
+    let docs: Vec<String> = (0..12).map(|i| format!("spread/{i}")).collect();
+    let mut clients = Vec::new();
+    for doc in &docs {
+        for node in &nodes {
+            clients.push((
+                doc,
+                TestClient::connect_synced(&node.url(doc)).await.unwrap(),
+            ));
+        }
+    }
+    for (i, (doc, client)) in clients.iter().enumerate() {
+        client.edit(|txn| {
+            let text = txn.get_or_insert_text("t");
+            text.insert(txn, 0, &format!("[{doc} {i}]"));
+        });
+    }
+    poll_until(
+        DEADLINE,
+        "both clients of every document have both edits",
+        || {
+            clients.chunks(2).all(|pair| {
+                let (a, b) = (&pair[0].1, &pair[1].1);
+                a.text("t") == b.text("t") && a.text("t").matches('[').count() == 2
+            })
+        },
+    )
+    .await;
+    // Every shard holds some of the documents' keys.
+    for node in &cluster.nodes {
+        let keys: u64 = redis
+            .cli(Some(node.port()), &["DBSIZE"])
+            .parse()
+            .expect("DBSIZE answers a number");
+        assert!(
+            keys > 0,
+            "the shard on port {} holds no document",
+            node.port()
+        );
+    }
+    drop(clients);
+    for node in nodes {
+        node.shutdown().await;
+    }
 }

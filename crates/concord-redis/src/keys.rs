@@ -4,14 +4,17 @@
 //!
 //! ```text
 //! PREFIX:docs                    sorted set: every stored document's name (score: last write, ms)
-//! PREFIX:node:NODE               a node's heartbeat (expires)
+//! PREFIX:{nodes}:node:NODE       a node's heartbeat (expires); one slot for all of them, so a
+//!                                node checks the others' in one pipeline on a cluster too
 //! PREFIX:{TAG}:log               the document's update log: a stream, entry ids SEQ-0
 //! PREFIX:{TAG}:meta              hash: seq (last seq given out), snap_seq, tail_updates,
 //!                                tail_bytes, updated (ms)
 //! PREFIX:{TAG}:snap              the latest snapshot (opaque bytes)
 //! PREFIX:{TAG}:lease             the compaction lease: a fencing token, with an expiry
 //! PREFIX:{TAG}:fence             the last fencing token given out
-//! PREFIX:{TAG}:awareness         pub/sub channel of the document's awareness updates
+//! PREFIX:{TAG}:awareness         the document's pub/sub channel (sharded on a cluster): its
+//!                                awareness, fast-path updates, queries, deletions and (on a
+//!                                cluster) the doorbell of each stored entry
 //! ```
 //!
 //! `TAG` is the document name with `%`, `{` and `}` percent-encoded, so that no name can end
@@ -69,8 +72,8 @@ impl Keys {
         }
     }
 
-    /// The pub/sub channel of `doc`'s awareness updates.
-    pub(crate) fn awareness(&self, doc: &DocName) -> String {
+    /// The pub/sub channel of `doc` (see the module documentation for what it carries).
+    pub(crate) fn channel(&self, doc: &DocName) -> String {
         format!("{}:awareness", self.tagged(doc))
     }
 
@@ -81,7 +84,7 @@ impl Keys {
 
     /// A node's heartbeat key.
     pub(crate) fn node(&self, node: &str) -> String {
-        format!("{}:node:{node}", self.prefix)
+        format!("{}:{{nodes}}:node:{node}", self.prefix)
     }
 }
 
@@ -99,7 +102,8 @@ mod tests {
         let k = keys.doc(&name("notes/a b"));
         assert_eq!(k.log, "concord:{notes/a b}:log");
         assert_eq!(k.snap, "concord:{notes/a b}:snap");
-        assert_eq!(keys.awareness(&name("x")), "concord:{x}:awareness");
+        assert_eq!(keys.channel(&name("x")), "concord:{x}:awareness");
+        assert_eq!(keys.node("ab"), "concord:{nodes}:node:ab");
     }
 
     #[test]

@@ -54,9 +54,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
+mod conn;
 mod entry;
 mod keys;
 mod link;
@@ -69,14 +71,22 @@ pub use link::RedisLink;
 pub use metrics::RedisCollector;
 pub use store::RedisStore;
 
+use conn::Conn;
 use keys::Keys;
 use store::Health;
 
 /// How to reach Redis and name things in it.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://HOST:PORT[/DB]` (or `rediss://`, `redis+unix://`).
-    pub url: String,
+    /// `redis://HOST:PORT[/DB]` (or `rediss://`, `redis+unix://`): the Redis, or with
+    /// [`RedisOptions::cluster`] one or more seed nodes of the Redis Cluster.
+    pub urls: Vec<String>,
+    /// The URLs are seeds of a Redis Cluster: documents spread over its shards by their hash
+    /// tags, presence goes over sharded pub/sub.
+    pub cluster: bool,
+    /// On a Cluster, how often a node reads every followed document's stream even when no
+    /// doorbell rang (doorbells are pub/sub, at most once): the most a lost one delays an entry.
+    pub catch_up_interval: Duration,
     /// Prefix of every key and channel: nodes that share documents use the same prefix.
     pub prefix: String,
     /// How often a node renews its heartbeat key and checks the others'.
@@ -100,7 +110,9 @@ pub struct RedisOptions {
 impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
-            url: "redis://127.0.0.1:6379".to_owned(),
+            urls: vec!["redis://127.0.0.1:6379".to_owned()],
+            cluster: false,
+            catch_up_interval: Duration::from_secs(1),
             prefix: "concord".to_owned(),
             heartbeat_interval: Duration::from_secs(1),
             node_ttl: Duration::from_secs(3),
@@ -123,6 +135,9 @@ pub enum RedisError {
         #[source]
         source: redis::RedisError,
     },
+    /// The options do not fit together.
+    #[error("{0}")]
+    Options(String),
     /// Redis did not answer.
     #[error("cannot reach redis at {url}: {source}")]
     Connect {
@@ -142,7 +157,7 @@ pub struct Redis {
     /// This node's link to the others.
     pub link: Arc<RedisLink>,
     node: Arc<str>,
-    conn: ConnectionManager,
+    conn: Conn,
     metrics: Arc<metrics::RedisMetrics>,
     health: Arc<Health>,
 }
@@ -200,7 +215,8 @@ impl Redis {
     }
 
     /// Reads Redis' persistence settings (`CONFIG GET appendonly appendfsync`, `INFO
-    /// replication`).
+    /// replication`). On a Cluster the settings are those of one node (deploy its nodes
+    /// alike) and the replicas are the fewest any primary has.
     pub async fn persistence(&self) -> Persistence {
         let mut conn = self.conn.clone();
         let config: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
@@ -209,15 +225,29 @@ impl Redis {
             .query_async(&mut conn)
             .await
             .unwrap_or_default();
-        let info: String = redis::cmd("INFO")
+        // One text from one Redis; a map of node -> text from every primary of a Cluster.
+        let info: Value = redis::cmd("INFO")
             .arg("replication")
             .query_async(&mut conn)
             .await
-            .unwrap_or_default();
-        let replicas = info
-            .lines()
-            .find_map(|line| line.strip_prefix("connected_slaves:"))
-            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(Value::Nil);
+        let texts: Vec<String> = match redis::from_redis_value_ref::<String>(&info) {
+            Ok(text) => vec![text],
+            Err(_) => {
+                redis::from_redis_value_ref::<std::collections::HashMap<String, String>>(&info)
+                    .map(|by_node| by_node.into_values().collect())
+                    .unwrap_or_default()
+            }
+        };
+        let replicas = texts
+            .iter()
+            .map(|info| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix("connected_slaves:"))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            })
+            .min()
             .unwrap_or(0);
         Persistence {
             appendonly: config.get("appendonly").cloned().unwrap_or_default(),
@@ -227,31 +257,79 @@ impl Redis {
     }
 }
 
-/// Connects to Redis and starts this node's link tasks (they stop when `shutdown` is
-/// cancelled). Fails when Redis does not answer at once; once connected, a lost Redis is
-/// waited for (see [`RedisStore`]).
+/// Connects to Redis (or a Redis Cluster) and starts this node's link tasks (they stop when
+/// `shutdown` is cancelled). Fails when Redis does not answer at once; once connected, a lost
+/// Redis is waited for (see [`RedisStore`]).
 pub async fn connect(
     options: RedisOptions,
     shutdown: CancellationToken,
 ) -> Result<Redis, RedisError> {
-    let client = redis::Client::open(options.url.as_str()).map_err(|source| RedisError::Url {
-        url: options.url.clone(),
-        source,
-    })?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(options.response_timeout))
-        .set_connection_timeout(Some(options.response_timeout))
-        .set_max_delay(Duration::from_secs(1));
-    let connect = || async {
-        ConnectionManager::new_with_config(client.clone(), config.clone())
+    if options.prefix.contains(['{', '}']) {
+        return Err(RedisError::Options(format!(
+            "the redis prefix {:?} may not contain braces: they would end the documents' hash tags",
+            options.prefix
+        )));
+    }
+    let shown = options.urls.join(",");
+    let (conn, append_conn, source) = if options.cluster {
+        if options.wait_replicas > 0 {
+            return Err(RedisError::Options(
+                "waiting for replicas (--redis-wait-replicas) is not supported on a Redis Cluster"
+                    .into(),
+            ));
+        }
+        let client = redis::cluster::ClusterClientBuilder::new(options.urls.clone())
+            .connection_timeout(options.response_timeout)
+            .response_timeout(options.response_timeout)
+            .build()
+            .map_err(|source| RedisError::Url {
+                url: shown.clone(),
+                source,
+            })?;
+        let conn = client
+            .get_async_connection()
             .await
             .map_err(|source| RedisError::Connect {
-                url: options.url.clone(),
+                url: shown.clone(),
                 source,
-            })
+            })?;
+        let conn = Conn::Cluster(conn);
+        let source = link::Source::Cluster {
+            seeds: options.urls.clone(),
+            timeout: options.response_timeout,
+        };
+        (conn.clone(), conn, source)
+    } else {
+        let [url] = options.urls.as_slice() else {
+            return Err(RedisError::Options(format!(
+                "{} redis urls given: one, or several seeds of a Redis Cluster (--redis-cluster)",
+                options.urls.len()
+            )));
+        };
+        let client = redis::Client::open(url.as_str()).map_err(|source| RedisError::Url {
+            url: url.clone(),
+            source,
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.response_timeout))
+            .set_connection_timeout(Some(options.response_timeout))
+            .set_max_delay(Duration::from_secs(1));
+        let connect = || async {
+            ConnectionManager::new_with_config(client.clone(), config.clone())
+                .await
+                .map_err(|source| RedisError::Connect {
+                    url: url.clone(),
+                    source,
+                })
+        };
+        let conn = connect().await?;
+        let append_conn = connect().await?;
+        let source = link::Source::Single {
+            client,
+            control: conn.clone(),
+        };
+        (Conn::Single(conn), Conn::Single(append_conn), source)
     };
-    let conn = connect().await?;
-    let append_conn = connect().await?;
     let node: Arc<str> = new_node_id().into();
     let keys = Keys::new(&options.prefix);
     let health = Arc::new(Health::default());
@@ -265,7 +343,7 @@ pub async fn connect(
         metrics.clone(),
     ));
     let link = RedisLink::start(
-        client,
+        source,
         conn.clone(),
         store.clone(),
         keys,

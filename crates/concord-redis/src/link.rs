@@ -1,17 +1,21 @@
 //! [`RedisLink`]: this node's [`Replication`], and the tasks behind it.
 //!
-//! - The **follower** reads the streams of every followed document with one blocking `XREAD`
-//!   on a connection of its own, and delivers other nodes' entries to the rooms. When the set
-//!   of followed documents changes it unblocks its read (`CLIENT UNBLOCK`) and reads again with
-//!   the new set. State: one entry per loaded document (bounded by the server's `max_rooms`).
+//! - The **follower** delivers other nodes' log entries to the rooms. On one Redis it reads the
+//!   streams of every followed document with one blocking `XREAD` on a connection of its own;
+//!   when the set of followed documents changes it unblocks its read (`CLIENT UNBLOCK`) and
+//!   reads again with the new set. On a Cluster one `XREAD` cannot span slots, so each append
+//!   rings the document's doorbell (a sharded pub/sub message from the append script itself)
+//!   and the follower reads that document's stream on its shard; because pub/sub is at most
+//!   once, it also reads every followed stream each [`crate::RedisOptions::catch_up_interval`].
+//!   State: one entry per loaded document (bounded by the server's `max_rooms`).
 //! - The **publisher** sends this node's awareness updates, and each document update the moment
 //!   its room applied it (the fast path: other nodes relay it without waiting for Redis to
 //!   store it), to the documents' channels, from a bounded queue
 //!   ([`crate::RedisOptions::awareness_queue`]; overflow: the message is dropped and counted:
 //!   presence is renewed by every client, and an update still arrives through the stream).
-//! - The **subscriber** listens on the channels of the followed documents, delivers other
-//!   nodes' awareness and fast-path updates, and remembers which awareness clients each node
-//!   has (for ghost removal).
+//! - The **subscriber** listens on the channels of the followed documents (sharded channels,
+//!   `SSUBSCRIBE`, on a Cluster), delivers other nodes' awareness and fast-path updates, and
+//!   remembers which awareness clients each node has (for ghost removal).
 //! - The **heartbeat** renews this node's key and, when another node's key has expired,
 //!   removes that node's clients' presence from the rooms here.
 
@@ -25,6 +29,7 @@ use concord_core::replication::{Inlet, InletError, Published, Replication};
 use concord_core::{DocName, Room, Seq, Store, SystemClock};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{PushInfo, PushKind};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
@@ -32,6 +37,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
 use crate::RedisOptions;
+use crate::conn::Conn;
 use crate::keys::Keys;
 use crate::metrics::RedisMetrics;
 use crate::store::{Health, RedisStore, decode_entry, is_unavailable, now_ms};
@@ -52,11 +58,37 @@ const QUERY: u8 = 1;
 const UPDATE: u8 = 2;
 /// Kind byte of "this document was deleted": nodes that have it loaded close their room.
 const DELETED: u8 = 3;
+/// Kind byte of a doorbell (Cluster only): the node named in it stored the entry whose seq is
+/// the payload (decimal); followers read the stream. Sent by the append script itself.
+const STORED: u8 = 4;
+/// Documents read at once by a Cluster follower.
+const CLUSTER_READS: usize = 16;
+
+/// What the link connects with: the standalone follower and subscriber open connections of
+/// their own from a client; on a Cluster the subscriber opens its own cluster connection (it
+/// needs RESP3 and a push sender) from the seed URLs.
+pub(crate) enum Source {
+    /// A client for the follower's and subscriber's own connections, and the connection the
+    /// follower sends `CLIENT UNBLOCK` on.
+    Single {
+        client: redis::Client,
+        control: ConnectionManager,
+    },
+    Cluster {
+        seeds: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+/// The start of a doorbell message of `node`: the append script adds the seq.
+pub(crate) fn doorbell_prefix(node: &str) -> Vec<u8> {
+    channel_message(STORED, node, &[])
+}
 
 /// This node's link to the other nodes that share a Redis. See the module documentation.
 pub struct RedisLink {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -81,6 +113,10 @@ struct Shared {
     /// The follower and the subscriber wait on these for changes of `followed`.
     follow_changed: Notify,
     subscribe_changed: Notify,
+    /// Cluster: documents whose streams have entries to read (rung doorbells, new follows).
+    dirty: Mutex<HashSet<DocName>>,
+    /// `PUBLISH`, or `SPUBLISH` on a Cluster.
+    publish_command: &'static str,
     /// Channel messages to publish: document, kind, payload.
     awareness: mpsc::Sender<(DocName, u8, Bytes)>,
     /// Awareness clients of other nodes, per document: node -> client -> clock.
@@ -101,13 +137,22 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Cluster: notes that `doc`'s stream has entries to read, and wakes the follower.
+    fn mark_dirty(&self, doc: &DocName) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(doc.clone());
+        self.follow_changed.notify_one();
+    }
 }
 
 impl RedisLink {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
-        client: redis::Client,
-        conn: ConnectionManager,
+        source: Source,
+        conn: Conn,
         store: Arc<RedisStore>,
         keys: Keys,
         node: Arc<str>,
@@ -123,37 +168,59 @@ impl RedisLink {
             followed: Mutex::default(),
             follow_changed: Notify::new(),
             subscribe_changed: Notify::new(),
+            dirty: Mutex::default(),
+            publish_command: if conn.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            },
             awareness,
             remote_clients: Mutex::default(),
             metrics,
         });
-        let control = conn.clone();
-        tokio::spawn(follow(
-            shared.clone(),
-            client.clone(),
-            conn.clone(),
-            store,
-            shutdown.clone(),
-        ));
+        match source {
+            Source::Single { client, control } => {
+                tokio::spawn(follow(
+                    shared.clone(),
+                    client.clone(),
+                    control,
+                    store,
+                    shutdown.clone(),
+                ));
+                tokio::spawn(subscribe(shared.clone(), client, shutdown.clone()));
+            }
+            Source::Cluster { seeds, timeout } => {
+                tokio::spawn(follow_cluster(
+                    shared.clone(),
+                    conn.clone(),
+                    store,
+                    options.catch_up_interval,
+                    shutdown.clone(),
+                ));
+                tokio::spawn(subscribe_cluster(
+                    shared.clone(),
+                    seeds,
+                    timeout,
+                    options.awareness_queue.max(1),
+                    shutdown.clone(),
+                ));
+            }
+        }
         tokio::spawn(publish(
             shared.clone(),
             conn.clone(),
             queue,
             shutdown.clone(),
         ));
-        tokio::spawn(subscribe(shared.clone(), client, shutdown.clone()));
         tokio::spawn(heartbeat(
             shared.clone(),
-            conn,
+            conn.clone(),
             health,
             options.heartbeat_interval,
             options.node_ttl,
             shutdown,
         ));
-        Arc::new(RedisLink {
-            shared,
-            conn: control,
-        })
+        Arc::new(RedisLink { shared, conn })
     }
 
     /// Tells the nodes that have `doc` loaded that it was deleted (they close their rooms of
@@ -161,8 +228,8 @@ impl RedisLink {
     /// `concord-server docs delete --redis-url`.
     pub async fn announce_deleted(&self, doc: &DocName) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(self.shared.keys.awareness(doc))
+        redis::cmd(self.shared.publish_command)
+            .arg(self.shared.keys.channel(doc))
             .arg(channel_message(DELETED, &self.shared.node, &[]))
             .query_async(&mut conn)
             .await
@@ -198,6 +265,11 @@ impl Replication for RedisLink {
         self.shared
             .lock()
             .insert(doc.clone(), Followed { inlet, seq: loaded });
+        if self.conn.is_cluster() {
+            // Read what was appended since the load (the subscriber reads once more when its
+            // subscription is confirmed: nothing falls between).
+            self.shared.mark_dirty(doc);
+        }
         self.shared.follow_changed.notify_one();
         self.shared.subscribe_changed.notify_one();
     }
@@ -464,17 +536,20 @@ fn channel_message(kind: u8, node: &str, payload: &[u8]) -> Vec<u8> {
 fn parse_channel_message(message: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&kind, rest) = message.split_first()?;
     let (&len, rest) = rest.split_first()?;
-    if !matches!(kind, AWARENESS | QUERY | UPDATE | DELETED) || rest.len() < usize::from(len) {
+    if !matches!(kind, AWARENESS | QUERY | UPDATE | DELETED | STORED)
+        || rest.len() < usize::from(len)
+    {
         return None;
     }
     let (node, payload) = rest.split_at(usize::from(len));
     Some((kind, node, payload))
 }
 
-/// The publisher task: sends queued awareness updates, a pipeline per wake-up.
+/// The publisher task: sends queued channel messages, a pipeline per wake-up (on a Cluster, a
+/// pipeline per document, all at once: a pipeline stays within one slot).
 async fn publish(
     shared: Arc<Shared>,
-    mut conn: ConnectionManager,
+    conn: Conn,
     mut queue: mpsc::Receiver<(DocName, u8, Bytes)>,
     shutdown: CancellationToken,
 ) {
@@ -487,16 +562,36 @@ async fn publish(
         if got == 0 {
             return;
         }
-        let mut pipe = redis::pipe();
+        let mut by_doc: HashMap<DocName, redis::Pipeline> = HashMap::new();
+        let mut single = redis::pipe();
         for (doc, kind, payload) in batch.drain(..) {
-            pipe.cmd("PUBLISH")
-                .arg(shared.keys.awareness(&doc))
+            let channel = shared.keys.channel(&doc);
+            let pipe = if conn.is_cluster() {
+                by_doc.entry(doc).or_insert_with(redis::pipe)
+            } else {
+                &mut single
+            };
+            pipe.cmd(shared.publish_command)
+                .arg(channel)
                 .arg(channel_message(kind, &shared.node, &payload))
                 .ignore();
         }
-        // Presence is soft state: what fails to go out is renewed by its client.
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            tracing::debug!(error = %e, "awareness not published");
+        let pipes: Vec<redis::Pipeline> = if conn.is_cluster() {
+            by_doc.into_values().collect()
+        } else {
+            vec![single]
+        };
+        // Presence is soft state: what fails to go out is renewed by its client; an update
+        // still arrives through its stream entry.
+        let sent = futures_util::future::join_all(pipes.iter().map(|pipe| {
+            let mut conn = conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        }))
+        .await;
+        for result in sent {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "channel message not published");
+            }
         }
     }
 }
@@ -524,7 +619,7 @@ async fn subscribe(shared: Arc<Shared>, client: redis::Client, shutdown: Cancell
             let wanted: HashSet<DocName> = shared.lock().keys().cloned().collect();
             let mut failed = false;
             for doc in &wanted {
-                let channel = shared.keys.awareness(doc);
+                let channel = shared.keys.channel(doc);
                 if let std::collections::hash_map::Entry::Vacant(slot) = channels.entry(channel) {
                     if sink.subscribe(slot.key()).await.is_err() {
                         failed = true;
@@ -573,11 +668,39 @@ async fn subscribe(shared: Arc<Shared>, client: redis::Client, shutdown: Cancell
     }
 }
 
+/// Cluster: a doorbell of `doc`'s stream. This node's own entry right after the last one it
+/// has needs no read (it would be skipped); anything else is read.
+fn doorbell(shared: &Shared, doc: &DocName, node: &[u8], seq: &[u8]) {
+    let Some(seq) = std::str::from_utf8(seq)
+        .ok()
+        .and_then(|s| s.parse::<Seq>().ok())
+    else {
+        return;
+    };
+    if node == shared.node.as_bytes() {
+        let mut followed = shared.lock();
+        match followed.get_mut(doc) {
+            Some(f) if f.seq + 1 == seq => {
+                f.seq = seq;
+                return;
+            }
+            Some(f) if f.seq >= seq => return,
+            Some(_) => {}
+            None => return,
+        }
+    }
+    shared.mark_dirty(doc);
+}
+
 /// Delivers another node's awareness update to the room, and notes its clients.
 fn awareness_arrived(shared: &Shared, doc: &DocName, message: &[u8]) {
     let Some((kind, node, update)) = parse_channel_message(message) else {
         return;
     };
+    if kind == STORED {
+        doorbell(shared, doc, node, update);
+        return;
+    }
     if node == shared.node.as_bytes() {
         return;
     }
@@ -630,10 +753,193 @@ fn awareness_arrived(shared: &Shared, doc: &DocName, message: &[u8]) {
     }
 }
 
+/// The follower on a Cluster: reads the streams of documents whose doorbell rang (or that were
+/// just followed), and every followed stream each `catch_up` (pub/sub is at most once: a
+/// doorbell lost to a reconnect is made up for then). Each read is one `XRANGE` on the
+/// document's shard, [`CLUSTER_READS`] documents at a time.
+async fn follow_cluster(
+    shared: Arc<Shared>,
+    conn: Conn,
+    store: Arc<RedisStore>,
+    catch_up: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(catch_up);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let all: Vec<DocName> = shared.lock().keys().cloned().collect();
+                shared.dirty.lock().unwrap_or_else(|e| e.into_inner()).extend(all);
+            }
+            _ = shared.follow_changed.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        loop {
+            let dirty: Vec<DocName> =
+                std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+                    .into_iter()
+                    .collect();
+            if dirty.is_empty() {
+                break;
+            }
+            futures_util::stream::iter(dirty)
+                .for_each_concurrent(CLUSTER_READS, |doc| {
+                    read_stream(&shared, &store, conn.clone(), doc)
+                })
+                .await;
+        }
+    }
+}
+
+/// Cluster: reads `doc`'s entries after the last one this node has and delivers them.
+async fn read_stream(shared: &Shared, store: &RedisStore, mut conn: Conn, doc: DocName) {
+    let Some(after) = shared.lock().get(&doc).map(|f| f.seq) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let read: redis::RedisResult<Vec<(String, Vec<Vec<u8>>)>> = redis::cmd("XRANGE")
+        .arg(shared.keys.doc(&doc).log)
+        .arg(format!("({after}-0"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(READ_COUNT)
+        .query_async(&mut conn)
+        .await;
+    match read {
+        Ok(entries) => {
+            shared
+                .metrics
+                .read_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let full = entries.len() >= READ_COUNT;
+            deliver(shared, store, &doc, entries).await;
+            if full {
+                shared.mark_dirty(&doc);
+            }
+        }
+        // The next catch-up reads it again.
+        Err(e) => tracing::debug!(%doc, error = %e, "cannot read the stream; retrying"),
+    }
+}
+
+/// The subscriber on a Cluster: sharded subscriptions (`SSUBSCRIBE`, on each document's shard)
+/// over a cluster connection of its own, which re-subscribes by itself after a reconnect or a
+/// slot move. Messages come through a bounded queue (overflow: dropped and counted; a stored
+/// entry is still read at the next catch-up, presence is renewed by its clients).
+async fn subscribe_cluster(
+    shared: Arc<Shared>,
+    seeds: Vec<String>,
+    timeout: Duration,
+    queue: usize,
+    shutdown: CancellationToken,
+) {
+    let (tx, mut messages) = mpsc::channel::<PushInfo>(queue);
+    let metrics = shared.metrics.clone();
+    let sender = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+        if tx.try_send(info).is_err() {
+            RedisMetrics::bump(&metrics.received_dropped);
+        }
+        Ok(())
+    };
+    let client = match redis::cluster::ClusterClientBuilder::new(seeds)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(sender)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make the cluster subscriber: no presence between nodes");
+            return;
+        }
+    };
+    let mut delay = Duration::from_millis(50);
+    let mut conn = loop {
+        match client.get_async_connection().await {
+            Ok(conn) => break conn,
+            Err(e) => {
+                tracing::debug!(error = %e, "subscriber cannot connect to the cluster");
+                if !back_off(&mut delay, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    };
+    // Channel -> document, of the channels subscribed.
+    let mut channels: HashMap<String, DocName> = HashMap::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wanted: HashSet<DocName> = shared.lock().keys().cloned().collect();
+        let mut failed = false;
+        for doc in &wanted {
+            let channel = shared.keys.channel(doc);
+            if channels.contains_key(&channel) {
+                continue;
+            }
+            match conn.ssubscribe(&channel).await {
+                Ok(()) => {
+                    channels.insert(channel, doc.clone());
+                    // Subscribed: read what was stored meanwhile, and ask who is there.
+                    shared.mark_dirty(doc);
+                    let _ = shared
+                        .awareness
+                        .try_send((doc.clone(), QUERY, Bytes::new()));
+                }
+                Err(e) => {
+                    tracing::debug!(%doc, error = %e, "cannot subscribe; retrying");
+                    failed = true;
+                }
+            }
+        }
+        let gone: Vec<String> = channels
+            .iter()
+            .filter(|(_, doc)| !wanted.contains(*doc))
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in gone {
+            match conn.sunsubscribe(&channel).await {
+                Ok(()) => {
+                    channels.remove(&channel);
+                }
+                Err(_) => failed = true,
+            }
+        }
+        loop {
+            tokio::select! {
+                message = messages.recv() => {
+                    let Some(message) = message else { return };
+                    if message.kind != PushKind::SMessage {
+                        continue;
+                    }
+                    let mut data = message.data.into_iter();
+                    let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                        continue;
+                    };
+                    let (Ok(channel), Ok(payload)) = (
+                        redis::from_redis_value::<String>(channel),
+                        redis::from_redis_value::<Vec<u8>>(payload),
+                    ) else {
+                        continue;
+                    };
+                    if let Some(doc) = channels.get(&channel) {
+                        awareness_arrived(&shared, doc, &payload);
+                    }
+                }
+                _ = shared.subscribe_changed.notified() => break,
+                _ = retry.tick(), if failed => break,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
 /// The heartbeat task: see the module documentation.
 async fn heartbeat(
     shared: Arc<Shared>,
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     health: Arc<Health>,
     interval: Duration,
     ttl: Duration,

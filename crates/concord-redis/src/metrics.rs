@@ -26,6 +26,8 @@ pub(crate) struct RedisMetrics {
     pub(crate) ghosts_removed: AtomicU64,
     pub(crate) publish_dropped: AtomicU64,
     pub(crate) fast_updates: AtomicU64,
+    /// Cluster: channel messages dropped because the subscriber's queue was full.
+    pub(crate) received_dropped: AtomicU64,
     pub(crate) leases_taken: AtomicU64,
     pub(crate) leases_busy: AtomicU64,
     pub(crate) leases_lost: AtomicU64,
@@ -46,6 +48,7 @@ impl Default for RedisMetrics {
             ghosts_removed: AtomicU64::new(0),
             publish_dropped: AtomicU64::new(0),
             fast_updates: AtomicU64::new(0),
+            received_dropped: AtomicU64::new(0),
             leases_taken: AtomicU64::new(0),
             leases_busy: AtomicU64::new(0),
             leases_lost: AtomicU64::new(0),
@@ -147,6 +150,13 @@ impl Collector for RedisCollector {
             "redis_fast_updates",
             "Other nodes' updates relayed here from pub/sub, ahead of their stream entries",
             &ConstCounter::new(read(&m.fast_updates)),
+        )?;
+        encode_one(
+            e,
+            "redis_received_dropped",
+            "Cluster: channel messages dropped because this node's subscriber queue was full \
+             (stored entries are still read by the periodic catch-up)",
+            &ConstCounter::new(read(&m.received_dropped)),
         )?;
         encode_one(
             e,

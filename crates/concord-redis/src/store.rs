@@ -15,9 +15,10 @@ use concord_core::{
     Appended, DocInfo, DocName, LogTail, Position, Seq, Store, StoreError, StoreFuture, StoredDoc,
     StoredUpdate,
 };
-use redis::aio::ConnectionManager;
+use futures_util::future::try_join_all;
 use redis::{Script, Value};
 
+use crate::conn::Conn;
 use crate::entry;
 use crate::keys::{DocKeys, Keys};
 use crate::metrics::RedisMetrics;
@@ -29,17 +30,20 @@ const REPLICA_WAIT: Duration = Duration::from_secs(1);
 /// most this long.
 const LEASE: Duration = Duration::from_secs(60);
 
-/// Appends one entry (fields: node, updates, count, bytes, time in ms; sent as `EVAL` in the batch's pipeline: Redis caches the compiled script,
-/// and a pipeline of `EVALSHA`s could half-fail after a Redis restart emptied the cache): takes
-/// the next seq, adds the entry under it, and counts the tail.
-/// KEYS: log, meta. ARGV: node, entry, updates, bytes, now (ms). Returns {seq, tail updates,
-/// tail bytes}.
-const APPEND: &str = r"
+/// Appends one entry (fields: node, updates, count, bytes, time in ms; sent as `EVAL`: Redis
+/// caches the compiled script, and a pipeline of `EVALSHA`s could half-fail after a Redis
+/// restart emptied the cache): takes the next seq, adds the entry under it, and counts the
+/// tail. On a cluster it also rings the document's doorbell: `SPUBLISH` on its (sharded)
+/// channel of ARGV[6] followed by the seq, which tells the other nodes' followers to read.
+/// KEYS: log, meta[, channel]. ARGV: node, entry, updates, bytes, now (ms)[, doorbell prefix].
+/// Returns {seq, tail updates, tail bytes}.
+pub(crate) const APPEND: &str = r"
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('XADD', KEYS[1], seq .. '-0', 'n', ARGV[1], 'u', ARGV[2], 'c', ARGV[3], 'b', ARGV[4], 't', ARGV[5])
 local tu = redis.call('HINCRBY', KEYS[2], 'tail_updates', ARGV[3])
 local tb = redis.call('HINCRBY', KEYS[2], 'tail_bytes', ARGV[4])
 redis.call('HSET', KEYS[2], 'updated', ARGV[5])
+if KEYS[3] then redis.call('SPUBLISH', KEYS[3], ARGV[6] .. seq) end
 return {seq, tu, tb}
 ";
 
@@ -89,15 +93,16 @@ return 1
 
 /// A [`Store`] in Redis, shared by every Concord node that uses the same Redis and key prefix.
 ///
-/// Made by [`crate::connect`]. Its futures await Redis over one multiplexed connection that
-/// reconnects by itself; while Redis cannot be reached, calls fail with
+/// Made by [`crate::connect`]. Its futures await Redis (or a Redis Cluster: each document's
+/// commands go to the shard of its hash tag) over a multiplexed connection that reconnects by
+/// itself; while Redis cannot be reached, calls fail with
 /// [`StoreError::Unavailable`] (the server then holds the updates unacknowledged and retries)
 /// and [`Store::ready`] says why.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     /// The appends' own connection: `WAIT` counts the replicas that have the writes of the
     /// connection it is sent on, and blocks that connection meanwhile.
-    append_conn: ConnectionManager,
+    append_conn: Conn,
     /// Replicas that must have an append before it is acknowledged (0: none; see
     /// [`crate::RedisOptions::wait_replicas`]).
     wait_replicas: u64,
@@ -250,7 +255,7 @@ pub(crate) fn decode_entry((id, fields): RawEntry) -> Option<Entry> {
 
 impl RedisStore {
     pub(crate) fn new(
-        (conn, append_conn): (ConnectionManager, ConnectionManager),
+        (conn, append_conn): (Conn, Conn),
         wait_replicas: u64,
         keys: Keys,
         node: Arc<str>,
@@ -379,30 +384,59 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let mut pipe = redis::pipe();
-        for (doc, updates) in &grouped {
-            let k = self.keys.doc(doc);
-            let bytes: usize = updates.iter().map(|u| u.len()).sum();
-            let value = entry::encode(updates.iter().copied());
-            pipe.cmd("EVAL")
-                .arg(APPEND)
-                .arg(2)
-                .arg(&k.log)
-                .arg(&k.meta)
-                .arg(&*self.node)
-                .arg(value)
-                .arg(updates.len())
-                .arg(bytes)
-                .arg(now);
-            pipe.cmd("ZADD")
-                .arg(self.keys.index())
-                .arg(now)
-                .arg(doc.as_str())
-                .ignore();
+        let cluster = self.append_conn.is_cluster();
+        let doorbell = crate::link::doorbell_prefix(&self.node);
+        let appends: Vec<redis::Cmd> = grouped
+            .iter()
+            .map(|(doc, updates)| {
+                let k = self.keys.doc(doc);
+                let bytes: usize = updates.iter().map(|u| u.len()).sum();
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(APPEND).arg(if cluster { 3 } else { 2 });
+                cmd.arg(&k.log).arg(&k.meta);
+                if cluster {
+                    cmd.arg(self.keys.channel(doc));
+                }
+                cmd.arg(&*self.node)
+                    .arg(entry::encode(updates.iter().copied()))
+                    .arg(updates.len())
+                    .arg(bytes)
+                    .arg(now);
+                if cluster {
+                    cmd.arg(&doorbell);
+                }
+                cmd
+            })
+            .collect();
+        let mut index = redis::cmd("ZADD");
+        index.arg(self.keys.index());
+        for doc in grouped.keys() {
+            index.arg(now).arg(doc.as_str());
         }
         let mut conn = self.append_conn.clone();
         let started = std::time::Instant::now();
-        let written: Vec<(Seq, u64, u64)> = self.answered(pipe.query_async(&mut conn).await)?;
+        let written: Vec<(Seq, u64, u64)> = if cluster {
+            // One document's keys share a slot, different documents' do not: each append goes
+            // to its own shard, all at once over the multiplexed connection.
+            let (written, ()) = self.answered(futures_util::try_join!(
+                try_join_all(appends.iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.query_async::<(Seq, u64, u64)>(&mut conn).await }
+                })),
+                async {
+                    let mut conn = conn.clone();
+                    index.query_async::<()>(&mut conn).await
+                },
+            ))?;
+            written
+        } else {
+            let mut pipe = redis::pipe();
+            for cmd in appends {
+                pipe.add_command(cmd);
+            }
+            pipe.add_command(index).ignore();
+            self.answered(pipe.query_async(&mut conn).await)?
+        };
         if self.wait_replicas > 0 {
             self.wait_for_replicas(&mut conn).await?;
         }
@@ -424,7 +458,7 @@ impl RedisStore {
     /// Waits until `wait_replicas` replicas have this connection's writes, however long that
     /// takes: the appends are on the primary already, so they are not sent again; they are
     /// just not acknowledged until then. Meanwhile the store reports itself not ready.
-    async fn wait_for_replicas(&self, conn: &mut ConnectionManager) -> Result<(), StoreError> {
+    async fn wait_for_replicas(&self, conn: &mut Conn) -> Result<(), StoreError> {
         let mut warned = false;
         loop {
             let confirmed: u64 = self.answered(
@@ -510,18 +544,23 @@ impl RedisStore {
     async fn delete_doc(&self, doc: &DocName) -> Result<(), StoreError> {
         let k = self.keys.doc(doc);
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(&k.log)
-            .arg(&k.meta)
-            .arg(&k.snap)
-            .arg(&k.lease)
-            .ignore();
-        pipe.cmd("ZREM")
-            .arg(self.keys.index())
-            .arg(doc.as_str())
-            .ignore();
-        self.answered(pipe.query_async(&mut conn).await)
+        // The document's keys share a slot; the index is elsewhere on a cluster.
+        let () = self.answered(
+            redis::cmd("DEL")
+                .arg(&k.log)
+                .arg(&k.meta)
+                .arg(&k.snap)
+                .arg(&k.lease)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        self.answered(
+            redis::cmd("ZREM")
+                .arg(self.keys.index())
+                .arg(doc.as_str())
+                .query_async(&mut conn)
+                .await,
+        )
     }
 
     async fn list_docs(&self) -> Result<Vec<DocInfo>, StoreError> {
@@ -541,18 +580,38 @@ impl RedisStore {
         docs.sort();
         let mut infos = Vec::with_capacity(docs.len());
         // Bounded pipelines, so a store with many documents does not build one huge reply.
-        for chunk in docs.chunks(512) {
+        let sizes_of = |doc: &DocName| {
+            let k = self.keys.doc(doc);
             let mut pipe = redis::pipe();
-            for doc in chunk {
-                let k = self.keys.doc(doc);
-                pipe.cmd("STRLEN").arg(&k.snap);
-                pipe.cmd("XLEN").arg(&k.log);
-                pipe.cmd("HMGET")
-                    .arg(&k.meta)
-                    .arg("tail_bytes")
-                    .arg("updated");
-            }
-            let values: Vec<Value> = self.answered(pipe.query_async(&mut conn).await)?;
+            pipe.cmd("STRLEN").arg(&k.snap);
+            pipe.cmd("XLEN").arg(&k.log);
+            pipe.cmd("HMGET")
+                .arg(&k.meta)
+                .arg("tail_bytes")
+                .arg("updated");
+            pipe
+        };
+        for chunk in docs.chunks(512) {
+            let values: Vec<Value> = if conn.is_cluster() {
+                // A pipeline stays within one slot: one per document, all at once.
+                let per_doc: Vec<Vec<Value>> = self.answered(
+                    try_join_all(chunk.iter().map(|doc| {
+                        let pipe = sizes_of(doc);
+                        let mut conn = conn.clone();
+                        async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                    }))
+                    .await,
+                )?;
+                per_doc.into_iter().flatten().collect()
+            } else {
+                let mut pipe = redis::pipe();
+                for doc in chunk {
+                    for cmd in sizes_of(doc).cmd_iter() {
+                        pipe.add_command(cmd.clone());
+                    }
+                }
+                self.answered(pipe.query_async(&mut conn).await)?
+            };
             for (doc, sizes) in chunk.iter().zip(values.chunks(3)) {
                 let [snapshot, entries, meta] = sizes else {
                     continue;

@@ -1,16 +1,18 @@
 //! `RedisStore` against the `Store` contract (`concord_core::conformance`), on a real
-//! `redis-server` started by the test: each store gets a key prefix of its own, and "reopening"
-//! connects a new store to the same prefix, as a restarted node would.
+//! `redis-server` and on a real 3-master Redis Cluster started by the test: each store gets a
+//! key prefix of its own, and "reopening" connects a new store to the same prefix, as a
+//! restarted node would.
 
 use std::future::Future;
 
 use concord_core::conformance::{Harness, run_all};
-use concord_redis::testing::RedisServer;
+use concord_redis::testing::{RedisCluster, RedisServer};
 use concord_redis::{RedisOptions, RedisStore, connect};
 use tokio_util::sync::CancellationToken;
 
 struct Redis {
-    server: RedisServer,
+    /// Options with the deployment's URLs; each store sets its prefix.
+    options: RedisOptions,
     made: u32,
     shutdown: CancellationToken,
 }
@@ -18,9 +20,8 @@ struct Redis {
 impl Redis {
     async fn store(&self, prefix: String) -> std::sync::Arc<RedisStore> {
         let options = RedisOptions {
-            url: self.server.url(),
             prefix,
-            ..RedisOptions::default()
+            ..self.options.clone()
         };
         connect(options, self.shutdown.clone())
             .await
@@ -87,14 +88,25 @@ impl Harness for Redis {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_redis_store_conforms() {
+async fn conforms(options: RedisOptions) {
     let shutdown = CancellationToken::new();
     run_all(Redis {
-        server: RedisServer::start(),
+        options,
         made: 0,
         shutdown: shutdown.clone(),
     })
     .await;
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_conforms() {
+    let server = RedisServer::start();
+    conforms(server.options("")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_conforms_on_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    conforms(cluster.options("")).await;
 }

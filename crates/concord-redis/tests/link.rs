@@ -1,4 +1,5 @@
-//! `RedisLink` on a real `redis-server`, with recording inlets in place of rooms: other nodes'
+//! `RedisLink` on a real `redis-server` and on a real 3-master Redis Cluster (every case runs on
+//! both), with recording inlets in place of rooms: other nodes'
 //! entries arrive in seq order at their seqs, a node's own entries do not come back, a room that
 //! loaded behind a compaction is brought up to date from the snapshot, and awareness crosses
 //! nodes until a node leaves, when its clients' presence is removed.
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use concord_core::replication::{Inlet, InletError, InletTarget, Replication};
 use concord_core::{DocName, Room, Store, StoredUpdate, SystemClock};
-use concord_redis::testing::RedisServer;
+use concord_redis::testing::{RedisCluster, RedisServer};
 use concord_redis::{Redis, RedisOptions, connect};
 use tokio_util::sync::CancellationToken;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
@@ -58,16 +59,48 @@ impl InletTarget for Recorder {
     }
 }
 
-async fn node(server: &RedisServer, shutdown: &CancellationToken) -> Redis {
-    let options = RedisOptions {
-        url: server.url(),
-        prefix: "link".into(),
-        ..RedisOptions::default()
-    };
-    connect(options, shutdown.clone())
+async fn node(options: &RedisOptions, shutdown: &CancellationToken) -> Redis {
+    connect(options.clone(), shutdown.clone())
         .await
         .expect("redis answers")
 }
+
+/// Runs each case against one `redis-server` and against a 3-master Redis Cluster.
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let server = super::RedisServer::start();
+                    super::$case(server.options("link")).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let cluster = super::RedisCluster::start(3);
+                    // No periodic catch-up: what arrives came by a doorbell (or the reads
+                    // at follow and subscribe).
+                    let options = super::RedisOptions {
+                        catch_up_interval: super::Duration::from_secs(3600),
+                        ..cluster.options("link")
+                    };
+                    super::$case(options).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    other_nodes_entries_arrive_at_their_seqs_and_own_entries_do_not,
+    a_room_loaded_behind_a_compaction_is_caught_up_from_the_snapshot,
+    presence_crosses_nodes_and_a_node_that_leaves_takes_its_clients_presence_along,
+    a_published_update_is_relayed_at_once_and_enters_rooms_only_from_the_stream,
+);
 
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let end = Instant::now() + DEADLINE;
@@ -100,9 +133,7 @@ fn text_of(updates: &[Vec<u8>]) -> String {
     t.get_string(&txn)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_nodes_entries_arrive_at_their_seqs_and_own_entries_do_not() {
-    let server = RedisServer::start();
+async fn other_nodes_entries_arrive_at_their_seqs_and_own_entries_do_not(server: RedisOptions) {
     let shutdown = CancellationToken::new();
     let (a, b) = (
         node(&server, &shutdown).await,
@@ -132,9 +163,7 @@ async fn other_nodes_entries_arrive_at_their_seqs_and_own_entries_do_not() {
     shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_loaded_behind_a_compaction_is_caught_up_from_the_snapshot() {
-    let server = RedisServer::start();
+async fn a_room_loaded_behind_a_compaction_is_caught_up_from_the_snapshot(server: RedisOptions) {
     let shutdown = CancellationToken::new();
     let (a, b) = (
         node(&server, &shutdown).await,
@@ -196,9 +225,9 @@ fn awareness(client: u64, clock: u32, json: &str) -> Vec<u8> {
     .encode_v1()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_crosses_nodes_and_a_node_that_leaves_takes_its_clients_presence_along() {
-    let server = RedisServer::start();
+async fn presence_crosses_nodes_and_a_node_that_leaves_takes_its_clients_presence_along(
+    server: RedisOptions,
+) {
     let shutdown = CancellationToken::new();
     let a = node(&server, &shutdown).await;
     let b_stop = CancellationToken::new();
@@ -242,9 +271,9 @@ async fn presence_crosses_nodes_and_a_node_that_leaves_takes_its_clients_presenc
     shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_published_update_is_relayed_at_once_and_enters_rooms_only_from_the_stream() {
-    let server = RedisServer::start();
+async fn a_published_update_is_relayed_at_once_and_enters_rooms_only_from_the_stream(
+    server: RedisOptions,
+) {
     let shutdown = CancellationToken::new();
     let (a, b) = (
         node(&server, &shutdown).await,
@@ -281,6 +310,29 @@ async fn a_published_update_is_relayed_at_once_and_enters_rooms_only_from_the_st
     b.store.append(batch).await.unwrap();
     wait_for("the stream entry reaches A", || {
         at_a.get(|r| r.stored == vec![(1, vec![update.clone()])])
+    })
+    .await;
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_an_entry_whose_doorbell_was_lost_arrives_at_the_next_catch_up() {
+    let cluster = RedisCluster::start(3);
+    let options = RedisOptions {
+        catch_up_interval: Duration::from_millis(200),
+        ..cluster.options("link")
+    };
+    let shutdown = CancellationToken::new();
+    let a = node(&options, &shutdown).await;
+    let doc = name("quiet");
+    let seen = Arc::new(Recorder::default());
+    a.link.follow(&doc, Inlet::new(seen.clone()), 0);
+    let update = text_update(5, "unannounced");
+    let seq = concord_redis::testing::append_without_doorbell(&options, &doc, &update)
+        .await
+        .unwrap();
+    wait_for("the unannounced entry arrives", || {
+        seen.get(|r| r.stored == vec![(seq, vec![update.clone()])])
     })
     .await;
     shutdown.cancel();

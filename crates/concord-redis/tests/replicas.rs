@@ -26,7 +26,7 @@ async fn appends_wait_for_the_replicas_asked_for() {
     let mut replica = RedisServer::start_replica_of(&primary);
     let shutdown = CancellationToken::new();
     let options = RedisOptions {
-        url: primary.url(),
+        urls: vec![primary.url()],
         wait_replicas: 1,
         ..RedisOptions::default()
     };

@@ -45,18 +45,50 @@ enum Command {
         /// The server's data directory.
         #[arg(long, env = "CONCORD_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
-        /// Work on the documents in this Redis (as the nodes started with --redis-url see
-        /// them) instead of --data-dir. Nodes may keep running.
-        #[arg(long, env = "CONCORD_REDIS_URL")]
-        redis_url: Option<String>,
-        /// Prefix of the Redis keys (as given to the nodes).
-        #[arg(long, env = "CONCORD_REDIS_PREFIX", default_value = "concord")]
-        redis_prefix: String,
+        /// Work on the documents in Redis (as the nodes started with the same --redis-* flags
+        /// see them) instead of --data-dir. Nodes may keep running.
+        #[command(flatten)]
+        redis: RedisArgs,
         #[command(subcommand)]
         action: DocsAction,
     },
     /// Mint a token for development: prints a JWT granting the given documents.
     Token(TokenArgs),
+}
+
+/// Where the documents are when they are in Redis (the server and the `docs` commands).
+#[derive(Debug, clap::Args)]
+struct RedisArgs {
+    /// Store documents in this Redis (redis://HOST:PORT[/DB]) instead of --data-dir, and share
+    /// them with every other node started with the same Redis and --redis-prefix: clients may
+    /// connect to any node. With --redis-cluster: a seed node of the Redis Cluster
+    /// (repeatable, or comma-separated).
+    #[arg(
+        long = "redis-url",
+        env = "CONCORD_REDIS_URL",
+        value_delimiter = ',',
+        conflicts_with = "in_memory"
+    )]
+    redis_urls: Vec<String>,
+    /// The --redis-url nodes are seeds of a Redis Cluster: each document lives on the shard of
+    /// its hash tag, presence goes over sharded pub/sub.
+    #[arg(long, env = "CONCORD_REDIS_CLUSTER", requires = "redis_urls")]
+    redis_cluster: bool,
+    /// Prefix of every Redis key and channel Concord uses.
+    #[arg(long, env = "CONCORD_REDIS_PREFIX", default_value = "concord")]
+    redis_prefix: String,
+}
+
+impl RedisArgs {
+    /// The Redis options, when documents are in Redis.
+    fn options(&self) -> Option<concord_redis::RedisOptions> {
+        (!self.redis_urls.is_empty()).then(|| concord_redis::RedisOptions {
+            urls: self.redis_urls.clone(),
+            cluster: self.redis_cluster,
+            prefix: self.redis_prefix.clone(),
+            ..concord_redis::RedisOptions::default()
+        })
+    }
 }
 
 /// Flags of `concord-server token`.
@@ -203,21 +235,15 @@ struct ServeArgs {
     /// Keep documents in memory only (lost on restart) instead of in --data-dir.
     #[arg(long, env = "CONCORD_IN_MEMORY", conflicts_with = "data_dir")]
     in_memory: bool,
-    /// Store documents in this Redis (redis://HOST:PORT[/DB]) instead of --data-dir, and share
-    /// them with every other node started with the same Redis and --redis-prefix: clients may
-    /// connect to any node.
-    #[arg(long, env = "CONCORD_REDIS_URL", conflicts_with = "in_memory")]
-    redis_url: Option<String>,
-    /// Prefix of every Redis key and channel Concord uses.
-    #[arg(long, env = "CONCORD_REDIS_PREFIX", default_value = "concord")]
-    redis_prefix: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Acknowledge an update only once this many Redis replicas have it (Redis WAIT); 0: once
     /// the primary has it.
     #[arg(
         long,
         env = "CONCORD_REDIS_WAIT_REPLICAS",
         default_value_t = 0,
-        requires = "redis_url"
+        requires = "redis_urls"
     )]
     redis_wait_replicas: u64,
     /// A reverse proxy or load balancer (an address or CIDR, e.g. 10.0.0.0/8) whose
@@ -454,10 +480,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Docs {
             data_dir,
-            redis_url,
-            redis_prefix,
+            redis,
             action,
-        }) => docs(&data_dir, redis_url, redis_prefix, action),
+        }) => docs(&data_dir, redis.options(), action),
         Some(Command::Token(args)) => token(args),
         None => serve(cli.serve),
     }
@@ -479,17 +504,17 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let host = cli.host.clone();
     let port = cli.port;
     let redis = cli
-        .redis_url
-        .clone()
-        .map(|url| concord_redis::RedisOptions {
-            url,
-            prefix: cli.redis_prefix.clone(),
-            ..concord_redis::RedisOptions::default()
+        .redis
+        .options()
+        .map(|options| concord_redis::RedisOptions {
+            wait_replicas: cli.redis_wait_replicas,
+            ..options
         });
     let mut config = cli.config()?;
     let shutdown = CancellationToken::new();
     if let Some(options) = redis {
-        let shown = options.url.clone();
+        let shown = options.urls.join(",");
+        let cluster = options.cluster;
         let wait_replicas = options.wait_replicas;
         let redis = concord_redis::connect(options, shutdown.clone())
             .await
@@ -497,6 +522,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         let persistence = redis.persistence().await;
         tracing::info!(
             redis = %shown,
+            cluster,
             node = redis.node_id(),
             appendonly = %persistence.appendonly,
             appendfsync = %persistence.appendfsync,
@@ -544,8 +570,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn docs(
     data_dir: &Path,
-    redis_url: Option<String>,
-    redis_prefix: String,
+    redis_options: Option<concord_redis::RedisOptions>,
     action: DocsAction,
 ) -> anyhow::Result<()> {
     use concord_server::admin;
@@ -554,13 +579,8 @@ async fn docs(
 
     let stop = CancellationToken::new();
     let mut redis = None;
-    let store: Arc<dyn Store> = match redis_url {
-        Some(url) => {
-            let options = concord_redis::RedisOptions {
-                url,
-                prefix: redis_prefix,
-                ..concord_redis::RedisOptions::default()
-            };
+    let store: Arc<dyn Store> = match redis_options {
+        Some(options) => {
             let connected = concord_redis::connect(options, stop.clone()).await?;
             let store = connected.store.clone();
             redis = Some(connected);

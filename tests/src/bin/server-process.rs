@@ -9,11 +9,12 @@
 //! ```text
 //! server-process [--port PORT] [--data-dir DIR] [--max-sockets N]
 //!                [--max-sockets-per-address N] [--header-read-timeout DURATION]
-//!                [--awareness-timeout DURATION] [--redis-url URL]
+//!                [--awareness-timeout DURATION] [--redis-url URL[,URL...]] [--redis-cluster]
 //! ```
 //!
-//! With `--redis-url` documents are stored in that Redis and shared with the other processes
-//! on it (`concord_redis::connect`, key prefix `concord`), as `concord-server --redis-url` does.
+//! With `--redis-url` documents are stored in that Redis (with `--redis-cluster`, the Redis
+//! Cluster those seeds belong to) and shared with the other processes on it
+//! (`concord_redis::connect`, key prefix `concord`), as `concord-server --redis-url` does.
 //!
 //! Without `--port` (or with 0) the port is ephemeral; without `--data-dir` documents are kept
 //! in memory; the other flags set the `Config` fields of the same names (defaults otherwise).
@@ -31,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     port: u16,
     data_dir: Option<PathBuf>,
-    redis_url: Option<String>,
+    redis_urls: Vec<String>,
+    redis_cluster: bool,
     config: Config,
 }
 
@@ -39,7 +41,8 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         port: 0,
         data_dir: None,
-        redis_url: None,
+        redis_urls: Vec::new(),
+        redis_cluster: false,
         config: Config::default(),
     };
     let mut argv = std::env::args_os().skip(1);
@@ -58,8 +61,11 @@ fn parse_args() -> Result<Args> {
             }
             Some("--data-dir") => args.data_dir = Some(PathBuf::from(value()?)),
             Some("--redis-url") => {
-                args.redis_url = Some(value()?.to_string_lossy().into_owned());
+                let urls = value()?;
+                args.redis_urls
+                    .extend(urls.to_string_lossy().split(',').map(str::to_owned));
             }
+            Some("--redis-cluster") => args.redis_cluster = true,
             Some("--awareness-timeout") => args.config.awareness_timeout = duration(&value()?)?,
             Some("--max-sockets") => args.config.max_sockets = Some(number(&value()?)?),
             Some("--max-sockets-per-address") => {
@@ -107,9 +113,10 @@ async fn serve(args: Args) -> Result<()> {
         data_dir: args.data_dir,
         ..args.config
     };
-    if let Some(url) = args.redis_url {
+    if !args.redis_urls.is_empty() {
         let options = concord_redis::RedisOptions {
-            url,
+            urls: args.redis_urls,
+            cluster: args.redis_cluster,
             ..concord_redis::RedisOptions::default()
         };
         let redis = concord_redis::connect(options, shutdown.clone()).await?;
