@@ -63,12 +63,7 @@ struct RedisArgs {
     /// them with every other node started with the same Redis and --redis-prefix: clients may
     /// connect to any node. With --redis-cluster: a seed node of the Redis Cluster
     /// (repeatable, or comma-separated).
-    #[arg(
-        long = "redis-url",
-        env = "CONCORD_REDIS_URL",
-        value_delimiter = ',',
-        conflicts_with = "in_memory"
-    )]
+    #[arg(long = "redis-url", env = "CONCORD_REDIS_URL", value_delimiter = ',')]
     redis_urls: Vec<String>,
     /// The --redis-url nodes are seeds of a Redis Cluster: each document lives on the shard of
     /// its hash tag, presence goes over sharded pub/sub.
@@ -233,7 +228,7 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
     /// Keep documents in memory only (lost on restart) instead of in --data-dir.
-    #[arg(long, env = "CONCORD_IN_MEMORY", conflicts_with = "data_dir")]
+    #[arg(long, env = "CONCORD_IN_MEMORY", conflicts_with_all = ["data_dir", "redis_urls"])]
     in_memory: bool,
     #[command(flatten)]
     redis: RedisArgs,
