@@ -19,12 +19,10 @@
 //! and <= 2x the single-node p99 at 10 docs x 10 clients x 5 edits/s; 1 doc x 50 clients x 20
 //! edits/s with nothing missing; node kill to all synced <= 2 s.
 
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use concord_benches::ServerProcess;
 use concord_benches::load::{self, Mode, Report, Scenario};
 use concord_redis::testing::RedisServer;
 use futures_util::{SinkExt, StreamExt};
@@ -34,70 +32,27 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, Text, Transact};
 
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Node {
-    fn url(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts a node with `store_args` and no rate limits (the load is a machine's).
-fn start(store_args: &[&str]) -> Result<Node> {
-    let binary = concord_benches::server_binary();
-    if !binary.is_file() {
-        bail!(
-            "no server binary at {} (cargo build --release -p concord-server)",
-            binary.display()
-        );
-    }
+fn start(store_args: &[&str]) -> Result<ServerProcess> {
     let unlimited = u32::MAX.to_string();
-    let mut child = Command::new(&binary)
-        .args(["--port", "0", "--no-static"])
-        .args(store_args)
-        .args([
-            "--rate-messages",
-            &unlimited,
-            "--rate-message-burst",
-            &unlimited,
-        ])
-        .args(["--rate-bytes", &unlimited, "--rate-byte-burst", &unlimited])
-        .args([
-            "--rate-awareness",
-            &unlimited,
-            "--rate-awareness-burst",
-            &unlimited,
-        ])
-        .args(["--connection-attempts-per-ip", "100000"])
-        .args(["--connection-attempt-burst", "100000"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {}", binary.display()))?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .parse()?;
-    Ok(Node { child, addr })
+    let mut args = store_args.to_vec();
+    for flag in [
+        "--rate-messages",
+        "--rate-message-burst",
+        "--rate-bytes",
+        "--rate-byte-burst",
+        "--rate-awareness",
+        "--rate-awareness-burst",
+    ] {
+        args.extend([flag, unlimited.as_str()]);
+    }
+    args.extend([
+        "--connection-attempts-per-ip",
+        "100000",
+        "--connection-attempt-burst",
+        "100000",
+    ]);
+    ServerProcess::start(&args)
 }
 
 /// One fan-out scenario.
@@ -112,7 +67,11 @@ fn scenario(name: &str, docs: usize, clients: usize, rate: f64, edits: usize) ->
     s
 }
 
-fn run_load(mut s: Scenario, nodes: &[&Node], redis: Option<&RedisServer>) -> Result<Report> {
+fn run_load(
+    mut s: Scenario,
+    nodes: &[&ServerProcess],
+    redis: Option<&RedisServer>,
+) -> Result<Report> {
     s.url = nodes[0].url();
     s.server_pid = Some(nodes[0].pid());
     s.more_urls = nodes[1..].iter().map(|n| n.url()).collect();
@@ -188,10 +147,10 @@ async fn synced_client(
 /// Node kill: seconds from SIGKILL to the last moved client synced.
 fn node_kill(redis: &RedisServer) -> Result<(Duration, usize)> {
     let url = redis.url();
-    let mut nodes: Vec<Option<Node>> = (0..3)
+    let mut nodes: Vec<Option<ServerProcess>> = (0..3)
         .map(|_| start(&["--redis-url", &url]).map(Some))
         .collect::<Result<_>>()?;
-    let urls: Vec<String> = nodes.iter().flatten().map(Node::url).collect();
+    let urls: Vec<String> = nodes.iter().flatten().map(ServerProcess::url).collect();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let mut on_killed = Vec::new();
@@ -274,10 +233,10 @@ fn main() -> Result<()> {
         println!("{}", row(&format!("{}: 1 node, Redis", s.name), &report));
         drop(one);
 
-        let three: Vec<Node> = (0..3)
+        let three: Vec<ServerProcess> = (0..3)
             .map(|_| start(&["--redis-url", &url]))
             .collect::<Result<_>>()?;
-        let refs: Vec<&Node> = three.iter().collect();
+        let refs: Vec<&ServerProcess> = three.iter().collect();
         let report = run_load(s.clone(), &refs, Some(&redis))?;
         println!("{}", row(&format!("{}: 3 nodes, Redis", s.name), &report));
     }

@@ -13,10 +13,10 @@
 //! `cargo bench -p concord-benches --bench slowloris`.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use concord_benches::ServerProcess;
 use concord_benches::load::proc::{raise_nofile, rss_kb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,44 +25,11 @@ const FLOOD: usize = 15_000;
 const DEADLINE: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(10);
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(args: &[&str]) -> Result<Server> {
-    use std::io::BufRead;
-    let binary = concord_benches::server_binary();
-    if !binary.is_file() {
-        bail!(
-            "no server binary at {} (cargo build --release -p concord-server)",
-            binary.display()
-        );
-    }
-    let mut child = Command::new(&binary)
-        .args(["--port", "0", "--in-memory", "--no-static"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start the server")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .parse()?;
-    Ok(Server { child, addr })
+/// Starts an in-memory server with `args`.
+fn start(args: &[&str]) -> Result<ServerProcess> {
+    let mut all = vec!["--in-memory"];
+    all.extend_from_slice(args);
+    ServerProcess::start(&all)
 }
 
 /// One scrape of `/metrics`: the value of `series`.
@@ -111,7 +78,7 @@ async fn flood(addr: SocketAddr) -> Vec<tokio::task::JoinHandle<Option<Instant>>
 
 async fn run(label: &str, args: &[&str], header_timeout: Option<Duration>) -> Result<()> {
     let server = start(args)?;
-    let pid = server.child.id();
+    let pid = server.pid();
     let addr = server.addr;
     metric(addr, "concord_sockets_open").await?;
     let before = rss_kb(pid).context("rss")?;

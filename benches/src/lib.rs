@@ -15,6 +15,69 @@ pub fn server_binary() -> std::path::PathBuf {
     )
 }
 
+/// A release server process a bench started ([`server_binary`]): killed, by its handle, when
+/// dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts the server with `--port 0 --no-static` and `args` (log level `warn`, its log
+    /// discarded) and waits for its `listening on` line.
+    pub fn start(args: &[&str]) -> anyhow::Result<ServerProcess> {
+        use anyhow::Context;
+        use std::io::BufRead;
+        let binary = server_binary();
+        if !binary.is_file() {
+            anyhow::bail!(
+                "no server binary at {} (cargo build --release -p concord-server)",
+                binary.display()
+            );
+        }
+        let child = std::process::Command::new(&binary)
+            .args(["--port", "0", "--no-static"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let mut server = ServerProcess {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            child,
+        };
+        let stdout = server.child.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        server.addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .parse()?;
+        Ok(server)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `ws://ADDR`, the base of its document URLs.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
