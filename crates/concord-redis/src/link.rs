@@ -596,6 +596,23 @@ async fn publish(
     }
 }
 
+/// Asks the other nodes who is there in `doc`, once subscribed to its channel (dropped like
+/// awareness when the queue is full; presence then comes with the next renewals).
+fn ask_who_is_there(shared: &Shared, doc: &DocName) {
+    let _ = shared
+        .awareness
+        .try_send((doc.clone(), QUERY, Bytes::new()));
+}
+
+/// The subscribed channels whose documents are no longer followed.
+fn unwanted(channels: &HashMap<String, DocName>, wanted: &HashSet<DocName>) -> Vec<String> {
+    channels
+        .iter()
+        .filter(|(_, doc)| !wanted.contains(*doc))
+        .map(|(channel, _)| channel.clone())
+        .collect()
+}
+
 /// The subscriber task: see the module documentation.
 async fn subscribe(shared: Arc<Shared>, client: redis::Client, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(50);
@@ -626,19 +643,10 @@ async fn subscribe(shared: Arc<Shared>, client: redis::Client, shutdown: Cancell
                         break;
                     }
                     slot.insert(doc.clone());
-                    // Now subscribed: ask the other nodes who is there (dropped like awareness
-                    // when the queue is full; presence then comes with the next renewals).
-                    let _ = shared
-                        .awareness
-                        .try_send((doc.clone(), QUERY, Bytes::new()));
+                    ask_who_is_there(&shared, doc);
                 }
             }
-            let gone: Vec<String> = channels
-                .iter()
-                .filter(|(_, doc)| !wanted.contains(*doc))
-                .map(|(channel, _)| channel.clone())
-                .collect();
-            for channel in gone {
+            for channel in unwanted(&channels, &wanted) {
                 if sink.unsubscribe(&channel).await.is_err() {
                     failed = true;
                     break;
@@ -884,9 +892,7 @@ async fn subscribe_cluster(
                     channels.insert(channel, doc.clone());
                     // Subscribed: read what was stored meanwhile, and ask who is there.
                     shared.mark_dirty(doc);
-                    let _ = shared
-                        .awareness
-                        .try_send((doc.clone(), QUERY, Bytes::new()));
+                    ask_who_is_there(&shared, doc);
                 }
                 Err(e) => {
                     tracing::debug!(%doc, error = %e, "cannot subscribe; retrying");
@@ -894,12 +900,7 @@ async fn subscribe_cluster(
                 }
             }
         }
-        let gone: Vec<String> = channels
-            .iter()
-            .filter(|(_, doc)| !wanted.contains(*doc))
-            .map(|(channel, _)| channel.clone())
-            .collect();
-        for channel in gone {
+        for channel in unwanted(&channels, &wanted) {
             match conn.sunsubscribe(&channel).await {
                 Ok(()) => {
                     channels.remove(&channel);

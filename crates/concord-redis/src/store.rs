@@ -109,6 +109,8 @@ pub struct RedisStore {
     keys: Keys,
     /// This node's id, written into every entry so its followers skip their own entries.
     node: Arc<str>,
+    /// The start of this node's doorbell messages (the append script adds the seq).
+    doorbell: Vec<u8>,
     health: Arc<Health>,
     metrics: Arc<RedisMetrics>,
     scripts: Scripts,
@@ -267,6 +269,7 @@ impl RedisStore {
             append_conn,
             wait_replicas,
             keys,
+            doorbell: crate::link::doorbell_prefix(&node),
             node,
             health,
             metrics,
@@ -385,7 +388,6 @@ impl RedisStore {
         }
         let now = now_ms();
         let cluster = self.append_conn.is_cluster();
-        let doorbell = crate::link::doorbell_prefix(&self.node);
         let appends: Vec<redis::Cmd> = grouped
             .iter()
             .map(|(doc, updates)| {
@@ -403,7 +405,7 @@ impl RedisStore {
                     .arg(bytes)
                     .arg(now);
                 if cluster {
-                    cmd.arg(&doorbell);
+                    cmd.arg(&self.doorbell);
                 }
                 cmd
             })
