@@ -188,14 +188,17 @@ async fn connection(
         activity: activity.clone(),
         _guard: guard,
     };
-    let trusted = Arc::new(state.config.trusted_proxies.clone());
     let service = {
         let activity = activity.clone();
+        let state = state.clone();
         hyper::service::service_fn(move |mut request: Request<Incoming>| {
             // Behind a trusted proxy, the client is who the proxy says it is.
-            let client =
-                crate::policy::proxy::client_address(Some(peer), request.headers(), &trusted)
-                    .unwrap_or(peer);
+            let client = crate::policy::proxy::client_address(
+                Some(peer),
+                request.headers(),
+                &state.config.trusted_proxies,
+            )
+            .unwrap_or(peer);
             request.extensions_mut().insert(ConnectInfo(client));
             let busy = Busy::start(activity.clone());
             let app = app.clone();
