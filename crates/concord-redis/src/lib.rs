@@ -1,4 +1,5 @@
-//! Concord on Redis: several Concord nodes serve the same documents through one Redis.
+//! Concord on Redis: several Concord nodes serve the same documents through one Redis, or a
+//! Redis Cluster ([`RedisOptions::cluster`]).
 //!
 //! [`connect`] gives a [`Redis`]: a [`RedisStore`] (the [`concord_core::Store`] every node shares)
 //! and a [`RedisLink`] (the `concord_server::Replication` that carries other nodes' changes and
@@ -41,6 +42,12 @@
 //! gets stored. Pub/sub is at most once; the stream delivers whatever it lost. It reads from the seq its load reached, so nothing falls between load and follow; an
 //! entry that compaction trimmed before it was read shows as a gap in the seqs, and the node
 //! then brings the room up to date from the store's snapshot.
+//!
+//! On a Redis Cluster one `XREAD` cannot span slots. There the append script also publishes a
+//! doorbell on the document's sharded channel (`SPUBLISH`, atomic with the append), and a node
+//! reads (`XRANGE`, on the document's shard) only the streams whose doorbell rang; because
+//! pub/sub is at most once it also reads every followed stream each
+//! [`RedisOptions::catch_up_interval`]. Awareness goes over sharded pub/sub.
 //!
 //! # Presence between nodes
 //!
