@@ -4,10 +4,12 @@
 // node gets everything; one node killed with SIGKILL during a write storm from every node loses
 // nothing that was acknowledged (10 seeded rounds); Redis killed with SIGKILL mid-storm and
 // restarted loses nothing acknowledged, the nodes recover by themselves, and the edits made
-// meanwhile arrive.
+// meanwhile arrive. The convergence, node-kill and Redis-kill tests run again on a real 3-master
+// Redis Cluster (`redis-cli --cluster create`), where documents spread over the shards and the
+// shard that holds the stormed document is the one killed.
 
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -55,19 +57,25 @@ function ping (port) {
 
 /** A redis-server of this test: its own port, config and directory. */
 class Redis {
-  static async start () {
+  static async start (extra = []) {
     const redis = new Redis()
     redis.dir = mkdtempSync(path.join(os.tmpdir(), 'concord-redis-'))
     redis.port = await freePort()
     writeFileSync(path.join(redis.dir, 'redis.conf'), [
       'bind 127.0.0.1', `port ${redis.port}`, `dir ${redis.dir}`, 'appendonly yes',
-      'appendfsync always', 'save ""', `logfile ${path.join(redis.dir, 'redis.log')}`
+      'appendfsync always', 'save ""', `logfile ${path.join(redis.dir, 'redis.log')}`, ...extra
     ].join('\n') + '\n')
     await redis.spawn()
     return redis
   }
 
   get url () { return `redis://127.0.0.1:${this.port}` }
+
+  /** The flags that put a Concord node on this Redis. */
+  get args () { return ['--redis-url', this.url] }
+
+  /** The server that holds `key` (here: this one). */
+  ownerOf () { return this }
 
   async spawn () {
     this.child = spawn('redis-server', [path.join(this.dir, 'redis.conf')], { stdio: 'ignore' })
@@ -76,6 +84,12 @@ class Redis {
       timeout: 20_000,
       message: () => 'redis-server to answer PING; its log:\n' + this.log()
     })
+  }
+
+  /** `redis-cli` on this server; its output. */
+  cli (...args) {
+    const out = spawnSync('redis-cli', ['-p', String(this.port), ...args], { encoding: 'utf8' })
+    return (out.stdout ?? '').trim()
   }
 
   log () {
@@ -95,6 +109,47 @@ class Redis {
   async stop () {
     if (this.child.exitCode === null && this.child.signalCode === null) await this.kill()
     rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+/** A 3-master Redis Cluster of this test, formed with `redis-cli --cluster create`. */
+class RedisCluster {
+  static async start (masters = 3) {
+    const cluster = new RedisCluster()
+    cluster.nodes = []
+    for (let i = 0; i < masters; i++) {
+      cluster.nodes.push(await Redis.start(['cluster-enabled yes', 'cluster-config-file nodes.conf',
+        'cluster-node-timeout 2000', `cluster-port ${await freePort()}`]))
+    }
+    const created = spawnSync('redis-cli', ['--cluster', 'create',
+      ...cluster.nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'],
+    { encoding: 'utf8' })
+    assert.equal(created.status, 0, `redis-cli --cluster create: ${created.stdout}${created.stderr}`)
+    await cluster.waitOk()
+    return cluster
+  }
+
+  get args () { return ['--redis-url', this.nodes.map((n) => n.url).join(','), '--redis-cluster'] }
+
+  /** Waits until every node says the cluster is ok and knows every node. */
+  async waitOk () {
+    for (const node of this.nodes) {
+      await waitFor(() => {
+        const info = node.cli('CLUSTER', 'INFO')
+        return info.includes('cluster_state:ok') && info.includes(`cluster_known_nodes:${this.nodes.length}`)
+      }, { timeout: 20_000, message: () => `cluster node ${node.port} to be ok: ${node.cli('CLUSTER', 'INFO')}` })
+    }
+  }
+
+  /** The node whose shard holds `key` (the others answer MOVED). */
+  ownerOf (key) {
+    const owner = this.nodes.find((node) => node.cli('EXISTS', key) === '1')
+    assert.ok(owner, `no shard holds ${key}`)
+    return owner
+  }
+
+  async stop () {
+    for (const node of this.nodes) await node.stop()
   }
 }
 
@@ -118,15 +173,20 @@ function destroy (clients) {
 const httpBase = (server) => server.url.replace(/^ws:/, 'http:')
 
 /**
- * Declares a test with a Redis and `n` Concord nodes on it. Every node's stderr is appended to a
- * failure.
+ * Declares a test with a Redis and `n` Concord nodes on it, and the same test on a 3-master Redis
+ * Cluster. Every node's stderr is appended to a failure.
  */
 function redisTest (name, n, fn) {
-  test(name, { timeout: TEST_TIMEOUT_MS * 3, skip }, async () => {
-    const redis = await Redis.start()
+  redisTestOn(false, name, n, fn)
+  redisTestOn(true, name, n, fn)
+}
+
+function redisTestOn (cluster, name, n, fn) {
+  test(cluster ? `cluster: ${name}` : name, { timeout: TEST_TIMEOUT_MS * 3, skip }, async () => {
+    const redis = cluster ? await RedisCluster.start() : await Redis.start()
     const nodes = []
     const startNode = async (extra = []) => {
-      const node = await startServer(['--redis-url', redis.url, ...extra])
+      const node = await startServer([...redis.args, ...extra])
       nodes.push(node)
       return node
     }
@@ -279,7 +339,7 @@ redisTest('a node killed with SIGKILL during a write storm loses nothing acknowl
         assert.ok(items(live[0].doc).has(item), `seed ${seed}, round ${round}: acknowledged ${item} is missing`)
       }
       // The killed node comes back on its port and serves the same document.
-      nodes[victim] = await startServer(['--redis-url', redis.url, '--port', String(port)])
+      nodes[victim] = await startServer([...redis.args, '--port', String(port)])
       const back = client(nodes[victim].url, name)
       live.push(back)
       await waitSynced(back.provider)
@@ -305,11 +365,13 @@ redisTest('Redis killed with SIGKILL mid-storm and restarted loses nothing ackno
     await Promise.all(live.map((c) => waitSynced(c.provider)))
     storm = postStorm(nodes, name)
     await waitFor(() => storm.acknowledged.size >= 30, { message: 'the storm to get going' })
-    await redis.kill()
+    // On a cluster, the shard that holds the document.
+    const shard = redis.ownerOf(`concord:{${name}}:log`)
+    await shard.kill()
     // Edits made while Redis is down are relayed on their node, and stored once it is back.
     live.forEach((c, i) => randomEdit(c.doc, rng, `down${i} `))
     const before = storm.acknowledged.size
-    await redis.spawn()
+    await shard.spawn()
     await waitFor(() => storm.acknowledged.size >= before + 30, {
       timeout: 30_000, message: 'acknowledgements to resume once Redis is back'
     })
