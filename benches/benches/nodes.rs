@@ -8,8 +8,9 @@
 //!
 //! 1. Fan-out, with the load tool's edit mode (real WebSocket clients, yrs edits from the
 //!    automerge-paper trace, every delivery timed): each scenario on one node with sled, one node
-//!    on Redis, and three nodes on Redis with each document's clients spread over the three
-//!    (about two thirds of the deliveries cross nodes). Server CPU counts every node and Redis.
+//!    on Redis, three nodes on Redis with each document's clients spread over the three (about
+//!    two thirds of the deliveries cross nodes), and three nodes on a 3-master Redis Cluster
+//!    (started by the bench too). Server CPU counts every node and every Redis server.
 //! 2. Node kill: 60 clients on 6 documents spread over three nodes; one node is killed with
 //!    SIGKILL; each of its clients reconnects to the next node after y-websocket's first backoff
 //!    (100 ms) and syncs. Reported: SIGKILL to the last of them synced, and to all documents
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use concord_benches::ServerProcess;
 use concord_benches::load::{self, Mode, Report, Scenario};
-use concord_redis::testing::RedisServer;
+use concord_redis::testing::{RedisCluster, RedisServer};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::sync::{Message, SyncMessage};
@@ -67,16 +68,13 @@ fn scenario(name: &str, docs: usize, clients: usize, rate: f64, edits: usize) ->
     s
 }
 
-fn run_load(
-    mut s: Scenario,
-    nodes: &[&ServerProcess],
-    redis: Option<&RedisServer>,
-) -> Result<Report> {
+/// Runs `s` with its clients spread over `nodes`; CPU counts the nodes and the `redis` servers.
+fn run_load(mut s: Scenario, nodes: &[&ServerProcess], redis: &[&RedisServer]) -> Result<Report> {
     s.url = nodes[0].url();
     s.server_pid = Some(nodes[0].pid());
     s.more_urls = nodes[1..].iter().map(|n| n.url()).collect();
     s.more_pids = nodes[1..].iter().map(|n| n.pid()).collect();
-    s.more_pids.extend(redis.and_then(RedisServer::pid));
+    s.more_pids.extend(redis.iter().filter_map(|r| r.pid()));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(load::run(s))
 }
@@ -223,13 +221,13 @@ fn main() -> Result<()> {
     );
     for s in &scenarios {
         let sled = start(&["--data-dir", &data_dir])?;
-        let report = run_load(s.clone(), &[&sled], None)?;
+        let report = run_load(s.clone(), &[&sled], &[])?;
         println!("{}", row(&format!("{}: 1 node, sled", s.name), &report));
         drop(sled);
 
         let url = redis.url();
         let one = start(&["--redis-url", &url])?;
-        let report = run_load(s.clone(), &[&one], Some(&redis))?;
+        let report = run_load(s.clone(), &[&one], &[&redis])?;
         println!("{}", row(&format!("{}: 1 node, Redis", s.name), &report));
         drop(one);
 
@@ -237,8 +235,22 @@ fn main() -> Result<()> {
             .map(|_| start(&["--redis-url", &url]))
             .collect::<Result<_>>()?;
         let refs: Vec<&ServerProcess> = three.iter().collect();
-        let report = run_load(s.clone(), &refs, Some(&redis))?;
+        let report = run_load(s.clone(), &refs, &[&redis])?;
         println!("{}", row(&format!("{}: 3 nodes, Redis", s.name), &report));
+        drop(three);
+
+        let cluster = RedisCluster::start(3);
+        let seeds = cluster.urls().join(",");
+        let three: Vec<ServerProcess> = (0..3)
+            .map(|_| start(&["--redis-url", &seeds, "--redis-cluster"]))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&ServerProcess> = three.iter().collect();
+        let shards: Vec<&RedisServer> = cluster.nodes.iter().collect();
+        let report = run_load(s.clone(), &refs, &shards)?;
+        println!(
+            "{}",
+            row(&format!("{}: 3 nodes, Cluster x3", s.name), &report)
+        );
     }
     println!();
     let (took, moved) = node_kill(&redis)?;

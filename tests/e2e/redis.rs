@@ -20,7 +20,7 @@ use concord_tests::{
 };
 use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
-use yrs::{Array, Map, Text, WriteTxn};
+use yrs::{Array, GetString, Map, Text, WriteTxn};
 use yrs::{Doc, Transact, Update};
 
 use crate::api::read_until_text;
@@ -102,6 +102,7 @@ on_both!(
     an_sse_client_resumes_on_another_node_with_no_gap_and_no_repeat,
     compaction_under_load_with_joiners_racing_it_leaves_no_gap_and_a_short_stream,
     a_document_deleted_on_one_node_is_closed_and_gone_on_the_others,
+    the_change_feed_of_a_document_no_client_holds_here_sees_other_nodes_edits,
 );
 
 /// A node in this process: an embedded server on the test's Redis.
@@ -551,6 +552,51 @@ async fn a_document_deleted_on_one_node_is_closed_and_gone_on_the_others(redis: 
     let fresh = TestClient::connect_synced(&c.url("doomed")).await.unwrap();
     assert_eq!(fresh.text("t"), "");
     drop((on_a, on_c, fresh));
+    a.shutdown().await;
+    c.shutdown().await;
+}
+
+async fn the_change_feed_of_a_document_no_client_holds_here_sees_other_nodes_edits(
+    redis: Deployment,
+) {
+    use concord_server::feed::FeedEvent;
+    use futures_util::StreamExt;
+    let (a, c) = (Node::start(&redis).await, Node::start(&redis).await);
+    let name = DocName::new("watched").unwrap();
+    let on_a = TestClient::connect_synced(&a.url("watched")).await.unwrap();
+    append(&on_a, 0);
+    // Node C has no client of the document: the feed alone must keep it followed.
+    let mut changes = c.server.concord.changes(&name, None, None);
+    let doc = Doc::new();
+    let mut next = async || {
+        tokio::time::timeout(DEADLINE, changes.next())
+            .await
+            .expect("the feed yields before the deadline")
+            .expect("the feed goes on")
+            .expect("the feed has no error")
+    };
+    let FeedEvent::Sync { update, .. } = next().await else {
+        panic!("a fresh feed starts with a sync");
+    };
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(&update).unwrap())
+        .unwrap();
+    for i in 1..=3 {
+        append(&on_a, i);
+    }
+    while doc.get_or_insert_text("t").get_string(&doc.transact()) != pieces(4) {
+        let FeedEvent::Change(change) = next().await else {
+            panic!("after the sync come changes");
+        };
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(&change.update).unwrap())
+            .unwrap();
+    }
+    assert!(
+        c.server.concord.is_loaded(&name),
+        "the feed holds the document"
+    );
+    drop((changes, on_a));
     a.shutdown().await;
     c.shutdown().await;
 }

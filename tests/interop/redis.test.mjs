@@ -6,7 +6,9 @@
 // restarted loses nothing acknowledged, the nodes recover by themselves, and the edits made
 // meanwhile arrive. The convergence, node-kill and Redis-kill tests run again on a real 3-master
 // Redis Cluster (`redis-cli --cluster create`), where documents spread over the shards and the
-// shard that holds the stormed document is the one killed.
+// shard that holds the stormed document is the one killed. With `--redis-wait-replicas 1` and a
+// real replica, a POST is answered only once the replica has the update, and waits (the node not
+// ready) while the replica is gone.
 
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
@@ -392,6 +394,62 @@ redisTest('Redis killed with SIGKILL mid-storm and restarted loses nothing ackno
   } finally {
     await storm?.stop()
     destroy(live)
+  }
+})
+
+test('--redis-wait-replicas 1: a POST is acknowledged only once the replica has it; while it is gone the node is not ready and the update waits', { timeout: TEST_TIMEOUT_MS * 2, skip }, async () => {
+  const primary = await Redis.start()
+  let replica = await Redis.start([`replicaof 127.0.0.1 ${primary.port}`])
+  let node = null
+  const post = (update, timeout) => fetch(`${httpBase(node)}/api/docs/replicated/update`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream' },
+    body: update,
+    signal: AbortSignal.timeout(timeout)
+  })
+  const doc = new Y.Doc()
+  const edit = (word) => {
+    const before = Y.encodeStateVector(doc)
+    doc.getArray('array').push([word])
+    return Y.encodeStateAsUpdate(doc, before)
+  }
+  try {
+    node = await startServer([...primary.args, '--redis-wait-replicas', '1'])
+    await waitFor(() => /every acknowledged update is on --redis-wait-replicas replicas/.test(node.stderrTail()), {
+      message: () => 'the start-up line to say what an acknowledgement means; stderr:\n' + node.stderrTail()
+    })
+    const first = await post(edit('one'), 30_000)
+    assert.equal(first.status, 200, await first.text())
+    // The replica has what was acknowledged.
+    await waitFor(() => Number(replica.cli('XLEN', 'concord:{replicated}:log')) >= 1, {
+      message: () => 'the replica to hold the stream: ' + replica.cli('KEYS', '*')
+    })
+
+    await replica.kill()
+    let answered = false
+    const waiting = post(edit('two'), 120_000).finally(() => { answered = true })
+    // Readiness turns 503 once the append has waited for the replica in vain: the POST must
+    // still be unanswered then.
+    await waitFor(async () => (await fetch(`${httpBase(node)}/readyz`)).status === 503, {
+      message: 'readiness to say the node waits for its replica'
+    })
+    assert.equal(answered, false, 'an update was acknowledged with its replica gone')
+
+    replica = await Redis.start([`replicaof 127.0.0.1 ${primary.port}`])
+    const second = await waiting
+    assert.equal(second.status, 200, await second.text())
+    await waitFor(async () => (await fetch(`${httpBase(node)}/readyz`)).status === 200, {
+      message: 'readiness to come back with the replica'
+    })
+    const stored = await fetch(`${httpBase(node)}/api/docs/replicated?format=json`)
+    assert.deepEqual((await stored.json()).array, ['one', 'two'])
+  } catch (err) {
+    if (node && err instanceof Error) err.message += `\n--- node stderr (tail) ---\n${node.stderrTail(3000)}`
+    throw err
+  } finally {
+    if (node && node.exit === null) await node.stop()
+    await replica.stop()
+    await primary.stop()
   }
 })
 

@@ -131,13 +131,18 @@ impl Concord {
     /// the stored state (its diff against `sv` when given). When compaction removed the log
     /// after `from`, the stream starts with a sync instead. No change is skipped or repeated,
     /// also when the subscriber falls behind. The SSE and polling transports are built on it.
+    ///
+    /// With a [`Config::replication`], the document stays loaded here while the stream lives,
+    /// so other processes' changes arrive as they are stored (the stream counts against
+    /// `max_rooms` like a connection; when no room can be opened it ends with
+    /// [`feed::FeedError::Open`]).
     pub fn changes(
         &self,
         doc: &DocName,
         from: Option<concord_core::Position>,
         sv: Option<yrs::StateVector>,
     ) -> ChangeStream {
-        self.inner.state.changes(doc, from, sv)
+        self.inner.state.changes_followed(doc, from, sv)
     }
 
     /// Every document's changes as they are stored, from now on. A subscriber that falls more

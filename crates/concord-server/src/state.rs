@@ -14,7 +14,7 @@ use yrs::StateVector;
 
 use crate::config::Config;
 use crate::durability::compact;
-use crate::durability::feed::{self, ChangeStream, Feed};
+use crate::durability::feed::{self, ChangeStream, Feed, FeedError};
 use crate::durability::persist::{self, PersistConfig};
 use crate::durability::{LiveDocuments, Persister};
 use crate::ingest::Ingest;
@@ -24,6 +24,7 @@ use crate::policy::admission::Admission;
 use crate::policy::limits::ConnectionLimits;
 use crate::policy::sockets::Sockets;
 use crate::rooms::{QueueLimits, Rooms, RoomsConfig};
+use futures_util::StreamExt;
 
 /// Most compaction requests waiting for the compactor. Overflow policy: the request is dropped;
 /// the next append to that document asks again (an idle document keeps its log until it is
@@ -213,6 +214,37 @@ impl AppState {
             sv,
             self.shutdown.clone(),
         )
+    }
+
+    /// [`AppState::changes`] for a caller that holds no room of its own (the Rust API): with
+    /// other processes sharing the store, their changes reach this process' feed only for
+    /// documents loaded here, so the stream keeps the document open while it lives.
+    pub(crate) fn changes_followed(
+        &self,
+        doc: &DocName,
+        from: Option<Position>,
+        sv: Option<StateVector>,
+    ) -> ChangeStream {
+        if self.config.replication.is_none() {
+            return self.changes(doc, from, sv);
+        }
+        // The room opens first: other processes' changes reach the feed only from the position
+        // the room loaded at, so the stream must read the store after that (what is stored in
+        // between is in the store it reads, and what is stored later comes through the feed).
+        let (state, name) = (self.clone(), doc.clone());
+        let opened = async move {
+            let stream: ChangeStream = match state.rooms.open(&name).await {
+                Ok(guard) => Box::pin(state.changes(&name, from, sv).map(move |item| {
+                    let _held = &guard;
+                    item
+                })),
+                Err(e) => Box::pin(futures_util::stream::iter([Err(FeedError::Open(
+                    e.to_string(),
+                ))])),
+            };
+            stream
+        };
+        Box::pin(futures_util::stream::once(opened).flatten())
     }
 }
 

@@ -58,6 +58,10 @@ pub enum FeedError {
     /// The stored document cannot be rebuilt.
     #[error("the stored document cannot be rebuilt: {0}")]
     Unreadable(String),
+    /// With other processes sharing the store, the document could not be opened here, so
+    /// their changes could not be followed.
+    #[error("the document cannot be opened to follow other processes' changes: {0}")]
+    Open(String),
 }
 
 /// A document's changes: see [`crate::Concord::changes`].
