@@ -399,7 +399,8 @@ redisTest('Redis killed with SIGKILL mid-storm and restarted loses nothing ackno
 
 test('--redis-wait-replicas 1: a POST is acknowledged only once the replica has it; while it is gone the node is not ready and the update waits', { timeout: TEST_TIMEOUT_MS * 2, skip }, async () => {
   const primary = await Redis.start()
-  let replica = await Redis.start([`replicaof 127.0.0.1 ${primary.port}`])
+  const startReplica = () => Redis.start([`replicaof 127.0.0.1 ${primary.port}`])
+  let replica = await startReplica()
   let node = null
   const post = (update, timeout) => fetch(`${httpBase(node)}/api/docs/replicated/update`, {
     method: 'POST',
@@ -435,7 +436,7 @@ test('--redis-wait-replicas 1: a POST is acknowledged only once the replica has 
     })
     assert.equal(answered, false, 'an update was acknowledged with its replica gone')
 
-    replica = await Redis.start([`replicaof 127.0.0.1 ${primary.port}`])
+    replica = await startReplica()
     const second = await waiting
     assert.equal(second.status, 200, await second.text())
     await waitFor(async () => (await fetch(`${httpBase(node)}/readyz`)).status === 200, {

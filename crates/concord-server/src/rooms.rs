@@ -15,9 +15,7 @@ mod room;
 
 pub(crate) use fanout::QueueLimits;
 pub(crate) use peer::{CloseReason, Closer, Outbox, Peer, next_conn_id};
-#[cfg(test)]
-pub(crate) use registry::RoomGuard;
-pub(crate) use registry::{OpenError, Rooms, RoomsConfig};
+pub(crate) use registry::{OpenError, RoomGuard, Rooms, RoomsConfig};
 #[cfg(test)]
 pub(crate) use room::Membership;
 pub(crate) use room::{LiveRoom, Origin};

@@ -23,7 +23,7 @@ use crate::ops::stats::Counters;
 use crate::policy::admission::Admission;
 use crate::policy::limits::ConnectionLimits;
 use crate::policy::sockets::Sockets;
-use crate::rooms::{QueueLimits, Rooms, RoomsConfig};
+use crate::rooms::{OpenError, QueueLimits, RoomGuard, Rooms, RoomsConfig};
 use futures_util::StreamExt;
 
 /// Most compaction requests waiting for the compactor. Overflow policy: the request is dropped;
@@ -216,9 +216,18 @@ impl AppState {
         )
     }
 
-    /// [`AppState::changes`] for a caller that holds no room of its own (the Rust API): with
-    /// other processes sharing the store, their changes reach this process' feed only for
-    /// documents loaded here, so the stream keeps the document open while it lives.
+    /// With other processes sharing the store, their changes reach this process' feed only
+    /// for documents loaded here: a reader of the feed that holds no room of its own (a poll,
+    /// the Rust API) holds `name` open with this guard while it reads. `None` without them.
+    pub(crate) async fn follow(&self, name: &DocName) -> Result<Option<RoomGuard>, OpenError> {
+        match self.config.replication {
+            Some(_) => self.rooms.open(name).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`AppState::changes`] for a caller that holds no room of its own (the Rust API): the
+    /// stream holds the document open while it lives (see [`AppState::follow`]).
     pub(crate) fn changes_followed(
         &self,
         doc: &DocName,
@@ -233,7 +242,7 @@ impl AppState {
         // between is in the store it reads, and what is stored later comes through the feed).
         let (state, name) = (self.clone(), doc.clone());
         let opened = async move {
-            let stream: ChangeStream = match state.rooms.open(&name).await {
+            let stream: ChangeStream = match state.follow(&name).await {
                 Ok(guard) => Box::pin(state.changes(&name, from, sv).map(move |item| {
                     let _held = &guard;
                     item

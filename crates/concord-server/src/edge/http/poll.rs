@@ -114,10 +114,7 @@ async fn poll_answer(
     };
     // Other processes' changes reach this one's feed only for documents loaded here: while it
     // waits, a poll holds the room open (as an SSE stream does), so they arrive at once.
-    let _followed = match state.config.replication {
-        Some(_) => Some(state.rooms.open(name).await?),
-        None => None,
-    };
+    let _followed = state.follow(name).await?;
     let mut feed = state.changes(name, Some(since), sv);
     let mut updates = Vec::new();
     let mut next = since;
