@@ -18,7 +18,6 @@
 //   and sets shouldConnect = false.
 
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
 import { createHmac, randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
@@ -28,7 +27,7 @@ import * as Y from 'yjs'
 import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate } from 'y-protocols/awareness'
 import WebSocket from 'ws'
 import {
-  DEFAULT_TIMEOUT_MS, externalServerUrl, serverBin, serverTest, waitFor, waitSynced
+  DEFAULT_TIMEOUT_MS, externalServerUrl, mintWith, serverTest, waitFor, waitSynced
 } from './harness.mjs'
 
 const SKIP_EXTERNAL = externalServerUrl ? 'needs a server started with --auth-secret-file (INTEROP_SERVER_URL is set)' : false
@@ -58,20 +57,6 @@ function newSecret () {
     mintFile: file('mint-secret', secret),
     otherFile: file('other-secret', `${randomBytes(24).toString('hex')}\n`)
   }
-}
-
-/**
- * Mints a token with `concord-server token`. `docs` maps a name or pattern to 'read' | 'write'.
- */
-function mintWith (secretFile, docs, { sub = null, ttl = '1h' } = {}) {
-  const args = ['token', '--secret-file', secretFile, '--ttl', ttl]
-  for (const [pattern, permission] of Object.entries(docs)) args.push('--doc', `${pattern}=${permission}`)
-  if (sub !== null) args.push('--sub', sub)
-  const out = execFileSync(serverBin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 })
-  const lines = out.split('\n').filter((l) => l.length > 0)
-  assert.equal(lines.length, 1, `\`concord-server ${args.join(' ')}\` prints one line; it printed ${JSON.stringify(out)}`)
-  assert.match(lines[0], /^[\w-]+\.[\w-]+\.[\w-]+$/, 'the token is a compact JWT')
-  return lines[0]
 }
 
 /** The claims of a JWT (not verified). */

@@ -16,7 +16,8 @@
 // Waiting is always done by polling a predicate against a generous deadline (waitFor), never by
 // sleeping a fixed time and hoping the result is there.
 
-import { spawn } from 'node:child_process'
+import assert from 'node:assert/strict'
+import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -331,4 +332,18 @@ export function serverTest (name, fn, { serverArgs = [], timeout = TEST_TIMEOUT_
       throw failure
     }
   })
+}
+
+/**
+ * Mints a token with `concord-server token`. `docs` maps a name or pattern to 'read' | 'write'.
+ */
+export function mintWith (secretFile, docs, { sub = null, ttl = '1h' } = {}) {
+  const args = ['token', '--secret-file', secretFile, '--ttl', ttl]
+  for (const [pattern, permission] of Object.entries(docs)) args.push('--doc', `${pattern}=${permission}`)
+  if (sub !== null) args.push('--sub', sub)
+  const out = execFileSync(serverBin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 })
+  const lines = out.split('\n').filter((l) => l.length > 0)
+  assert.equal(lines.length, 1, `\`concord-server ${args.join(' ')}\` prints one line; it printed ${JSON.stringify(out)}`)
+  assert.match(lines[0], /^[\w-]+\.[\w-]+\.[\w-]+$/, 'the token is a compact JWT')
+  return lines[0]
 }

@@ -9,6 +9,7 @@
 mod codec;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod hocuspocus;
 pub mod json;
 mod name;
 pub mod replication;

@@ -512,7 +512,7 @@ impl Room {
 
     /// Whether applying `update` would change the document: content past its state vector, or
     /// deletions it does not have yet.
-    fn would_change(&self, update: &Update) -> bool {
+    pub fn would_change(&self, update: &Update) -> bool {
         let txn = self.doc().transact();
         if update.extends(&txn.state_vector()) {
             return true;

@@ -164,6 +164,18 @@ pub struct Config {
     /// More metrics for `GET /metrics`, encoded after the server's own at every scrape (e.g.
     /// `concord_redis::Redis::metrics`). Names get the `concord_` prefix.
     pub metrics: Vec<Arc<dyn prometheus_client::collector::Collector>>,
+    /// Most documents one Hocuspocus connection may have open at once (authenticated, or
+    /// waiting for their Auth message). Another document is answered with `PermissionDenied`;
+    /// the documents already open go on.
+    pub max_documents_per_connection: usize,
+    /// Receives the Hocuspocus clients' stateless messages (`provider.sendStateless`). Called
+    /// on the connection's task: it must return quickly (hand the message to a channel or a
+    /// task for anything slow). `None`: they are dropped (after the rate and size checks).
+    pub on_stateless: Option<Arc<dyn Fn(crate::StatelessMessage) + Send + Sync>>,
+    /// Whether a Hocuspocus client's stateless message is also passed on to the document's
+    /// other Hocuspocus connections in this process (after [`Config::on_stateless`]), as a
+    /// Hocuspocus server whose `onStateless` hook calls `document.broadcastStateless` does.
+    pub relay_stateless: bool,
 }
 
 impl Default for Config {
@@ -212,6 +224,9 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
             metrics: Vec::new(),
+            max_documents_per_connection: 64,
+            on_stateless: None,
+            relay_stateless: false,
         }
     }
 }
@@ -242,6 +257,12 @@ impl fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("cors_origins", &self.cors_origins)
             .field("metrics", &self.metrics.len())
+            .field(
+                "max_documents_per_connection",
+                &self.max_documents_per_connection,
+            )
+            .field("on_stateless", &self.on_stateless.as_ref().map(|_| "set"))
+            .field("relay_stateless", &self.relay_stateless)
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)

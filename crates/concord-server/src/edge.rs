@@ -5,6 +5,7 @@
 //! outcomes into its own answers (close codes, HTTP statuses) and holds no persistence or
 //! barrier code.
 
+pub(crate) mod hocuspocus;
 pub(crate) mod http;
 pub(crate) mod serve;
 pub(crate) mod ws;
@@ -26,7 +27,7 @@ use crate::state::AppState;
 /// API under its prefix (`api_prefix`: `None` for no API).
 pub(crate) fn routes(state: &AppState, api_prefix: Option<&str>) -> Router {
     let documents = Router::new()
-        .route("/", get(probes::root))
+        .route("/", get(root))
         .route("/healthz", get(probes::health))
         .route("/readyz", get(probes::ready))
         .route("/metrics", get(probes::metrics))
@@ -36,6 +37,31 @@ pub(crate) fn routes(state: &AppState, api_prefix: Option<&str>) -> Router {
         Some(prefix) => documents.nest(prefix, http::api_routes(state)),
         None => documents,
     }
+}
+
+/// `GET /`: a WebSocket upgrade is a Hocuspocus client (y-websocket clients always name a
+/// document in the path); anything else is the static files' index ([`probes::root`]).
+pub(crate) async fn root(
+    State(state): State<AppState>,
+    method: Method,
+    original: axum::extract::OriginalUri,
+    uri: Uri,
+    headers: HeaderMap,
+    extensions: Extensions,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if static_files::is_upgrade(&headers) {
+        return hocuspocus::upgrade(state, &uri, &headers, peer(&extensions), ws).await;
+    }
+    probes::root(State(state), method, original, headers).await
+}
+
+/// The peer's address, present when the server was made with
+/// `into_make_service_with_connect_info`.
+fn peer(extensions: &Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr)
 }
 
 /// `GET /{*doc}`: a plain GET of a path holding a static file gets the file
@@ -53,9 +79,5 @@ async fn document(
     {
         return response;
     }
-    // Present when the server was made with `into_make_service_with_connect_info`.
-    let peer = extensions
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
-    ws::upgrade(state, &uri, &headers, peer, ws).await
+    ws::upgrade(state, &uri, &headers, peer(&extensions), ws).await
 }

@@ -55,11 +55,13 @@ pub use concord_core;
 pub use concord_core::replication::InletTarget;
 pub use config::Config;
 pub use durability::feed;
+pub use edge::hocuspocus::StatelessMessage;
 pub use ops::stats::Stats;
 pub use policy::auth;
 pub use replication::{Inlet, InletError, Published, Replication};
 
 use feed::ChangeStream;
+use rooms::Recipients;
 use state::{AppState, Background};
 
 /// Errors of the server layer.
@@ -165,6 +167,17 @@ impl Concord {
         self.inner.state.admission.connections.open()
     }
 
+    /// Sends a stateless message (what a Hocuspocus provider's `on('stateless')` receives) to
+    /// every Hocuspocus connection of `doc` in this process, or to connection `to` alone (the
+    /// [`StatelessMessage::connection`] of a message it sent); returns how many it was queued
+    /// for (0 when the document is not loaded here). y-websocket clients never get one. Not
+    /// stored, and not relayed to other processes.
+    pub fn send_stateless(&self, doc: &DocName, payload: &str, to: Option<u64>) -> usize {
+        self.inner.state.rooms.get(doc).map_or(0, |room| {
+            room.send_stateless(payload, to.map_or(Recipients::All, Recipients::Only))
+        })
+    }
+
     /// How many connections the document `name` has (0 when it is not loaded).
     pub fn connection_count(&self, name: &DocName) -> usize {
         self.inner
@@ -233,7 +246,7 @@ pub async fn run(
         // `nest` routes `/collab` and `/collab/...`; `/collab/` is the root too.
         Some(prefix) => Router::new().nest(&prefix, router(&concord)).route(
             &format!("{prefix}/"),
-            get(edge::http::probes::root).with_state(concord.inner.state.clone()),
+            get(edge::root).with_state(concord.inner.state.clone()),
         ),
         None => router(&concord),
     };

@@ -345,6 +345,14 @@ struct ServeArgs {
     /// Whether the awareness (presence, cursors) of read-only connections is relayed.
     #[arg(long, env = "CONCORD_READ_ONLY_AWARENESS", default_value_t = true, action = clap::ArgAction::Set)]
     read_only_awareness: bool,
+    /// Most documents one Hocuspocus connection (at the root URL) may have open at once;
+    /// another is answered with PermissionDenied.
+    #[arg(long, env = "CONCORD_MAX_DOCUMENTS_PER_CONNECTION", default_value_t = Config::default().max_documents_per_connection)]
+    max_documents_per_connection: usize,
+    /// Pass each Hocuspocus client's stateless message on to the other Hocuspocus clients of
+    /// its document (as a Hocuspocus server whose onStateless hook broadcasts does).
+    #[arg(long, env = "CONCORD_RELAY_STATELESS")]
+    relay_stateless: bool,
 }
 
 impl ServeArgs {
@@ -409,6 +417,8 @@ impl ServeArgs {
             max_rooms: self.max_rooms,
             max_awareness_state_bytes: self.max_awareness_state,
             read_only_awareness: self.read_only_awareness,
+            max_documents_per_connection: self.max_documents_per_connection,
+            relay_stateless: self.relay_stateless,
             static_dir: static_dir(self.static_dir, self.no_static)?,
             trusted_proxies: self.trusted_proxies,
             cors_origins: self.cors_origins,

@@ -13,9 +13,7 @@ mod peer;
 mod registry;
 mod room;
 
-pub(crate) use fanout::QueueLimits;
+pub(crate) use fanout::{QueueLimits, Recipients};
 pub(crate) use peer::{CloseReason, Closer, Outbox, Peer, next_conn_id};
 pub(crate) use registry::{OpenError, RoomGuard, Rooms, RoomsConfig};
-#[cfg(test)]
-pub(crate) use room::Membership;
-pub(crate) use room::{LiveRoom, Origin};
+pub(crate) use room::{LiveRoom, Membership, Origin};

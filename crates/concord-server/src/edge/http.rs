@@ -36,6 +36,7 @@ pub(crate) fn api_routes(state: &AppState) -> Router {
         .route("/docs/{name}/state-vector", get(documents::state_vector))
         .route("/docs/{name}/update", post(documents::write))
         .route("/docs/{name}/awareness", post(documents::awareness))
+        .route("/docs/{name}/stateless", post(documents::stateless))
         .route("/docs/{name}/events", get(sse::events))
         .route("/docs/{name}/poll", get(poll::poll))
         // Everything else under the prefix, which would otherwise reach the WebSocket route.

@@ -8,10 +8,10 @@
 //! close frame reach a client that is still sending.
 
 mod acks;
-mod close;
-mod linger;
+pub(crate) mod close;
+pub(crate) mod linger;
 mod reader;
 mod upgrade;
-mod writer;
+pub(crate) mod writer;
 
-pub(crate) use upgrade::upgrade;
+pub(crate) use upgrade::{rates, refusal_response, upgrade};

@@ -79,8 +79,22 @@ impl Admission {
         needs: Needs,
         opens_room: bool,
     ) -> Result<Admitted, Refusal> {
+        let slot = self.connect(request.headers, request.peer, request.doc)?;
+        let grant = self.authorize(request, needs, opens_room).await?;
+        Ok(Admitted { grant, slot })
+    }
+
+    /// The checks of a connection before any document is named (a Hocuspocus socket opens
+    /// its documents later, one by one, through [`Admission::authorize`]): shutdown, origin,
+    /// connection slot. `what` names the request in log lines.
+    pub(crate) fn connect(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+        what: &dyn std::fmt::Display,
+    ) -> Result<ConnectionSlot, Refusal> {
         let counters = &self.counters;
-        let (name, peer) = (request.doc, request.peer);
+        let name = what;
         if self.shutdown.is_cancelled() {
             return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -89,7 +103,7 @@ impl Admission {
         }
 
         if !self.allowed_origins.is_empty()
-            && let Some(origin) = request.headers.get(header::ORIGIN)
+            && let Some(origin) = headers.get(header::ORIGIN)
             && !self
                 .allowed_origins
                 .iter()
@@ -104,8 +118,7 @@ impl Admission {
             ));
         }
 
-        let slot = self
-            .connections
+        self.connections
             .acquire(peer.map(|p| p.ip()))
             .map_err(|refused| {
                 Counters::bump(&counters.connections_refused);
@@ -127,8 +140,19 @@ impl Admission {
                 };
                 tracing::warn!(doc = %name, peer = ?peer, reason = %refusal.reason, "refused");
                 refusal
-            })?;
+            })
+    }
 
+    /// The checks of one document: authorizer, the access `needs`, and (when `opens_room`)
+    /// room capacity.
+    pub(crate) async fn authorize(
+        &self,
+        request: AuthRequest<'_>,
+        needs: Needs,
+        opens_room: bool,
+    ) -> Result<Grant, Refusal> {
+        let counters = &self.counters;
+        let (name, peer) = (request.doc, request.peer);
         let grant = match &self.authorizer {
             None => Grant {
                 access: Access::ReadWrite,
@@ -180,7 +204,7 @@ impl Admission {
                 "too many documents are open; try again later",
             ));
         }
-        Ok(Admitted { grant, slot })
+        Ok(grant)
     }
 }
 

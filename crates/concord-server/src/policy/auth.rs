@@ -23,7 +23,8 @@
 //!
 //! The token is read from the `Authorization: Bearer <token>` header or, because browsers
 //! cannot set headers on a WebSocket, from the `token` query parameter
-//! (`ws://host/doc?token=...`). When both are present the header is used.
+//! (`ws://host/doc?token=...`). When both are present the header is used. A Hocuspocus
+//! provider sends its `token` in the protocol, per document; that token wins over both.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,12 +47,19 @@ pub struct AuthRequest<'a> {
     pub query: Option<&'a str>,
     /// The client's address, when the server knows it.
     pub peer: Option<SocketAddr>,
+    /// A token the client sent inside its protocol rather than in the request: the
+    /// Hocuspocus provider's `token`, from its Auth message (`None` on every other edge).
+    pub protocol_token: Option<&'a str>,
 }
 
 impl AuthRequest<'_> {
-    /// The bearer token of the request: the `Authorization: Bearer` header, else the `token`
-    /// query parameter (percent-decoded).
+    /// The bearer token of the request: the token the protocol carried
+    /// ([`AuthRequest::protocol_token`], when not empty), else the `Authorization: Bearer`
+    /// header, else the `token` query parameter (percent-decoded).
     pub fn token(&self) -> Option<String> {
+        if let Some(token) = self.protocol_token.filter(|t| !t.is_empty()) {
+            return Some(token.to_owned());
+        }
         if let Some(value) = self.headers.get(axum::http::header::AUTHORIZATION) {
             let value = value.to_str().ok()?.trim();
             let (scheme, token) = value.split_once(' ')?;
@@ -378,6 +386,7 @@ mod tests {
                 headers,
                 query,
                 peer: None,
+                protocol_token: None,
             }
             .token()
         };

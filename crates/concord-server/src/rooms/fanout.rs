@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use concord_core::{ConnId, Effects, Recipients, Room, is_awareness_frame};
+use concord_core::{ConnId, Effects, Room, is_awareness_frame};
 
 use crate::ops::stats::Counters;
 use crate::rooms::peer::{CloseReason, Peer};
@@ -18,6 +18,27 @@ use crate::rooms::peer::{CloseReason, Peer};
 /// Frames queued for a peer past which it is sent no more awareness: a healthy connection's
 /// queue is nearly empty, and each frame waiting delays the document updates behind it.
 const AWARENESS_BACKLOG: usize = 64;
+
+/// Who an application message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recipients {
+    /// Every connection that takes them.
+    All,
+    /// That connection alone.
+    Only(ConnId),
+    /// Every one but that connection (its sender).
+    AllBut(ConnId),
+}
+
+impl Recipients {
+    fn includes(self, id: ConnId) -> bool {
+        match self {
+            Recipients::All => true,
+            Recipients::Only(only) => only == id,
+            Recipients::AllBut(sender) => sender != id,
+        }
+    }
+}
 
 /// Limits applied when queueing frames to peers.
 #[derive(Clone)]
@@ -43,13 +64,15 @@ impl Peers<'_> {
         let mut dropped = Vec::new();
         for out in &effects.send {
             match out.to {
-                Recipients::Sender => self.deliver_to(sender, &out.frame, &mut dropped),
-                Recipients::Others | Recipients::Everyone => {
+                concord_core::Recipients::Sender => {
+                    self.deliver_to(sender, &out.frame, &mut dropped)
+                }
+                concord_core::Recipients::Others | concord_core::Recipients::Everyone => {
                     let ids: Vec<ConnId> = self
                         .peers
                         .keys()
                         .copied()
-                        .filter(|&id| out.to == Recipients::Everyone || id != sender)
+                        .filter(|&id| out.to == concord_core::Recipients::Everyone || id != sender)
                         .collect();
                     for id in ids {
                         self.deliver_to(id, &out.frame, &mut dropped);
@@ -58,6 +81,24 @@ impl Peers<'_> {
             }
         }
         self.drop_peers(dropped);
+    }
+
+    /// Queues `frame` (an application message) for the peers that take them among `to`;
+    /// returns how many it was queued for.
+    pub(crate) fn deliver_stateless(&mut self, frame: &Bytes, to: Recipients) -> usize {
+        let ids: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(id, peer)| peer.stateless && to.includes(**id))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut dropped = Vec::new();
+        for &id in &ids {
+            self.deliver_to(id, frame, &mut dropped);
+        }
+        let delivered = ids.len() - dropped.len();
+        self.drop_peers(dropped);
+        delivered
     }
 
     /// Queues the frames a joining peer starts with.

@@ -94,6 +94,9 @@ pub(crate) struct Peer {
     /// Only awareness frames are queued for it: an SSE stream, which gets document changes
     /// from the change feed (with positions) instead.
     pub(crate) awareness_only: bool,
+    /// It speaks a protocol with application messages (Hocuspocus): stateless frames are
+    /// queued for it; other peers never get them.
+    pub(crate) stateless: bool,
 }
 
 /// The receiving side of a connection's queue, drained by the edge that writes to it.
@@ -113,6 +116,7 @@ impl Peer {
             queued_bytes: queued_bytes.clone(),
             closer,
             awareness_only,
+            stateless: false,
         };
         (peer, Outbox { rx, queued_bytes })
     }

@@ -187,6 +187,20 @@ impl LiveRoom {
             .encode_state_as_update_v1(sv)
     }
 
+    /// Whether applying `update` would change the document.
+    pub(crate) fn would_change(&self, update: &yrs::Update) -> bool {
+        self.lock().room.would_change(update)
+    }
+
+    /// Queues an application message (a Hocuspocus Stateless message, `payload`) for the
+    /// room's connections among `to` that speak such messages; returns how many it was queued
+    /// for. Not published to other processes.
+    pub(crate) fn send_stateless(&self, payload: &str, to: crate::rooms::Recipients) -> usize {
+        let frame = Bytes::from(concord_core::hocuspocus::stateless(payload));
+        let mut state = self.lock();
+        state.peers(&self.limits).deliver_stateless(&frame, to)
+    }
+
     /// Every awareness state of the room, as one awareness update payload.
     pub(crate) fn awareness_update(&self) -> Option<Vec<u8>> {
         self.lock().room.awareness_update()
@@ -277,6 +291,13 @@ impl RemoteInput for LiveRoom {
 pub(crate) struct Membership {
     room: Arc<LiveRoom>,
     conn: ConnId,
+}
+
+impl Membership {
+    /// The room this is a place in.
+    pub(crate) fn room(&self) -> &Arc<LiveRoom> {
+        &self.room
+    }
 }
 
 impl Drop for Membership {

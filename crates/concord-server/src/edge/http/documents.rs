@@ -21,6 +21,7 @@ use crate::edge::http::params::{binary, state_vector_param};
 use crate::ingest::{Refused, Source};
 use crate::ops::stats::Counters;
 use crate::policy::admission::Needs;
+use crate::rooms::Recipients;
 use crate::state::AppState;
 
 /// `GET /openapi.json`: the API's description, and its reference.
@@ -229,6 +230,32 @@ pub(crate) async fn awareness(
     let inbound = decode_body(&state, &[1], &payload)?;
     apply(&state, &name, admitted.grant.access, inbound).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /docs/{name}/stateless`: an application message (UTF-8 text) for every Hocuspocus
+/// connection of the document in this process; answers how many it was queued for.
+pub(crate) async fn stateless(
+    State(state): State<AppState>,
+    DocPath(name): DocPath,
+    request: Request,
+    payload: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    request.admit(&state, &name, Needs::Write, false).await?;
+    let payload = body(payload)?;
+    let limit = state.config.max_awareness_state_bytes;
+    if payload.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("stateless message too large: the limit is {limit} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(&payload)
+        .map_err(|e| ApiError::bad_request(format!("malformed body: not UTF-8: {e}")))?;
+    let delivered = state
+        .rooms
+        .get(&name)
+        .map_or(0, |room| room.send_stateless(text, Recipients::All));
+    Ok(Json(json!({ "delivered": delivered })).into_response())
 }
 
 /// `DELETE /docs/{name}`: closes its connections and removes it from the store.

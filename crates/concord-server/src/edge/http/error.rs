@@ -158,6 +158,7 @@ impl Request {
             headers: &self.headers,
             query: self.uri.query(),
             peer: self.peer,
+            protocol_token: None,
         };
         Ok(state.admission.admit(request, needs, opens_room).await?)
     }

@@ -63,6 +63,7 @@ pub(crate) async fn upgrade(
         headers,
         query: uri.query(),
         peer,
+        protocol_token: None,
     };
     let Admitted { grant, slot } = match state.admission.admit(request, Needs::Read, true).await {
         Ok(admitted) => admitted,
@@ -86,7 +87,7 @@ pub(crate) async fn upgrade(
 
 /// A refusal before the upgrade: the status, `WWW-Authenticate: Bearer` on a 401, the reason
 /// as a text body.
-fn refusal_response(refusal: Refusal) -> Response {
+pub(crate) fn refusal_response(refusal: Refusal) -> Response {
     if refusal.asks_for_credentials() {
         return (
             refusal.status,
@@ -235,7 +236,7 @@ async fn serve(state: AppState, name: DocName, grant: Grant, socket: WebSocket) 
 }
 
 /// A connection's rate limits, from the configuration.
-fn rates(config: &crate::Config) -> Rates {
+pub(crate) fn rates(config: &crate::Config) -> Rates {
     Rates {
         messages_per_second: config.rate_messages_per_second,
         message_burst: config.rate_message_burst,

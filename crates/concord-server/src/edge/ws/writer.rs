@@ -117,7 +117,7 @@ impl Writer<'_> {
 /// Sends `messages` with one flush at the end, unless the connection is asked to close
 /// meanwhile. Returns false when the connection is finished (the peer is gone, or closing was
 /// requested mid-send: a socket whose send blocks cannot take a close frame either).
-async fn send_all<S>(sink: &mut S, messages: Vec<WsMessage>, closer: &Closer) -> bool
+pub(crate) async fn send_all<S>(sink: &mut S, messages: Vec<WsMessage>, closer: &Closer) -> bool
 where
     S: Sink<WsMessage> + Unpin,
 {
