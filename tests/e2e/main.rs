@@ -13,6 +13,8 @@ mod client;
 // Tests through `Concord::new` + `router` (custom stores, `is_loaded`, `connection_count`,
 // `closed`).
 mod embedded;
+// The Hocuspocus protocol at the root URL, through the embedding API.
+mod hocuspocus;
 // Document names, path prefixes, static files next to documents.
 mod http;
 mod keepalive;

@@ -569,7 +569,7 @@ async fn a_corrupt_log_entry_is_skipped_and_the_rest_of_the_document_loads() {
 /// A [`MemoryStore`] whose `append` needs a permit: the test decides how many appends may
 /// complete, and sees how many have started.
 #[derive(Default)]
-struct PermitStore {
+pub(crate) struct PermitStore {
     inner: MemoryStore,
     permits: std::sync::Mutex<u64>,
     granted: std::sync::Condvar,
@@ -577,12 +577,12 @@ struct PermitStore {
 }
 
 impl PermitStore {
-    fn grant(&self, n: u64) {
+    pub(crate) fn grant(&self, n: u64) {
         *self.permits.lock().unwrap() += n;
         self.granted.notify_all();
     }
 
-    fn entered(&self) -> u64 {
+    pub(crate) fn entered(&self) -> u64 {
         self.entered.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
@@ -604,7 +604,7 @@ impl StoreHooks for PermitStore {
 }
 
 /// Grants every permit a [`PermitStore`] could need when dropped (also when a test panics).
-struct ReleaseOnDrop(Arc<PermitStore>);
+pub(crate) struct ReleaseOnDrop(pub(crate) Arc<PermitStore>);
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {

@@ -59,6 +59,10 @@ impl Bus {
                     let _ = match &event {
                         Published::Update(update) => inlet.update(update),
                         Published::Awareness(update) => inlet.awareness(update),
+                        Published::Stateless(payload) => {
+                            inlet.stateless(payload);
+                            Ok(())
+                        }
                     };
                 }
             }

@@ -197,6 +197,33 @@ test('SyncStatus arrives only once the update is stored', { skip: SKIP_EXTERNAL,
   }
 })
 
+test('across nodes on one Redis: Hocuspocus and y-websocket clients converge, stateless messages reach every node', { skip: SKIP_EXTERNAL, timeout: 120_000 }, async () => {
+  const redis = await Redis.start()
+  const a = new Ctx(await startServer([...redis.args, '--relay-stateless']))
+  const b = new Ctx(await startServer([...redis.args, '--relay-stateless']))
+  try {
+    const onA = hocuspocus(a, 'nodes')
+    const onB = hocuspocus(b, 'nodes')
+    const ywsOnB = b.client('nodes')
+    await Promise.all([saved(onA), saved(onB), waitSynced(ywsOnB.provider)])
+    onA.doc.getText('text').insert(0, 'A ')
+    ywsOnB.doc.getMap('map').set('from', 'B')
+    await waitConverged([onA.doc, onB.doc, ywsOnB.doc])
+    await saved(onA)
+
+    onA.provider.sendStateless('relayed across nodes')
+    await waitFor(() => onB.events.stateless.includes('relayed across nodes'), { message: 'the relay to reach node B' })
+    const res = await fetch(`${b.server.url.replace(/^ws:/, 'http:')}/api/docs/nodes/stateless`, { method: 'POST', body: 'from B\'s API' })
+    assert.deepEqual(await res.json(), { delivered: 1 }, 'one connection on node B itself')
+    await waitFor(() => onA.events.stateless.includes('from B\'s API'), { message: 'the API message to reach node A' })
+    assert.deepEqual(onA.events.stateless, ['from B\'s API'], 'nothing echoed back to its sender')
+  } finally {
+    await a.cleanup()
+    await b.cleanup()
+    await redis.stop()
+  }
+})
+
 serverTest('stateless messages go from provider to provider and from the HTTP API to providers', async (ctx) => {
   const a = hocuspocus(ctx, 'chat')
   const b = hocuspocus(ctx, 'chat')

@@ -1038,6 +1038,24 @@ impl RawClient {
             .unwrap_or_else(|_| panic!("no frame within {deadline:?}"))
     }
 
+    /// The binary frames that arrive within `wait` (fewer if the connection ends first). For
+    /// checking that something does not arrive while the server is known to be unable to send
+    /// it: a correct server passes whatever the timing.
+    pub async fn frames_within(&mut self, wait: Duration) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let read = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(WsMessage::Binary(data))) => frames.push(data.to_vec()),
+                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, read).await;
+        frames
+    }
+
     /// Reads everything until the connection ends (close handshake, EOF or error) and returns
     /// it. Panics if the connection is still open after `deadline`.
     pub async fn read_to_end(&mut self, deadline: Duration) -> Ending {

@@ -61,6 +61,9 @@ pub enum Published {
     /// A y-protocols awareness update (what `encodeAwarenessUpdate` returns in JS): states
     /// that were set, renewed or removed, also removals because a client left.
     Awareness(Bytes),
+    /// An application message (a Hocuspocus stateless message, UTF-8) for the document's
+    /// connections that take them, in every process. Not stored; at most once.
+    Stateless(Bytes),
 }
 
 /// Why an [`Inlet`] refused an event.
@@ -85,6 +88,10 @@ pub trait InletTarget: Send + Sync {
     fn update(&self, update: &[u8]) -> Result<(), InletError>;
     /// See [`Inlet::awareness`].
     fn awareness(&self, update: &[u8]) -> Result<(), InletError>;
+    /// See [`Inlet::stateless`]. By default application messages are not taken.
+    fn stateless(&self, payload: &str) {
+        let _ = payload;
+    }
     /// See [`Inlet::is_closed`].
     fn is_closed(&self) -> bool;
     /// See [`Inlet::local_awareness`]. None by default.
@@ -151,6 +158,15 @@ impl Inlet {
     /// without it, and it is stored then.
     pub fn relay(&self, update: &[u8]) -> Result<(), InletError> {
         self.target.relay(update)
+    }
+
+    /// Delivers an application message another process published ([`Published::Stateless`])
+    /// to the connections of the room here that take them. A payload that is not UTF-8 is
+    /// dropped.
+    pub fn stateless(&self, payload: &[u8]) {
+        if let Ok(payload) = std::str::from_utf8(payload) {
+            self.target.stateless(payload);
+        }
     }
 
     /// Applies an awareness update another process published ([`Published::Awareness`]) and

@@ -61,6 +61,9 @@ const DELETED: u8 = 3;
 /// Kind byte of a doorbell (Cluster only): the node named in it stored the entry whose seq is
 /// the payload (decimal); followers read the stream. Sent by the append script itself.
 const STORED: u8 = 4;
+/// Kind byte of an application message (a Hocuspocus stateless message) for the document's
+/// connections on every node.
+const STATELESS: u8 = 5;
 /// Documents read at once by a Cluster follower.
 const CLUSTER_READS: usize = 16;
 
@@ -293,6 +296,7 @@ impl Replication for RedisLink {
         let message = match event {
             Published::Update(update) => (doc.clone(), UPDATE, update),
             Published::Awareness(update) => (doc.clone(), AWARENESS, update),
+            Published::Stateless(payload) => (doc.clone(), STATELESS, payload),
         };
         if self.shared.awareness.try_send(message).is_err() {
             RedisMetrics::bump(&self.shared.metrics.publish_dropped);
@@ -536,8 +540,10 @@ fn channel_message(kind: u8, node: &str, payload: &[u8]) -> Vec<u8> {
 fn parse_channel_message(message: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&kind, rest) = message.split_first()?;
     let (&len, rest) = rest.split_first()?;
-    if !matches!(kind, AWARENESS | QUERY | UPDATE | DELETED | STORED)
-        || rest.len() < usize::from(len)
+    if !matches!(
+        kind,
+        AWARENESS | QUERY | UPDATE | DELETED | STORED | STATELESS
+    ) || rest.len() < usize::from(len)
     {
         return None;
     }
@@ -726,6 +732,10 @@ fn awareness_arrived(shared: &Shared, doc: &DocName, message: &[u8]) {
         {
             tracing::debug!(%doc, error = %e, "another node's update was refused here");
         }
+        return;
+    }
+    if kind == STATELESS {
+        inlet.stateless(update);
         return;
     }
     if kind == QUERY {

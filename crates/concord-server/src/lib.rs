@@ -1,7 +1,9 @@
 //! Concord's server: a Yjs-compatible document sync server over WebSocket, as a library.
 //!
 //! Unmodified Yjs clients (`y-websocket`'s `WebsocketProvider`, `yrs` peers) connect to
-//! `ws://host/<document name>`, sync with y-protocols and share awareness. The engine lives in
+//! `ws://host/<document name>`, sync with y-protocols and share awareness; Hocuspocus clients
+//! (`@hocuspocus/provider`, Tiptap's) connect to `ws://host/` and open many documents over one
+//! socket. The engine lives in
 //! [`concord_core`]; this crate adds sockets, tasks, bounded queues and persistence.
 //!
 //! Two ways in:
@@ -18,8 +20,10 @@
 //!
 //! What clients see on the wire is written down next to this crate's `Cargo.toml`:
 //! `PROTOCOL.md` (the WebSocket protocol: on-connect messages, awareness, keepalive, read-only
-//! access, close codes, the save acknowledgement) and `HTTP.md` (the HTTP API, Server-Sent
-//! Events and long-polling; `src/edge/http/openapi.json` is its machine-readable form).
+//! access, close codes, the save acknowledgement), `HOCUSPOCUS.md` (the Hocuspocus protocol:
+//! documents per socket, auth per document, SyncStatus, stateless messages) and `HTTP.md` (the
+//! HTTP API, Server-Sent Events and long-polling; `src/edge/http/openapi.json` is its
+//! machine-readable form).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), concord_server::ServerError> {
@@ -170,8 +174,9 @@ impl Concord {
     /// Sends a stateless message (what a Hocuspocus provider's `on('stateless')` receives) to
     /// every Hocuspocus connection of `doc` in this process, or to connection `to` alone (the
     /// [`StatelessMessage::connection`] of a message it sent); returns how many it was queued
-    /// for (0 when the document is not loaded here). y-websocket clients never get one. Not
-    /// stored, and not relayed to other processes.
+    /// for here (0 when the document is not loaded here). y-websocket clients never get one.
+    /// Not stored. With a [`Config::replication`], a message for every connection is published
+    /// too, and other processes deliver it to theirs (at most once).
     pub fn send_stateless(&self, doc: &DocName, payload: &str, to: Option<u64>) -> usize {
         self.inner.state.rooms.get(doc).map_or(0, |room| {
             room.send_stateless(payload, to.map_or(Recipients::All, Recipients::Only))

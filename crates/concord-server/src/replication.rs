@@ -94,6 +94,12 @@ impl InletTarget for RoomInlet {
         (self.on_deleted)();
     }
 
+    fn stateless(&self, payload: &str) {
+        if let Some(room) = self.room.upgrade() {
+            room.stateless_remote(payload);
+        }
+    }
+
     fn relay(&self, update: &[u8]) -> Result<(), InletError> {
         concord_core::validate::validate_update_v1(update)
             .map_err(|e| InletError::Malformed(e.into()))?;
@@ -114,6 +120,10 @@ pub(crate) trait RemoteInput: Send + Sync {
 
     /// Sends a validated update to every connection, without applying it.
     fn relay_remote(&self, update: &[u8]);
+
+    /// Sends an application message to every connection that takes them, without publishing
+    /// it again.
+    fn stateless_remote(&self, payload: &str);
 }
 
 /// The replication of a server, or none.

@@ -193,9 +193,22 @@ impl LiveRoom {
     }
 
     /// Queues an application message (a Hocuspocus Stateless message, `payload`) for the
-    /// room's connections among `to` that speak such messages; returns how many it was queued
-    /// for. Not published to other processes.
+    /// room's connections among `to` that speak such messages; returns how many here it was
+    /// queued for. Unless it is for one connection, it is also published to other processes,
+    /// whose rooms deliver it to all of theirs.
     pub(crate) fn send_stateless(&self, payload: &str, to: crate::rooms::Recipients) -> usize {
+        if let Some(replication) = &self.replication
+            && !matches!(to, crate::rooms::Recipients::Only(_))
+        {
+            replication.publish(
+                &self.name,
+                Published::Stateless(Bytes::copy_from_slice(payload.as_bytes())),
+            );
+        }
+        self.deliver_stateless(payload, to)
+    }
+
+    fn deliver_stateless(&self, payload: &str, to: crate::rooms::Recipients) -> usize {
         let frame = Bytes::from(concord_core::hocuspocus::stateless(payload));
         let mut state = self.lock();
         state.peers(&self.limits).deliver_stateless(&frame, to)
@@ -268,6 +281,10 @@ impl RemoteInput for LiveRoom {
 
     fn local_awareness(&self) -> Option<Vec<u8>> {
         self.lock().room.owned_awareness_update()
+    }
+
+    fn stateless_remote(&self, payload: &str) {
+        self.deliver_stateless(payload, crate::rooms::Recipients::All);
     }
 
     fn relay_remote(&self, update: &[u8]) {

@@ -249,6 +249,11 @@ pub(crate) async fn stateless(
             format!("stateless message too large: the limit is {limit} bytes"),
         ));
     }
+    if payload.is_empty() {
+        return Err(ApiError::bad_request(
+            "malformed body: empty (send the message as the body)",
+        ));
+    }
     let text = std::str::from_utf8(&payload)
         .map_err(|e| ApiError::bad_request(format!("malformed body: not UTF-8: {e}")))?;
     let delivered = state
