@@ -29,9 +29,10 @@ export default defineConfig({
   server: {
     proxy: {
       '/api': { target: server, changeOrigin: true },
-      // Any other WebSocket is a document: the whole path is its name. Plain HTTP requests and
-      // Vite's own socket are passed through to Vite (a string result means "not proxied").
-      '^/.+': {
+      // Any other WebSocket is a document: the whole path is its name, or none (`/`, the
+      // Hocuspocus endpoint of the rich text view). Plain HTTP requests and Vite's own socket
+      // are passed through to Vite (a string result means "not proxied").
+      '^/.*': {
         target: server.replace(/^http/, 'ws'),
         ws: true,
         bypass: (req, res) => (res !== undefined || isViteSocket(req) ? req.url : undefined)

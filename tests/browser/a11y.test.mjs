@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict'
 import { after, before, test } from 'node:test'
 import {
-  Suite, TEST_TIMEOUT_MS, addTodo, goToView, readNotes, readTodos, screenshot, todoItem, typeInEditor, uniqueRoom,
-  waitFor, waitForLive
+  Suite, TEST_TIMEOUT_MS, addTodo, goToView, readNotes, readRichText, readTodos, richTextCaretNames, screenshot, todoItem,
+  typeInEditor, typeInRichText, uniqueRoom, waitFor, waitForLive
 } from './harness.mjs'
 
 const suite = new Suite()
@@ -113,7 +113,7 @@ async function unnamedControls (user) {
   }
 }
 
-test('accessibility: every control in the header and the three views has an accessible name', { timeout: TEST_TIMEOUT_MS }, () => suite.run(async () => {
+test('accessibility: every control in the header and the four views has an accessible name', { timeout: TEST_TIMEOUT_MS }, () => suite.run(async () => {
   const room = uniqueRoom('a11y')
   const alice = await suite.user({ room, view: 'editor', transport: 'ws', name: 'Alice' })
   await waitForLive(alice.page)
@@ -139,10 +139,19 @@ test('accessibility: every control in the header and the three views has an acce
   await check('list view (one to-do)')
   await screenshot(suite.browser, 'a11y-list', [alice])
 
+  await goToView(alice.page, 'richtext')
+  await typeInRichText(alice.page, 'check names')
+  await waitFor(async () => (await readRichText(alice.page))?.[0]?.text === 'check names', { message: 'rich text to check' })
+  const richControls = await check('rich text view (some text)')
+  // The formatting buttons and the editor itself are among them.
+  for (const name of ['Bold', 'Italic', 'Undo', 'Shared rich text']) {
+    assert.ok(richControls.some((c) => c.endsWith(`: ${JSON.stringify(name)}`)), `a control named ${name} in the rich text view: ${richControls.join('; ')}`)
+  }
+
   assert.deepEqual(problems, [], `controls without an accessible name (${seen.join(', ')})`)
 }))
 
-test('contrast: text in the header and the three views is readable (WCAG AA)', { timeout: TEST_TIMEOUT_MS }, () => suite.run(async () => {
+test('contrast: text in the header and the four views is readable (WCAG AA)', { timeout: TEST_TIMEOUT_MS }, () => suite.run(async () => {
   const room = uniqueRoom('contrast')
   const alice = await suite.user({ room, view: 'editor', transport: 'ws', name: 'Alice' })
   const bob = await suite.user({ room, view: 'editor', transport: 'ws', name: 'Bob' })
@@ -160,6 +169,16 @@ test('contrast: text in the header and the three views is readable (WCAG AA)', {
   await (await todoItem(alice.page, 'and a done one')).getByTestId('todo-toggle').click()
   problems.push(...(await lowContrastText(alice.page)).map((p) => `list view: ${p}`))
   await screenshot(suite.browser, 'contrast-list', [alice])
+  // The rich text view, with formatting, and Bob's caret on Alice's page.
+  await goToView(alice.page, 'richtext')
+  await goToView(bob.page, 'richtext')
+  await typeInRichText(alice.page, 'Plain, ')
+  await alice.page.keyboard.press('Control+B')
+  await alice.page.keyboard.type('bold')
+  await typeInRichText(bob.page, ' and Bob')
+  await waitFor(async () => (await richTextCaretNames(alice.page)).includes('Bob'), { message: 'Bob\'s caret on Alice\'s page' })
+  problems.push(...(await lowContrastText(alice.page)).map((p) => `rich text view: ${p}`))
+  await screenshot(suite.browser, 'contrast-richtext', [alice])
   assert.deepEqual(problems, [], 'text under WCAG AA contrast')
 }))
 

@@ -424,7 +424,58 @@ export async function goToView (page, view) {
 }
 
 /** An element each view always shows (the list view has no container test id of its own). */
-const VIEW_MARKERS = { editor: 'editor', canvas: 'canvas', list: 'todo-input' }
+const VIEW_MARKERS = { editor: 'editor', canvas: 'canvas', list: 'todo-input', richtext: 'richtext' }
+
+/** The rich text editor's editable element (Tiptap/ProseMirror), once the view has loaded. */
+export function richTextContent (page) {
+  return page.locator('[data-testid="richtext"] .ProseMirror')
+}
+
+/**
+ * The rich text as shown: its blocks (paragraphs, headings, list items...) as
+ * [{ tag, text, bold: [texts in <strong>], italic: [texts in <em>] }], without the other users'
+ * carets (Tiptap's collaboration caret widgets, which hold their names). Null before it loads.
+ */
+export async function readRichText (page) {
+  return page.evaluate(() => {
+    const root = document.querySelector('[data-testid="richtext"] .ProseMirror')
+    if (!root) return null
+    const copy = root.cloneNode(true)
+    for (const w of copy.querySelectorAll('.collaboration-carets__caret, .ProseMirror-widget, .ProseMirror-trailingBreak')) w.remove()
+    return [...copy.querySelectorAll('p, h1, h2, h3, h4, h5, h6, pre')].map((el) => ({
+      tag: el.localName,
+      text: el.textContent,
+      bold: [...el.querySelectorAll('strong')].map((b) => b.textContent),
+      italic: [...el.querySelectorAll('em')].map((i) => i.textContent)
+    }))
+  })
+}
+
+/** The names on the other users' carets in the rich text view. */
+export async function richTextCaretNames (page) {
+  return page.evaluate(() => [...document.querySelectorAll('[data-testid="richtext"] .collaboration-carets__caret .collaboration-carets__label')]
+    .map((el) => el.textContent.trim()))
+}
+
+export async function waitForRichText (page, predicate, what, opts = {}) {
+  return waitFor(async () => {
+    const blocks = await readRichText(page)
+    return blocks !== null && predicate(blocks) && blocks
+  }, {
+    timeout: DEFAULT_TIMEOUT_MS,
+    ...opts,
+    message: async () => `rich text ${what}; it is ${JSON.stringify(await readRichText(page))}`
+  })
+}
+
+/** Clicks into the rich text editor, moves to the end of the document and types `text`. */
+export async function typeInRichText (page, text) {
+  const content = richTextContent(page)
+  await content.waitFor({ timeout: DEFAULT_TIMEOUT_MS })
+  await content.click()
+  await page.keyboard.press('Control+End')
+  await page.keyboard.type(text)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Screenshots

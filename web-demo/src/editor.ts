@@ -9,11 +9,17 @@ import { HighlightStyle, LanguageSupport, syntaxHighlighting } from '@codemirror
 import { tags } from '@lezer/highlight'
 import { markdownKeymap, markdownLanguage } from '@codemirror/lang-markdown'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
-import type { Session } from './session'
+import type { Awareness } from 'y-protocols/awareness'
+import type { Session, StatusSource } from './session'
 import type { Presence } from './presence'
 
 export interface MountedView {
   destroy: () => void
+  /**
+   * Set by a view with a connection of its own (rich text): the header shows its statuses and
+   * the people in its awareness, instead of the session's, while the view is open.
+   */
+  header?: { status: StatusSource, awareness: Awareness }
 }
 
 const theme = EditorView.theme({

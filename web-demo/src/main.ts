@@ -1,16 +1,17 @@
 // The page: the URL says which room, view and transport (`?room=&view=&transport=&name=`), and
 // the app follows it. A new room or transport means a new session; a new view only remounts
-// the view, on the same document and connection.
+// the view, on the same document and connection (the rich text view adds a connection of its
+// own, over Hocuspocus, which the header shows while it is open).
 
 import './style.css'
-import { Session, TRANSPORTS, type TransportName } from './session'
+import { Session, TRANSPORTS, type StatusSource, type TransportName } from './session'
 import { Presence, type User, type ViewName, cleanName, loadUser, renamed, saveUser, showPeople } from './presence'
 import { type MountedView, mountEditor } from './editor'
 import { mountCanvas } from './canvas'
 import { mountList } from './list'
 import { randomRoom } from './random'
 
-const VIEWS: readonly ViewName[] = ['editor', 'canvas', 'list']
+const VIEWS: readonly ViewName[] = ['editor', 'canvas', 'list', 'richtext']
 const MAX_ROOM_LENGTH = 200
 
 interface Route {
@@ -70,16 +71,19 @@ let session: Session | null = null
 let presence: Presence | null = null
 let view: MountedView | null = null
 let mountedView: ViewName | null = null
+/** Counts mounts: a view that finishes loading after another mount (or the session's end) is dropped. */
+let mounts = 0
+/** The header's subscriptions: to the session, or to the open view's own connection. */
 let unbind: Array<() => void> = []
 
-function showStatus (s: Session): void {
+function showStatus (s: StatusSource): void {
   const connection = s.connection
   ui.connection.textContent = connection
   ui.connection.dataset.connection = connection
   ui.connection.title = {
     Live: 'Connected and in sync with the server',
     Connecting: 'Connecting to the server…',
-    Offline: 'Not connected: edits are kept on this device and sync when the connection is back'
+    Offline: s.offlineDetail ?? 'Not connected: edits are kept on this device and sync when the connection is back'
   }[connection]
   const save = s.save
   ui.save.textContent = save.saving ? 'Saving' : 'Saved'
@@ -87,16 +91,58 @@ function showStatus (s: Session): void {
   ui.save.title = save.detail
 }
 
+function unbindHeader (): void {
+  for (const stop of unbind) stop()
+  unbind = []
+}
+
 function closeSession (): void {
+  unbindHeader()
+  mounts++
   view?.destroy()
   view = null
   mountedView = null
-  for (const stop of unbind) stop()
-  unbind = []
   presence?.destroy()
   presence = null
   session?.destroy()
   session = null
+}
+
+/** The header follows the open view's own connection if it has one, else the session's. */
+function bindHeader (s: Session, v: MountedView): void {
+  unbindHeader()
+  const status = v.header?.status ?? s
+  const awareness = v.header?.awareness ?? s.awareness
+  unbind = [status.subscribe(() => showStatus(status)), showPeople(awareness, ui.presence, ui.typing)]
+  showStatus(status)
+  // The rich text view always syncs over Hocuspocus (a WebSocket): the choice is the others'.
+  ui.transport.disabled = v.header !== undefined
+  ui.transport.title = v.header !== undefined ? 'The rich text view always uses a WebSocket (the Hocuspocus protocol)' : ''
+}
+
+/** A view's place while its code loads. */
+function mountLoading (root: HTMLElement, title: string): MountedView & { failed: (err: unknown) => void } {
+  const section = document.createElement('section')
+  section.className = 'view'
+  section.setAttribute('aria-labelledby', 'view-title')
+  const heading = document.createElement('h1')
+  heading.id = 'view-title'
+  heading.textContent = title
+  const note = document.createElement('p')
+  note.className = 'view-hint'
+  note.setAttribute('role', 'status')
+  note.textContent = 'Loading…'
+  const head = document.createElement('div')
+  head.className = 'view-head'
+  head.append(heading, note)
+  section.append(head)
+  root.replaceChildren(section)
+  return {
+    destroy: () => section.remove(),
+    failed: (err) => {
+      note.textContent = `This view could not be loaded (${err instanceof Error ? err.message : String(err)}): reload the page to try again.`
+    }
+  }
 }
 
 /** Makes the page show `route`. */
@@ -106,17 +152,36 @@ function apply (): void {
     const s = new Session(route.room, route.transport)
     session = s
     presence = new Presence(s.awareness, user, route.view)
-    unbind.push(s.subscribe(() => showStatus(s)), showPeople(s.awareness, ui.presence, ui.typing))
-    showStatus(s)
   }
   if (mountedView !== route.view) {
+    unbindHeader()
     view?.destroy()
+    const s = session
     const p = presence!
-    view = route.view === 'editor'
-      ? mountEditor(ui.view, session, p)
-      : route.view === 'canvas' ? mountCanvas(ui.view, session, p) : mountList(ui.view, session)
+    const mount = ++mounts
+    switch (route.view) {
+      case 'editor': view = mountEditor(ui.view, s, p); break
+      case 'canvas': view = mountCanvas(ui.view, s, p); break
+      case 'list': view = mountList(ui.view, s); break
+      case 'richtext': {
+        // Tiptap, ProseMirror and the Hocuspocus provider are as much code as the rest of the
+        // app: loaded when the view is first opened.
+        const loading = mountLoading(ui.view, 'Rich text')
+        view = loading
+        import('./richtext').then(({ mountRichText }) => {
+          if (mount !== mounts) return
+          loading.destroy()
+          view = mountRichText(ui.view, s.room, p)
+          bindHeader(s, view)
+        }, (err: unknown) => {
+          if (mount === mounts) loading.failed(err)
+        })
+        break
+      }
+    }
     mountedView = route.view
     p.setView(route.view)
+    bindHeader(s, view)
   }
   for (const [i, link] of ui.nav.entries()) {
     const target = VIEWS[i]!

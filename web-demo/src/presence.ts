@@ -3,12 +3,14 @@
 //
 // The awareness state is shared with Concord's Rust client, so its field names are fixed:
 // { user: { name, color, colorLight }, status: 'online' | 'away', typing, cursor (written by
-//   y-codemirror.next), pointer: { x, y } | null (board coordinates), view }
+//   y-codemirror.next on the Y.Text, or by Tiptap on the rich text's XmlFragment: each editor
+//   ignores positions in other types), pointer: { x, y } | null (board coordinates), view }
 
 import type { Awareness } from 'y-protocols/awareness'
 import { randomName, randomUserColor } from './random'
+import { rejoin } from './session'
 
-export type ViewName = 'editor' | 'canvas' | 'list'
+export type ViewName = 'editor' | 'canvas' | 'list' | 'richtext'
 
 export interface User {
   name: string
@@ -79,17 +81,54 @@ function visibility (): 'online' | 'away' {
   return document.visibilityState === 'hidden' ? 'away' : 'online'
 }
 
-/** The local awareness state of one session. */
+/**
+ * The local awareness state of one session. It lives in the session's awareness, or in the one
+ * of a view with a connection of its own while that view is open (see moveTo).
+ */
 export class Presence {
   private typingTimer: ReturnType<typeof setTimeout> | null = null
+  private awareness: Awareness
+  private current: User
 
-  constructor (private readonly awareness: Awareness, user: User, view: ViewName) {
+  constructor (awareness: Awareness, user: User, view: ViewName) {
+    this.awareness = awareness
+    this.current = user
     awareness.setLocalState({ user, status: visibility(), typing: false, cursor: null, pointer: null, view })
     document.addEventListener('visibilitychange', this.onVisibility)
   }
 
+  get user (): User {
+    return this.current
+  }
+
   setUser (user: User): void {
+    this.current = user
     this.awareness.setLocalStateField('user', user)
+  }
+
+  /**
+   * Moves this user's state to `other`, the awareness of a view's own connection to the same
+   * room (rich text, over Hocuspocus), and withdraws it from the one it was in: a room's clients
+   * see the awareness of both protocols, so the user would otherwise be listed twice. Returns
+   * the move back, to call before `other` is destroyed.
+   */
+  moveTo (other: Awareness): () => void {
+    const home = this.awareness
+    const state = home.getLocalState()
+    this.awareness = other
+    // A caret position belongs to one editor's type: none in the new place yet.
+    other.setLocalState(state === null ? null : { ...state, cursor: null })
+    home.setLocalState(null)
+    return () => {
+      if (this.awareness !== other) return
+      const now = other.getLocalState()
+      this.awareness = home
+      other.setLocalState(null)
+      if (now === null) return
+      home.setLocalState({ ...now, cursor: null })
+      // Above the clock of the removal the others saw (see rejoin).
+      rejoin(home)
+    }
   }
 
   setView (view: ViewName): void {
@@ -145,7 +184,12 @@ export function typingText (names: string[]): string {
   return `${a}, ${b} and ${names.length - 2} others are typing…`
 }
 
-const VIEW_LABELS: Record<string, string> = { editor: 'in the editor', canvas: 'on the canvas', list: 'in the list' }
+const VIEW_LABELS: Record<string, string> = {
+  editor: 'in the editor',
+  canvas: 'on the canvas',
+  list: 'in the list',
+  richtext: 'in the rich text'
+}
 
 /** Keeps the presence list and the typing indicator in step with `awareness`; returns the stop. */
 export function showPeople (awareness: Awareness, list: HTMLElement, typing: HTMLElement): () => void {

@@ -23,6 +23,19 @@ export interface SaveState {
   detail: string
 }
 
+/**
+ * What the header's statuses show: the session's connection, or the one of a view that has its
+ * own (the rich text view's Hocuspocus provider).
+ */
+export interface StatusSource {
+  readonly connection: Connection
+  readonly save: SaveState
+  /** What being offline means for edits, if not that they are kept on this device. */
+  readonly offlineDetail?: string
+  /** Calls `listener` whenever `connection` or `save` may have changed; returns the unsubscribe. */
+  subscribe: (listener: () => void) => () => void
+}
+
 /** Concord's save acknowledgement: `[100, varUint8Array(varUint id)]` both ways. */
 const MESSAGE_SAVED = 100
 
@@ -52,7 +65,7 @@ export function serverBase (loc: Location = location): ServerBase {
  * and Awareness ignores a state whose clock is not higher than the one it knows: without a bump
  * of two, a rejoining client stays invisible until its next renewals.
  */
-function rejoin (awareness: Awareness): void {
+export function rejoin (awareness: Awareness): void {
   const state = awareness.getLocalState()
   if (state === null) return
   awareness.setLocalState({ ...state })
@@ -273,7 +286,7 @@ class HttpLink implements Link {
   }
 }
 
-export class Session {
+export class Session implements StatusSource {
   readonly doc = new Y.Doc()
   readonly awareness = new Awareness(this.doc)
   private readonly persistence: IndexeddbPersistence

@@ -56,6 +56,11 @@ pub const PONG: &[u8] = &[10];
 /// a UUID).
 pub const MAX_SESSION_ID_BYTES: usize = 128;
 
+/// Longest routing key accepted: a document name, `\0` and a session id. A frame with a longer
+/// one names no document the server could open, and is refused as a whole (answers repeat the
+/// key, so it must stay small).
+pub const MAX_KEY_BYTES: usize = crate::MAX_DOC_NAME_BYTES + 1 + MAX_SESSION_ID_BYTES;
+
 /// Scope of an `Authenticated` answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -164,6 +169,11 @@ pub fn decode_client_frame(frame: &[u8]) -> Result<ClientFrame<'_>, FrameError> 
         _ => {}
     }
     let (key, rest) = read_str(frame).map_err(FrameError::Key)?;
+    if key.len() > MAX_KEY_BYTES {
+        return Err(FrameError::Key(format!(
+            "longer than {MAX_KEY_BYTES} bytes"
+        )));
+    }
     Ok(ClientFrame::Doc {
         key,
         message: doc_message(rest),
@@ -324,6 +334,11 @@ mod tests {
         ));
         assert!(matches!(
             decode_client_frame(&[2, 0xff, 0xfe, 0]),
+            Err(FrameError::Key(_))
+        ));
+        let long = addressed(&"k".repeat(MAX_KEY_BYTES + 1), &[QUERY_AWARENESS]);
+        assert!(matches!(
+            decode_client_frame(&long),
             Err(FrameError::Key(_))
         ));
         assert_eq!(doc_name("notes").unwrap().as_str(), "notes");

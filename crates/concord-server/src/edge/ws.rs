@@ -10,8 +10,8 @@
 mod acks;
 pub(crate) mod close;
 pub(crate) mod linger;
-mod reader;
+pub(crate) mod reader;
 mod upgrade;
 pub(crate) mod writer;
 
-pub(crate) use upgrade::{rates, refusal_response, upgrade};
+pub(crate) use upgrade::{open_failed, rates, refusal_response, upgrade};

@@ -24,8 +24,9 @@ use crate::edge::hocuspocus::StatelessMessage;
 use crate::edge::hocuspocus::writer::{Attach, Writer};
 use crate::edge::ws::close::close_frame;
 use crate::edge::ws::linger::linger;
+use crate::edge::ws::reader::{Next, binary};
 use crate::edge::ws::writer::LastSeen;
-use crate::edge::ws::{rates, refusal_response};
+use crate::edge::ws::{open_failed, rates, refusal_response};
 use crate::ingest::{Durable, Source};
 use crate::ops::stats::Counters;
 use crate::policy::admission::Needs;
@@ -219,33 +220,13 @@ impl Session<'_> {
                 message = stream.next() => message,
             };
             self.last_seen.touch();
-            let data = match message {
-                Some(Ok(WsMessage::Binary(data))) => data,
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                Some(Ok(WsMessage::Text(_))) => {
-                    tracing::info!("closing Hocuspocus socket: text frame");
-                    closer.close(CloseReason::Unsupported(
-                        "text frames are not supported: send binary Hocuspocus messages".into(),
-                    ));
-                    return;
-                }
-                Some(Ok(WsMessage::Close(_))) | None => {
-                    closer.close_silently();
-                    return;
-                }
-                Some(Err(e)) => {
-                    let e: axum::Error = e.into();
-                    if matches!(
-                        e.into_inner().downcast::<tungstenite::Error>().map(|e| *e),
-                        Ok(tungstenite::Error::Capacity(_))
-                    ) {
-                        let limit = self.state.config.max_message_size;
-                        tracing::info!(limit, "closing Hocuspocus socket: message too big");
-                        closer.close(CloseReason::TooBig(format!(
-                            "message too big: the limit is {limit} bytes"
-                        )));
-                    } else {
-                        closer.close_silently();
+            let max = self.state.config.max_message_size;
+            let data = match binary(message, closer, max) {
+                Next::Frame(data) => data,
+                Next::Skip => continue,
+                Next::End => {
+                    if let Some(reason) = closer.reason() {
+                        tracing::info!(?reason, "closing Hocuspocus socket");
                     }
                     return;
                 }
@@ -410,20 +391,7 @@ impl Session<'_> {
             Ok(guard) => guard,
             Err(e) => {
                 self.take_pending(key);
-                let reason = match &e {
-                    OpenError::ShuttingDown => CloseReason::ShuttingDown,
-                    OpenError::TooManyRooms(_) => {
-                        Counters::bump(&state.counters.rooms_refused);
-                        CloseReason::TooManyRooms
-                    }
-                    e => {
-                        if e.is_panic() {
-                            Counters::bump(&state.counters.panics);
-                        }
-                        tracing::error!(doc = %name, error = %e, "could not open document");
-                        CloseReason::LoadFailed
-                    }
-                };
+                let reason = open_failed(state, &name, &e);
                 return self.send_close(key, &reason);
             }
         };

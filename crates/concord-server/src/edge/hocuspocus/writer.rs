@@ -10,13 +10,12 @@ use axum::extract::ws::Message as WsMessage;
 use bytes::Bytes;
 use concord_core::hocuspocus as hp;
 use futures_util::stream::SelectAll;
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::edge::ws::close::close_frame;
-use crate::edge::ws::writer::{CLOSE_TIMEOUT, LastSeen, close, send_all};
+use crate::edge::ws::writer::{LastSeen, end, send_all};
 use crate::ops::stats::Counters;
 use crate::rooms::{CloseReason, Closer, Outbox};
 
@@ -109,15 +108,7 @@ impl Writer<'_> {
                 return;
             }
         }
-        match closer.reason() {
-            Some(reason) => {
-                let (code, reason) = close_frame(&reason);
-                close(&mut sink, code, &reason).await;
-            }
-            None => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-            }
-        }
+        end(&mut sink, closer).await;
     }
 }
 

@@ -9,7 +9,8 @@ use crate::edge::http::static_files::{self, is_upgrade};
 use crate::ops::health::readiness;
 use crate::state::AppState;
 
-/// `GET /`: the static files' `index.html` when there are some; there is no document there.
+/// `GET /` without an upgrade (an upgrade is a Hocuspocus socket, see `edge::root`): the static
+/// files' `index.html` when there are some; there is no document there.
 /// Under a prefix (`/collab`, see [`crate::run`]) the index is at `/collab/`, and `/collab`
 /// redirects there, so the page's relative links resolve under the prefix.
 pub(crate) async fn root(
@@ -34,7 +35,12 @@ pub(crate) async fn root(
             return response;
         }
     }
-    (StatusCode::BAD_REQUEST, "document name is empty").into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        "document name is empty: y-websocket clients connect to /<document name>; Hocuspocus \
+         clients open a WebSocket here",
+    )
+        .into_response()
 }
 
 /// `GET /healthz`: the process answers.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::ws::Message as WsMessage;
+use bytes::Bytes;
 use concord_core::{ConnId, Inbound, decode_frame};
 use futures_util::{Stream, StreamExt};
 
@@ -45,29 +46,12 @@ impl Reader<'_> {
                 message = stream.next() => message,
             };
             self.last_seen.touch();
-            let data = match message {
-                Some(Ok(WsMessage::Binary(data))) => data,
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                Some(Ok(WsMessage::Text(_))) => {
-                    tracing::info!(doc = %name, conn, "closing: text frame");
-                    closer.close(CloseReason::Unsupported(
-                        "text frames are not supported: send binary y-protocols messages".into(),
-                    ));
-                    return;
-                }
-                Some(Ok(WsMessage::Close(_))) | None => {
-                    closer.close_silently();
-                    return;
-                }
-                Some(Err(e)) => {
-                    if is_too_big(e.into()) {
-                        let limit = self.max_message_size;
-                        tracing::info!(doc = %name, conn, limit, "closing: message too big");
-                        closer.close(CloseReason::TooBig(format!(
-                            "message too big: the limit is {limit} bytes"
-                        )));
-                    } else {
-                        closer.close_silently();
+            let data = match binary(message, closer, self.max_message_size) {
+                Next::Frame(data) => data,
+                Next::Skip => continue,
+                Next::End => {
+                    if let Some(reason) = closer.reason() {
+                        tracing::info!(doc = %name, conn, ?reason, "closing");
                     }
                     return;
                 }
@@ -117,6 +101,50 @@ impl Reader<'_> {
                 closer.close(refused.close_reason());
                 return;
             }
+        }
+    }
+}
+
+/// What a read of a WebSocket gave.
+pub(crate) enum Next {
+    /// A binary frame to handle.
+    Frame(Bytes),
+    /// A control frame: nothing to handle.
+    Skip,
+    /// The connection ends; `closer` says why, if the client is to be told.
+    End,
+}
+
+/// Sorts what a read gave, closing the connection with the right reason when it ends: a text
+/// frame (unsupported), a frame over `max_message_size` (too big), the peer's close or a read
+/// error (silently).
+pub(crate) fn binary<E: Into<axum::Error>>(
+    message: Option<Result<WsMessage, E>>,
+    closer: &Closer,
+    max_message_size: usize,
+) -> Next {
+    match message {
+        Some(Ok(WsMessage::Binary(data))) => Next::Frame(data),
+        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Next::Skip,
+        Some(Ok(WsMessage::Text(_))) => {
+            closer.close(CloseReason::Unsupported(
+                "text frames are not supported: send binary messages".into(),
+            ));
+            Next::End
+        }
+        Some(Ok(WsMessage::Close(_))) | None => {
+            closer.close_silently();
+            Next::End
+        }
+        Some(Err(e)) => {
+            if is_too_big(e.into()) {
+                closer.close(CloseReason::TooBig(format!(
+                    "message too big: the limit is {max_message_size} bytes"
+                )));
+            } else {
+                closer.close_silently();
+            }
+            Next::End
         }
     }
 }

@@ -136,23 +136,7 @@ async fn serve(state: AppState, name: DocName, grant: Grant, socket: WebSocket) 
     let guard = match opened {
         Ok(guard) => guard,
         Err(e) => {
-            let reason = match &e {
-                OpenError::ShuttingDown => CloseReason::ShuttingDown,
-                OpenError::TooManyRooms(max) => {
-                    // Checked before the upgrade too; this is the race where the last slot
-                    // went to another document meanwhile.
-                    Counters::bump(&state.counters.rooms_refused);
-                    tracing::warn!(doc = %name, max_rooms = max, "closing: too many documents open");
-                    CloseReason::TooManyRooms
-                }
-                e => {
-                    if e.is_panic() {
-                        Counters::bump(&state.counters.panics);
-                    }
-                    tracing::error!(doc = %name, error = %e, "could not open document");
-                    CloseReason::LoadFailed
-                }
-            };
+            let reason = open_failed(&state, &name, &e);
             let (code, reason) = close_frame(&reason);
             close(&mut sink, code, &reason).await;
             return;
@@ -233,6 +217,27 @@ async fn serve(state: AppState, name: DocName, grant: Grant, socket: WebSocket) 
     }
     drop(guard);
     tracing::debug!(doc = %name, conn, "disconnected");
+}
+
+/// Why a connection whose room could not be opened is closed; counted and logged.
+pub(crate) fn open_failed(state: &AppState, name: &DocName, e: &OpenError) -> CloseReason {
+    match e {
+        OpenError::ShuttingDown => CloseReason::ShuttingDown,
+        OpenError::TooManyRooms(max) => {
+            // Checked at admission too; this is the race where the last slot went to another
+            // document meanwhile.
+            Counters::bump(&state.counters.rooms_refused);
+            tracing::warn!(doc = %name, max_rooms = max, "closing: too many documents open");
+            CloseReason::TooManyRooms
+        }
+        e => {
+            if e.is_panic() {
+                Counters::bump(&state.counters.panics);
+            }
+            tracing::error!(doc = %name, error = %e, "could not open document");
+            CloseReason::LoadFailed
+        }
+    }
 }
 
 /// A connection's rate limits, from the configuration.

@@ -100,16 +100,24 @@ impl Writer<'_> {
                 return;
             }
         }
-        match closer.reason() {
-            Some(reason) => {
-                let (code, reason) = close_frame(&reason);
-                close(&mut sink, code, &reason).await;
-            }
-            // No frame of our own: if the peer sent a close frame, tungstenite has queued the
-            // reply that completes the closing handshake, and closing the sink flushes it.
-            None => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-            }
+        end(&mut sink, closer).await;
+    }
+}
+
+/// Ends a connection: the close frame its [`CloseReason`] calls for, or, with none, only the
+/// closing of the sink (if the peer sent a close frame, tungstenite has queued the reply that
+/// completes the closing handshake, and closing the sink flushes it).
+pub(crate) async fn end<S>(sink: &mut S, closer: &Closer)
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    match closer.reason() {
+        Some(reason) => {
+            let (code, reason) = close_frame(&reason);
+            close(sink, code, &reason).await;
+        }
+        None => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
         }
     }
 }
