@@ -2,7 +2,7 @@
 //! socket's table of documents (open ones, and ones whose Auth has not come yet) and hands
 //! each document's messages to the ingest path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -46,6 +46,10 @@ const ACK_QUEUE: usize = 1024;
 /// Most frames held for documents whose Auth message has not arrived (the provider may send
 /// queued edits first). Overflow policy: the socket is closed with 1009.
 const PENDING_FRAMES: usize = 1024;
+/// Documents remembered as closed by the server, per socket. Overflow policy: the set is
+/// emptied (a provider that keeps sending for a forgotten one has its frames held, as for any
+/// document not open).
+const CLOSED_KEYS: usize = 256;
 /// Bytes written to the socket's buffer before it is flushed even without one.
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -133,6 +137,7 @@ async fn serve(state: AppState, handshake: Handshake, socket: WebSocket) {
             pending: HashMap::new(),
             pending_frames: 0,
             pending_bytes: 0,
+            closed: HashSet::new(),
             watches: FuturesUnordered::new(),
         };
         session.run(&mut stream).await;
@@ -197,6 +202,9 @@ struct Session<'a> {
     pending: HashMap<String, Vec<Bytes>>,
     pending_frames: usize,
     pending_bytes: usize,
+    /// Documents the server closed on this socket (at most [`CLOSED_KEYS`]): their provider
+    /// may go on sending until it opens them again, and what it sends is dropped, not held.
+    closed: HashSet<String>,
     /// Resolve when an open document is closed (by its room, its token's expiry, a refusal,
     /// or the client), with its key and connection id.
     watches: FuturesUnordered<BoxFuture<'static, (String, ConnId)>>,
@@ -265,6 +273,7 @@ impl Session<'_> {
                 );
                 return true;
             }
+            self.closed.remove(key);
             if !self.open(key, token).await {
                 return false;
             }
@@ -280,6 +289,13 @@ impl Session<'_> {
             return true;
         }
         if !self.docs.contains_key(key) {
+            if self.closed.contains(key) {
+                tracing::debug!(
+                    doc = short(key),
+                    "a message for a document closed on this socket; dropped"
+                );
+                return true;
+            }
             return self.hold(key, message, data);
         }
         self.doc_message(key, message).await
@@ -475,7 +491,11 @@ impl Session<'_> {
             self.state.rooms.discard(doc.room());
         }
         if let Some(reason) = doc.closer.reason() {
+            if self.closed.len() >= CLOSED_KEYS {
+                self.closed.clear();
+            }
             self.send_close(&key, &reason);
+            self.closed.insert(key);
         }
     }
 
