@@ -446,4 +446,25 @@ mod tests {
         };
         assert!(matches!(message, Ok(DocMessage::Stateless("{\"x\":1}"))));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 2000,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Whatever arrives, reading it neither panics nor misreads the key.
+        #[test]
+        fn any_frame_is_read_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let _ = decode_client_frame(&bytes);
+            let frame = addressed("doc\0s", &bytes);
+            match decode_client_frame(&frame) {
+                Ok(ClientFrame::Doc { key, .. }) => proptest::prop_assert_eq!(key, "doc\0s"),
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
 }
