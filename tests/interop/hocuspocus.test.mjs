@@ -354,8 +354,12 @@ serverTest('Ping, QueryAwareness, Close and the per-socket document limit', asyn
   await waitFor(() => messagesFor(raw, key).slice(queried).some(([t, d]) => {
     if (t !== 1) return false
     const a = new Awareness(new Y.Doc())
-    applyAwarenessUpdate(a, decoding.readVarUint8Array(d), null)
-    return [...a.getStates().values()].some((s) => s.user?.name === 'other')
+    try {
+      applyAwarenessUpdate(a, decoding.readVarUint8Array(d), null)
+      return [...a.getStates().values()].some((s) => s.user?.name === 'other')
+    } finally {
+      a.destroy() // its check interval would keep the process alive
+    }
   }), { message: 'an awareness answer to the query holding the other client' })
 
   // The server pings (keepalive 1 s here) with a bare [9]; a Pong keeps the socket.
@@ -364,6 +368,7 @@ serverTest('Ping, QueryAwareness, Close and the per-socket document limit', asyn
 
   // Close from the client: the server leaves the room (the other client sees no one left).
   const aw = new Awareness(new Y.Doc())
+  ctx.providers.push({ destroy: () => aw.destroy() })
   aw.setLocalState({ user: { name: 'raw' } })
   raw.ws.send(frame(key, (e) => { encoding.writeVarUint(e, 1); encoding.writeVarUint8Array(e, encodeAwarenessUpdate(aw, [aw.clientID])) }))
   await waitFor(() => [...other.awareness.getStates().values()].some((s) => s.user?.name === 'raw'))
