@@ -9,8 +9,9 @@
 //! 1. Fan-out, with the load tool's edit mode (real WebSocket clients, yrs edits from the
 //!    automerge-paper trace, every delivery timed): each scenario on one node with sled, one node
 //!    on Redis, three nodes on Redis with each document's clients spread over the three (about
-//!    two thirds of the deliveries cross nodes), and three nodes on a 3-master Redis Cluster
-//!    (started by the bench too). Server CPU counts every node and every Redis server.
+//!    two thirds of the deliveries cross nodes), the same with the channels between nodes on a
+//!    second Redis (`--redis-pubsub-url`), and three nodes on a 3-master Redis Cluster (started
+//!    by the bench too). Server CPU counts every node and every Redis server.
 //! 2. Node kill: 60 clients on 6 documents spread over three nodes; one node is killed with
 //!    SIGKILL; each of its clients reconnects to the next node after y-websocket's first backoff
 //!    (100 ms) and syncs. Reported: SIGKILL to the last of them synced, and to all documents
@@ -238,6 +239,22 @@ fn main() -> Result<()> {
         let report = run_load(s.clone(), &refs, &[&redis])?;
         println!("{}", row(&format!("{}: 3 nodes, Redis", s.name), &report));
         drop(three);
+
+        // The channels between nodes on a Redis of their own: the store's AOF fsync
+        // (appendfsync always) no longer delays cross-node deliveries.
+        let pubsub = RedisServer::start();
+        let pubsub_url = pubsub.url();
+        let three: Vec<ServerProcess> = (0..3)
+            .map(|_| start(&["--redis-url", &url, "--redis-pubsub-url", &pubsub_url]))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&ServerProcess> = three.iter().collect();
+        let report = run_load(s.clone(), &refs, &[&redis, &pubsub])?;
+        println!(
+            "{}",
+            row(&format!("{}: 3 nodes, Redis + pub/sub", s.name), &report)
+        );
+        drop(three);
+        drop(pubsub);
 
         let cluster = RedisCluster::start(3);
         let seeds = cluster.urls().join(",");

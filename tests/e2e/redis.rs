@@ -652,3 +652,71 @@ async fn on_a_cluster_documents_spread_over_every_shard_and_each_converges_acros
         node.shutdown().await;
     }
 }
+
+/// With `pubsub_url`, the channels between nodes are on a second Redis: an edit takes the fast
+/// path and presence crosses nodes through it, and the store's Redis carries no channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_pubsub_redis_the_channels_between_nodes_leave_the_stores_redis() {
+    let store = Deployment::single();
+    let pubsub = RedisServer::start();
+    let options = RedisOptions {
+        pubsub_url: Some(pubsub.url()),
+        ..store.options()
+    };
+    let a = Node::start_on(options.clone(), Config::default()).await;
+    let b = Node::start_on(options, Config::default()).await;
+    let on_a = TestClient::connect_synced(&a.url("split")).await.unwrap();
+    let on_b = TestClient::connect_synced(&b.url("split")).await.unwrap();
+
+    on_a.edit(|txn| {
+        txn.get_or_insert_text("t").insert(txn, 0, "across");
+    });
+    on_b.wait_until(DEADLINE, "the edit crosses nodes", |c| {
+        c.text("t") == "across"
+    })
+    .await;
+    on_a.set_awareness(r#"{"user":"ada"}"#);
+    let ada = on_a.client_id();
+    poll_until(DEADLINE, "presence crosses nodes", || {
+        on_b.awareness_states().get(&ada).map(String::as_str) == Some(r#"{"user":"ada"}"#)
+    })
+    .await;
+
+    let channels = |port: u16| store.cli(Some(port), &["PUBSUB", "CHANNELS"]);
+    assert!(
+        channels(pubsub.port()).contains("split"),
+        "{}",
+        channels(pubsub.port())
+    );
+    let Deployment::Single(server) = &store else {
+        unreachable!()
+    };
+    assert!(
+        !channels(server.port()).contains("split"),
+        "{}",
+        channels(server.port())
+    );
+    poll_until_ok_async(DEADLINE, "node b relayed a fast-path update", || async {
+        let metrics = reqwest::get(b.http("/metrics"))
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let fast = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("concord_redis_fast_updates_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if fast > 0 {
+            Ok(())
+        } else {
+            Err(format!("fast updates: {fast}"))
+        }
+    })
+    .await;
+    // The entry is in the store's Redis all the same.
+    assert!(stream_length(&store, "split") >= 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}

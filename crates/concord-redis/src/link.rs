@@ -76,6 +76,9 @@ pub(crate) enum Source {
     Single {
         client: redis::Client,
         control: ConnectionManager,
+        /// Where the subscriber listens: the store's Redis, or the pub/sub one
+        /// ([`crate::RedisOptions::pubsub_url`]).
+        channels: Box<redis::Client>,
     },
     Cluster {
         seeds: Vec<String>,
@@ -91,6 +94,7 @@ pub(crate) fn doorbell_prefix(node: &str) -> Vec<u8> {
 /// This node's link to the other nodes that share a Redis. See the module documentation.
 pub struct RedisLink {
     shared: Arc<Shared>,
+    /// Where channel messages go: the store's Redis, or the pub/sub one.
     conn: Conn,
 }
 
@@ -156,6 +160,7 @@ impl RedisLink {
     pub(crate) fn start(
         source: Source,
         conn: Conn,
+        channels: Conn,
         store: Arc<RedisStore>,
         keys: Keys,
         node: Arc<str>,
@@ -182,15 +187,19 @@ impl RedisLink {
             metrics,
         });
         match source {
-            Source::Single { client, control } => {
+            Source::Single {
+                client,
+                control,
+                channels,
+            } => {
                 tokio::spawn(follow(
                     shared.clone(),
-                    client.clone(),
+                    client,
                     control,
                     store,
                     shutdown.clone(),
                 ));
-                tokio::spawn(subscribe(shared.clone(), client, shutdown.clone()));
+                tokio::spawn(subscribe(shared.clone(), *channels, shutdown.clone()));
             }
             Source::Cluster { seeds, timeout } => {
                 tokio::spawn(follow_cluster(
@@ -211,7 +220,7 @@ impl RedisLink {
         }
         tokio::spawn(publish(
             shared.clone(),
-            conn.clone(),
+            channels.clone(),
             queue,
             shutdown.clone(),
         ));
@@ -223,7 +232,10 @@ impl RedisLink {
             options.node_ttl,
             shutdown,
         ));
-        Arc::new(RedisLink { shared, conn })
+        Arc::new(RedisLink {
+            shared,
+            conn: channels,
+        })
     }
 
     /// Tells the nodes that have `doc` loaded that it was deleted (they close their rooms of

@@ -241,6 +241,11 @@ struct ServeArgs {
         requires = "redis_urls"
     )]
     redis_wait_replicas: u64,
+    /// A second Redis (standalone, redis://HOST:PORT) for the messages between nodes (fast-path
+    /// updates, presence): they skip the store's Redis, whose AOF fsync would delay them. Not
+    /// stored there; it needs no persistence. Not with --redis-cluster.
+    #[arg(long, env = "CONCORD_REDIS_PUBSUB_URL", requires = "redis_urls")]
+    redis_pubsub_url: Option<String>,
     /// A reverse proxy or load balancer (an address or CIDR, e.g. 10.0.0.0/8) whose
     /// Forwarded/X-Forwarded-For header names the client; repeatable. Per-IP limits then apply
     /// to the client's address, not the proxy's.
@@ -513,6 +518,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         .options()
         .map(|options| concord_redis::RedisOptions {
             wait_replicas: cli.redis_wait_replicas,
+            pubsub_url: cli.redis_pubsub_url.clone(),
             ..options
         });
     let mut config = cli.config()?;
@@ -521,6 +527,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         let shown = options.urls.join(",");
         let cluster = options.cluster;
         let wait_replicas = options.wait_replicas;
+        let pubsub = options.pubsub_url.clone();
         let redis = concord_redis::connect(options, shutdown.clone())
             .await
             .context("--redis-url")?;
@@ -532,6 +539,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
             appendonly = %persistence.appendonly,
             appendfsync = %persistence.appendfsync,
             replicas = persistence.replicas,
+            pubsub = pubsub.as_deref().unwrap_or("the same Redis"),
             "documents are stored in Redis and shared with every node on it; {}{}",
             persistence.meaning(),
             if wait_replicas > 0 {
