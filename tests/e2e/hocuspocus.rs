@@ -206,3 +206,88 @@ async fn stateless_messages_reach_the_application_and_its_answers_reach_one_or_a
     assert!(plain.is_connected());
     server.shutdown().await;
 }
+
+/// Seeded random frames from a small grammar (a few routing keys, every message type, real and
+/// damaged bodies, Auth and Close in any order) on one socket, while a y-websocket client
+/// edits the same documents: the server never panics, the socket's answers are all addressed
+/// Hocuspocus messages or Ping/Pong, and afterwards a fresh socket opens a document and saves.
+#[tokio::test]
+async fn random_frames_on_a_socket_never_panic_and_the_server_goes_on() {
+    let server = EmbeddedServer::start_with_store(
+        Config {
+            max_documents_per_connection: 3,
+            connection_attempts_per_ip: 10_000,
+            connection_attempt_burst: 10_000,
+            ..Config::default()
+        },
+        Arc::new(MemoryStore::new()),
+    )
+    .await;
+    let keys = ["a", "b", "a\0s1", "c", "d"];
+    let plain = TestClient::connect_synced(&server.url("a")).await.unwrap();
+    for seed in 0..40u64 {
+        let mut rng = concord_tests::SplitMix64::new(seed);
+        let mut client = socket(&server).await;
+        let mut named = std::collections::HashSet::new();
+        for _ in 0..60 {
+            let key = keys[rng.below(keys.len() as u64) as usize];
+            let frame = match rng.below(10) {
+                0 | 1 => auth(key),
+                2 => step1(key),
+                3 => hp::addressed(key, &update_message(text_update("r"))),
+                4 => hp::addressed(key, &[hp::CLOSE]),
+                5 => stateless(key, "{}"),
+                6 => vec![9],
+                7 => {
+                    // A real message with random bytes flipped after the key.
+                    let mut f = hp::addressed(key, &update_message(text_update("flip")));
+                    let at = key.len() + 1 + rng.below((f.len() - key.len() - 1) as u64) as usize;
+                    f[at] ^= 1 << rng.below(8);
+                    f
+                }
+                8 => {
+                    let kind = rng.below(12) as u8;
+                    let mut body = vec![kind];
+                    for _ in 0..rng.below(8) {
+                        body.push(rng.below(256) as u8);
+                    }
+                    hp::addressed(key, &body)
+                }
+                _ => {
+                    let len = rng.below(12) as usize;
+                    (0..len).map(|_| rng.below(256) as u8).collect()
+                }
+            };
+            if let Ok(hp::ClientFrame::Doc { key, .. }) = hp::decode_client_frame(&frame) {
+                named.insert(key.to_owned());
+            }
+            if client.send_binary(frame).await.is_err() {
+                break;
+            }
+        }
+        // Whatever the socket said before it ended (or within a moment) is well-formed.
+        for frame in client.frames_within(Duration::from_millis(50)).await {
+            if frame.len() == 1 {
+                assert!(frame == [9] || frame == [10], "{frame:?}");
+                continue;
+            }
+            let (key, body) = split(&frame);
+            assert!(
+                named.contains(&key),
+                "an answer to {key:?}, which no frame named"
+            );
+            assert!(!body.is_empty());
+        }
+    }
+    assert_eq!(server.concord.stats().panics, 0);
+    assert!(plain.is_connected());
+    let mut fresh = socket(&server).await;
+    open(&mut fresh, "after").await;
+    fresh
+        .send_binary(hp::addressed("after", &update_message(text_update("fine"))))
+        .await
+        .unwrap();
+    let status = expect(&mut fresh, "after", |b| b.first() == Some(&SYNC_STATUS)).await;
+    assert_eq!(status, hp::sync_status(true));
+    server.shutdown().await;
+}
