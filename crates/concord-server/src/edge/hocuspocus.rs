@@ -12,7 +12,7 @@
 //! socket with the close codes of the y-websocket edge.
 //!
 //! - `connection.rs`: the upgrade, and the reader with the socket's table of documents.
-//! - `writer.rs`: one writer per socket, draining the socket's own queue (auth answers,
+//! - `writer.rs`: the socket's frames for the y-websocket edge's writer: its own queue (auth answers,
 //!   closes, pongs) and every open document's outbox, each frame addressed to its document.
 //!
 //! [`Peer`]: crate::rooms::Peer

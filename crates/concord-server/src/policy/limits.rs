@@ -248,6 +248,18 @@ impl<C: Clock + Clone> RateLimits<C> {
             _ => Err(RateExceeded::Awareness(self.rates.awareness_per_second)),
         }
     }
+
+    /// [`RateLimits::check_awareness`] for the awareness messages among `inbound`.
+    pub(crate) fn check_awareness_of(
+        &self,
+        inbound: &[concord_core::Inbound],
+    ) -> Result<(), RateExceeded> {
+        let count = inbound
+            .iter()
+            .filter(|message| matches!(message, concord_core::Inbound::Awareness(_)))
+            .count();
+        self.check_awareness(count)
+    }
 }
 
 #[cfg(test)]

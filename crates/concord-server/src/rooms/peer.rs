@@ -49,6 +49,20 @@ pub(crate) enum CloseReason {
     AwarenessTooLarge(String),
 }
 
+impl CloseReason {
+    /// Why a connection (or one document of it) is closed for a message it sent that cannot
+    /// be used: `Unsupported` when the message was well-formed but of a kind not spoken here,
+    /// else `Malformed`.
+    pub(crate) fn refusing(error: &dyn std::fmt::Display, unsupported: bool) -> CloseReason {
+        let why = format!("malformed message: {error}");
+        if unsupported {
+            CloseReason::Unsupported(why)
+        } else {
+            CloseReason::Malformed(why)
+        }
+    }
+}
+
 /// Asks a connection to close, once, with or without a reason to tell the client. Shared by
 /// the connection's tasks and by the room that may drop it.
 #[derive(Clone, Default)]

@@ -21,11 +21,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::edge::hocuspocus::StatelessMessage;
-use crate::edge::hocuspocus::writer::{Attach, Writer};
+use crate::edge::hocuspocus::writer::{Attach, SocketFrames};
 use crate::edge::ws::close::close_frame;
 use crate::edge::ws::linger::linger;
 use crate::edge::ws::reader::{Next, binary};
-use crate::edge::ws::writer::LastSeen;
+use crate::edge::ws::writer::{LastSeen, Writer};
 use crate::edge::ws::{open_failed, rates, refusal_response};
 use crate::ingest::{Durable, Source};
 use crate::ops::stats::Counters;
@@ -155,7 +155,8 @@ async fn serve(state: AppState, handshake: Handshake, socket: WebSocket) {
             last_seen: &last_seen,
             counters: &state.counters,
         };
-        writer.run(sink, control_rx, attach_rx).await;
+        let frames = SocketFrames::new(control_rx, attach_rx);
+        writer.drain(sink, frames, hp::PING).await;
     });
     tokio::join!(reader, writer);
 }
@@ -517,7 +518,8 @@ impl Session<'_> {
             Err(e) => {
                 Counters::bump(&self.state.counters.malformed);
                 tracing::warn!(doc = short(key), conn = doc.conn, error = %e, "closing Hocuspocus document: malformed message");
-                doc.closer.close(doc_error_reason(&e));
+                doc.closer
+                    .close(CloseReason::refusing(&e, e.is_unsupported()));
                 return true;
             }
         };
@@ -537,11 +539,7 @@ impl Session<'_> {
             return true;
         };
         let counters = &self.state.counters;
-        let awareness = inbound
-            .iter()
-            .filter(|m| matches!(m, Inbound::Awareness(_)))
-            .count();
-        if let Err(exceeded) = self.limits.check_awareness(awareness) {
+        if let Err(exceeded) = self.limits.check_awareness_of(&inbound) {
             Counters::bump(&counters.rate_limited);
             tracing::warn!(%exceeded, "closing Hocuspocus socket: rate limit exceeded");
             self.closer
@@ -636,7 +634,7 @@ impl Session<'_> {
     fn refuse_frame(&mut self, key: &str, e: &DocMessageError) -> bool {
         Counters::bump(&self.state.counters.malformed);
         tracing::warn!(doc = short(key), error = %e, "refused a malformed Hocuspocus message");
-        self.send_close(key, &doc_error_reason(e))
+        self.send_close(key, &CloseReason::refusing(e, e.is_unsupported()))
     }
 
     /// Tells `key`'s provider it may not open the document.
@@ -665,16 +663,6 @@ impl Session<'_> {
             return false;
         }
         true
-    }
-}
-
-/// How a document is closed for a message it cannot use.
-fn doc_error_reason(e: &DocMessageError) -> CloseReason {
-    let why = format!("malformed message: {e}");
-    if e.is_unsupported() {
-        CloseReason::Unsupported(why)
-    } else {
-        CloseReason::Malformed(why)
     }
 }
 

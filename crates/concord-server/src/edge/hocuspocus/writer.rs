@@ -1,114 +1,67 @@
-//! The writing half of a Hocuspocus socket: the socket's own frames and every open document's
-//! outbox, each document's frames addressed to it, written in batches (one flush per batch),
-//! with keepalive and the close frame the socket's [`CloseReason`] calls for.
+//! The writing half of a Hocuspocus socket: the y-websocket edge's [`Writer`] (batches, one
+//! flush per batch, keepalive, the close frame) over [`SocketFrames`], which merges the socket's
+//! own frames with every open document's outbox, each document's frames addressed to it. The
+//! message for an idle interval is the Hocuspocus Ping (`[9]`): the provider reconnects after
+//! 30 s without a message, and answers the Ping with a Pong, which tells the server it is
+//! alive.
+//!
+//! [`Writer`]: crate::edge::ws::writer::Writer
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::ws::Message as WsMessage;
 use bytes::Bytes;
 use concord_core::hocuspocus as hp;
 use futures_util::stream::SelectAll;
-use futures_util::{FutureExt, Sink, Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::edge::ws::writer::{LastSeen, end, send_all};
-use crate::ops::stats::Counters;
-use crate::rooms::{CloseReason, Closer, Outbox};
-
-/// Most frames written with one flush.
-const WRITE_BATCH: usize = 64;
+use crate::edge::ws::writer::Frames;
+use crate::rooms::Outbox;
 
 /// A document's outbox handed to the writer when the document opens: its frames go out
 /// addressed to the key.
 pub(crate) type Attach = (Arc<str>, Outbox);
 
-type Frames = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+type DocFrames = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
-/// What the writer of one socket works with.
-pub(crate) struct Writer<'a> {
-    /// [`crate::Config::keepalive_interval`].
-    pub(crate) keepalive: Duration,
-    pub(crate) shutdown: &'a CancellationToken,
-    pub(crate) closer: &'a Closer,
-    pub(crate) last_seen: &'a LastSeen,
-    pub(crate) counters: &'a Counters,
+/// Every frame of one socket: its own queue (auth answers, closes, pongs) first, then the
+/// open documents' outboxes. Ends once the reader is gone (its senders dropped) and every
+/// document's outbox is drained.
+pub(crate) struct SocketFrames {
+    control: mpsc::Receiver<Bytes>,
+    attach: mpsc::Receiver<Attach>,
+    docs: SelectAll<DocFrames>,
 }
 
-impl Writer<'_> {
-    /// Writes until the socket is asked to close (then sends its close frame), the peer is
-    /// gone, or the server shuts down.
-    ///
-    /// Keepalive: a WebSocket ping every interval, and a Hocuspocus Ping (`[9]`) when nothing
-    /// else was sent during it: the provider reconnects after 30 s without a message, and
-    /// answers the Ping with a Pong, which also tells the server it is alive. A peer silent
-    /// for three intervals is dropped.
-    pub(crate) async fn run<S>(
-        &self,
-        mut sink: S,
-        mut control: mpsc::Receiver<Bytes>,
-        mut attach: mpsc::Receiver<Attach>,
-    ) where
-        S: Sink<WsMessage> + Unpin,
-    {
-        let (closer, interval) = (self.closer, self.keepalive);
-        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut docs: SelectAll<Frames> = SelectAll::new();
-        let mut sent_since_tick = false;
+impl SocketFrames {
+    pub(crate) fn new(control: mpsc::Receiver<Bytes>, attach: mpsc::Receiver<Attach>) -> Self {
+        SocketFrames {
+            control,
+            attach,
+            docs: SelectAll::new(),
+        }
+    }
+}
+
+impl Frames for SocketFrames {
+    async fn next(&mut self) -> Option<Bytes> {
         loop {
-            let first = tokio::select! {
+            tokio::select! {
                 biased;
-                _ = closer.closed() => break,
-                _ = self.shutdown.cancelled() => {
-                    closer.close(CloseReason::ShuttingDown);
-                    break;
-                }
-                Some((key, outbox)) = attach.recv() => {
-                    docs.push(addressed(key, outbox));
-                    continue;
-                }
-                Some(frame) = control.recv() => frame,
-                Some(frame) = docs.next(), if !docs.is_empty() => frame,
-                _ = ticker.tick() => {
-                    if self.last_seen.elapsed() > interval * 3 {
-                        tracing::info!("closing Hocuspocus socket: peer silent for three keepalive intervals");
-                        closer.close_silently();
-                        break;
-                    }
-                    if !send_all(&mut sink, vec![WsMessage::Ping(Bytes::new())], closer).await {
-                        return;
-                    }
-                    if std::mem::take(&mut sent_since_tick) {
-                        continue;
-                    }
-                    Bytes::from_static(hp::PING)
-                }
-            };
-            sent_since_tick = true;
-            let mut batch = vec![first];
-            while batch.len() < WRITE_BATCH {
-                if let Ok(frame) = control.try_recv() {
-                    batch.push(frame);
-                } else if let Some(Some(frame)) = docs.next().now_or_never() {
-                    batch.push(frame);
-                } else {
-                    break;
-                }
-            }
-            for frame in &batch {
-                Counters::bump(&self.counters.frames_out);
-                Counters::add(&self.counters.bytes_out, frame.len() as u64);
-            }
-            let messages = batch.into_iter().map(WsMessage::Binary).collect();
-            if !send_all(&mut sink, messages, closer).await {
-                return;
+                Some((key, outbox)) = self.attach.recv() => self.docs.push(addressed(key, outbox)),
+                Some(frame) = self.control.recv() => return Some(frame),
+                Some(frame) = self.docs.next(), if !self.docs.is_empty() => return Some(frame),
+                else => return None,
             }
         }
-        end(&mut sink, closer).await;
+    }
+
+    fn try_next(&mut self) -> Option<Bytes> {
+        if let Ok(frame) = self.control.try_recv() {
+            return Some(frame);
+        }
+        self.docs.next().now_or_never().flatten()
     }
 }
 
@@ -116,7 +69,7 @@ impl Writer<'_> {
 /// permission-denied, sent once to a read-only client that writes) is not passed on: a
 /// Hocuspocus provider learns its scope from `Authenticated`, and its refused updates get
 /// SyncStatus 0. Ends when the document is closed and its queue drained.
-fn addressed(key: Arc<str>, outbox: Outbox) -> Frames {
+fn addressed(key: Arc<str>, outbox: Outbox) -> DocFrames {
     futures_util::stream::unfold(outbox, |mut outbox| async move {
         outbox.recv().await.map(|frame| (frame, outbox))
     })

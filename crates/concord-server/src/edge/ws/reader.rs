@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Message as WsMessage;
 use bytes::Bytes;
-use concord_core::{ConnId, Inbound, decode_frame};
+use concord_core::{ConnId, decode_frame};
 use futures_util::{Stream, StreamExt};
 
 use crate::edge::ws::acks::SaveQueue;
@@ -68,20 +68,11 @@ impl Reader<'_> {
                 Err(e) => {
                     Counters::bump(&counters.malformed);
                     tracing::warn!(doc = %name, conn, error = %e, "closing: malformed message");
-                    let why = format!("malformed message: {e}");
-                    closer.close(if e.is_unsupported() {
-                        CloseReason::Unsupported(why)
-                    } else {
-                        CloseReason::Malformed(why)
-                    });
+                    closer.close(CloseReason::refusing(&e, e.is_unsupported()));
                     return;
                 }
             };
-            let awareness = inbound
-                .iter()
-                .filter(|message| matches!(message, Inbound::Awareness(_)))
-                .count();
-            if let Err(exceeded) = self.limits.check_awareness(awareness) {
+            if let Err(exceeded) = self.limits.check_awareness_of(&inbound) {
                 Counters::bump(&counters.rate_limited);
                 tracing::warn!(doc = %name, conn, %exceeded, "closing: rate limit exceeded");
                 closer.close(CloseReason::RateLimited(exceeded.to_string()));

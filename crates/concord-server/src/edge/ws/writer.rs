@@ -43,9 +43,19 @@ impl Writer<'_> {
     /// Keepalive: a ping every `keepalive`; a peer silent for three intervals is dropped; a
     /// connection sent nothing during an interval also gets [`EMPTY_AWARENESS`], so an idle
     /// y-websocket client (which reconnects after 30 s without a message) stays connected.
-    pub(crate) async fn run<S>(&self, mut sink: S, mut outbox: Outbox)
+    pub(crate) async fn run<S>(&self, sink: S, outbox: Outbox)
     where
         S: Sink<WsMessage> + Unpin,
+    {
+        self.drain(sink, outbox, EMPTY_AWARENESS).await;
+    }
+
+    /// [`Writer::run`] over any source of frames, with `idle` as the message sent in an
+    /// interval during which nothing else was (the Hocuspocus edge sends its Ping there).
+    pub(crate) async fn drain<S, F>(&self, mut sink: S, mut frames: F, idle: &'static [u8])
+    where
+        S: Sink<WsMessage> + Unpin,
+        F: Frames,
     {
         let (closer, interval) = (self.closer, self.keepalive);
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -59,7 +69,7 @@ impl Writer<'_> {
                     closer.close(CloseReason::ShuttingDown);
                     break;
                 }
-                frame = outbox.recv() => match frame {
+                frame = frames.next() => match frame {
                     Some(frame) => {
                         sent_since_tick = true;
                         frame
@@ -79,14 +89,14 @@ impl Writer<'_> {
                         sent_since_tick = false;
                         continue;
                     }
-                    Bytes::from_static(EMPTY_AWARENESS)
+                    Bytes::from_static(idle)
                 }
             };
             // This frame and whatever else is queued already go out in one write: a busy
             // room's fan-out costs a syscall per batch, not per frame.
             let mut batch = vec![first];
             while batch.len() < WRITE_BATCH {
-                match outbox.try_recv() {
+                match frames.try_next() {
                     Some(frame) => batch.push(frame),
                     None => break,
                 }
@@ -101,6 +111,25 @@ impl Writer<'_> {
             }
         }
         end(&mut sink, closer).await;
+    }
+}
+
+/// Where a writer's frames come from: a connection's [`Outbox`], or what a protocol with
+/// several queues per socket merges.
+pub(crate) trait Frames {
+    /// The next frame; `None` once no more will come.
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+    /// A frame that is waiting already, if any.
+    fn try_next(&mut self) -> Option<Bytes>;
+}
+
+impl Frames for Outbox {
+    async fn next(&mut self) -> Option<Bytes> {
+        self.recv().await
+    }
+
+    fn try_next(&mut self) -> Option<Bytes> {
+        self.try_recv()
     }
 }
 
