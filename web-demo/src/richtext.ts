@@ -17,7 +17,7 @@ import Collaboration, { isChangeOrigin } from '@tiptap/extension-collaboration'
 import CollaborationCaret from '@tiptap/extension-collaboration-caret'
 import { Placeholder } from '@tiptap/extensions'
 import { HocuspocusProvider, HocuspocusProviderWebsocket, WebSocketStatus } from '@hocuspocus/provider'
-import { type Connection, type SaveState, type ServerBase, type StatusSource, rejoin, serverBase } from './session'
+import { BrowserConnection, type Connection, type SaveState, type ServerBase, rejoin, serverBase } from './session'
 import { type PeerState, type Presence, displayColor, displayName } from './presence'
 import type { MountedView } from './editor'
 
@@ -33,19 +33,18 @@ export function hocuspocusUrl (base: ServerBase = serverBase()): string {
 }
 
 /** One HocuspocusProvider on its own socket, and what the header shows about it. */
-class HocuspocusConnection implements StatusSource {
+class HocuspocusConnection extends BrowserConnection {
   readonly doc = new Y.Doc()
   readonly socket: HocuspocusProviderWebsocket
   readonly provider: HocuspocusProvider
   readonly offlineDetail = 'Not connected: edits are kept in this page (not stored on this device) and sync when the connection is back'
-  private readonly listeners = new Set<() => void>()
-  private online = navigator.onLine
   /** The socket's last reported status; `connect()` has started when the socket is made. */
   private phase: WebSocketStatus = WebSocketStatus.Connecting
   /** Set when the server refuses this document (no access). */
   private refusal: string | null = null
 
   constructor (url: string, room: string) {
+    super()
     // A socket of our own (not `url` on the provider) so that it does not connect while the
     // browser knows it is offline, which would only log failed requests; hence `attach()`.
     this.socket = new HocuspocusProviderWebsocket({ url, autoConnect: this.online })
@@ -69,8 +68,6 @@ class HocuspocusConnection implements StatusSource {
       this.notify()
     })
     this.provider.attach()
-    window.addEventListener('online', this.onOnline)
-    window.addEventListener('offline', this.onOffline)
   }
 
   get awareness (): Awareness {
@@ -98,15 +95,8 @@ class HocuspocusConnection implements StatusSource {
     return { saving: true, detail: 'Waiting for the server to confirm that the latest changes are stored' }
   }
 
-  subscribe (listener: () => void): () => void {
-    this.listeners.add(listener)
-    return () => this.listeners.delete(listener)
-  }
-
   destroy (): void {
-    window.removeEventListener('online', this.onOnline)
-    window.removeEventListener('offline', this.onOffline)
-    this.listeners.clear()
+    this.stopListening()
     // The provider tells the server that this client's presence is gone, and closes the
     // document; the socket is ours to close.
     this.provider.destroy()
@@ -114,21 +104,12 @@ class HocuspocusConnection implements StatusSource {
     this.doc.destroy()
   }
 
-  private notify (): void {
-    for (const listener of this.listeners) listener()
-  }
-
-  // As the session does: the browser's own events decide (see Session.onOffline).
-  private readonly onOffline = (): void => {
-    this.online = false
+  protected wentOffline (): void {
     this.socket.disconnect()
-    this.notify()
   }
 
-  private readonly onOnline = (): void => {
-    this.online = true
+  protected cameOnline (): void {
     void this.socket.connect()
-    this.notify()
   }
 }
 

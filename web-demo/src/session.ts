@@ -36,6 +36,56 @@ export interface StatusSource {
   subscribe: (listener: () => void) => () => void
 }
 
+/**
+ * What a connection shown in the header shares: its listeners, and whether the browser is
+ * online. Chromium keeps open WebSockets (and streams) alive when the network is emulated
+ * offline, and a real network change may take long to break them: the browser's own events
+ * decide, and a subclass disconnects and reconnects in `wentOffline` and `cameOnline`.
+ */
+export abstract class BrowserConnection implements StatusSource {
+  abstract readonly connection: Connection
+  abstract readonly save: SaveState
+  protected online = navigator.onLine
+  private readonly listeners = new Set<() => void>()
+
+  constructor () {
+    window.addEventListener('online', this.onOnline)
+    window.addEventListener('offline', this.onOffline)
+  }
+
+  /** Calls `listener` whenever `connection` or `save` may have changed; returns the unsubscribe. */
+  subscribe (listener: () => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  protected abstract wentOffline (): void
+  protected abstract cameOnline (): void
+
+  /** Stops listening to the browser and drops every listener. */
+  protected stopListening (): void {
+    window.removeEventListener('online', this.onOnline)
+    window.removeEventListener('offline', this.onOffline)
+    this.listeners.clear()
+  }
+
+  protected notify (): void {
+    for (const listener of this.listeners) listener()
+  }
+
+  private readonly onOffline = (): void => {
+    this.online = false
+    this.wentOffline()
+    this.notify()
+  }
+
+  private readonly onOnline = (): void => {
+    this.online = true
+    this.cameOnline()
+    this.notify()
+  }
+}
+
 /** Concord's save acknowledgement: `[100, varUint8Array(varUint id)]` both ways. */
 const MESSAGE_SAVED = 100
 
@@ -286,22 +336,19 @@ class HttpLink implements Link {
   }
 }
 
-export class Session implements StatusSource {
+export class Session extends BrowserConnection {
   readonly doc = new Y.Doc()
   readonly awareness = new Awareness(this.doc)
   private readonly persistence: IndexeddbPersistence
   private readonly link: Link
-  private readonly listeners = new Set<() => void>()
-  private online = navigator.onLine
 
   constructor (readonly room: string, readonly transport: TransportName, base: ServerBase = serverBase()) {
+    super()
     this.persistence = new IndexeddbPersistence(room, this.doc)
     const changed = (): void => this.notify()
     this.link = transport === 'ws'
       ? new WebsocketLink(base.ws, room, this.doc, this.awareness, changed)
       : new HttpLink(base.http, room, this.doc, this.awareness, transport, changed)
-    window.addEventListener('online', this.onOnline)
-    window.addEventListener('offline', this.onOffline)
     // Connecting while the browser knows it is offline would only log failed requests.
     if (this.online) this.link.connect()
   }
@@ -320,16 +367,8 @@ export class Session implements StatusSource {
     return !this.online && save.saving ? { saving: true, detail: OFFLINE_DETAIL } : save
   }
 
-  /** Calls `listener` whenever `connection` or `save` may have changed; returns the unsubscribe. */
-  subscribe (listener: () => void): () => void {
-    this.listeners.add(listener)
-    return () => this.listeners.delete(listener)
-  }
-
   destroy (): void {
-    window.removeEventListener('online', this.onOnline)
-    window.removeEventListener('offline', this.onOffline)
-    this.listeners.clear()
+    this.stopListening()
     // The provider sends the removal of this client's presence before it goes.
     this.link.destroy()
     void this.persistence.destroy()
@@ -337,24 +376,14 @@ export class Session implements StatusSource {
     this.doc.destroy()
   }
 
-  private notify (): void {
-    for (const listener of this.listeners) listener()
-  }
-
-  // Chromium keeps open WebSockets (and streams) alive when the network is emulated offline, and
-  // a real network change may take long to break them: the browser's own events decide.
-  private readonly onOffline = (): void => {
-    this.online = false
+  protected wentOffline (): void {
     this.link.disconnect()
     // Nobody else's presence can be known while offline.
     const others = Array.from(this.awareness.getStates().keys()).filter((id) => id !== this.doc.clientID)
     removeAwarenessStates(this.awareness, others, 'offline')
-    this.notify()
   }
 
-  private readonly onOnline = (): void => {
-    this.online = true
+  protected cameOnline (): void {
     this.link.connect()
-    this.notify()
   }
 }
