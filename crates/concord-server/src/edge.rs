@@ -1,7 +1,9 @@
 //! The edges: where clients meet the server. Each wire protocol is a folder of its own
-//! (`ws/`: y-websocket; `http/`: the document API, SSE, long-polling, static files, probes)
-//! that shares nothing with the others but the state it is handed: admission (policy) before
-//! anything else, the ingest path for writes, rooms and the change feed for reads. An edge turns
+//! (`ws/`: y-websocket; `hocuspocus/`: the Hocuspocus protocol at the root URL; `http/`: the
+//! document API, SSE, long-polling, static files, probes) that reaches the rest of the server
+//! only through the state it is handed: admission (policy) before anything else, the ingest
+//! path for writes, rooms and the change feed for reads. The Hocuspocus edge reuses the
+//! WebSocket mechanics of `ws/` (frame reading, the writer, close codes). An edge turns
 //! outcomes into its own answers (close codes, HTTP statuses) and holds no persistence or
 //! barrier code.
 
