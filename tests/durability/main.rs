@@ -41,10 +41,21 @@ impl Drop for Writer {
 
 #[test]
 fn appends_that_returned_survive_sigkill() {
+    appends_survive_sigkill(&[]);
+}
+
+/// With sled's periodic flush off, only the journal (one `write` per append) can keep them.
+#[test]
+fn appends_survive_sigkill_through_the_journal_alone() {
+    appends_survive_sigkill(&["--no-background-flush"]);
+}
+
+fn appends_survive_sigkill(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let mut writer = Writer {
         child: Command::new(env!("CARGO_BIN_EXE_sled-appender"))
             .arg(dir.path())
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -7,18 +7,23 @@
 //! not interpret) and a **log** of entries written after it. [`Store::append`] writes one log
 //! entry per document per batch, holding that document's updates in batch order (sled spends
 //! about 200 bytes on every entry, so one entry per keystroke would multiply the disk used by
-//! ten or more), then makes the whole batch durable with one flush. [`Store::compact`] stores a
+//! ten or more), then writes the same entries to the **journal** with one `write(2)`: that,
+//! not a sled flush, is what makes the batch survive a killed process (see [Durability]). [`Store::compact`] stores a
 //! snapshot and deletes the log entries it covers, atomically. [`Store::load`] returns the
 //! snapshot and the updates of the entries after it, in seq order.
 //!
 //! # Layout
 //!
-//! A store is a directory holding two things:
+//! A store is a directory holding three things:
 //!
 //! - `sled/`: a sled database with the format records, document metadata and log entries,
 //!   all in sled's default tree;
 //! - `snapshots/`: one file per document snapshot, named `<id>-<seq>.snap` (both 16 hex
-//!   digits: the document's numeric id and the last log seq the snapshot covers).
+//!   digits: the document's numeric id and the last log seq the snapshot covers);
+//! - `journal/`: the log entries sled may not have written yet, in files `<number>.log` (16
+//!   hex digits), each a sequence of frames `[length: u32 LE][record]` whose record payload
+//!   is `{ entries: Vec<{ doc: name, id: u64, seq: u64, updates: Vec<Vec<u8>> }> }`, one frame
+//!   per `append`. Empty after an orderly close.
 //!
 //! Snapshots are files because a snapshot is the bulk of a compacted document and sled keeps
 //! the space of every value it rewrites or removes until it cleans the segment: with snapshots
@@ -98,20 +103,33 @@
 //!
 //! # Durability
 //!
-//! When `append` returns, its writes have been flushed with sled's `flush`, which writes with
-//! `sync_file_range` but does not fsync (snapshot files, written by `compact`, are fsynced):
+//! When `append` returns, its batch has been applied to sled (in memory) and written to the
+//! journal with one `write(2)`: the bytes are in the operating system's page cache. sled itself
+//! writes them later (its own flush every `flush_every_ms`, and each checkpoint). No append
+//! waits for a flush, a sync or another thread: that is what made a durable update cost as
+//! much as two in-memory ones when each batch held one update (a sled flush hands the batch to
+//! sled's I/O threads, `pwrite`s it and waits in `sync_file_range` for the disk).
 //!
 //! - **A killed process (SIGKILL, a panic, an OOM kill) loses nothing** that a call returned
-//!   for: the data is in the operating system's page cache and sled recovers it on open.
+//!   for: the journal is in the page cache, and opening the store replays every journal entry
+//!   sled lacks (seqs tell which; a document deleted since is never brought back, since ids are
+//!   never reused), makes sled durable and removes the journal. `tests/journal.rs` and the
+//!   SIGKILL test in the workspace's `tests/durability` (sled's own flush on and off) show it.
 //! - **A power loss or kernel crash may lose up to the last
-//!   [`SledOptions::flush_every_ms`]** (500 ms by default) of returned writes: only sled's
-//!   background thread calls fsync, at that interval. With `flush_every_ms: None` there is no
-//!   such thread and the window is unbounded. Recovery is still consistent: a batch is
-//!   recovered whole or not at all.
+//!   [`SledOptions::flush_every_ms`]** (500 ms by default) of returned writes: a thread of
+//!   the store fsyncs the journal at that interval (and sled's own thread flushes). With
+//!   `flush_every_ms: None` neither runs and the window is unbounded. A frame cut short by a
+//!   power loss ends the replay of its file; recovery is consistent: a batch is recovered whole
+//!   or not at all.
+//! - **Checkpoints** keep the journal short: once its file holds 4 MiB, or anything for 30 s,
+//!   the same thread sends appends to a new file, flushes and fsyncs sled, and removes the old
+//!   file. Closing the store (dropping its last handle) checkpoints too.
 //!
 //! sled 0.34 is, by its own README, beta software, and its on-disk format is not compatible with
 //! the unreleased sled 1.0. That is why it sits behind the [`Store`] trait: another backend can
 //! replace it without touching the server.
+//!
+//! [Durability]: #durability
 //!
 //! # Concurrency
 //!
@@ -133,6 +151,7 @@
 //! [`StoreError::Corrupt`]: concord_core::StoreError::Corrupt
 //! [`StoredDoc::corrupt_entries`]: concord_core::StoredDoc::corrupt_entries
 
+mod journal;
 mod keys;
 mod record;
 mod snapfile;

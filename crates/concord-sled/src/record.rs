@@ -100,7 +100,10 @@ pub(crate) fn version_of(record: &[u8]) -> Option<u8> {
 /// Reads a length prefix and checks that at least `len * min_bytes_each` bytes remain, so that a
 /// damaged length cannot make us allocate more than the record holds. Only slice readers can
 /// answer `peek_read`; this crate decodes from slices only.
-fn bounded_len<D: Decoder>(decoder: &mut D, min_bytes_each: usize) -> Result<usize, DecodeError> {
+pub(crate) fn bounded_len<D: Decoder>(
+    decoder: &mut D,
+    min_bytes_each: usize,
+) -> Result<usize, DecodeError> {
     let raw = u64::decode(decoder)?;
     let len = usize::try_from(raw).map_err(|_| DecodeError::OutsideUsizeRange(raw))?;
     let needed = len.saturating_mul(min_bytes_each);
@@ -225,6 +228,52 @@ pub(crate) struct Snapshot {
     pub(crate) upto: u64,
     pub(crate) bytes: Blob,
 }
+
+/// Payload of one journal frame (see [`crate::journal`]), as written: the log entries of one
+/// `append` batch, each with the document's name and id, so that replay can tell a document
+/// from a later one of the same name.
+#[derive(Debug, bincode::Encode)]
+pub(crate) struct JournalBatchRef<'a> {
+    pub(crate) entries: Vec<JournalEntryRef<'a>>,
+}
+
+/// One document's log entry in a [`JournalBatchRef`].
+#[derive(Debug, bincode::Encode)]
+pub(crate) struct JournalEntryRef<'a> {
+    pub(crate) doc: &'a str,
+    pub(crate) id: u64,
+    pub(crate) seq: u64,
+    pub(crate) updates: Vec<&'a [u8]>,
+}
+
+/// Payload of one journal frame, as read.
+#[derive(Debug)]
+pub(crate) struct JournalBatch {
+    pub(crate) entries: Vec<JournalEntry>,
+}
+
+/// One document's log entry in a [`JournalBatch`].
+#[derive(Debug, bincode::Decode)]
+pub(crate) struct JournalEntry {
+    pub(crate) doc: Blob,
+    pub(crate) id: u64,
+    pub(crate) seq: u64,
+    pub(crate) updates: Blobs,
+}
+
+impl<C> Decode<C> for JournalBatch {
+    fn decode<D: Decoder<Context = C>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        // An entry takes at least four bytes (three varints and a list length).
+        let count = bounded_len(decoder, 4)?;
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            entries.push(JournalEntry::decode(decoder)?);
+        }
+        Ok(JournalBatch { entries })
+    }
+}
+
+bincode::impl_borrow_decode!(JournalBatch);
 
 #[cfg(test)]
 mod tests {

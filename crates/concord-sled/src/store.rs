@@ -13,18 +13,21 @@ use concord_core::{
     StoredUpdate,
 };
 
+use crate::journal::{self, Journal};
 use crate::keys;
 use crate::record::{
-    self, DocMeta, FORMAT_VERSION, IdCounter, LogEntry, LogEntryRef, STORE_FORMAT, StoreMeta,
+    self, DocMeta, FORMAT_VERSION, IdCounter, JournalBatch, JournalBatchRef, JournalEntryRef,
+    LogEntry, LogEntryRef, STORE_FORMAT, StoreMeta,
 };
 use crate::snapfile::{self, SnapshotDir};
 
 /// How [`SledStore::open_with`] configures sled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SledOptions {
-    /// How often sled's background thread fsyncs, in milliseconds; `None` turns the thread off.
-    /// This is the window a power loss (not a killed process) may lose: see the crate
-    /// documentation. Default: `Some(500)`, sled's own default.
+    /// How often the journal is fsynced (and sled's background thread flushes), in
+    /// milliseconds; `None` turns both off. This is the window a power loss (not a killed
+    /// process) may lose: see the crate documentation. Default: `Some(500)`, sled's own
+    /// default.
     pub flush_every_ms: Option<u64>,
     /// Upper bound of sled's page cache, in bytes. Default: 128 MiB. Rooms being edited live in
     /// memory as yrs documents already, so the cache mostly serves loads and compactions; sled's
@@ -79,6 +82,11 @@ struct Inner {
     compacting: Mutex<()>,
     /// Corrupt log entries read since the store was opened.
     corrupt_seen: AtomicU64,
+    /// What makes an `append` survive a killed process (see [`crate::journal`]).
+    journal: Arc<Journal>,
+    /// The thread that fsyncs and checkpoints the journal; stopped when the store closes.
+    /// `None` only while the store is being opened.
+    checkpointer: Option<Checkpointer>,
 }
 
 /// What the lock protects besides the metadata read-modify-writes themselves.
@@ -99,6 +107,17 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 const SLED_DIR: &str = "sled";
 /// Subdirectory of the store directory holding snapshot files.
 const SNAPSHOT_DIR: &str = "snapshots";
+/// Subdirectory of the store directory holding the journal files.
+const JOURNAL_DIR: &str = "journal";
+
+/// A journal file this large is checkpointed (sled made durable, the file removed) at the
+/// next tick of the checkpointer: what a restart after a crash replays is at most about this.
+const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+/// A journal file that holds anything is checkpointed once it is this old, so a store that is
+/// written to slowly does not keep a journal for ever.
+const CHECKPOINT_AGE: Duration = Duration::from_secs(30);
+/// How often the checkpointer looks at the journal when `flush_every_ms` is `None`.
+const CHECKPOINT_TICK: Duration = Duration::from_secs(1);
 
 /// The tail of a document's log, counted from its entries.
 #[derive(Debug, Default)]
@@ -170,7 +189,8 @@ impl SledStore {
         self.inner.load(doc)
     }
 
-    /// [`Store::append`], blocking the calling thread until the batch is flushed.
+    /// [`Store::append`], blocking the calling thread until the batch is in sled and written to
+    /// the journal (see the crate documentation's Durability section).
     pub fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
         self.inner.append(batch)
     }
@@ -263,16 +283,122 @@ impl Inner {
         let db = open_waiting_for_lock(&config)?;
         let next_doc_id = check_format(&db)?;
         let snapshots = SnapshotDir::open(path.join(SNAPSHOT_DIR)).map_err(backend)?;
-        let store = Inner {
+        let journal_dir = path.join(JOURNAL_DIR);
+        std::fs::create_dir_all(&journal_dir).map_err(backend)?;
+        // The files a previous process left, replayed below; appends go to a new one after them.
+        let left = journal::files(&journal_dir).map_err(backend)?;
+        let next_file = left.last().map_or(0, |last| last.saturating_add(1));
+        let mut store = Inner {
             db,
             sled_file: sled_path.join("db"),
             snapshots,
             state: Mutex::new(State { next_doc_id }),
             compacting: Mutex::new(()),
             corrupt_seen: AtomicU64::new(0),
+            journal: Arc::new(Journal::create(&journal_dir, next_file).map_err(backend)?),
+            checkpointer: None,
         };
+        store.replay_journal(&journal_dir, &left)?;
+        store.checkpointer = Some(Checkpointer::start(
+            store.db.clone(),
+            store.sled_file.clone(),
+            store.journal.clone(),
+            options.flush_every_ms.map(Duration::from_millis),
+        )?);
         store.remove_orphan_snapshots()?;
         Ok(store)
+    }
+
+    /// Replays the journal files `numbers` that a process that did not close the store left in
+    /// `dir` (see [`crate::journal`]), makes sled durable and removes them.
+    fn replay_journal(&self, dir: &Path, numbers: &[u64]) -> Result<(), StoreError> {
+        if numbers.is_empty() {
+            return Ok(());
+        }
+        let mut applied = 0u64;
+        for &number in numbers {
+            let damage = journal::read(dir, number, |batch| {
+                applied += self.replay(batch)?;
+                Ok(())
+            })?;
+            if let Some(damage) = damage {
+                tracing::warn!(
+                    file = number,
+                    %damage,
+                    "journal file damaged: the frames from there on are not replayed (a power \
+                     loss in the middle of a write leaves this; a killed process does not)"
+                );
+            }
+        }
+        self.sync_sled()?;
+        for &number in numbers {
+            journal::remove(dir, number).map_err(backend)?;
+        }
+        if applied > 0 {
+            tracing::info!(
+                files = numbers.len(),
+                entries = applied,
+                "journal replayed: log entries sled had not written yet are restored"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the entries of one journal frame that sled does not hold. Returns how many.
+    ///
+    /// Ids are never reused and the id counter is written in the batch that creates a
+    /// document, so an entry whose document sled does not know was deleted (its id is below
+    /// the counter) or was created after sled's last write (its id is not).
+    fn replay(&self, batch: JournalBatch) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut applied = 0;
+        for entry in batch.entries {
+            let Some(doc) = std::str::from_utf8(&entry.doc.0)
+                .ok()
+                .and_then(|name| DocName::new(name).ok())
+            else {
+                tracing::warn!("journal entry with an invalid document name skipped");
+                continue;
+            };
+            let mut sled_batch = sled::Batch::default();
+            let mut meta = match self.read_meta(&doc)? {
+                Some(meta) if meta.id == entry.id => meta,
+                // An earlier document of this name, deleted since.
+                Some(meta) if meta.id > entry.id => continue,
+                // A later document of this name: sled missed the deletion of the one it holds,
+                // which came before it.
+                Some(meta) => {
+                    for key in self.db.range(keys::log_range(meta.id, 0, Seq::MAX)).keys() {
+                        sled_batch.remove(key.map_err(backend)?);
+                    }
+                    DocMeta::new(entry.id)
+                }
+                None if entry.id >= state.next_doc_id => DocMeta::new(entry.id),
+                None => continue,
+            };
+            if entry.seq < meta.next_seq {
+                continue;
+            }
+            let updates: Vec<&[u8]> = entry.updates.0.iter().map(Vec::as_slice).collect();
+            meta.next_seq = entry.seq.saturating_add(1);
+            meta.tail_entries = meta.tail_entries.saturating_add(1);
+            meta.tail_updates = meta.tail_updates.saturating_add(updates.len() as u64);
+            meta.tail_bytes = meta
+                .tail_bytes
+                .saturating_add(updates.iter().map(|u| u.len() as u64).sum());
+            meta.updated_at_ms = now_ms();
+            sled_batch.insert(
+                &keys::log(entry.id, entry.seq)[..],
+                seal(&LogEntryRef { updates })?,
+            );
+            sled_batch.insert(keys::doc(doc.as_str()), seal(&meta)?);
+            let next_doc_id = state.next_doc_id.max(next_id(entry.id)?);
+            sled_batch.insert(keys::ID_COUNTER, seal(&IdCounter { next_doc_id })?);
+            self.db.apply_batch(sled_batch).map_err(backend)?;
+            state.next_doc_id = next_doc_id;
+            applied += 1;
+        }
+        Ok(applied)
     }
 
     fn snapshot_file(&self, doc: &DocName) -> Result<Option<PathBuf>, StoreError> {
@@ -540,6 +666,93 @@ pub enum CompactCrash {
     BeforeOldSnapshotRemoval,
 }
 
+/// The thread that fsyncs the journal every `flush_every_ms` and checkpoints it.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    db: sled::Db,
+    sled_file: PathBuf,
+    journal: Arc<Journal>,
+}
+
+impl Checkpointer {
+    fn start(
+        db: sled::Db,
+        sled_file: PathBuf,
+        journal: Arc<Journal>,
+        fsync_every: Option<Duration>,
+    ) -> Result<Checkpointer, StoreError> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = {
+            let (db, sled_file, journal) = (db.clone(), sled_file.clone(), journal.clone());
+            std::thread::Builder::new()
+                .name("concord-journal".into())
+                .spawn(move || {
+                    let tick = fsync_every.unwrap_or(CHECKPOINT_TICK);
+                    let mut since = Instant::now();
+                    // Ends when the store closes (the sender is dropped).
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(tick)
+                    {
+                        if fsync_every.is_some()
+                            && let Err(e) = journal.sync()
+                        {
+                            tracing::error!(error = %e, "journal fsync failed");
+                        }
+                        let len = journal.len();
+                        if len >= CHECKPOINT_BYTES || (len > 0 && since.elapsed() >= CHECKPOINT_AGE)
+                        {
+                            since = Instant::now();
+                            if let Err(e) = checkpoint(&db, &sled_file, &journal) {
+                                tracing::error!(error = %e, "journal checkpoint failed; retried later");
+                            }
+                        }
+                    }
+                })
+                .map_err(backend)?
+        };
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+            db,
+            sled_file,
+            journal,
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Stops the thread, then checkpoints: a store closed in an orderly way leaves no journal.
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let closed = checkpoint(&self.db, &self.sled_file, &self.journal).and_then(|()| {
+            // The current file is empty now; nothing needs it.
+            self.journal
+                .remove_through(self.journal.number())
+                .map_err(backend)
+        });
+        if let Err(e) = closed {
+            tracing::warn!(error = %e, "journal not checkpointed at close: replayed at next open");
+        }
+    }
+}
+
+/// Makes everything the journal holds durable in sled and removes the journal files that
+/// held it: appends go to a new file first, so none is missed.
+fn checkpoint(db: &sled::Db, sled_file: &Path, journal: &Journal) -> Result<(), StoreError> {
+    let Some(old) = journal.rotate().map_err(backend)? else {
+        return Ok(());
+    };
+    db.flush().map_err(backend)?;
+    File::open(sled_file)
+        .and_then(|f| f.sync_all())
+        .map_err(backend)?;
+    journal.remove_through(old).map_err(backend)
+}
+
 impl fmt::Debug for SledStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledStore")
@@ -595,6 +808,7 @@ impl Inner {
         }
         let now = now_ms();
         let mut written = Vec::with_capacity(grouped.len());
+        let mut journaled = Vec::with_capacity(grouped.len());
         {
             let mut state = self.lock();
             let mut next_doc_id = state.next_doc_id;
@@ -626,18 +840,31 @@ impl Inner {
                 });
                 sled_batch.insert(
                     &keys::log(meta.id, seq)[..],
-                    seal(&LogEntryRef { updates })?,
+                    seal(&LogEntryRef {
+                        updates: updates.clone(),
+                    })?,
                 );
                 sled_batch.insert(keys::doc(doc.as_str()), seal(&meta)?);
+                journaled.push(JournalEntryRef {
+                    doc: doc.as_str(),
+                    id: meta.id,
+                    seq,
+                    updates,
+                });
             }
             if next_doc_id != state.next_doc_id {
                 sled_batch.insert(keys::ID_COUNTER, seal(&IdCounter { next_doc_id })?);
             }
             self.db.apply_batch(sled_batch).map_err(backend)?;
             state.next_doc_id = next_doc_id;
+            // Under the lock, so the journal holds the entries in the order sled got them. Once
+            // this `write` returned the batch survives a killed process: no sled flush needed.
+            // Should it fail, sled holds the batch but the caller is told it failed: a retry
+            // stores the updates again, which Yjs applies as no-ops.
+            self.journal
+                .write(&JournalBatchRef { entries: journaled })
+                .map_err(backend)?;
         }
-        // One flush makes the whole batch durable (and any batch applied meanwhile).
-        self.db.flush().map_err(backend)?;
         Ok(written)
     }
 

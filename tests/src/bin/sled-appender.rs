@@ -4,8 +4,11 @@
 //! Usage:
 //!
 //! ```text
-//! sled-appender STORE_DIR
+//! sled-appender STORE_DIR [--no-background-flush]
 //! ```
+//!
+//! With `--no-background-flush` sled's own periodic flush is off, so only the store's journal
+//! can keep what an append returned for.
 //!
 //! Update `i` of the document `doc` is `i` as four little-endian bytes, and `appended i` is
 //! printed (and flushed) only once the `append` of update `i` returned, so the test knows which
@@ -17,7 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use concord_core::{DocName, StoredUpdate};
-use concord_sled::SledStore;
+use concord_sled::{SledOptions, SledStore};
 
 fn main() -> ExitCode {
     match append_until_killed() {
@@ -30,10 +33,19 @@ fn main() -> ExitCode {
 }
 
 fn append_until_killed() -> Result<()> {
-    let dir = std::env::args_os()
-        .nth(1)
-        .context("usage: sled-appender STORE_DIR")?;
-    let store = SledStore::open(&dir)
+    let mut args = std::env::args_os().skip(1);
+    let dir = args
+        .next()
+        .context("usage: sled-appender STORE_DIR [--no-background-flush]")?;
+    let options = match args.next() {
+        None => SledOptions::default(),
+        Some(flag) if flag == "--no-background-flush" => SledOptions {
+            flush_every_ms: None,
+            ..SledOptions::default()
+        },
+        Some(other) => anyhow::bail!("unknown argument {}", other.display()),
+    };
+    let store = SledStore::open_with(&dir, options)
         .with_context(|| format!("cannot open the store in {}", dir.display()))?;
     let doc = DocName::new("doc").context("the document name")?;
     let mut stdout = std::io::stdout().lock();
