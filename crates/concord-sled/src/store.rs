@@ -281,7 +281,9 @@ impl Inner {
             .flush_every_ms(options.flush_every_ms)
             .cache_capacity(options.cache_capacity_bytes);
         let db = open_waiting_for_lock(&config)?;
-        let next_doc_id = check_format(&db)?;
+        // A document's metadata is written before the id counter (see `append`), so sled may
+        // have recovered one without the other: no id a document holds is handed out again.
+        let next_doc_id = check_format(&db)?.max(next_id(max_doc_id(&db)?)?);
         let snapshots = SnapshotDir::open(path.join(SNAPSHOT_DIR)).map_err(backend)?;
         let journal_dir = path.join(JOURNAL_DIR);
         std::fs::create_dir_all(&journal_dir).map_err(backend)?;
@@ -812,7 +814,14 @@ impl Inner {
         {
             let mut state = self.lock();
             let mut next_doc_id = state.next_doc_id;
-            let mut sled_batch = sled::Batch::default();
+            // Written one key at a time, not as a sled batch: sled rolls its write buffer at
+            // the start and end of every batch, handing it to its I/O threads (two thread
+            // hand-offs and a `pwrite` per append). Atomicity comes from the order instead:
+            // sled recovers a prefix of its writes, and each document's log entry goes before
+            // its metadata and the id counter after both, so a recovered metadata record never
+            // points past a missing entry (and the journal replays what sled lacks; see
+            // `replay`). Readers see the whole append: they take the lock held here.
+            let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(2 * grouped.len() + 1);
             for (doc, updates) in grouped {
                 let mut meta = match self.read_meta(doc)? {
                     Some(meta) => meta,
@@ -838,13 +847,13 @@ impl Inner {
                     tail_updates: meta.tail_updates,
                     tail_bytes: meta.tail_bytes,
                 });
-                sled_batch.insert(
-                    &keys::log(meta.id, seq)[..],
+                writes.push((
+                    keys::log(meta.id, seq).to_vec(),
                     seal(&LogEntryRef {
                         updates: updates.clone(),
                     })?,
-                );
-                sled_batch.insert(keys::doc(doc.as_str()), seal(&meta)?);
+                ));
+                writes.push((keys::doc(doc.as_str()), seal(&meta)?));
                 journaled.push(JournalEntryRef {
                     doc: doc.as_str(),
                     id: meta.id,
@@ -853,9 +862,11 @@ impl Inner {
                 });
             }
             if next_doc_id != state.next_doc_id {
-                sled_batch.insert(keys::ID_COUNTER, seal(&IdCounter { next_doc_id })?);
+                writes.push((keys::ID_COUNTER.to_vec(), seal(&IdCounter { next_doc_id })?));
             }
-            self.db.apply_batch(sled_batch).map_err(backend)?;
+            for (key, value) in writes {
+                self.db.insert(key, value).map_err(backend)?;
+            }
             state.next_doc_id = next_doc_id;
             // Under the lock, so the journal holds the entries in the order sled got them. Once
             // this `write` returned the batch survives a killed process: no sled flush needed.
@@ -1049,6 +1060,18 @@ fn check_format(db: &sled::Db) -> Result<u64, StoreError> {
     let counter: IdCounter = record::open(&counter)
         .map_err(|e| StoreError::Corrupt(format!("document id counter: {e}")))?;
     Ok(counter.next_doc_id)
+}
+
+/// The largest id a readable document metadata record holds (0 when there is none).
+fn max_doc_id(db: &sled::Db) -> Result<u64, StoreError> {
+    let mut max = 0;
+    for item in db.scan_prefix([keys::DOC_TAG]) {
+        let (_, value) = item.map_err(backend)?;
+        if let Ok(meta) = record::open::<DocMeta>(&value) {
+            max = max.max(meta.id);
+        }
+    }
+    Ok(max)
 }
 
 fn next_id(id: u64) -> Result<u64, StoreError> {

@@ -322,14 +322,31 @@ fn concurrent_appends_and_compactions_lose_nothing() {
     }
     let updates = source.updates.clone();
     let done = Arc::new(AtomicBool::new(false));
+    // Compactions finished so far: every 50 updates the writer waits for one more, so the two
+    // threads interleave however fast appends are.
+    let finished = Arc::new(std::sync::atomic::AtomicU32::new(0));
 
     let writer = {
         let store = Arc::clone(&store);
         let done = Arc::clone(&done);
+        let finished = Arc::clone(&finished);
         std::thread::spawn(move || {
             let mut i = 0;
             let mut size = 1;
+            let mut next_wait = 50;
             while i < updates.len() {
+                if i >= next_wait {
+                    next_wait += 50;
+                    let seen = finished.load(Ordering::SeqCst);
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                    while finished.load(Ordering::SeqCst) == seen {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "no compaction finished in 30 s"
+                        );
+                        std::thread::yield_now();
+                    }
+                }
                 let end = (i + size).min(updates.len());
                 let mut batch = updates_of("shared", &updates[i..end]);
                 batch.extend(updates_of("bystander", &updates[i..i + 1]));
@@ -343,6 +360,7 @@ fn concurrent_appends_and_compactions_lose_nothing() {
     let compactor = {
         let store = Arc::clone(&store);
         let done = Arc::clone(&done);
+        let finished = Arc::clone(&finished);
         std::thread::spawn(move || {
             let doc = name("shared");
             let mut compactions = 0;
@@ -359,6 +377,7 @@ fn concurrent_appends_and_compactions_lose_nothing() {
                     .compact(&doc, &snapshot_of(&rebuilt), loaded.last_seq)
                     .unwrap();
                 compactions += 1;
+                finished.fetch_add(1, Ordering::SeqCst);
             }
             (compactions, overlapping)
         })
