@@ -51,7 +51,9 @@ impl Default for SledOptions {
 /// one is dropped. Its own methods (`load`, `append`, ...) block the calling thread on disk
 /// I/O, for tools, tests and synchronous callers; its [`Store`] implementation runs the same
 /// calls on Tokio's blocking thread pool, so its futures must be polled within a Tokio runtime
-/// and never hold a runtime worker thread while sled reads, writes or flushes.
+/// and never hold a runtime worker thread while sled reads, writes or flushes. The one
+/// exception is an `append` that finds the store's lock free: it waits for no disk (see the
+/// crate's Durability section) and runs on the calling task.
 #[derive(Clone)]
 pub struct SledStore {
     inner: Arc<Inner>,
@@ -229,14 +231,24 @@ impl SledStore {
     }
 }
 
-/// Each call runs on Tokio's blocking thread pool (see [`SledStore`]).
+/// Each call but an uncontended `append` runs on Tokio's blocking thread pool (see
+/// [`SledStore`]).
 impl Store for SledStore {
     fn load<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, StoredDoc> {
         let doc = doc.clone();
         self.blocking(move |inner| inner.load(&doc))
     }
 
+    /// Runs on the calling task when the store's lock is free, since an append waits for no
+    /// disk (sled applies it in memory and the journal `write` goes to the page cache): a trip
+    /// to the blocking pool and back would cost more than the append. When the lock is held
+    /// (a load scanning a log, a compaction applying its batch), it goes to the blocking pool
+    /// like every other call, so no runtime thread waits for another's disk reads.
     fn append(&self, batch: Arc<[StoredUpdate]>) -> StoreFuture<'_, Vec<Appended>> {
+        if let Some(state) = self.inner.try_lock() {
+            let appended = self.inner.append_locked(state, &batch);
+            return Box::pin(std::future::ready(appended));
+        }
         self.blocking(move |inner| inner.append(&batch))
     }
 
@@ -408,6 +420,15 @@ impl Inner {
         Ok(self
             .read_meta(doc)?
             .and_then(|meta| Some(self.snapshots.file(meta.id, meta.snapshot_seq?))))
+    }
+
+    /// The lock if it is free now.
+    fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -801,6 +822,14 @@ impl Inner {
     }
 
     fn append(&self, batch: &[StoredUpdate]) -> Result<Vec<Appended>, StoreError> {
+        self.append_locked(self.lock(), batch)
+    }
+
+    fn append_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        batch: &[StoredUpdate],
+    ) -> Result<Vec<Appended>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -812,7 +841,6 @@ impl Inner {
         let mut written = Vec::with_capacity(grouped.len());
         let mut journaled = Vec::with_capacity(grouped.len());
         {
-            let mut state = self.lock();
             let mut next_doc_id = state.next_doc_id;
             // Written one key at a time, not as a sled batch: sled rolls its write buffer at
             // the start and end of every batch, handing it to its I/O threads (two thread
