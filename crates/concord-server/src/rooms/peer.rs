@@ -3,12 +3,14 @@
 //! [`Outbox`] at its own pace; the reasons a connection ends are named here once, and each edge
 //! says them its own way (a WebSocket close code, the end of a stream).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Poll;
 
 use bytes::Bytes;
 use concord_core::ConnId;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -101,9 +103,7 @@ impl Closer {
 /// The sending side of a connection, held by its room.
 #[derive(Clone)]
 pub(crate) struct Peer {
-    tx: mpsc::Sender<Bytes>,
-    /// Bytes queued in `tx` and not yet taken by the [`Outbox`].
-    queued_bytes: Arc<AtomicUsize>,
+    tx: Sender,
     pub(crate) closer: Closer,
     /// Only awareness frames are queued for it: an SSE stream, which gets document changes
     /// from the change feed (with positions) instead.
@@ -115,24 +115,95 @@ pub(crate) struct Peer {
 
 /// The receiving side of a connection's queue, drained by the edge that writes to it.
 pub(crate) struct Outbox {
-    rx: mpsc::Receiver<Bytes>,
-    queued_bytes: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+}
+
+/// A connection's queue of frames: a deque that allocates nothing until a frame is queued
+/// and gives back what a burst grew it to once drained, so an idle connection's queue costs
+/// about a hundred bytes (a Tokio channel allocates a 32-slot block and cache-padded
+/// halves up front: about 1.8 KiB per connection, the largest part of an idle one).
+struct Queue {
+    state: Mutex<QueueState>,
+    /// The outbox's task, woken when a frame is queued or the last sender goes.
+    waker: AtomicWaker,
+    /// Bytes queued and not yet taken by the [`Outbox`].
+    queued_bytes: AtomicUsize,
+    /// Most frames queued at once.
+    max_frames: usize,
+}
+
+struct QueueState {
+    frames: VecDeque<Bytes>,
+    /// [`Sender`]s alive; at 0 the outbox ends once it has taken the rest.
+    senders: usize,
+}
+
+/// A drained queue keeps at most this much room for frames (a burst may have grown it to
+/// `max_frames`).
+const KEPT_CAPACITY: usize = 8;
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Every change to the state is a single push, pop or count: a panic cannot leave it
+        // half-changed, so a poisoned lock is safe to use.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pop(&self) -> Option<Bytes> {
+        let mut state = self.lock();
+        let frame = state.frames.pop_front()?;
+        if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
+            state.frames.shrink_to(KEPT_CAPACITY);
+        }
+        drop(state);
+        self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        Some(frame)
+    }
+}
+
+/// A counted handle to a [`Queue`]: the outbox learns when the last one is gone.
+struct Sender(Arc<Queue>);
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        self.0.lock().senders += 1;
+        Sender(self.0.clone())
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.0.lock();
+            state.senders -= 1;
+            state.senders == 0
+        };
+        if last {
+            self.0.waker.wake();
+        }
+    }
 }
 
 impl Peer {
     /// A peer whose queue holds at most `frames` frames (the byte bound is the room's, see
     /// `fanout.rs`), and the outbox its edge drains.
     pub(crate) fn new(frames: usize, closer: Closer, awareness_only: bool) -> (Peer, Outbox) {
-        let (tx, rx) = mpsc::channel(frames.max(2));
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                frames: VecDeque::new(),
+                senders: 1,
+            }),
+            waker: AtomicWaker::new(),
+            queued_bytes: AtomicUsize::new(0),
+            max_frames: frames.max(2),
+        });
         let peer = Peer {
-            tx,
-            queued_bytes: queued_bytes.clone(),
+            tx: Sender(queue.clone()),
             closer,
             awareness_only,
             stateless: false,
         };
-        (peer, Outbox { rx, queued_bytes })
+        (peer, Outbox { queue })
     }
 
     /// Queues `frame` unless the queue is full (by frames, or by bytes: `max_bytes` bounds the
@@ -143,39 +214,55 @@ impl Peer {
         if self.queued_bytes() >= max_bytes {
             return false;
         }
+        let queue = &self.tx.0;
         let len = frame.len();
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if self.tx.try_send(frame).is_err() {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            return false;
+        {
+            let mut state = queue.lock();
+            if state.frames.len() >= queue.max_frames {
+                return false;
+            }
+            state.frames.push_back(frame);
+            queue.queued_bytes.fetch_add(len, Ordering::Relaxed);
         }
+        queue.waker.wake();
         true
     }
 
     /// Frames waiting in the queue.
     pub(crate) fn queued_frames(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.0.lock().frames.len()
     }
 
     /// Bytes waiting in the queue.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Relaxed)
+        self.tx.0.queued_bytes.load(Ordering::Relaxed)
     }
 }
 
 impl Outbox {
     /// The next frame; `None` once every [`Peer`] handle is gone and the queue is empty.
     pub(crate) async fn recv(&mut self) -> Option<Bytes> {
-        let frame = self.rx.recv().await?;
-        self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-        Some(frame)
+        std::future::poll_fn(|cx| {
+            if let Some(frame) = self.queue.pop() {
+                return Poll::Ready(Some(frame));
+            }
+            self.queue.waker.register(cx.waker());
+            // Again after registering: a frame queued (or the last sender gone) in between
+            // woke no one.
+            if let Some(frame) = self.queue.pop() {
+                return Poll::Ready(Some(frame));
+            }
+            if self.queue.lock().senders == 0 {
+                return Poll::Ready(self.queue.pop());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The next frame if one is queued already.
     pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
-        let frame = self.rx.try_recv().ok()?;
-        self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-        Some(frame)
+        self.queue.pop()
     }
 }
 
@@ -199,6 +286,45 @@ mod tests {
         assert_eq!(outbox.try_recv().unwrap().len(), 500);
         assert!(outbox.try_recv().is_none());
         assert_eq!(peer.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_ends_when_the_last_peer_handle_goes_and_the_queue_is_drained() {
+        let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
+        let copy = peer.clone();
+        assert!(peer.try_queue(Bytes::from_static(b"a"), 100));
+        drop(peer);
+        assert!(copy.try_queue(Bytes::from_static(b"b"), 100));
+        let waiting = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(frame) = outbox.recv().await {
+                got.push(frame);
+            }
+            got
+        });
+        assert!(copy.try_queue(Bytes::from_static(b"c"), 100));
+        drop(copy);
+        assert_eq!(waiting.await.unwrap(), vec!["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_outbox_is_woken_by_a_frame() {
+        let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
+        let waiting = tokio::spawn(async move { outbox.recv().await });
+        tokio::task::yield_now().await;
+        assert!(peer.try_queue(Bytes::from_static(b"x"), 100));
+        assert_eq!(waiting.await.unwrap().unwrap(), "x");
+        assert_eq!(peer.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_what_a_burst_grew_it_to() {
+        let (peer, mut outbox) = Peer::new(1024, Closer::default(), false);
+        for _ in 0..1000 {
+            assert!(peer.try_queue(Bytes::from_static(b"x"), usize::MAX));
+        }
+        while outbox.try_recv().is_some() {}
+        assert!(outbox.queue.lock().frames.capacity() <= KEPT_CAPACITY);
     }
 
     #[test]

@@ -83,7 +83,8 @@ impl Reader<'_> {
             let outcome =
                 Box::pin(self.ingest.receive(self.room, Source::Conn(conn), inbound)).await;
             for ticket in outcome.saves {
-                if saves.send(ticket).await.is_err() {
+                // Boxed too: only clients that ask for acknowledgements get here.
+                if Box::pin(saves.send(ticket)).await.is_err() {
                     return;
                 }
             }

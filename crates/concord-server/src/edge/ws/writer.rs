@@ -110,7 +110,8 @@ impl Writer<'_> {
                 return;
             }
         }
-        end(&mut sink, closer).await;
+        // Boxed: its timers would otherwise take room in every idle connection's writer.
+        Box::pin(end(&mut sink, closer)).await;
     }
 }
 
