@@ -1,14 +1,17 @@
 //! `compare`: runs the same load scenarios against Concord and the reference Yjs server
-//! (`@y/websocket-server`), alternating between them, and prints a table with ratios.
+//! (`@y/websocket-server`), alternating between them, and prints a table with ratios. Edit
+//! scenarios also run against a second Concord variant, `--in-memory` (no store), which shows
+//! what storing every update costs beside what the server's own path costs.
 //!
 //!   cargo build --release -p concord-server
 //!   npm ci --prefix benches/reference
 //!   cargo run --release -p concord-benches --bin compare
 //!
-//! Each scenario gets a fresh server process (on a free port, Concord storing into a temporary
-//! directory), so memory figures start from the same state. Every run's JSON line goes to
-//! stderr as it finishes; the Markdown table to stdout at the end: each figure is the median
-//! over `--rounds` rounds (default 3), the servers taking turns to go first.
+//! Each run gets a fresh server process (on a free port, Concord storing into a temporary
+//! directory or, as the in-memory variant, nowhere), so memory figures start from the same
+//! state. Every run's JSON line (`{"server", "variant", "round", "report"}`) goes to stderr as it
+//! finishes; the Markdown table to stdout at the end: each figure is the median over `--rounds`
+//! rounds (default 3), the servers taking turns to go first.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -45,20 +48,65 @@ struct Args {
     rounds: usize,
 }
 
-/// The two servers.
+/// The servers: Concord storing in sled (as in production), Concord keeping documents in memory
+/// only (as the reference does), and the reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     Concord,
+    ConcordInMemory,
     Reference,
 }
 
 impl Server {
+    /// Every server, in the table's column order.
+    const ALL: [Server; 3] = [Server::Concord, Server::ConcordInMemory, Server::Reference];
+
+    /// The name in the table and the log.
     fn label(self) -> &'static str {
         match self {
             Server::Concord => "Concord",
+            Server::ConcordInMemory => "Concord in-memory",
             Server::Reference => "reference",
         }
     }
+
+    /// The name in the JSON lines.
+    fn variant(self) -> &'static str {
+        match self {
+            Server::Concord => "concord-sled",
+            Server::ConcordInMemory => "concord-in-memory",
+            Server::Reference => "reference",
+        }
+    }
+
+    /// The position in [`Server::ALL`] (and in [`Outcome::runs`]).
+    fn index(self) -> usize {
+        match self {
+            Server::Concord => 0,
+            Server::ConcordInMemory => 1,
+            Server::Reference => 2,
+        }
+    }
+}
+
+/// The servers a scenario runs against: edit scenarios all three, the idle and late-join ones
+/// (memory per connection, one large document's sync) Concord with sled and the reference.
+fn servers(scenario: &Scenario) -> Vec<Server> {
+    match scenario.mode {
+        Mode::Edit => Server::ALL.to_vec(),
+        Mode::Idle | Mode::LateJoin => vec![Server::Concord, Server::Reference],
+    }
+}
+
+/// The order of the servers in one round: rotated by one each round (and each scenario), so
+/// every server goes first equally often.
+fn round_order(servers: &[Server], index: usize, round: usize) -> Vec<Server> {
+    let mut order = servers.to_vec();
+    if !order.is_empty() {
+        let n = order.len();
+        order.rotate_left((index + round) % n);
+    }
+    order
 }
 
 /// A running server process.
@@ -126,8 +174,19 @@ fn start(server: Server, paths: &Paths) -> anyhow::Result<Running> {
                 .args(["--port", "0", "--no-static", "--data-dir"])
                 .arg(dir.path().join("data"))
                 .args(CONCORD_FLAGS)
+                .env_remove("CONCORD_IN_MEMORY")
                 .env("RUST_LOG", "warn");
             (command, Some(dir))
+        }
+        Server::ConcordInMemory => {
+            let mut command = Command::new(&paths.concord);
+            command
+                .args(["--port", "0", "--no-static", "--in-memory"])
+                .args(CONCORD_FLAGS)
+                // `--in-memory` conflicts with a data directory, even one from the environment.
+                .env_remove("CONCORD_DATA_DIR")
+                .env("RUST_LOG", "warn");
+            (command, None)
         }
         Server::Reference => {
             let mut command = Command::new(&paths.node);
@@ -146,7 +205,7 @@ fn start(server: Server, paths: &Paths) -> anyhow::Result<Running> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("start {}: {command:?}", server.label()))?;
-    // Both print `listening on HOST:PORT` on stdout once they accept connections.
+    // All print `listening on HOST:PORT` on stdout once they accept connections.
     let stdout = child.stdout.take().context("server stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -176,11 +235,11 @@ fn start(server: Server, paths: &Paths) -> anyhow::Result<Running> {
     Ok(running)
 }
 
-/// The scenarios, each a few seconds to twenty.
+/// The scenarios, each a few seconds to fifty.
 fn scenarios() -> Vec<Scenario> {
-    let mut all = Vec::new();
-    // `window`: edits a client may have sent and not yet seen delivered (0: paced by `rate`).
-    let mut edit = |name: &str, docs, clients, edits, rate: f64, window| {
+    // `edits` per client; `window`: edits a client may have sent and not yet seen delivered (0:
+    // paced by `rate`).
+    let edit = |name: &str, docs, clients, edits: usize, rate: f64, window| {
         let mut s = Scenario::new(name, "", Mode::Edit);
         s.docs = docs;
         s.clients = clients;
@@ -188,17 +247,15 @@ fn scenarios() -> Vec<Scenario> {
         s.rate = rate;
         s.source = Source::Trace;
         s.window = window;
-        s.deadline = Duration::from_secs(60);
-        all.push(s);
+        // A paced run lasts edits / rate seconds; 30 s more for connecting and the drain.
+        let paced = if rate > 0.0 {
+            Duration::from_secs_f64(edits as f64 / rate + 30.0)
+        } else {
+            Duration::ZERO
+        };
+        s.deadline = Duration::from_secs(60).max(paced);
+        s
     };
-    // As fast as possible: 256 edits in flight per client are enough to saturate either server
-    // (with 16 the round trip, not the server, sets the pace: `a16`).
-    edit("a-1doc-2c-5k-max", 1, 2, 5000, 0.0, 256);
-    edit("b-1doc-50c-20eps", 1, 50, 200, 20.0, 0);
-    edit("c-100doc-10c-5eps", 100, 10, 50, 5.0, 0);
-    // Saturation: 100 clients editing as fast as their windows allow, 9 receivers per edit.
-    edit("g-10doc-10c-max", 10, 10, 300, 0.0, 16);
-    edit("a16-1doc-2c-5k-w16", 1, 2, 5000, 0.0, 16);
     let idle = |name: &str, docs, connections, hold| {
         let mut s = Scenario::new(name, "", Mode::Idle);
         s.docs = docs;
@@ -208,18 +265,27 @@ fn scenarios() -> Vec<Scenario> {
         s.deadline = Duration::from_secs(90);
         s
     };
-    all.push(idle("d-idle-1k", 100, 1000, 2));
     let mut late = Scenario::new("e-late-join-automerge", "", Mode::LateJoin);
     late.joiners = 10;
     late.deadline = Duration::from_secs(90);
-    all.push(late);
-    all.push(idle("f-idle-10k", 1000, 10_000, 3));
-    // `g` and `a16` last, so a-f keep their order.
-    let g = all.remove(3);
-    let a16 = all.remove(3);
-    all.push(g);
-    all.push(a16);
-    all
+    vec![
+        // As fast as possible: 256 edits in flight per client are enough to saturate either
+        // server (with 16 the round trip, not the server, sets the pace: `a16`).
+        edit("a-1doc-2c-5k-max", 1, 2, 5000, 0.0, 256),
+        // Paced (b, c, h, i): the same offered load for every server; latency and CPU differ.
+        edit("b-1doc-50c-20eps", 1, 50, 200, 20.0, 0),
+        edit("c-100doc-10c-5eps", 100, 10, 50, 5.0, 0),
+        idle("d-idle-1k", 100, 1000, 2),
+        late,
+        idle("f-idle-10k", 1000, 10_000, 3),
+        // Saturation: 100 clients editing as fast as their windows allow, 9 receivers per edit.
+        edit("g-10doc-10c-max", 10, 10, 300, 0.0, 16),
+        edit("a16-1doc-2c-5k-w16", 1, 2, 5000, 0.0, 16),
+        // Paced, few receivers per edit: 10 x 10 x 5/s for 10 s (the `nodes` bench's load) and
+        // 2 clients x 20/s for 50 s (2,000 edits, one receiver each).
+        edit("h-10doc-10c-5eps", 10, 10, 50, 5.0, 0),
+        edit("i-1doc-2c-20eps", 1, 2, 1000, 20.0, 0),
+    ]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -283,16 +349,15 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new()?;
     let load_before = loadavg();
-    let mut results: Vec<(Scenario, Vec<Report>, Vec<Report>)> = Vec::new();
+    let mut results: Vec<Outcome> = Vec::new();
     for (index, scenario) in chosen.iter().enumerate() {
-        let mut runs = (Vec::new(), Vec::new());
+        let mut outcome = Outcome {
+            scenario: scenario.clone(),
+            servers: servers(scenario),
+            runs: Default::default(),
+        };
         for round in 0..args.rounds.max(1) {
-            let order = if (index + round) % 2 == 0 {
-                [Server::Concord, Server::Reference]
-            } else {
-                [Server::Reference, Server::Concord]
-            };
-            for server in order {
+            for server in round_order(&outcome.servers, index, round) {
                 let report = match run_one(&runtime, scenario, server, &paths) {
                     Ok(report) => report,
                     Err(e) => {
@@ -302,15 +367,17 @@ fn main() -> anyhow::Result<()> {
                 };
                 eprintln!(
                     "{}",
-                    serde_json::json!({"server": server.label(), "report": report})
+                    serde_json::json!({
+                        "server": server.label(),
+                        "variant": server.variant(),
+                        "round": round + 1,
+                        "report": report,
+                    })
                 );
-                match server {
-                    Server::Concord => runs.0.push(report),
-                    Server::Reference => runs.1.push(report),
-                }
+                outcome.runs[server.index()].push(report);
             }
         }
-        results.push((scenario.clone(), runs.0, runs.1));
+        results.push(outcome);
     }
     drop(runtime);
     println!(
@@ -322,6 +389,15 @@ fn main() -> anyhow::Result<()> {
     println!();
     print!("{}", table(&results));
     Ok(())
+}
+
+/// One scenario's runs, per server.
+struct Outcome {
+    scenario: Scenario,
+    /// The servers it ran against.
+    servers: Vec<Server>,
+    /// The reports, indexed by [`Server::index`].
+    runs: [Vec<Report>; 3],
 }
 
 fn run_one(
@@ -384,21 +460,39 @@ fn median(reports: &[Report], f: &dyn Fn(&Report) -> Option<f64>) -> Option<f64>
     })
 }
 
-/// The Markdown table: one block of rows per scenario, each figure the median over rounds.
-fn table(results: &[(Scenario, Vec<Report>, Vec<Report>)]) -> String {
+/// Server CPU seconds per 10,000 deliveries of an edit run.
+fn cpu_per_10k_deliveries(report: &Report) -> Option<f64> {
+    match (&report.edit, report.server_cpu_s) {
+        (Some(e), Some(cpu)) if e.delivered > 0 => Some(cpu / e.delivered as f64 * 10_000.0),
+        _ => None,
+    }
+}
+
+/// The Markdown table: one block of rows per scenario, each figure the median over rounds; a
+/// server a scenario did not run against shows `-`.
+fn table(results: &[Outcome]) -> String {
     let mut out = String::new();
-    out.push_str("| scenario | metric | Concord | reference | Concord / reference |\n");
-    out.push_str("|---|---|---:|---:|---:|\n");
-    for (scenario, c, r) in results {
+    out.push_str(
+        "| scenario | metric | Concord | Concord in-memory | reference | Concord / reference \
+         | in-memory / reference |\n",
+    );
+    out.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    for Outcome {
+        scenario,
+        servers,
+        runs,
+    } in results
+    {
         let mut row = |metric: &str, f: &dyn Fn(&Report) -> Option<f64>, decimals: usize| {
-            let cv = median(c, f);
-            let rv = median(r, f);
+            let [cv, mv, rv] = Server::ALL.map(|server| median(&runs[server.index()], f));
             out.push_str(&format!(
-                "| {} | {metric} | {} | {} | {} |\n",
+                "| {} | {metric} | {} | {} | {} | {} | {} |\n",
                 scenario.name,
                 num(cv, decimals),
+                num(mv, decimals),
                 num(rv, decimals),
-                ratio(cv, rv)
+                ratio(cv, rv),
+                ratio(mv, rv)
             ));
         };
         let rss_mb = |r: &Report| r.server_after.map(|m| m.rss_kb as f64 / 1024.0);
@@ -449,6 +543,11 @@ fn table(results: &[(Scenario, Vec<Report>, Vec<Report>)]) -> String {
                         _ => None,
                     },
                     0,
+                );
+                row(
+                    "server CPU s per 10k deliveries",
+                    &cpu_per_10k_deliveries,
+                    3,
                 );
                 row("server RSS after, MiB", &rss_mb, 1);
             }
@@ -513,25 +612,149 @@ fn table(results: &[(Scenario, Vec<Report>, Vec<Report>)]) -> String {
                 row("server RSS after, MiB", &rss_mb, 1);
             }
         }
-        for (label, reports) in [("Concord", c), ("reference", r)] {
+        for &server in servers {
+            let label = server.label();
+            let reports = &runs[server.index()];
             if reports.is_empty() {
                 out.push_str(&format!(
-                    "| {} | NOT RUN on {label} | | | |\n",
+                    "| {} | NOT RUN on {label} | | | | | |\n",
                     scenario.name
                 ));
             }
             for report in reports.iter().filter(|r| !r.ok) {
+                // The reason in the failed server's column.
+                let mut cells = [""; 5];
+                let reason = report
+                    .error
+                    .as_deref()
+                    .unwrap_or("unknown")
+                    .replace('|', "/");
+                cells[server.index()] = &reason;
                 out.push_str(&format!(
-                    "| {} | FAILED on {label} | {} | | |\n",
+                    "| {} | FAILED on {label} | {} |\n",
                     scenario.name,
-                    report
-                        .error
-                        .as_deref()
-                        .unwrap_or("unknown")
-                        .replace('|', "/")
+                    cells.join(" | ")
                 ));
             }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use concord_benches::load::EditReport;
+
+    use super::*;
+
+    fn report(scenario: &Scenario, cpu: f64, delivered: u64) -> Report {
+        Report {
+            scenario: scenario.clone(),
+            ok: true,
+            error: None,
+            elapsed_s: 1.0,
+            closed_by_server: 0,
+            close_reason: None,
+            protocol_errors: 0,
+            server_before: None,
+            server_after: None,
+            server_cpu_s: Some(cpu),
+            client_cpu_s: None,
+            edit: Some(EditReport {
+                delivered,
+                ..EditReport::default()
+            }),
+            idle: None,
+            late_join: None,
+        }
+    }
+
+    fn find(scenario: &str) -> Scenario {
+        scenarios()
+            .into_iter()
+            .find(|s| s.name == scenario)
+            .expect("scenario")
+    }
+
+    #[test]
+    fn every_server_goes_first_in_turn() {
+        let all = Server::ALL;
+        let firsts: Vec<Server> = (0..3).map(|round| round_order(&all, 0, round)[0]).collect();
+        assert_eq!(firsts, all.to_vec());
+        let two = [Server::Concord, Server::Reference];
+        assert_eq!(
+            round_order(&two, 1, 0),
+            vec![Server::Reference, Server::Concord]
+        );
+        for round in 0..5 {
+            let mut order = round_order(&all, 2, round);
+            order.sort_by_key(|s| s.index());
+            assert_eq!(order, all.to_vec(), "each server once per round");
+        }
+    }
+
+    #[test]
+    fn the_new_paced_scenarios() {
+        let h = find("h-10doc-10c-5eps");
+        assert_eq!(
+            (h.docs, h.clients, h.edits, h.rate, h.window),
+            (10, 10, 50, 5.0, 0)
+        );
+        let i = find("i-1doc-2c-20eps");
+        assert_eq!(
+            (i.docs, i.clients, i.edits, i.rate, i.window),
+            (1, 2, 1000, 20.0, 0)
+        );
+        // 50 s of edits: the deadline leaves room for them.
+        assert!(i.deadline >= Duration::from_secs(80));
+        assert_eq!(servers(&i), Server::ALL.to_vec());
+        assert_eq!(
+            servers(&find("f-idle-10k")),
+            vec![Server::Concord, Server::Reference]
+        );
+        let names: Vec<String> = scenarios().into_iter().map(|s| s.name).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "names are unique: {names:?}");
+    }
+
+    #[test]
+    fn the_table_has_cpu_per_10k_deliveries_and_both_ratios() {
+        let b = find("b-1doc-50c-20eps");
+        let d = find("d-idle-1k");
+        let results = [
+            Outcome {
+                scenario: b.clone(),
+                servers: servers(&b),
+                runs: [
+                    vec![report(&b, 6.0, 490_000)],
+                    vec![report(&b, 3.0, 490_000)],
+                    vec![report(&b, 4.9, 490_000)],
+                ],
+            },
+            Outcome {
+                scenario: d.clone(),
+                servers: servers(&d),
+                runs: Default::default(),
+            },
+        ];
+        let table = table(&results);
+        assert!(table.starts_with(
+            "| scenario | metric | Concord | Concord in-memory | reference | Concord / reference \
+             | in-memory / reference |\n"
+        ));
+        assert!(
+            table.contains(
+                "| b-1doc-50c-20eps | server CPU s per 10k deliveries | 0.122 | 0.061 | 0.100 \
+                 | 1.22x | 0.61x |\n"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("| d-idle-1k | NOT RUN on Concord | | | | | |\n"));
+        assert!(!table.contains("NOT RUN on Concord in-memory"), "{table}");
+        for line in table.lines() {
+            assert_eq!(line.matches('|').count(), 8, "{line}");
+        }
+    }
 }
