@@ -235,6 +235,9 @@ struct MemoryDoc {
     snapshot_seq: Seq,
     /// Log entries after the snapshot: (seq, updates).
     log: Vec<(Seq, Vec<Vec<u8>>)>,
+    /// Updates and bytes in `log`, kept as it changes: an append must not cost a walk of it.
+    tail_updates: u64,
+    tail_bytes: u64,
     next_seq: Seq,
 }
 
@@ -305,13 +308,14 @@ impl MemoryStore {
             stored.next_seq = stored.next_seq.max(1);
             let seq = stored.next_seq;
             stored.next_seq += 1;
+            stored.tail_updates += updates.len() as u64;
+            stored.tail_bytes += updates.iter().map(|u| u.len() as u64).sum::<u64>();
             stored.log.push((seq, updates));
-            let tail = stored.log.iter().flat_map(|(_, u)| u);
             written.push(Appended {
                 doc: name.clone(),
                 seq,
-                tail_updates: tail.clone().count() as u64,
-                tail_bytes: tail.map(|u| u.len() as u64).sum(),
+                tail_updates: stored.tail_updates,
+                tail_bytes: stored.tail_bytes,
             });
         }
         Ok(written)
@@ -324,6 +328,9 @@ impl MemoryStore {
         stored.snapshot = Some(snapshot.to_vec());
         stored.snapshot_seq = stored.snapshot_seq.max(upto);
         stored.log.retain(|(seq, _)| *seq > stored.snapshot_seq);
+        let tail = stored.log.iter().flat_map(|(_, u)| u);
+        stored.tail_updates = tail.clone().count() as u64;
+        stored.tail_bytes = tail.map(|u| u.len() as u64).sum();
         stored.next_seq = stored.next_seq.max(upto + 1);
         Ok(())
     }

@@ -51,8 +51,8 @@ pub struct Config {
     /// they do not survive a restart. Used by [`crate::run`]; embedders pass a store to
     /// [`crate::Concord::new`] instead.
     pub data_dir: Option<PathBuf>,
-    /// How often sled fsyncs in the background: the window a power loss may lose. A killed
-    /// process loses nothing that was acknowledged.
+    /// How often the sled store fsyncs its journal (and sled flushes) in the background: the
+    /// window a power loss may lose. A killed process loses nothing that was acknowledged.
     pub fsync_interval: Duration,
     /// A document whose log holds this many updates after its snapshot is compacted.
     pub compact_after_updates: u64,

@@ -262,8 +262,8 @@ struct ServeArgs {
     /// Serve no static files, not even the web demo.
     #[arg(long, env = "CONCORD_NO_STATIC", conflicts_with = "static_dir")]
     no_static: bool,
-    /// How often the store fsyncs in the background: what a power loss may lose. A killed
-    /// process loses nothing acknowledged.
+    /// How often the store fsyncs its journal in the background: what a power loss may lose.
+    /// A killed process loses nothing acknowledged.
     #[arg(long, env = "CONCORD_FSYNC_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     fsync_interval: Duration,
     /// Compact a document once its log holds this many updates after its snapshot.

@@ -226,3 +226,39 @@ fn a_damaged_journal_frame_is_not_replayed_and_the_store_opens() {
     let recovered = open(image.path());
     assert_eq!(updates(&recovered, "doc"), vec![vec![1; 40]]);
 }
+
+#[test]
+fn a_large_journal_is_checkpointed_into_sled_while_the_store_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open_with(
+        dir.path(),
+        SledOptions {
+            flush_every_ms: Some(10),
+            ..SledOptions::default()
+        },
+    )
+    .unwrap();
+    // Past the 4 MiB at which the store's thread checkpoints.
+    let bytes = vec![7u8; 64 * 1024];
+    for _ in 0..80 {
+        store.append(&[update("doc", &bytes)]).unwrap();
+    }
+    let journal_bytes = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir.join("journal"))
+            .unwrap()
+            .map(|f| f.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while journal_bytes(dir.path()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was not checkpointed within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Its entries are in sled: a copy without any journal holds them all.
+    let image = crash_image(dir.path(), false);
+    drop(store);
+    assert_eq!(updates(&open(image.path()), "doc").len(), 80);
+}

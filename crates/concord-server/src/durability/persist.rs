@@ -1,5 +1,7 @@
 //! The persistence worker: one task that writes document updates to the [`Store`] with group
-//! commit, so a burst of keystrokes from many rooms costs one store call and one flush.
+//! commit, so a burst of keystrokes from many rooms costs one store call (with sled: one
+//! journal `write`, see `concord-sled`'s Durability section). An update alone is written at
+//! once: the worker never waits for company.
 //!
 //! Queue policy: the queue is bounded ([`crate::Config::persist_queue`]); producers `await` a
 //! free slot, which pauses reading from the connection that produced the update. Updates are

@@ -90,8 +90,11 @@ impl Closer {
         self.token.cancelled().await;
     }
 
+    /// Whether it was asked to close. A lock-free read (the reason is set before the token is
+    /// cancelled; a token's own check takes its lock): the fan-out asks it of every peer for
+    /// every frame.
     pub(crate) fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
+        self.reason.get().is_some()
     }
 
     /// Why it was closed, when the client is to be told.

@@ -218,10 +218,12 @@ impl Session<'_> {
         E: Into<axum::Error>,
     {
         let (closer, counters) = (self.closer, &self.state.counters);
+        // Made once, not per frame: each new one registers a waiter under the token's lock.
+        let mut closed = std::pin::pin!(closer.closed());
         loop {
             let message = tokio::select! {
                 biased;
-                _ = closer.closed() => return,
+                _ = &mut closed => return,
                 Some((key, conn)) = self.watches.next(), if !self.watches.is_empty() => {
                     self.closed(key, conn);
                     continue;

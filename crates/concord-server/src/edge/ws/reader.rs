@@ -39,10 +39,12 @@ impl Reader<'_> {
     {
         let name = self.room.name();
         let (conn, closer, counters) = (self.conn, self.closer, self.counters);
+        // Made once, not per frame: each new one registers a waiter under the token's lock.
+        let mut closed = std::pin::pin!(closer.closed());
         loop {
             let message = tokio::select! {
                 biased;
-                _ = closer.closed() => return,
+                _ = &mut closed => return,
                 message = stream.next() => message,
             };
             self.last_seen.touch();

@@ -61,11 +61,14 @@ impl Writer<'_> {
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sent_since_tick = false;
+        // Made once, not per frame: each new one registers a waiter under the token's lock.
+        let mut closed = std::pin::pin!(closer.closed());
+        let mut shutdown = std::pin::pin!(self.shutdown.cancelled());
         loop {
             let first = tokio::select! {
                 biased;
-                _ = closer.closed() => break,
-                _ = self.shutdown.cancelled() => {
+                _ = &mut closed => break,
+                _ = &mut shutdown => {
                     closer.close(CloseReason::ShuttingDown);
                     break;
                 }
@@ -82,7 +85,8 @@ impl Writer<'_> {
                         closer.close_silently();
                         break;
                     }
-                    if !send_all(&mut sink, vec![WsMessage::Ping(Bytes::new())], closer).await {
+                    let ping = vec![WsMessage::Ping(Bytes::new())];
+                    if !send_all(&mut sink, ping, closer, &mut closed).await {
                         return;
                     }
                     if sent_since_tick {
@@ -106,7 +110,7 @@ impl Writer<'_> {
                 Counters::add(&self.counters.bytes_out, frame.len() as u64);
             }
             let messages = batch.into_iter().map(WsMessage::Binary).collect();
-            if !send_all(&mut sink, messages, closer).await {
+            if !send_all(&mut sink, messages, closer, &mut closed).await {
                 return;
             }
         }
@@ -153,9 +157,16 @@ where
 }
 
 /// Sends `messages` with one flush at the end, unless the connection is asked to close
-/// meanwhile. Returns false when the connection is finished (the peer is gone, or closing was
-/// requested mid-send: a socket whose send blocks cannot take a close frame either).
-pub(crate) async fn send_all<S>(sink: &mut S, messages: Vec<WsMessage>, closer: &Closer) -> bool
+/// meanwhile (`closed`, the writer's own wait for `closer`, never polled again once it
+/// completed: then this returns false). Returns false when the connection is finished (the
+/// peer is gone, or closing was requested mid-send: a socket whose send blocks cannot take a
+/// close frame either).
+async fn send_all<S>(
+    sink: &mut S,
+    messages: Vec<WsMessage>,
+    closer: &Closer,
+    closed: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> bool
 where
     S: Sink<WsMessage> + Unpin,
 {
@@ -173,7 +184,7 @@ where
             }
             true
         }
-        _ = closer.closed() => false,
+        _ = closed => false,
     }
 }
 
