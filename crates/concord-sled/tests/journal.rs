@@ -49,6 +49,16 @@ fn copy_dir(from: &Path, to: &Path, journal: bool) {
     }
 }
 
+/// The one journal file a crash image of a store holds.
+fn only_journal_file(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one journal file: {files:?}");
+    files.remove(0)
+}
+
 fn journal_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("journal"))
         .map(|files| files.count())
@@ -183,12 +193,7 @@ fn a_torn_journal_frame_keeps_the_frames_before_it() {
     let image = crash_image(dir.path(), true);
     drop(store);
     // What a power loss in the middle of the last write leaves: its frame cut short.
-    let journal = std::fs::read_dir(image.path().join("journal"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let journal = only_journal_file(image.path());
     let len = std::fs::metadata(&journal).unwrap().len();
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -212,12 +217,7 @@ fn a_damaged_journal_frame_is_not_replayed_and_the_store_opens() {
     store.append(&[update("doc", &[2; 40])]).unwrap();
     let image = crash_image(dir.path(), true);
     drop(store);
-    let journal = std::fs::read_dir(image.path().join("journal"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let journal = only_journal_file(image.path());
     let mut bytes = std::fs::read(&journal).unwrap();
     let last = bytes.len() - 5;
     bytes[last] ^= 0xff;
