@@ -382,9 +382,7 @@ impl Inner {
                 // A later document of this name: sled missed the deletion of the one it holds,
                 // which came before it.
                 Some(meta) => {
-                    for key in self.db.range(keys::log_range(meta.id, 0, Seq::MAX)).keys() {
-                        sled_batch.remove(key.map_err(backend)?);
-                    }
+                    self.remove_entries(&mut sled_batch, meta.id, Seq::MAX)?;
                     DocMeta::new(entry.id)
                 }
                 None if entry.id >= state.next_doc_id => DocMeta::new(entry.id),
@@ -395,12 +393,7 @@ impl Inner {
             }
             let updates: Vec<&[u8]> = entry.updates.0.iter().map(Vec::as_slice).collect();
             meta.next_seq = entry.seq.saturating_add(1);
-            meta.tail_entries = meta.tail_entries.saturating_add(1);
-            meta.tail_updates = meta.tail_updates.saturating_add(updates.len() as u64);
-            meta.tail_bytes = meta
-                .tail_bytes
-                .saturating_add(updates.iter().map(|u| u.len() as u64).sum());
-            meta.updated_at_ms = now_ms();
+            meta.count_entry(&updates, now_ms());
             sled_batch.insert(
                 &keys::log(entry.id, entry.seq)[..],
                 seal(&LogEntryRef { updates })?,
@@ -503,10 +496,7 @@ impl Inner {
     /// never be needed by the metadata sled recovers. fsync applies to the file, whichever
     /// descriptor it is called through.
     fn sync_sled(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(backend)?;
-        File::open(&self.sled_file)
-            .and_then(|f| f.sync_all())
-            .map_err(backend)
+        sync_sled(&self.db, &self.sled_file)
     }
 
     /// Logs a corrupt log entry loudly and counts it.
@@ -518,6 +508,19 @@ impl Inner {
             reason = %reason,
             "corrupt log entry skipped: the updates it held are lost from this document"
         );
+    }
+
+    /// Adds the removal of document `id`'s log entries with seq <= `upto` to `batch`.
+    fn remove_entries(
+        &self,
+        batch: &mut sled::Batch,
+        id: u64,
+        upto: Seq,
+    ) -> Result<(), StoreError> {
+        for key in self.db.range(keys::log_range(id, 0, upto)).keys() {
+            batch.remove(key.map_err(backend)?);
+        }
+        Ok(())
     }
 
     /// Counts the log entries of document `id` with seq > `after`.
@@ -628,9 +631,7 @@ impl Inner {
                 };
                 let mut batch = sled::Batch::default();
                 if crash != Some(CompactCrash::KeepCoveredEntries) {
-                    for key in self.db.range(keys::log_range(id, 0, covered)).keys() {
-                        batch.remove(key.map_err(backend)?);
-                    }
+                    self.remove_entries(&mut batch, id, covered)?;
                 }
                 // Recounted from the entries that remain rather than adjusted: exact even if
                 // an earlier compaction stopped half-way, and the remaining tail is the short
@@ -769,11 +770,16 @@ fn checkpoint(db: &sled::Db, sled_file: &Path, journal: &Journal) -> Result<(), 
     let Some(old) = journal.rotate().map_err(backend)? else {
         return Ok(());
     };
+    sync_sled(db, sled_file)?;
+    journal.remove_through(old).map_err(backend)
+}
+
+/// [`Inner::sync_sled`], for the checkpointer, which holds sled but not the store.
+fn sync_sled(db: &sled::Db, sled_file: &Path) -> Result<(), StoreError> {
     db.flush().map_err(backend)?;
     File::open(sled_file)
         .and_then(|f| f.sync_all())
-        .map_err(backend)?;
-    journal.remove_through(old).map_err(backend)
+        .map_err(backend)
 }
 
 impl fmt::Debug for SledStore {
@@ -863,12 +869,7 @@ impl Inner {
                 meta.next_seq = seq.checked_add(1).ok_or_else(|| {
                     StoreError::Corrupt(format!("document {doc:?} ran out of sequence numbers"))
                 })?;
-                // Saturating: the counters come from disk, and no stored value may panic us.
-                let bytes: u64 = updates.iter().map(|u| u.len() as u64).sum();
-                meta.tail_entries = meta.tail_entries.saturating_add(1);
-                meta.tail_updates = meta.tail_updates.saturating_add(updates.len() as u64);
-                meta.tail_bytes = meta.tail_bytes.saturating_add(bytes);
-                meta.updated_at_ms = now;
+                meta.count_entry(&updates, now);
                 written.push(Appended {
                     doc: doc.clone(),
                     seq,
@@ -917,9 +918,7 @@ impl Inner {
                 Ok(None) => return Ok(()),
                 Ok(Some(meta)) => {
                     snapshot = meta.snapshot_seq.map(|seq| (meta.id, seq));
-                    for key in self.db.range(keys::log_range(meta.id, 0, Seq::MAX)).keys() {
-                        batch.remove(key.map_err(backend)?);
-                    }
+                    self.remove_entries(&mut batch, meta.id, Seq::MAX)?;
                 }
                 // Deleting is how an operator gets rid of a damaged document, so it must work
                 // without the id; the document's other keys are orphaned (ids are never
@@ -1006,6 +1005,16 @@ impl Inner {
 }
 
 impl DocMeta {
+    /// Counts a new log entry holding `updates`, written at `now`, into the tail statistics.
+    /// Saturating: the counters come from disk, and no stored value may panic us.
+    fn count_entry(&mut self, updates: &[&[u8]], now: u64) {
+        let bytes: u64 = updates.iter().map(|u| u.len() as u64).sum();
+        self.tail_entries = self.tail_entries.saturating_add(1);
+        self.tail_updates = self.tail_updates.saturating_add(updates.len() as u64);
+        self.tail_bytes = self.tail_bytes.saturating_add(bytes);
+        self.updated_at_ms = now;
+    }
+
     /// Metadata of a document that has nothing stored yet. Seqs start at 1, as the trait says.
     fn new(id: u64) -> Self {
         DocMeta {
