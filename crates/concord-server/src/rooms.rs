@@ -14,6 +14,6 @@ mod registry;
 mod room;
 
 pub(crate) use fanout::{QueueLimits, Recipients};
-pub(crate) use peer::{CloseReason, Closer, Outbox, Peer, next_conn_id};
+pub(crate) use peer::{CloseReason, Closer, Outbox, Peer, Wire, WriteNow, next_conn_id};
 pub(crate) use registry::{OpenError, RoomGuard, Rooms, RoomsConfig};
 pub(crate) use room::{LiveRoom, Membership, Origin};

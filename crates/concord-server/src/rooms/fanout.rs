@@ -13,7 +13,7 @@ use bytes::Bytes;
 use concord_core::{ConnId, Effects, Room, is_awareness_frame};
 
 use crate::ops::stats::Counters;
-use crate::rooms::peer::{CloseReason, Peer};
+use crate::rooms::peer::{CloseReason, Peer, Queueing, Turn};
 
 /// Frames queued for a peer past which it is sent no more awareness: a healthy connection's
 /// queue is nearly empty, and each frame waiting delays the document updates behind it.
@@ -54,6 +54,9 @@ pub(crate) struct Peers<'a> {
     pub(crate) room: &'a mut Room,
     pub(crate) peers: &'a mut HashMap<ConnId, Peer>,
     pub(crate) limits: &'a QueueLimits,
+    /// Writing turns taken while queueing: their frames are written to the sockets once the
+    /// room's lock is released.
+    pub(crate) turns: &'a mut Vec<Turn>,
 }
 
 impl Peers<'_> {
@@ -138,8 +141,13 @@ impl Peers<'_> {
             Counters::bump(&self.limits.counters.awareness_skipped);
             return;
         }
-        if peer.try_queue(frame.clone(), self.limits.max_bytes) {
-            return;
+        match peer.queue(frame.clone(), self.limits.max_bytes) {
+            Queueing::Queued => return,
+            Queueing::Turn(turn) => {
+                self.turns.push(turn);
+                return;
+            }
+            Queueing::Full => {}
         }
         if let Some(peer) = self.peers.remove(&id) {
             if !peer.closer.is_closed() {

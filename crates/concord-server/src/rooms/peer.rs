@@ -2,9 +2,16 @@
 //! Every edge (a WebSocket, an SSE stream) makes one [`Peer`] per connection and drains the
 //! [`Outbox`] at its own pace; the reasons a connection ends are named here once, and each edge
 //! says them its own way (a WebSocket close code, the end of a stream).
+//!
+//! The writing turn: frames are taken from a queue only by whoever holds it, so they reach the
+//! socket in queue order. An edge that installs a [`Wire`] (the y-websocket writer) takes the
+//! turn to write a batch ([`Outbox::claim`]); a queuer that finds the turn free takes it and
+//! writes the queue to the socket itself ([`Turn::write`]), never waiting: at a paced load
+//! most frames go out that way, with no task woken for them. What the socket cannot take at
+//! once is left to the edge's task, which waits for the socket.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Poll;
 
@@ -121,6 +128,29 @@ pub(crate) struct Outbox {
     queue: Arc<Queue>,
 }
 
+/// A connection's socket as whoever queues a frame may write to it: without waiting, and only
+/// while no one else writes (the queue hands out that turn). An edge that installs one
+/// ([`Outbox::install`]) spares most frames a wake-up of its task: the fan-out writes them
+/// itself, as a single-threaded server would, and the edge's task only takes over what the
+/// socket could not take at once.
+pub(crate) trait Wire: Send + Sync {
+    /// Writes the frames `next` hands out, without waiting, and flushes them. Stops at the first
+    /// frame the socket cannot take (that frame is not taken from `next`).
+    fn write_now(&self, next: &mut dyn FnMut() -> Option<Bytes>) -> WriteNow;
+}
+
+/// How a [`Wire::write_now`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteNow {
+    /// Every frame went out and was flushed.
+    Done,
+    /// The socket would block: what is left (frames queued, or written but not flushed) is
+    /// for the edge's task, which waits for the socket.
+    Blocked,
+    /// The socket failed: the connection is over.
+    Failed,
+}
+
 /// A connection's queue of frames: a deque that allocates nothing until a frame is queued
 /// and gives back what a burst grew it to once drained, so an idle connection's queue costs
 /// about a hundred bytes (a Tokio channel allocates a 32-slot block and cache-padded
@@ -133,13 +163,29 @@ struct Queue {
     queued_bytes: AtomicUsize,
     /// Most frames queued at once.
     max_frames: usize,
+    /// The socket, when queuers may write to it themselves.
+    wire: OnceLock<Arc<dyn Wire>>,
+    /// Frames went out through the wire since the outbox last asked.
+    wrote: AtomicBool,
+    /// The connection's, closed silently when a write through the wire fails.
+    closer: Closer,
 }
 
 struct QueueState {
     frames: VecDeque<Bytes>,
     /// [`Sender`]s alive; at 0 the outbox ends once it has taken the rest.
     senders: usize,
+    /// Someone has the writing turn: the outbox's task or a queuer writing through the wire.
+    /// Frames are taken from the queue only with the turn, so they go out in queue order.
+    writing: bool,
+    /// A write through the wire blocked: the outbox's task is to flush the socket even if
+    /// no frame is queued.
+    unflushed: bool,
 }
+
+/// Most rounds a queuer writes through the wire before it leaves what others queued
+/// meanwhile to the outbox's task.
+const WIRE_ROUNDS: usize = 4;
 
 /// A drained queue keeps at most this much room for frames (a burst may have grown it to
 /// `max_frames`).
@@ -162,6 +208,69 @@ impl Queue {
         self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
         Some(frame)
     }
+
+    /// Writes the queue through its wire with the writing turn already taken, then gives the
+    /// turn back; whatever is left is the outbox's task's, which is woken for it.
+    fn write_through(&self) {
+        if let Some(wire) = self.wire.get() {
+            for _ in 0..WIRE_ROUNDS {
+                let result = wire.write_now(&mut || self.pop());
+                let mut state = self.lock();
+                match result {
+                    // Frames queued meanwhile found the turn taken and were left to this.
+                    WriteNow::Done if !state.frames.is_empty() => continue,
+                    WriteNow::Done => {
+                        state.writing = false;
+                        drop(state);
+                        self.wrote.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    WriteNow::Blocked => state.unflushed = true,
+                    WriteNow::Failed => {
+                        drop(state);
+                        self.closer.close_silently();
+                    }
+                }
+                break;
+            }
+        }
+        self.lock().writing = false;
+        self.waker.wake();
+    }
+}
+
+/// A connection's writing turn, taken by [`Peer::queue`]: the frames it queued are written
+/// to the socket through [`Turn::write`], by the caller, once it holds no lock (a room's fan-out
+/// queues under the room's lock and writes after releasing it). Dropped unwritten, it gives the
+/// turn to the edge's task.
+pub(crate) struct Turn(Option<Arc<Queue>>);
+
+impl Turn {
+    /// Writes what is queued to the socket, without waiting for it.
+    pub(crate) fn write(mut self) {
+        if let Some(queue) = self.0.take() {
+            queue.write_through();
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.take() {
+            queue.lock().writing = false;
+            queue.waker.wake();
+        }
+    }
+}
+
+/// What [`Peer::queue`] did with a frame.
+pub(crate) enum Queueing {
+    /// It did not fit: the caller closes the connection, never skips the frame.
+    Full,
+    /// Queued; the edge's task, or whoever is writing to the socket, sends it.
+    Queued,
+    /// Queued, and the connection's writing turn taken: write it through this.
+    Turn(Turn),
 }
 
 /// A counted handle to a [`Queue`]: the outbox learns when the last one is gone.
@@ -195,10 +304,15 @@ impl Peer {
             state: Mutex::new(QueueState {
                 frames: VecDeque::new(),
                 senders: 1,
+                writing: false,
+                unflushed: false,
             }),
             waker: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
             max_frames: frames.max(2),
+            wire: OnceLock::new(),
+            wrote: AtomicBool::new(false),
+            closer: closer.clone(),
         });
         let peer = Peer {
             tx: Sender(queue.clone()),
@@ -212,23 +326,45 @@ impl Peer {
     /// Queues `frame` unless the queue is full (by frames, or by bytes: `max_bytes` bounds the
     /// backlog already queued, so one frame larger than it still goes out behind a small one).
     /// Returns false when it did not fit; the caller then closes the connection, never skips
-    /// the frame.
+    /// the frame. With a [`Wire`] installed, the frame may be written to the socket here.
     pub(crate) fn try_queue(&self, frame: Bytes, max_bytes: usize) -> bool {
+        match self.queue(frame, max_bytes) {
+            Queueing::Full => false,
+            Queueing::Queued => true,
+            Queueing::Turn(turn) => {
+                turn.write();
+                true
+            }
+        }
+    }
+
+    /// [`Peer::try_queue`] that leaves the writing to the caller: with a [`Wire`] installed and
+    /// no one writing to the socket, the connection's writing turn is handed out; else the
+    /// edge's task is woken for the frame (or whoever is writing takes it).
+    pub(crate) fn queue(&self, frame: Bytes, max_bytes: usize) -> Queueing {
         if self.queued_bytes() >= max_bytes {
-            return false;
+            return Queueing::Full;
         }
         let queue = &self.tx.0;
         let len = frame.len();
         {
             let mut state = queue.lock();
             if state.frames.len() >= queue.max_frames {
-                return false;
+                return Queueing::Full;
             }
             state.frames.push_back(frame);
             queue.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            if state.writing {
+                // Whoever writes takes it before giving the turn back.
+                return Queueing::Queued;
+            }
+            if queue.wire.get().is_some() && !state.unflushed && !self.closer.is_closed() {
+                state.writing = true;
+                return Queueing::Turn(Turn(Some(queue.clone())));
+            }
         }
         queue.waker.wake();
-        true
+        Queueing::Queued
     }
 
     /// Frames waiting in the queue.
@@ -264,8 +400,66 @@ impl Outbox {
     }
 
     /// The next frame if one is queued already.
+    #[cfg(test)]
     pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
         self.queue.pop()
+    }
+
+    /// Lets queuers write to `wire` themselves. The edge then takes frames only with
+    /// [`Outbox::claim`] and gives the turn back with [`Outbox::release`], never with
+    /// [`Outbox::recv`].
+    pub(crate) fn install(&mut self, wire: Arc<dyn Wire>) {
+        let _ = self.queue.wire.set(wire);
+    }
+
+    /// Waits for the writing turn with something to write, takes it, and returns up to `max`
+    /// frames (none when only a flush is owed); `None` once every [`Peer`] handle is gone and
+    /// the queue is empty. The caller writes them, then calls [`Outbox::release`].
+    pub(crate) async fn claim(&mut self, max: usize) -> Option<Vec<Bytes>> {
+        std::future::poll_fn(|cx| {
+            if let Some(claimed) = self.try_claim(max) {
+                return Poll::Ready(claimed);
+            }
+            self.queue.waker.register(cx.waker());
+            // Again after registering: a frame queued or a turn given back in between woke
+            // no one.
+            match self.try_claim(max) {
+                Some(claimed) => Poll::Ready(claimed),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn try_claim(&mut self, max: usize) -> Option<Option<Vec<Bytes>>> {
+        let mut state = self.queue.lock();
+        if state.writing {
+            return None;
+        }
+        if state.frames.is_empty() && !state.unflushed {
+            return (state.senders == 0).then_some(None);
+        }
+        state.writing = true;
+        state.unflushed = false;
+        let count = state.frames.len().min(max);
+        let batch: Vec<Bytes> = state.frames.drain(..count).collect();
+        if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
+            state.frames.shrink_to(KEPT_CAPACITY);
+        }
+        drop(state);
+        let bytes = batch.iter().map(Bytes::len).sum();
+        self.queue.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Some(Some(batch))
+    }
+
+    /// Gives back the writing turn taken by [`Outbox::claim`].
+    pub(crate) fn release(&mut self) {
+        self.queue.lock().writing = false;
+    }
+
+    /// Whether frames went out through the [`Wire`] since the last call.
+    pub(crate) fn wrote_through_wire(&mut self) -> bool {
+        self.queue.wrote.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -328,6 +522,119 @@ mod tests {
         }
         while outbox.try_recv().is_some() {}
         assert!(outbox.queue.lock().frames.capacity() <= KEPT_CAPACITY);
+    }
+
+    /// A socket that takes `room` frames, then blocks (or fails).
+    struct TestWire {
+        taken: Mutex<Vec<Bytes>>,
+        room: usize,
+        fail: bool,
+    }
+
+    impl TestWire {
+        fn new(room: usize, fail: bool) -> Arc<TestWire> {
+            Arc::new(TestWire {
+                taken: Mutex::new(Vec::new()),
+                room,
+                fail,
+            })
+        }
+
+        fn taken(&self) -> Vec<Bytes> {
+            self.taken.lock().unwrap().clone()
+        }
+    }
+
+    impl Wire for TestWire {
+        fn write_now(&self, next: &mut dyn FnMut() -> Option<Bytes>) -> WriteNow {
+            if self.fail {
+                return WriteNow::Failed;
+            }
+            let mut taken = self.taken.lock().unwrap();
+            while taken.len() < self.room {
+                match next() {
+                    Some(frame) => taken.push(frame),
+                    None => return WriteNow::Done,
+                }
+            }
+            WriteNow::Blocked
+        }
+    }
+
+    fn frame(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    #[test]
+    fn with_a_wire_a_frame_is_written_by_whoever_queues_it() {
+        let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
+        let wire = TestWire::new(100, false);
+        outbox.install(wire.clone());
+        assert!(peer.try_queue(frame("a"), 100));
+        assert!(peer.try_queue(frame("b"), 100));
+        assert_eq!(wire.taken(), ["a", "b"]);
+        assert_eq!(peer.queued_frames(), 0);
+        assert_eq!(peer.queued_bytes(), 0);
+        assert!(outbox.wrote_through_wire());
+        assert!(!outbox.wrote_through_wire());
+    }
+
+    #[tokio::test]
+    async fn while_the_outbox_writes_queued_frames_wait_for_it_in_order() {
+        let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
+        let wire = TestWire::new(100, false);
+        outbox.install(wire.clone());
+        // Queued before anyone writes: taken through a turn held, not yet written.
+        let Queueing::Turn(turn) = peer.queue(frame("a"), 100) else {
+            panic!("the turn was free");
+        };
+        assert!(matches!(peer.queue(frame("b"), 100), Queueing::Queued));
+        turn.write();
+        assert_eq!(wire.taken(), ["a", "b"]);
+        // A turn dropped unwritten is given to the outbox's task, which then holds it: frames
+        // queued meanwhile are its too.
+        let Queueing::Turn(turn) = peer.queue(frame("c"), 100) else {
+            panic!("the turn was free");
+        };
+        drop(turn);
+        assert_eq!(outbox.claim(64).await.unwrap(), ["c"]);
+        assert!(peer.try_queue(frame("d"), 100));
+        assert!(peer.try_queue(frame("e"), 100));
+        assert_eq!(wire.taken(), ["a", "b"], "the outbox writes");
+        outbox.release();
+        assert_eq!(outbox.claim(64).await.unwrap(), ["d", "e"]);
+        outbox.release();
+        assert!(peer.try_queue(frame("f"), 100));
+        assert_eq!(wire.taken(), ["a", "b", "f"]);
+    }
+
+    #[tokio::test]
+    async fn a_blocked_wire_leaves_the_rest_and_a_flush_to_the_outbox() {
+        let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
+        let wire = TestWire::new(1, false);
+        outbox.install(wire.clone());
+        assert!(peer.try_queue(frame("a"), 100));
+        assert_eq!(wire.taken(), ["a"]);
+        // Blocked after "a" with nothing queued: the outbox owes the socket a flush.
+        assert_eq!(outbox.claim(64).await.unwrap(), Vec::<Bytes>::new());
+        outbox.release();
+        assert!(peer.try_queue(frame("b"), 100));
+        assert!(peer.try_queue(frame("c"), 100));
+        assert_eq!(wire.taken(), ["a"]);
+        assert_eq!(outbox.claim(64).await.unwrap(), ["b", "c"]);
+        outbox.release();
+    }
+
+    #[test]
+    fn a_failed_wire_closes_the_connection_silently() {
+        let closer = Closer::default();
+        let (peer, mut outbox) = Peer::new(8, closer.clone(), false);
+        outbox.install(TestWire::new(100, true));
+        assert!(peer.try_queue(frame("a"), 100));
+        assert!(closer.is_closed());
+        assert_eq!(closer.reason(), None);
+        // Closed: frames now wait for the outbox's task, which ends the connection.
+        assert!(matches!(peer.queue(frame("b"), 100), Queueing::Queued));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! go to, and its link to other processes ([`crate::replication`]).
 //!
 //! Locking: the room's `std::sync::Mutex` is held while yrs applies a message and its frames
-//! are queued, never across an `.await`. Rooms never wait for one another.
+//! are queued, never across an `.await`. The frames are written to the sockets that can take
+//! them at once after the lock is released ([`Locked`]). Rooms never wait for one another.
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use concord_core::{
 use crate::durability::LiveDocument;
 use crate::replication::{MaybeReplication, Published, RemoteInput};
 use crate::rooms::fanout::{Peers, QueueLimits};
-use crate::rooms::peer::{CloseReason, Peer};
+use crate::rooms::peer::{CloseReason, Peer, Turn};
 
 /// The connection id a message that comes from no connection acts as (an HTTP request,
 /// another process). Never given to a real connection, so the frames meant for "the sender"
@@ -60,12 +62,45 @@ struct RoomState {
     peers: HashMap<ConnId, Peer>,
 }
 
-impl RoomState {
+/// A room's state, locked. The writing turns its fan-out took are written through when it is
+/// dropped, after the lock is released: socket writes never hold up the room.
+struct Locked<'a> {
+    /// `None` only while it is dropped.
+    state: Option<MutexGuard<'a, RoomState>>,
+    turns: Vec<Turn>,
+}
+
+impl Locked<'_> {
     fn peers<'a>(&'a mut self, limits: &'a QueueLimits) -> Peers<'a> {
+        let state = &mut **self.state.as_mut().expect("held until dropped");
         Peers {
-            room: &mut self.room,
-            peers: &mut self.peers,
+            room: &mut state.room,
+            peers: &mut state.peers,
             limits,
+            turns: &mut self.turns,
+        }
+    }
+}
+
+impl Deref for Locked<'_> {
+    type Target = RoomState;
+
+    fn deref(&self) -> &RoomState {
+        self.state.as_ref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut RoomState {
+        self.state.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        drop(self.state.take());
+        for turn in self.turns.drain(..) {
+            turn.write();
         }
     }
 }
@@ -89,11 +124,14 @@ impl LiveRoom {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, RoomState> {
+    fn lock(&self) -> Locked<'_> {
         // A panic inside yrs is caught by the engine (which marks the room poisoned), so a
         // poisoned mutex can only come from a bug in the fan-out code; the state it guards is
         // then still structurally valid, and the room is discarded through `is_poisoned`.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        Locked {
+            state: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())),
+            turns: Vec::new(),
+        }
     }
 
     pub(crate) fn name(&self) -> &DocName {

@@ -45,6 +45,19 @@ impl SocketFrames {
 }
 
 impl Frames for SocketFrames {
+    async fn next_batch(&mut self, max: usize) -> Option<Vec<Bytes>> {
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            match self.try_next() {
+                Some(frame) => batch.push(frame),
+                None => break,
+            }
+        }
+        Some(batch)
+    }
+}
+
+impl SocketFrames {
     async fn next(&mut self) -> Option<Bytes> {
         loop {
             tokio::select! {

@@ -2,8 +2,16 @@
 //! flush per batch), keeps the connection alive, and ends it with the close frame its
 //! [`CloseReason`](crate::rooms::CloseReason) calls for. Generic over the socket's sink, so it
 //! is tested without sockets.
+//!
+//! A y-websocket connection's sink is shared ([`SharedSink`]) with whoever queues a frame
+//! while the writer is idle: the room's fan-out writes it to the socket itself, without
+//! waiting, as a single-threaded server would, which spares the connection's task a wake-up per
+//! frame (see `rooms/peer.rs`). The writer takes over what the socket could not take at once.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage};
@@ -14,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::edge::ws::close::close_frame;
 use crate::ops::stats::Counters;
-use crate::rooms::{CloseReason, Closer, Outbox};
+use crate::rooms::{CloseReason, Closer, Outbox, Wire, WriteNow};
 
 /// An awareness message with no entries: `[messageAwareness, length 1, count 0]`. Clients apply
 /// it as a no-op, but it counts as a received message for their 30 s reconnect timer.
@@ -33,7 +41,7 @@ pub(crate) struct Writer<'a> {
     pub(crate) shutdown: &'a CancellationToken,
     pub(crate) closer: &'a Closer,
     pub(crate) last_seen: &'a LastSeen,
-    pub(crate) counters: &'a Counters,
+    pub(crate) counters: &'a Arc<Counters>,
 }
 
 impl Writer<'_> {
@@ -43,11 +51,17 @@ impl Writer<'_> {
     /// Keepalive: a ping every `keepalive`; a peer silent for three intervals is dropped; a
     /// connection sent nothing during an interval also gets [`EMPTY_AWARENESS`], so an idle
     /// y-websocket client (which reconnects after 30 s without a message) stays connected.
-    pub(crate) async fn run<S>(&self, sink: S, outbox: Outbox)
+    pub(crate) async fn run<S>(&self, sink: S, mut outbox: Outbox)
     where
-        S: Sink<WsMessage> + Unpin,
+        S: Sink<WsMessage> + Unpin + Send + 'static,
     {
-        self.drain(sink, outbox, EMPTY_AWARENESS).await;
+        // The fan-out writes to the socket itself while this task is not writing.
+        let wire = Arc::new(SharedSink {
+            sink: Mutex::new(sink),
+            counters: self.counters.clone(),
+        });
+        outbox.install(wire.clone());
+        self.drain(SharedRef(wire), outbox, EMPTY_AWARENESS).await;
     }
 
     /// [`Writer::run`] over any source of frames, with `idle` as the message sent in an
@@ -65,17 +79,19 @@ impl Writer<'_> {
         let mut closed = std::pin::pin!(closer.closed());
         let mut shutdown = std::pin::pin!(self.shutdown.cancelled());
         loop {
-            let first = tokio::select! {
+            // This frame and whatever else is queued already go out in one write: a busy
+            // room's fan-out costs a syscall per batch, not per frame.
+            let (batch, claimed) = tokio::select! {
                 biased;
                 _ = &mut closed => break,
                 _ = &mut shutdown => {
                     closer.close(CloseReason::ShuttingDown);
                     break;
                 }
-                frame = frames.next() => match frame {
-                    Some(frame) => {
+                batch = frames.next_batch(WRITE_BATCH) => match batch {
+                    Some(batch) => {
                         sent_since_tick = true;
-                        frame
+                        (batch, true)
                     }
                     None => break,
                 },
@@ -89,22 +105,12 @@ impl Writer<'_> {
                     if !send_all(&mut sink, ping, closer, &mut closed).await {
                         return;
                     }
-                    if sent_since_tick {
-                        sent_since_tick = false;
+                    if std::mem::take(&mut sent_since_tick) | frames.wrote_elsewhere() {
                         continue;
                     }
-                    Bytes::from_static(idle)
+                    (vec![Bytes::from_static(idle)], false)
                 }
             };
-            // This frame and whatever else is queued already go out in one write: a busy
-            // room's fan-out costs a syscall per batch, not per frame.
-            let mut batch = vec![first];
-            while batch.len() < WRITE_BATCH {
-                match frames.try_next() {
-                    Some(frame) => batch.push(frame),
-                    None => break,
-                }
-            }
             for frame in &batch {
                 Counters::bump(&self.counters.frames_out);
                 Counters::add(&self.counters.bytes_out, frame.len() as u64);
@@ -112,6 +118,9 @@ impl Writer<'_> {
             let messages = batch.into_iter().map(WsMessage::Binary).collect();
             if !send_all(&mut sink, messages, closer, &mut closed).await {
                 return;
+            }
+            if claimed {
+                frames.written();
             }
         }
         // Boxed: its timers would otherwise take room in every idle connection's writer.
@@ -122,19 +131,100 @@ impl Writer<'_> {
 /// Where a writer's frames come from: a connection's [`Outbox`], or what a protocol with
 /// several queues per socket merges.
 pub(crate) trait Frames {
-    /// The next frame; `None` once no more will come.
-    fn next(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
-    /// A frame that is waiting already, if any.
-    fn try_next(&mut self) -> Option<Bytes>;
+    /// Waits for frames and takes up to `max` of them (none when the source only owes the
+    /// socket a flush); `None` once no more will come. The writer calls [`Frames::written`]
+    /// once they are written.
+    fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> impl std::future::Future<Output = Option<Vec<Bytes>>> + Send;
+    /// The batch [`Frames::next_batch`] returned is written.
+    fn written(&mut self) {}
+    /// Whether frames reached the socket without this writer since the last call.
+    fn wrote_elsewhere(&mut self) -> bool {
+        false
+    }
 }
 
 impl Frames for Outbox {
-    async fn next(&mut self) -> Option<Bytes> {
-        self.recv().await
+    async fn next_batch(&mut self, max: usize) -> Option<Vec<Bytes>> {
+        self.claim(max).await
     }
 
-    fn try_next(&mut self) -> Option<Bytes> {
-        self.try_recv()
+    fn written(&mut self) {
+        self.release();
+    }
+
+    fn wrote_elsewhere(&mut self) -> bool {
+        self.wrote_through_wire()
+    }
+}
+
+/// A connection's sink, shared by its writer and the fan-out writing through it as a [`Wire`].
+/// Each use holds the lock for one call that does not wait, so a whole frame goes in at once.
+struct SharedSink<S> {
+    sink: Mutex<S>,
+    counters: Arc<Counters>,
+}
+
+impl<S> SharedSink<S> {
+    fn lock(&self) -> MutexGuard<'_, S> {
+        // A sink that panicked mid-call has failed its connection; its next call says so.
+        self.sink.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<S> Wire for SharedSink<S>
+where
+    S: Sink<WsMessage> + Unpin + Send,
+{
+    fn write_now(&self, next: &mut dyn FnMut() -> Option<Bytes>) -> WriteNow {
+        let mut sink = self.lock();
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            match sink.poll_ready_unpin(&mut cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return WriteNow::Failed,
+                Poll::Pending => return WriteNow::Blocked,
+            }
+            let Some(frame) = next() else { break };
+            Counters::bump(&self.counters.frames_out);
+            Counters::add(&self.counters.bytes_out, frame.len() as u64);
+            if sink.start_send_unpin(WsMessage::Binary(frame)).is_err() {
+                return WriteNow::Failed;
+            }
+        }
+        match sink.poll_flush_unpin(&mut cx) {
+            Poll::Ready(Ok(())) => WriteNow::Done,
+            Poll::Ready(Err(_)) => WriteNow::Failed,
+            Poll::Pending => WriteNow::Blocked,
+        }
+    }
+}
+
+/// The writer's handle to a [`SharedSink`].
+struct SharedRef<S>(Arc<SharedSink<S>>);
+
+impl<S> Sink<WsMessage> for SharedRef<S>
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    type Error = S::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.lock().poll_ready_unpin(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), S::Error> {
+        self.0.lock().start_send_unpin(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.lock().poll_flush_unpin(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.lock().poll_close_unpin(cx)
     }
 }
 
@@ -244,7 +334,7 @@ mod tests {
         shutdown: CancellationToken,
         closer: Closer,
         last_seen: LastSeen,
-        counters: Counters,
+        counters: Arc<Counters>,
     }
 
     impl Fixture {
@@ -253,7 +343,7 @@ mod tests {
                 shutdown: CancellationToken::new(),
                 closer: Closer::default(),
                 last_seen: LastSeen::new(),
-                counters: Counters::default(),
+                counters: Arc::default(),
             }
         }
 
@@ -306,6 +396,52 @@ mod tests {
         assert_eq!(fx.counters.frames_out.load(Ordering::Relaxed), 3);
         assert_eq!(fx.counters.bytes_out.load(Ordering::Relaxed), 6);
         assert_eq!(peer.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_running_writer_lets_whoever_queues_a_frame_write_it_to_the_socket() {
+        let fx = Fixture::new();
+        let (peer, outbox) = Peer::new(16, fx.closer.clone(), false);
+        let (sink, mut written) = sink(16);
+        let writer = fx.writer();
+        let mut writing = std::pin::pin!(writer.run(sink, outbox));
+        // Its first poll installs the socket as the connection's wire; then it waits.
+        assert!(futures_util::poll!(writing.as_mut()).is_pending());
+        for frame in [&b"a"[..], b"bb"] {
+            assert!(peer.try_queue(Bytes::copy_from_slice(frame), usize::MAX));
+        }
+        // On the socket already, though the writer was not polled again.
+        assert_eq!(binary(written.try_recv().unwrap()), "a");
+        assert_eq!(binary(written.try_recv().unwrap()), "bb");
+        assert_eq!(fx.counters.frames_out.load(Ordering::Relaxed), 2);
+        assert_eq!(fx.counters.bytes_out.load(Ordering::Relaxed), 3);
+        fx.closer.close(CloseReason::SlowConsumer);
+        writing.await;
+        assert_eq!(close_code(written.recv().await), Some(1013));
+    }
+
+    #[tokio::test]
+    async fn frames_a_full_socket_cannot_take_are_written_by_the_writer_in_order() {
+        let fx = Fixture::new();
+        let (peer, outbox) = Peer::new(64, fx.closer.clone(), false);
+        // Takes two frames, then blocks until the test reads.
+        let (sink, mut written) = sink(2);
+        let writer = fx.writer();
+        let writing = writer.run(sink, outbox);
+        let queueing = async {
+            tokio::task::yield_now().await;
+            let mut got = Vec::new();
+            for i in 0..20u8 {
+                assert!(peer.try_queue(Bytes::from(vec![i]), usize::MAX));
+            }
+            while got.len() < 20 {
+                got.push(binary(written.recv().await.unwrap())[0]);
+            }
+            fx.closer.close(CloseReason::SlowConsumer);
+            got
+        };
+        let ((), got) = tokio::join!(writing, queueing);
+        assert_eq!(got, (0..20).collect::<Vec<u8>>());
     }
 
     #[tokio::test(start_paused = true)]
