@@ -5,9 +5,11 @@
 //!
 //! The writing turn: frames are taken from a queue only by whoever holds it, so they reach the
 //! socket in queue order. An edge that installs a [`Wire`] (the y-websocket writer) takes the
-//! turn to write a batch ([`Outbox::claim`]); a queuer that finds the turn free takes it and
-//! writes the queue to the socket itself ([`Turn::write`]), never waiting: at a paced load
-//! most frames go out that way, with no task woken for them. What the socket cannot take at
+//! turn to write a batch ([`Outbox::claim`]); a queuer of a frame up to 16 KiB that finds the
+//! turn free and the socket idle for 200 µs takes it and writes the queue to the socket itself
+//! ([`Turn::write`]), never waiting: at a paced load most frames go out that way, with no task
+//! woken for them. Frames that come closer together (a room at full speed) are left to the
+//! edge's task, which writes all that gathered with one flush. What the socket cannot take at
 //! once is left to the edge's task, which waits for the socket.
 
 use std::collections::VecDeque;
@@ -163,10 +165,13 @@ struct Queue {
     queued_bytes: AtomicUsize,
     /// Most frames queued at once.
     max_frames: usize,
-    /// The socket, when queuers may write to it themselves.
-    wire: OnceLock<Arc<dyn Wire>>,
+    /// The socket, when queuers may write to it themselves, and how long it must have been
+    /// idle for them to (see [`WIRE_GAP_NANOS`]).
+    wire: OnceLock<(Arc<dyn Wire>, u64)>,
     /// Frames went out through the wire since the outbox last asked.
     wrote: AtomicBool,
+    /// When the socket was last written to ([`clock`] nanoseconds; 0: never).
+    last_write: AtomicU64,
     /// The connection's, closed silently when a write through the wire fails.
     closer: Closer,
 }
@@ -181,6 +186,25 @@ struct QueueState {
     /// A write through the wire blocked: the outbox's task is to flush the socket even if
     /// no frame is queued.
     unflushed: bool,
+}
+
+/// Largest frame a queuer writes through the wire itself; a larger one (a late joiner's whole
+/// document) is the edge's task's.
+const WIRE_FRAME_BYTES: usize = 16 * 1024;
+
+/// A queuer writes through the wire only when the socket was last written to longer ago than
+/// this. Frames that follow one another closer (a room at full speed) are left to the edge's
+/// task, which writes all that gathered meanwhile with one flush: one syscall for many frames,
+/// where writing each at once would make one per frame.
+const WIRE_GAP_NANOS: u64 = 200_000;
+
+/// Nanoseconds since the first call, plus one (0 is "never"): a clock for [`WIRE_GAP_NANOS`].
+fn clock() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// Most rounds a queuer writes through the wire before it leaves what others queued
@@ -209,12 +233,21 @@ impl Queue {
         Some(frame)
     }
 
+    /// How long before `now` the socket was last written to.
+    fn idle_since(&self, now: u64) -> u64 {
+        match self.last_write.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            last => now.saturating_sub(last),
+        }
+    }
+
     /// Writes the queue through its wire with the writing turn already taken, then gives the
     /// turn back; whatever is left is the outbox's task's, which is woken for it.
     fn write_through(&self) {
-        if let Some(wire) = self.wire.get() {
+        if let Some((wire, _)) = self.wire.get() {
             for _ in 0..WIRE_ROUNDS {
                 let result = wire.write_now(&mut || self.pop());
+                self.last_write.store(clock(), Ordering::Relaxed);
                 let mut state = self.lock();
                 match result {
                     // Frames queued meanwhile found the turn taken and were left to this.
@@ -312,6 +345,7 @@ impl Peer {
             max_frames: frames.max(2),
             wire: OnceLock::new(),
             wrote: AtomicBool::new(false),
+            last_write: AtomicU64::new(0),
             closer: closer.clone(),
         });
         let peer = Peer {
@@ -358,7 +392,13 @@ impl Peer {
                 // Whoever writes takes it before giving the turn back.
                 return Queueing::Queued;
             }
-            if queue.wire.get().is_some() && !state.unflushed && !self.closer.is_closed() {
+            let gap = queue.wire.get().map(|(_, gap)| *gap);
+            if let Some(gap) = gap
+                && len <= WIRE_FRAME_BYTES
+                && !state.unflushed
+                && !self.closer.is_closed()
+                && queue.idle_since(clock()) >= gap
+            {
                 state.writing = true;
                 return Queueing::Turn(Turn(Some(queue.clone())));
             }
@@ -409,7 +449,13 @@ impl Outbox {
     /// [`Outbox::claim`] and gives the turn back with [`Outbox::release`], never with
     /// [`Outbox::recv`].
     pub(crate) fn install(&mut self, wire: Arc<dyn Wire>) {
-        let _ = self.queue.wire.set(wire);
+        let _ = self.queue.wire.set((wire, WIRE_GAP_NANOS));
+    }
+
+    /// [`Outbox::install`] with another idle gap than [`WIRE_GAP_NANOS`].
+    #[cfg(test)]
+    fn install_with_gap(&mut self, wire: Arc<dyn Wire>, gap: u64) {
+        let _ = self.queue.wire.set((wire, gap));
     }
 
     /// Waits for the writing turn with something to write, takes it, and returns up to `max`
@@ -441,6 +487,7 @@ impl Outbox {
         }
         state.writing = true;
         state.unflushed = false;
+        self.queue.last_write.store(clock(), Ordering::Relaxed);
         let count = state.frames.len().min(max);
         let batch: Vec<Bytes> = state.frames.drain(..count).collect();
         if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
@@ -454,6 +501,7 @@ impl Outbox {
 
     /// Gives back the writing turn taken by [`Outbox::claim`].
     pub(crate) fn release(&mut self) {
+        self.queue.last_write.store(clock(), Ordering::Relaxed);
         self.queue.lock().writing = false;
     }
 
@@ -569,7 +617,7 @@ mod tests {
     fn with_a_wire_a_frame_is_written_by_whoever_queues_it() {
         let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
         let wire = TestWire::new(100, false);
-        outbox.install(wire.clone());
+        outbox.install_with_gap(wire.clone(), 0);
         assert!(peer.try_queue(frame("a"), 100));
         assert!(peer.try_queue(frame("b"), 100));
         assert_eq!(wire.taken(), ["a", "b"]);
@@ -577,13 +625,33 @@ mod tests {
         assert_eq!(peer.queued_bytes(), 0);
         assert!(outbox.wrote_through_wire());
         assert!(!outbox.wrote_through_wire());
+        // A large frame (a joiner's whole document) is the outbox's task's.
+        let large = Bytes::from(vec![0; WIRE_FRAME_BYTES + 1]);
+        assert!(matches!(peer.queue(large, usize::MAX), Queueing::Queued));
+        assert_eq!(wire.taken().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_socket_written_to_within_the_gap_is_left_to_the_outbox_which_batches() {
+        let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
+        let wire = TestWire::new(100, false);
+        outbox.install_with_gap(wire.clone(), u64::MAX);
+        // Never written to: idle, so the first frame goes at once.
+        assert!(peer.try_queue(frame("a"), 100));
+        assert_eq!(wire.taken(), ["a"]);
+        // Within the gap since: the outbox's task takes the rest, in one batch.
+        assert!(matches!(peer.queue(frame("b"), 100), Queueing::Queued));
+        assert!(matches!(peer.queue(frame("c"), 100), Queueing::Queued));
+        assert_eq!(wire.taken(), ["a"]);
+        assert_eq!(outbox.claim(64).await.unwrap(), ["b", "c"]);
+        outbox.release();
     }
 
     #[tokio::test]
     async fn while_the_outbox_writes_queued_frames_wait_for_it_in_order() {
         let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
         let wire = TestWire::new(100, false);
-        outbox.install(wire.clone());
+        outbox.install_with_gap(wire.clone(), 0);
         // Queued before anyone writes: taken through a turn held, not yet written.
         let Queueing::Turn(turn) = peer.queue(frame("a"), 100) else {
             panic!("the turn was free");
@@ -612,7 +680,7 @@ mod tests {
     async fn a_blocked_wire_leaves_the_rest_and_a_flush_to_the_outbox() {
         let (peer, mut outbox) = Peer::new(8, Closer::default(), false);
         let wire = TestWire::new(1, false);
-        outbox.install(wire.clone());
+        outbox.install_with_gap(wire.clone(), 0);
         assert!(peer.try_queue(frame("a"), 100));
         assert_eq!(wire.taken(), ["a"]);
         // Blocked after "a" with nothing queued: the outbox owes the socket a flush.
@@ -629,7 +697,7 @@ mod tests {
     fn a_failed_wire_closes_the_connection_silently() {
         let closer = Closer::default();
         let (peer, mut outbox) = Peer::new(8, closer.clone(), false);
-        outbox.install(TestWire::new(100, true));
+        outbox.install_with_gap(TestWire::new(100, true), 0);
         assert!(peer.try_queue(frame("a"), 100));
         assert!(closer.is_closed());
         assert_eq!(closer.reason(), None);
