@@ -55,6 +55,12 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts a frame of `len` bytes written to a WebSocket.
+    pub(crate) fn frame_out(&self, len: usize) {
+        Counters::bump(&self.frames_out);
+        Counters::add(&self.bytes_out, len as u64);
+    }
+
     pub(crate) fn add_websocket(&self, delta: i64) {
         self.websockets.fetch_add(delta, Ordering::Relaxed);
     }

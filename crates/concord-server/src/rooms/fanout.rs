@@ -150,10 +150,10 @@ impl Peers<'_> {
             Queueing::Full => {}
         }
         if let Some(peer) = self.peers.remove(&id) {
-            if !peer.closer.is_closed() {
+            if !peer.closer().is_closed() {
                 tracing::warn!(conn = id, "outbound queue full; closing slow connection");
             }
-            peer.closer.close(CloseReason::SlowConsumer);
+            peer.closer().close(CloseReason::SlowConsumer);
             Counters::bump(&self.limits.counters.slow_consumers);
         }
         dropped.push(id);

@@ -116,7 +116,6 @@ impl Closer {
 #[derive(Clone)]
 pub(crate) struct Peer {
     tx: Sender,
-    pub(crate) closer: Closer,
     /// Only awareness frames are queued for it: an SSE stream, which gets document changes
     /// from the change feed (with positions) instead.
     pub(crate) awareness_only: bool,
@@ -172,8 +171,18 @@ struct Queue {
     wrote: AtomicBool,
     /// When the socket was last written to ([`clock`] nanoseconds; 0: never).
     last_write: AtomicU64,
-    /// The connection's, closed silently when a write through the wire fails.
+    /// How to close the connection: the room's, the edge's, and the wire's when a write
+    /// fails.
     closer: Closer,
+}
+
+impl QueueState {
+    /// Gives back what a burst grew the deque to, once it is drained.
+    fn shrink_if_drained(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > KEPT_CAPACITY {
+            self.frames.shrink_to(KEPT_CAPACITY);
+        }
+    }
 }
 
 struct QueueState {
@@ -225,9 +234,7 @@ impl Queue {
     fn pop(&self) -> Option<Bytes> {
         let mut state = self.lock();
         let frame = state.frames.pop_front()?;
-        if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
-            state.frames.shrink_to(KEPT_CAPACITY);
-        }
+        state.shrink_if_drained();
         drop(state);
         self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
         Some(frame)
@@ -267,6 +274,11 @@ impl Queue {
                 break;
             }
         }
+        self.give_turn_to_outbox();
+    }
+
+    /// Gives back the writing turn, and wakes the outbox's task for whatever is left.
+    fn give_turn_to_outbox(&self) {
         self.lock().writing = false;
         self.waker.wake();
     }
@@ -290,8 +302,7 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         if let Some(queue) = self.0.take() {
-            queue.lock().writing = false;
-            queue.waker.wake();
+            queue.give_turn_to_outbox();
         }
     }
 }
@@ -346,11 +357,10 @@ impl Peer {
             wire: OnceLock::new(),
             wrote: AtomicBool::new(false),
             last_write: AtomicU64::new(0),
-            closer: closer.clone(),
+            closer,
         });
         let peer = Peer {
             tx: Sender(queue.clone()),
-            closer,
             awareness_only,
             stateless: false,
         };
@@ -396,7 +406,7 @@ impl Peer {
             if let Some(gap) = gap
                 && len <= WIRE_FRAME_BYTES
                 && !state.unflushed
-                && !self.closer.is_closed()
+                && !queue.closer.is_closed()
                 && queue.idle_since(clock()) >= gap
             {
                 state.writing = true;
@@ -405,6 +415,11 @@ impl Peer {
         }
         queue.waker.wake();
         Queueing::Queued
+    }
+
+    /// How to close the connection.
+    pub(crate) fn closer(&self) -> &Closer {
+        &self.tx.0.closer
     }
 
     /// Frames waiting in the queue.
@@ -490,9 +505,7 @@ impl Outbox {
         self.queue.last_write.store(clock(), Ordering::Relaxed);
         let count = state.frames.len().min(max);
         let batch: Vec<Bytes> = state.frames.drain(..count).collect();
-        if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
-            state.frames.shrink_to(KEPT_CAPACITY);
-        }
+        state.shrink_if_drained();
         drop(state);
         let bytes = batch.iter().map(Bytes::len).sum();
         self.queue.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);

@@ -187,7 +187,7 @@ impl LiveRoom {
         state.peers(&self.limits).deliver(conn, &effects);
         if matches!(applied.fault, Some(RoomFault::Poisoned)) {
             for peer in state.peers.values() {
-                peer.closer.close(CloseReason::RoomFailed);
+                peer.closer().close(CloseReason::RoomFailed);
             }
         }
         applied
@@ -260,7 +260,7 @@ impl LiveRoom {
     /// Closes every connection of the room.
     pub(crate) fn close_all(&self, reason: CloseReason) {
         for peer in self.lock().peers.values() {
-            peer.closer.close(reason.clone());
+            peer.closer().close(reason.clone());
         }
     }
 

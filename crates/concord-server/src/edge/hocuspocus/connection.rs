@@ -692,9 +692,9 @@ async fn acknowledge(mut acks: mpsc::Receiver<Ack>, peer: Peer) {
             Ack::Now(saved) => saved,
         };
         if !peer.try_queue(Bytes::copy_from_slice(&hp::sync_status(saved)), usize::MAX)
-            && !peer.closer.is_closed()
+            && !peer.closer().is_closed()
         {
-            peer.closer.close(CloseReason::SlowConsumer);
+            peer.closer().close(CloseReason::SlowConsumer);
         }
     }
 }

@@ -66,9 +66,9 @@ pub(crate) async fn acknowledge(
         }
         // Acknowledgements are few and small: only the frame bound applies to them.
         if !peer.try_queue(concord_core::encode_saved(ticket.id), usize::MAX)
-            && !peer.closer.is_closed()
+            && !peer.closer().is_closed()
         {
-            peer.closer.close(CloseReason::SlowConsumer);
+            peer.closer().close(CloseReason::SlowConsumer);
         }
     }
 }

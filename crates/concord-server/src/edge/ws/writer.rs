@@ -112,8 +112,7 @@ impl Writer<'_> {
                 }
             };
             for frame in &batch {
-                Counters::bump(&self.counters.frames_out);
-                Counters::add(&self.counters.bytes_out, frame.len() as u64);
+                self.counters.frame_out(frame.len());
             }
             let messages = batch.into_iter().map(WsMessage::Binary).collect();
             if !send_all(&mut sink, messages, closer, &mut closed).await {
@@ -188,8 +187,7 @@ where
                 Poll::Pending => return WriteNow::Blocked,
             }
             let Some(frame) = next() else { break };
-            Counters::bump(&self.counters.frames_out);
-            Counters::add(&self.counters.bytes_out, frame.len() as u64);
+            self.counters.frame_out(frame.len());
             if sink.start_send_unpin(WsMessage::Binary(frame)).is_err() {
                 return WriteNow::Failed;
             }
