@@ -6,7 +6,7 @@
 //! The writing turn: frames are taken from a queue only by whoever holds it, so they reach the
 //! socket in queue order. An edge that installs a [`Wire`] (the y-websocket writer) takes the
 //! turn to write a batch ([`Outbox::claim`]); a queuer of a frame up to 16 KiB that finds the
-//! turn free and the socket idle for 200 µs takes it and writes the queue to the socket itself
+//! turn free and the socket idle for 100 µs takes it and writes the queue to the socket itself
 //! ([`Turn::write`]), never waiting: at a paced load most frames go out that way, with no task
 //! woken for them. Frames that come closer together (a room at full speed) are left to the
 //! edge's task, which writes all that gathered with one flush. What the socket cannot take at
@@ -205,7 +205,7 @@ const WIRE_FRAME_BYTES: usize = 16 * 1024;
 /// this. Frames that follow one another closer (a room at full speed) are left to the edge's
 /// task, which writes all that gathered meanwhile with one flush: one syscall for many frames,
 /// where writing each at once would make one per frame.
-const WIRE_GAP_NANOS: u64 = 200_000;
+const WIRE_GAP_NANOS: u64 = 100_000;
 
 /// Nanoseconds since the first call, plus one (0 is "never"): a clock for [`WIRE_GAP_NANOS`].
 fn clock() -> u64 {
