@@ -246,11 +246,13 @@ fn put_replaces_the_text_and_cat_reads_it_back() {
 fn cat_fails_with_a_message_when_it_cannot_sync() {
     let port = unused_port();
     let url = format!("ws://127.0.0.1:{port}");
-    let run = concord(&["cat", &url, "d", "--timeout", "1s"], "", &[]);
+    // Long enough for the first connection attempt to have been refused even on a loaded
+    // machine, so the reason given is that refusal and not "still connecting".
+    let run = concord(&["cat", &url, "d", "--timeout", "5s"], "", &[]);
     assert!(!run.success, "{run:?}");
     assert!(run.stdout.is_empty(), "{run:?}");
     assert!(
-        run.stderr.contains("cannot sync") && run.stderr.contains("within 1s"),
+        run.stderr.contains("cannot sync") && run.stderr.contains("within 5s"),
         "{run:?}"
     );
     assert!(
@@ -258,7 +260,7 @@ fn cat_fails_with_a_message_when_it_cannot_sync() {
         "the last reason: {run:?}"
     );
     assert!(
-        run.took < Duration::from_secs(8),
+        run.took < Duration::from_secs(20),
         "bounded by --timeout: {run:?}"
     );
 
