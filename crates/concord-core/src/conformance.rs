@@ -79,7 +79,10 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use crate::test_support::Rng;
-use crate::{Appended, DocInfo, DocName, LogTail, Position, Seq, Store, StoredDoc, StoredUpdate};
+use crate::{
+    Appended, DocInfo, DocName, LogTail, NewVersion, Position, Seq, Store, StoreError, StoredDoc,
+    StoredUpdate, VersionInfo,
+};
 
 /// How the suite gets stores to check.
 ///
@@ -115,7 +118,7 @@ where
 }
 
 /// Every check's name, in the order [`run_all`] runs them.
-pub const CHECKS: [&str; 15] = [
+pub const CHECKS: [&str; 16] = [
     "a_new_store_is_empty",
     "append_writes_one_entry_per_document_per_batch",
     "seqs_start_at_one_grow_and_compaction_never_reuses_them",
@@ -131,6 +134,7 @@ pub const CHECKS: [&str; 15] = [
     "compaction_of_an_unknown_document_creates_it",
     "empty_batches_and_empty_updates",
     "random_operations_match_a_reference_model",
+    "versions_are_kept_listed_read_deleted_and_survive_reopening",
 ];
 
 /// Seed of the random sequence [`run_all`] checks.
@@ -160,6 +164,9 @@ pub async fn run_all<H: Harness>(mut harness: H) {
 pub async fn run_one<H: Harness>(harness: &mut H, name: &str) {
     if name == "random_operations_match_a_reference_model" {
         return random_operations_match_a_reference_model(harness, RANDOM_SEED, RANDOM_STEPS).await;
+    }
+    if name == "versions_are_kept_listed_read_deleted_and_survive_reopening" {
+        return versions_are_kept_listed_read_deleted_and_survive_reopening(harness).await;
     }
     let store = harness.create().await;
     let store: &dyn Store = &store;
@@ -1009,6 +1016,85 @@ async fn sizes(store: &dyn Store) -> Vec<Sizes> {
         .collect()
 }
 
+/// Versions (a backend with history; one whose `save_version` answers
+/// [`StoreError::Unsupported`] passes without further checks): ids start at 1 and grow per
+/// document, are never reused after a delete; `versions` lists them oldest first with their
+/// time, position, label and size; `version` returns the snapshot byte for byte; they survive
+/// reopening; `delete_versions` skips unknown ids and counts what it removed; `list` counts
+/// them and their bytes; deleting the document removes its versions and no other's.
+pub async fn versions_are_kept_listed_read_deleted_and_survive_reopening<H: Harness>(
+    harness: &mut H,
+) {
+    let store = harness.create().await;
+    let (a, b) = (name("a"), name("b/c"));
+    let version = |bytes: &[u8], at: u64, label: Option<&str>| NewVersion {
+        snapshot: bytes.to_vec(),
+        created_at_ms: at,
+        position: Position {
+            seq: at,
+            index: u32::MAX,
+        },
+        label: label.map(str::to_owned),
+    };
+    let first = match store.save_version(&a, version(b"one", 10, None)).await {
+        Err(StoreError::Unsupported(_)) => return,
+        other => other.unwrap_or_else(|e| panic!("save_version failed: {e}")),
+    };
+    assert_eq!(first.id, 1, "the first version's id");
+    assert_eq!(
+        (first.created_at_ms, first.bytes, first.label.as_deref()),
+        (10, 3, None)
+    );
+    let second = save_version(&store, &a, version(b"second", 20, Some("draft \u{e9}"))).await;
+    let third = save_version(&store, &a, version(&[0, 255, 7], 30, None)).await;
+    assert_eq!((second.id, third.id), (2, 3));
+    let other = save_version(&store, &b, version(b"b", 5, None)).await;
+    assert_eq!(other.id, 1, "ids count per document");
+    let store = harness.reopen(store).await;
+    let listed = versions(&store, &a).await;
+    assert_eq!(listed, vec![first.clone(), second.clone(), third.clone()]);
+    assert_eq!(listed[1].label.as_deref(), Some("draft \u{e9}"));
+    assert_eq!(listed[1].position.seq, 20);
+    assert_eq!(
+        store.version(&a, 3).await.expect("version"),
+        Some(vec![0, 255, 7])
+    );
+    assert_eq!(store.version(&a, 9).await.expect("version"), None);
+    assert_eq!(versions(&store, &name("unknown")).await, vec![]);
+    let infos = list(&store).await;
+    let info_a = infos.iter().find(|i| i.name == a).expect("a is listed");
+    assert_eq!((info_a.versions, info_a.history_bytes), (3, 3 + 6 + 3));
+    assert_eq!(
+        store
+            .delete_versions(&a, vec![2, 2, 42])
+            .await
+            .expect("delete_versions"),
+        1
+    );
+    let after = save_version(&store, &a, version(b"four", 40, None)).await;
+    assert_eq!(after.id, 4, "a deleted version's id is not reused");
+    let store = harness.reopen(store).await;
+    assert_eq!(
+        versions(&store, &a)
+            .await
+            .iter()
+            .map(|v| v.id)
+            .collect::<Vec<_>>(),
+        vec![1, 3, 4]
+    );
+    delete(&store, &a).await;
+    assert_eq!(
+        versions(&store, &a).await,
+        vec![],
+        "deleted with the document"
+    );
+    assert_eq!(
+        versions(&store, &b).await,
+        vec![other],
+        "other documents keep theirs"
+    );
+}
+
 // The store's calls, failing the check when the store reports an error: every call of the
 // suite is one a correct store must answer.
 
@@ -1045,6 +1131,20 @@ async fn list(store: &dyn Store) -> Vec<DocInfo> {
         .list()
         .await
         .unwrap_or_else(|e| panic!("list failed: {e}"))
+}
+
+async fn save_version(store: &dyn Store, doc: &DocName, version: NewVersion) -> VersionInfo {
+    store
+        .save_version(doc, version)
+        .await
+        .unwrap_or_else(|e| panic!("save_version({doc:?}) failed: {e}"))
+}
+
+async fn versions(store: &dyn Store, doc: &DocName) -> Vec<VersionInfo> {
+    store
+        .versions(doc)
+        .await
+        .unwrap_or_else(|e| panic!("versions({doc:?}) failed: {e}"))
 }
 
 async fn log_from(store: &dyn Store, doc: &DocName, from: Seq) -> LogTail {

@@ -30,7 +30,7 @@ pub use room::{
 };
 pub use snapshot::{SnapshotDraft, SnapshotError, decode_snapshot};
 pub use store::{
-    Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, Position, Seq, Store, StoreError,
-    StoreFuture, StoredDoc, StoredUpdate,
+    Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, NewVersion, Position, Seq, Store,
+    StoreError, StoreFuture, StoredDoc, StoredUpdate, VersionId, VersionInfo,
 };
 pub use yrs::sync::time::{Clock, SystemClock};

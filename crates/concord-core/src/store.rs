@@ -106,6 +106,9 @@ pub enum StoreError {
     /// metadata).
     #[error("store is corrupt: {0}")]
     Corrupt(String),
+    /// The backend does not implement this operation.
+    #[error("this storage backend does not support {0}")]
+    Unsupported(&'static str),
 }
 
 /// One update to append to a document's log.
@@ -161,6 +164,43 @@ pub struct DocInfo {
     pub log_bytes: u64,
     /// When the document was last written, in milliseconds since the Unix epoch (0 if unknown).
     pub updated_at_ms: u64,
+    /// Number of kept versions (see [`Store::save_version`]).
+    pub versions: u64,
+    /// Bytes of those versions' snapshots: what the document's history costs on disk.
+    pub history_bytes: u64,
+}
+
+/// Identifies a version of a document. Ids grow per document and are never reused, even after
+/// the version is deleted.
+pub type VersionId = u64;
+
+/// A version to keep: the whole document at some point of its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    /// The document's state, as [`crate::Room::encode_snapshot`] makes it (opaque to stores).
+    pub snapshot: Vec<u8>,
+    /// When the state was taken, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// How far in the document's history the state reaches.
+    pub position: Position,
+    /// A named version's label; `None` for a version kept automatically, which the retention
+    /// policy may thin. A named version is kept until deleted.
+    pub label: Option<String>,
+}
+
+/// A kept version, without its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Its id.
+    pub id: VersionId,
+    /// When the state was taken, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// How far in the document's history the state reaches.
+    pub position: Position,
+    /// The label of a named version; `None` for an automatic one.
+    pub label: Option<String>,
+    /// Bytes of its snapshot.
+    pub bytes: u64,
 }
 
 /// What every [`Store`] method returns: a boxed future, so that the trait is object-safe.
@@ -205,6 +245,48 @@ pub trait Store: Send + Sync + 'static {
     /// them (see [`LogTail`]). An unknown document has a complete, empty log.
     fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail>;
 
+    /// Keeps `version` of `doc` and returns what was stored, with the new id. Durable when it
+    /// returns, like an append. The default implementation refuses: a backend without history.
+    fn save_version<'a>(
+        &'a self,
+        doc: &'a DocName,
+        version: NewVersion,
+    ) -> StoreFuture<'a, VersionInfo> {
+        let _ = (doc, version);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported(
+            "version history",
+        ))))
+    }
+
+    /// The kept versions of `doc`, oldest first (by id). An unknown document has none.
+    fn versions<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, Vec<VersionInfo>> {
+        let _ = doc;
+        Box::pin(std::future::ready(Err(StoreError::Unsupported(
+            "version history",
+        ))))
+    }
+
+    /// The snapshot of version `id` of `doc`, or `None` when there is no such version.
+    fn version<'a>(&'a self, doc: &'a DocName, id: VersionId) -> StoreFuture<'a, Option<Vec<u8>>> {
+        let _ = (doc, id);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported(
+            "version history",
+        ))))
+    }
+
+    /// Removes versions `ids` of `doc`; ids it does not hold are skipped. Returns how many were
+    /// removed. [`Store::delete`] removes a document's versions with it.
+    fn delete_versions<'a>(
+        &'a self,
+        doc: &'a DocName,
+        ids: Vec<VersionId>,
+    ) -> StoreFuture<'a, u64> {
+        let _ = (doc, ids);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported(
+            "version history",
+        ))))
+    }
+
     /// Whether other server processes write to this store too (a shared Redis, a database).
     /// Then a loaded room may not yet hold what another process appended, so the server builds
     /// snapshots for [`Store::compact`] from the store itself, never from a room. False by
@@ -239,6 +321,9 @@ struct MemoryDoc {
     tail_updates: u64,
     tail_bytes: u64,
     next_seq: Seq,
+    /// Kept versions by id, with their snapshots.
+    versions: BTreeMap<VersionId, (VersionInfo, Vec<u8>)>,
+    next_version: VersionId,
 }
 
 impl MemoryStore {
@@ -381,8 +466,61 @@ impl MemoryStore {
                     .map(|u| u.len() as u64)
                     .sum(),
                 updated_at_ms: 0,
+                versions: d.versions.len() as u64,
+                history_bytes: d.versions.values().map(|(info, _)| info.bytes).sum(),
             })
             .collect())
+    }
+
+    /// [`Store::save_version`], at once.
+    pub fn save_version(
+        &self,
+        doc: &DocName,
+        version: NewVersion,
+    ) -> Result<VersionInfo, StoreError> {
+        let mut docs = self.lock();
+        let stored = docs.entry(doc.clone()).or_default();
+        stored.next_version = stored.next_version.max(1);
+        let info = VersionInfo {
+            id: stored.next_version,
+            created_at_ms: version.created_at_ms,
+            position: version.position,
+            label: version.label,
+            bytes: version.snapshot.len() as u64,
+        };
+        stored.next_version += 1;
+        stored
+            .versions
+            .insert(info.id, (info.clone(), version.snapshot));
+        Ok(info)
+    }
+
+    /// [`Store::versions`], at once.
+    pub fn versions(&self, doc: &DocName) -> Result<Vec<VersionInfo>, StoreError> {
+        Ok(self.lock().get(doc).map_or_else(Vec::new, |d| {
+            d.versions.values().map(|(info, _)| info.clone()).collect()
+        }))
+    }
+
+    /// [`Store::version`], at once.
+    pub fn version(&self, doc: &DocName, id: VersionId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .lock()
+            .get(doc)
+            .and_then(|d| d.versions.get(&id))
+            .map(|(_, snapshot)| snapshot.clone()))
+    }
+
+    /// [`Store::delete_versions`], at once.
+    pub fn delete_versions(&self, doc: &DocName, ids: &[VersionId]) -> Result<u64, StoreError> {
+        let mut docs = self.lock();
+        let Some(stored) = docs.get_mut(doc) else {
+            return Ok(0);
+        };
+        Ok(ids
+            .iter()
+            .filter(|id| stored.versions.remove(id).is_some())
+            .count() as u64)
     }
 }
 
@@ -417,6 +555,34 @@ impl Store for MemoryStore {
 
     fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail> {
         Box::pin(std::future::ready(MemoryStore::log_from(self, doc, from)))
+    }
+
+    fn save_version<'a>(
+        &'a self,
+        doc: &'a DocName,
+        version: NewVersion,
+    ) -> StoreFuture<'a, VersionInfo> {
+        Box::pin(std::future::ready(MemoryStore::save_version(
+            self, doc, version,
+        )))
+    }
+
+    fn versions<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, Vec<VersionInfo>> {
+        Box::pin(std::future::ready(MemoryStore::versions(self, doc)))
+    }
+
+    fn version<'a>(&'a self, doc: &'a DocName, id: VersionId) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(MemoryStore::version(self, doc, id)))
+    }
+
+    fn delete_versions<'a>(
+        &'a self,
+        doc: &'a DocName,
+        ids: Vec<VersionId>,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(std::future::ready(MemoryStore::delete_versions(
+            self, doc, &ids,
+        )))
     }
 }
 

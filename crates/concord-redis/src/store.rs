@@ -626,6 +626,8 @@ impl RedisStore {
                     log_entries: redis::from_redis_value_ref(entries).unwrap_or(0),
                     log_bytes: log_bytes.unwrap_or(0),
                     updated_at_ms: updated.unwrap_or(0),
+                    versions: 0,
+                    history_bytes: 0,
                 });
             }
         }

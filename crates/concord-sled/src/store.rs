@@ -995,6 +995,8 @@ impl Inner {
                 log_entries: meta.tail_entries,
                 log_bytes: meta.tail_bytes,
                 updated_at_ms: meta.updated_at_ms,
+                versions: 0,
+                history_bytes: 0,
             });
         }
         // Keys sort bytewise, which for UTF-8 is the order of `DocName`; sorting again is
