@@ -1281,7 +1281,7 @@ mod tests {
             "{failure}"
         );
         assert!(
-            failure.starts_with("3 of 15 store conformance checks failed"),
+            failure.starts_with("3 of 16 store conformance checks failed"),
             "{failure}"
         );
     }
