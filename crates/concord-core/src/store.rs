@@ -253,25 +253,19 @@ pub trait Store: Send + Sync + 'static {
         version: NewVersion,
     ) -> StoreFuture<'a, VersionInfo> {
         let _ = (doc, version);
-        Box::pin(std::future::ready(Err(StoreError::Unsupported(
-            "version history",
-        ))))
+        no_history()
     }
 
     /// The kept versions of `doc`, oldest first (by id). An unknown document has none.
     fn versions<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, Vec<VersionInfo>> {
         let _ = doc;
-        Box::pin(std::future::ready(Err(StoreError::Unsupported(
-            "version history",
-        ))))
+        no_history()
     }
 
     /// The snapshot of version `id` of `doc`, or `None` when there is no such version.
     fn version<'a>(&'a self, doc: &'a DocName, id: VersionId) -> StoreFuture<'a, Option<Vec<u8>>> {
         let _ = (doc, id);
-        Box::pin(std::future::ready(Err(StoreError::Unsupported(
-            "version history",
-        ))))
+        no_history()
     }
 
     /// Removes versions `ids` of `doc`; ids it does not hold are skipped. Returns how many were
@@ -282,9 +276,7 @@ pub trait Store: Send + Sync + 'static {
         ids: Vec<VersionId>,
     ) -> StoreFuture<'a, u64> {
         let _ = (doc, ids);
-        Box::pin(std::future::ready(Err(StoreError::Unsupported(
-            "version history",
-        ))))
+        no_history()
     }
 
     /// Whether other server processes write to this store too (a shared Redis, a database).
@@ -301,6 +293,13 @@ pub trait Store: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// What a backend without version history answers to the version methods of [`Store`].
+fn no_history<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(Err(StoreError::Unsupported(
+        "version history",
+    ))))
 }
 
 /// A [`Store`] that keeps documents in process memory: nothing survives a restart. For tests,
