@@ -8,8 +8,12 @@
 //!                                node checks the others' in one pipeline on a cluster too
 //! PREFIX:{TAG}:log               the document's update log: a stream, entry ids SEQ-0
 //! PREFIX:{TAG}:meta              hash: seq (last seq given out), snap_seq, tail_updates,
-//!                                tail_bytes, updated (ms)
+//!                                tail_bytes, updated (ms), version (last version id given
+//!                                out), history_bytes (bytes of the kept versions' snapshots)
 //! PREFIX:{TAG}:snap              the latest snapshot (opaque bytes)
+//! PREFIX:{TAG}:versions          hash: version id -> its metadata (time, position, size,
+//!                                label; see `store.rs`), never its snapshot
+//! PREFIX:{TAG}:version-snaps     hash: version id -> its snapshot (opaque bytes)
 //! PREFIX:{TAG}:lease             the compaction lease: a fencing token, with an expiry
 //! PREFIX:{TAG}:fence             the last fencing token given out
 //! PREFIX:{TAG}:awareness         the document's pub/sub channel (sharded on a cluster): its
@@ -34,6 +38,8 @@ pub(crate) struct DocKeys {
     pub(crate) log: String,
     pub(crate) meta: String,
     pub(crate) snap: String,
+    pub(crate) versions: String,
+    pub(crate) version_snaps: String,
     pub(crate) lease: String,
     pub(crate) fence: String,
 }
@@ -67,6 +73,8 @@ impl Keys {
             log: format!("{base}:log"),
             meta: format!("{base}:meta"),
             snap: format!("{base}:snap"),
+            versions: format!("{base}:versions"),
+            version_snaps: format!("{base}:version-snaps"),
             lease: format!("{base}:lease"),
             fence: format!("{base}:fence"),
         }
@@ -102,6 +110,8 @@ mod tests {
         let k = keys.doc(&name("notes/a b"));
         assert_eq!(k.log, "concord:{notes/a b}:log");
         assert_eq!(k.snap, "concord:{notes/a b}:snap");
+        assert_eq!(k.versions, "concord:{notes/a b}:versions");
+        assert_eq!(k.version_snaps, "concord:{notes/a b}:version-snaps");
         assert_eq!(keys.channel(&name("x")), "concord:{x}:awareness");
         assert_eq!(keys.node("ab"), "concord:{nodes}:node:ab");
     }

@@ -14,9 +14,12 @@
 //! # Layout
 //!
 //! Each document has a stream (its update log, one entry per group commit, entry ids `SEQ-0`),
-//! a snapshot, a metadata hash and a compaction lease, all under one hash tag so that Redis
+//! a snapshot, a metadata hash, a compaction lease and its kept versions (a hash of their
+//! metadata and a hash of their snapshots, by version id), all under one hash tag so that Redis
 //! Cluster keeps them in one slot (see `keys.rs` for every name). An entry holds the updates,
-//! the id of the node that wrote it, and their count and size.
+//! the id of the node that wrote it, and their count and size. A saved version is acknowledged
+//! like an append: once Redis answered (and, with [`RedisOptions::wait_replicas`], once the
+//! replicas have it).
 //!
 //! # What an acknowledgement means
 //!

@@ -5,6 +5,13 @@
 //! takes the next seq and adds the entry together, a compaction writes the snapshot, moves the
 //! covered seq and trims the stream together, and a load reads snapshot and tail together. A
 //! batch of appends for many documents is one pipeline: one round trip, whatever its size.
+//!
+//! Kept versions live beside the log, under the same hash tag: their metadata in one hash and
+//! their snapshots in another, both by version id, with the last id given out and the
+//! snapshots' byte total in the document's meta hash. Saving a version (take the id, write
+//! metadata and snapshot, count the bytes) is one script, and so is removing some, so a listed
+//! version always has its snapshot and the counts always match what is kept; listing the
+//! versions reads the metadata hash only.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use concord_core::{
-    Appended, DocInfo, DocName, LogTail, Position, Seq, Store, StoreError, StoreFuture, StoredDoc,
-    StoredUpdate,
+    Appended, DocInfo, DocName, LogTail, NewVersion, Position, Seq, Store, StoreError, StoreFuture,
+    StoredDoc, StoredUpdate, VersionId, VersionInfo,
 };
 use futures_util::future::try_join_all;
 use redis::{Script, Value};
@@ -91,6 +98,87 @@ redis.call('DEL', KEYS[4])
 return 1
 ";
 
+/// Keeps a version: takes the document's next version id and writes the version's metadata and
+/// snapshot under it, adding its bytes to the history's total, all at once (a listed version
+/// always has its snapshot). KEYS: meta, versions, version-snaps. ARGV: metadata (see
+/// [`encode_version`]), snapshot, its bytes. Returns the id.
+const SAVE_VERSION: &str = r"
+local id = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[3], id, ARGV[2])
+redis.call('HSET', KEYS[2], id, ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'history_bytes', ARGV[3])
+return id
+";
+
+/// Removes versions: each one's metadata and snapshot together, and their bytes from the
+/// history's total; ids not kept (or given twice) are skipped. The last id given out stays, so
+/// ids are not reused. KEYS: meta, versions, version-snaps. ARGV: the ids. Returns how many
+/// were removed.
+const DELETE_VERSIONS: &str = r"
+local removed, freed = 0, 0
+for _, id in ipairs(ARGV) do
+  if redis.call('HDEL', KEYS[2], id) == 1 then
+    freed = freed + redis.call('HSTRLEN', KEYS[3], id)
+    redis.call('HDEL', KEYS[3], id)
+    removed = removed + 1
+  end
+end
+if removed > 0 then redis.call('HINCRBY', KEYS[1], 'history_bytes', -freed) end
+return removed
+";
+
+/// The format of a version's metadata, the first word of every value: a reader that finds
+/// another one refuses it rather than misreading it.
+const VERSION_FORMAT: &str = "1";
+
+/// A version's metadata as the versions hash keeps it: `1 CREATED_MS SEQ INDEX BYTES`, then
+/// for a named version a newline and the label (which may hold anything, newlines too: it is
+/// the rest of the value). The id is the hash field.
+fn encode_version(
+    created_at_ms: u64,
+    position: Position,
+    bytes: u64,
+    label: Option<&str>,
+) -> String {
+    let mut meta = format!(
+        "{VERSION_FORMAT} {created_at_ms} {} {} {bytes}",
+        position.seq, position.index
+    );
+    if let Some(label) = label {
+        meta.push('\n');
+        meta.push_str(label);
+    }
+    meta
+}
+
+/// Reads what [`encode_version`] wrote; `None` when it is not that.
+fn decode_version(id: VersionId, meta: &[u8]) -> Option<VersionInfo> {
+    let meta = std::str::from_utf8(meta).ok()?;
+    let (numbers, label) = match meta.split_once('\n') {
+        Some((numbers, label)) => (numbers, Some(label.to_owned())),
+        None => (meta, None),
+    };
+    let mut words = numbers.split(' ');
+    if words.next()? != VERSION_FORMAT {
+        return None;
+    }
+    let mut next = || words.next()?.parse::<u64>().ok();
+    let (created_at_ms, seq, index, bytes) = (next()?, next()?, next()?, next()?);
+    if words.next().is_some() {
+        return None;
+    }
+    Some(VersionInfo {
+        id,
+        created_at_ms,
+        position: Position {
+            seq,
+            index: u32::try_from(index).ok()?,
+        },
+        label,
+        bytes,
+    })
+}
+
 /// A [`Store`] in Redis, shared by every Concord node that uses the same Redis and key prefix.
 ///
 /// Made by [`crate::connect`]. Its futures await Redis (or a Redis Cluster: each document's
@@ -120,6 +208,8 @@ struct Scripts {
     load: Script,
     log_from: Script,
     compact: Script,
+    save_version: Script,
+    delete_versions: Script,
 }
 
 /// Whether Redis answered lately, and if not, why.
@@ -277,6 +367,8 @@ impl RedisStore {
                 load: Script::new(LOAD),
                 log_from: Script::new(LOG_FROM),
                 compact: Script::new(COMPACT),
+                save_version: Script::new(SAVE_VERSION),
+                delete_versions: Script::new(DELETE_VERSIONS),
             },
         }
     }
@@ -553,6 +645,8 @@ impl RedisStore {
                 .arg(&k.meta)
                 .arg(&k.snap)
                 .arg(&k.lease)
+                .arg(&k.versions)
+                .arg(&k.version_snaps)
                 .query_async(&mut conn)
                 .await,
         )?;
@@ -590,7 +684,9 @@ impl RedisStore {
             pipe.cmd("HMGET")
                 .arg(&k.meta)
                 .arg("tail_bytes")
-                .arg("updated");
+                .arg("updated")
+                .arg("history_bytes");
+            pipe.cmd("HLEN").arg(&k.versions);
             pipe
         };
         for chunk in docs.chunks(512) {
@@ -614,11 +710,11 @@ impl RedisStore {
                 }
                 self.answered(pipe.query_async(&mut conn).await)?
             };
-            for (doc, sizes) in chunk.iter().zip(values.chunks(3)) {
-                let [snapshot, entries, meta] = sizes else {
+            for (doc, sizes) in chunk.iter().zip(values.chunks(4)) {
+                let [snapshot, entries, meta, versions] = sizes else {
                     continue;
                 };
-                let (log_bytes, updated): (Option<u64>, Option<u64>) =
+                let (log_bytes, updated, history_bytes): (Option<u64>, Option<u64>, Option<u64>) =
                     redis::from_redis_value_ref(meta).unwrap_or_default();
                 infos.push(DocInfo {
                     name: doc.clone(),
@@ -626,12 +722,122 @@ impl RedisStore {
                     log_entries: redis::from_redis_value_ref(entries).unwrap_or(0),
                     log_bytes: log_bytes.unwrap_or(0),
                     updated_at_ms: updated.unwrap_or(0),
-                    versions: 0,
-                    history_bytes: 0,
+                    versions: redis::from_redis_value_ref(versions).unwrap_or(0),
+                    history_bytes: history_bytes.unwrap_or(0),
                 });
             }
         }
         Ok(infos)
+    }
+
+    /// Keeps a version. Lists the document first (the index lives in another slot on a
+    /// cluster, so not in the same script): a failure between the two leaves a listed document
+    /// without the version, never a version of an unlisted one, and a retry adds no duplicate.
+    /// Written on the appends' connection and, like an append, acknowledged only once the
+    /// replicas asked for have it.
+    async fn save_version_of(
+        &self,
+        doc: &DocName,
+        version: NewVersion,
+    ) -> Result<VersionInfo, StoreError> {
+        let k = self.keys.doc(doc);
+        let bytes = version.snapshot.len() as u64;
+        let meta = encode_version(
+            version.created_at_ms,
+            version.position,
+            bytes,
+            version.label.as_deref(),
+        );
+        let mut conn = self.append_conn.clone();
+        // NX: keeping a version is no write to the document's content, so an already listed
+        // document keeps its score.
+        let () = self.answered(
+            redis::cmd("ZADD")
+                .arg(self.keys.index())
+                .arg("NX")
+                .arg(now_ms())
+                .arg(doc.as_str())
+                .query_async(&mut conn)
+                .await,
+        )?;
+        let id: VersionId = self.answered(
+            self.scripts
+                .save_version
+                .key(&k.meta)
+                .key(&k.versions)
+                .key(&k.version_snaps)
+                .arg(meta)
+                .arg(version.snapshot)
+                .arg(bytes)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        if self.wait_replicas > 0 {
+            self.wait_for_replicas(&mut conn).await?;
+        }
+        Ok(VersionInfo {
+            id,
+            created_at_ms: version.created_at_ms,
+            position: version.position,
+            label: version.label,
+            bytes,
+        })
+    }
+
+    /// The kept versions' metadata (one `HGETALL` of the metadata hash: no snapshot is read).
+    async fn versions_of(&self, doc: &DocName) -> Result<Vec<VersionInfo>, StoreError> {
+        let k = self.keys.doc(doc);
+        let mut conn = self.conn.clone();
+        let raw: BTreeMap<VersionId, Vec<u8>> = self.answered(
+            redis::cmd("HGETALL")
+                .arg(&k.versions)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        raw.into_iter()
+            .map(|(id, meta)| {
+                decode_version(id, &meta).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "version {id} of {doc:?} has metadata Concord does not write: {:?}",
+                        String::from_utf8_lossy(&meta)
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    async fn version_snapshot(
+        &self,
+        doc: &DocName,
+        id: VersionId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = self.keys.doc(doc);
+        let mut conn = self.conn.clone();
+        self.answered(
+            redis::cmd("HGET")
+                .arg(&k.version_snaps)
+                .arg(id)
+                .query_async(&mut conn)
+                .await,
+        )
+    }
+
+    async fn delete_versions_of(
+        &self,
+        doc: &DocName,
+        ids: &[VersionId],
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let k = self.keys.doc(doc);
+        let mut conn = self.conn.clone();
+        let mut script = self.scripts.delete_versions.key(&k.meta);
+        script.key(&k.versions).key(&k.version_snaps);
+        for id in ids {
+            script.arg(id);
+        }
+        self.answered(script.invoke_async(&mut conn).await)
     }
 
     async fn log_tail(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
@@ -685,11 +891,82 @@ impl Store for RedisStore {
         Box::pin(self.log_tail(doc, from))
     }
 
+    fn save_version<'a>(
+        &'a self,
+        doc: &'a DocName,
+        version: NewVersion,
+    ) -> StoreFuture<'a, VersionInfo> {
+        Box::pin(self.save_version_of(doc, version))
+    }
+
+    fn versions<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, Vec<VersionInfo>> {
+        Box::pin(self.versions_of(doc))
+    }
+
+    fn version<'a>(&'a self, doc: &'a DocName, id: VersionId) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(self.version_snapshot(doc, id))
+    }
+
+    fn delete_versions<'a>(
+        &'a self,
+        doc: &'a DocName,
+        ids: Vec<VersionId>,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async move { self.delete_versions_of(doc, &ids).await })
+    }
+
     fn shared(&self) -> bool {
         true
     }
 
     fn ready(&self) -> Result<(), String> {
         self.health.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_metadata_round_trips_with_any_label_or_none() {
+        let at = Position {
+            seq: 17,
+            index: u32::MAX,
+        };
+        for label in [
+            None,
+            Some(""),
+            Some("draft \u{e9}"),
+            Some("two\nlines 1 2 3"),
+        ] {
+            let meta = encode_version(1_700_000_000_000, at, 4 << 20, label);
+            let info = decode_version(9, meta.as_bytes()).expect("it decodes");
+            assert_eq!(
+                info,
+                VersionInfo {
+                    id: 9,
+                    created_at_ms: 1_700_000_000_000,
+                    position: at,
+                    label: label.map(str::to_owned),
+                    bytes: 4 << 20,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn version_metadata_of_another_format_is_refused() {
+        for meta in [
+            &b""[..],
+            b"2 1 2 3 4",
+            b"1 1 2 3",
+            b"1 1 2 3 4 5",
+            b"1 1 2 4294967296 4",
+            b"1 x 2 3 4",
+            b"\xff",
+        ] {
+            assert_eq!(decode_version(1, meta), None, "{meta:?}");
+        }
     }
 }

@@ -30,7 +30,9 @@ impl Redis {
     }
 }
 
-/// `Arc<RedisStore>` is what `connect` gives; the harness hands out the store itself.
+/// `Arc<RedisStore>` is what `connect` gives; the harness hands out the store itself. It
+/// forwards every method: one left out would answer with the trait's default (the version
+/// methods' is `Unsupported`, which the versions check takes for a store without history).
 struct Shared(std::sync::Arc<RedisStore>, String);
 
 impl concord_core::Store for Shared {
@@ -67,8 +69,38 @@ impl concord_core::Store for Shared {
     ) -> concord_core::StoreFuture<'a, concord_core::LogTail> {
         self.0.log_from(doc, from)
     }
+    fn save_version<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        version: concord_core::NewVersion,
+    ) -> concord_core::StoreFuture<'a, concord_core::VersionInfo> {
+        self.0.save_version(doc, version)
+    }
+    fn versions<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+    ) -> concord_core::StoreFuture<'a, Vec<concord_core::VersionInfo>> {
+        self.0.versions(doc)
+    }
+    fn version<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        id: concord_core::VersionId,
+    ) -> concord_core::StoreFuture<'a, Option<Vec<u8>>> {
+        self.0.version(doc, id)
+    }
+    fn delete_versions<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        ids: Vec<concord_core::VersionId>,
+    ) -> concord_core::StoreFuture<'a, u64> {
+        self.0.delete_versions(doc, ids)
+    }
     fn shared(&self) -> bool {
         self.0.shared()
+    }
+    fn ready(&self) -> Result<(), String> {
+        self.0.ready()
     }
 }
 

@@ -10,16 +10,20 @@
 //! ten or more), then writes the same entries to the **journal** with one `write(2)`: that,
 //! not a sled flush, is what makes the batch survive a killed process (see [Durability]). [`Store::compact`] stores a
 //! snapshot and deletes the log entries it covers, atomically. [`Store::load`] returns the
-//! snapshot and the updates of the entries after it, in seq order.
+//! snapshot and the updates of the entries after it, in seq order. A document also keeps
+//! **versions** ([`Store::save_version`]): whole-document snapshots with an id, a time, a
+//! position and an optional label (see [Versions]).
 //!
 //! # Layout
 //!
-//! A store is a directory holding three things:
+//! A store is a directory holding four things:
 //!
 //! - `sled/`: a sled database with the format records, document metadata and log entries,
 //!   all in sled's default tree;
 //! - `snapshots/`: one file per document snapshot, named `<id>-<seq>.snap` (both 16 hex
 //!   digits: the document's numeric id and the last log seq the snapshot covers);
+//! - `versions/`: one file per kept version, named `<id>-<version id>.snap` (both 16 hex
+//!   digits), in the snapshot file format;
 //! - `journal/`: the log entries sled may not have written yet, in files `<number>.log` (16
 //!   hex digits), each a sequence of frames `[length: u32 LE][record]` whose record payload
 //!   is `{ entries: Vec<{ doc: name, id: u64, seq: u64, updates: Vec<Vec<u8>> }> }`, one frame
@@ -33,12 +37,14 @@
 //! Integers in keys are big-endian, so byte order is numeric order and a range scan returns log
 //! entries by seq.
 //!
-//! | Key                                  | Value (payload of a record)                         |
-//! |--------------------------------------|-----------------------------------------------------|
-//! | `b"m"`                               | store format: `{ format_version: u32 }` (2)         |
-//! | `b"i"`                               | id counter: `{ next_doc_id: u64 }`                  |
-//! | `b"d"` + name (UTF-8 bytes)          | document metadata, see below                        |
-//! | `b"l"` + id (u64 BE) + seq (u64 BE)  | log entry: `{ updates: Vec<Vec<u8>> }` (Yjs v1)     |
+//! | Key                                        | Value (payload of a record)                     |
+//! |--------------------------------------------|-------------------------------------------------|
+//! | `b"m"`                                     | store format: `{ format_version: u32 }` (2)     |
+//! | `b"i"`                                     | id counter: `{ next_doc_id: u64 }`              |
+//! | `b"d"` + name (UTF-8 bytes)                | document metadata, see below                    |
+//! | `b"l"` + id (u64 BE) + seq (u64 BE)        | log entry: `{ updates: Vec<Vec<u8>> }` (Yjs v1) |
+//! | `b"h"` + id (u64 BE)                       | version history summary, see [Versions]         |
+//! | `b"v"` + id (u64 BE) + version id (u64 BE) | version metadata, see [Versions]                |
 //!
 //! A snapshot file holds one record whose payload is `{ id: u64, upto: u64, bytes: Vec<u8> }`
 //! (`bytes` is the snapshot as the server made it); the id and seq repeat the file name, so a file under the wrong name is
@@ -49,6 +55,57 @@
 //! updated_at_ms: u64 }`. Documents get a numeric id from the `b"i"` counter (updated in the
 //! same batch as the document's first write) so that log keys are short and fixed-size; ids are
 //! never reused. Seqs start at 1 and are never reused either, even after compaction.
+//!
+//! # Versions
+//!
+//! A version's snapshot is as large as the document's (several MB for a big one) and
+//! retention deletes versions, so, like snapshots, version snapshots are **files**, in
+//! `versions/`: `<id>-<version id>.snap`, one record `{ id: u64, upto: u64, bytes: Vec<u8> }`
+//! (the snapshot file format, `upto` holding the version id), written to a `.tmp` name,
+//! fsynced, renamed, the directory fsynced. Everything else is small and lives in sled's
+//! default tree with the rest of the document, so that one `sled::Batch` changes it together
+//! with the document's metadata and the id counter:
+//!
+//! - `b"v" + id + version id` (big-endian: a prefix scan lists a document's versions oldest
+//!   first) holds the version's metadata `{ id: u64, created_at_ms: u64, position_seq: u64,
+//!   position_index: u32, label: Option<String>, bytes: u64 }` (`id` repeats the key's, so a
+//!   record under the wrong key is detected; `bytes` is the snapshot's length). Listing a
+//!   document's versions reads these records only, never a file.
+//! - `b"h" + id` holds the document's history summary `{ next_version: u64, versions: u64,
+//!   history_bytes: u64 }`: the version id counter (ids start at 1; the record stays when
+//!   every version is deleted, so ids are never reused, across reopening too) and the count
+//!   and byte total that [`DocInfo`] reports, so a listing reads one record per document. It
+//!   is rewritten in the same batch as the metadata it summarises, recounted from that
+//!   metadata (exact whatever it held before), so it agrees with the metadata after any crash.
+//!
+//! `save_version` on a document that does not exist creates it (empty, listed), as
+//! [`Store::compact`] does. It takes the lock compactions and deletions hold (so version ids
+//! are handed out one at a time) and:
+//!
+//! 1. writes the version file durably, outside the store's lock;
+//! 2. applies ONE sled batch: the version's metadata, the summary (and, for a new document,
+//!    its metadata and the id counter);
+//! 3. flushes and fsyncs sled: when `save_version` returns, the version survives a killed
+//!    process **and a power loss** (stronger than an append; versions are rare, so the fsync
+//!    costs little), and its id can never be handed out again.
+//!
+//! `delete_versions` applies one batch removing the metadata and rewriting the summary,
+//! flushes and fsyncs sled, then removes the files. [`Store::delete`] removes the document's
+//! version metadata and summary in its batch and the files after its fsync.
+//!
+//! **Crashes.** A version is listed only once its metadata is in sled, which happens only
+//! after its file is durable, and a file is removed only after the metadata's removal is
+//! durable: no crash (power loss included) leaves a listed version without its bytes. What a
+//! crash can leave is the opposite, a file nothing refers to (a crash in `save_version` before
+//! step 2, or in `delete_versions`/`delete` before the files are removed) or a `.tmp` file:
+//! never listed or read, and removed when the store opens (a file is kept when a `b"v"` key
+//! names it, whether or not its record is readable). An orphan's version id may then be
+//! handed out again, but it was never returned to a caller.
+//!
+//! **Format.** The change is additive: the `b"h"` and `b"v"` keys and the `versions/`
+//! directory are new and nothing existing changed, so the store format stays 2 and stores
+//! written before versions existed open unchanged (no summary means no versions, next id 1;
+//! the directory is created at open).
 //!
 //! # Record format
 //!
@@ -77,6 +134,12 @@
 //!   behind, unreachable). An `append` batch that includes such a document fails as a whole:
 //!   the trait reports one result per batch. While any metadata is damaged, opening the store
 //!   removes no snapshot file (an orphan cannot be told from that document's snapshot).
+//!   Such a document's versions (keys and files) stay behind with its other keys.
+//! - Damaged **version metadata** is skipped by [`Store::versions`] and by the summary's
+//!   count, and logged with `tracing::error!`; [`Store::delete_versions`] removes it. A
+//!   damaged **history summary** is [`StoreError::Corrupt`] for listings and version writes
+//!   until the document is deleted. A damaged, mislabelled or missing **version file** makes
+//!   [`Store::version`] fail with [`StoreError::Corrupt`] for that version only.
 //!
 //! # Compaction and crashes
 //!
@@ -130,14 +193,16 @@
 //! replace it without touching the server.
 //!
 //! [Durability]: #durability
+//! [Versions]: #versions
 //!
 //! # Concurrency
 //!
 //! A [`SledStore`] is shared between threads: the server appends from its persistence worker
 //! while compactions run elsewhere. One internal mutex serialises the metadata
-//! read-modify-writes (`append`, `compact`, `delete`) and `load` (a sled range scan is not
-//! isolated from a concurrent batch); flushes, fsyncs and snapshot file I/O run outside it (a
-//! load opens the snapshot file under the lock and reads it after). Note that sled 0.34 itself
+//! read-modify-writes (`append`, `compact`, `delete`, the version calls) and `load` (a sled
+//! range scan is not isolated from a concurrent batch); flushes, fsyncs and snapshot and
+//! version file I/O run outside it (a load opens the snapshot file under the lock and reads it
+//! after; `version` does the same with its file). Note that sled 0.34 itself
 //! applies batches under a process-wide lock shared by every sled database in the process:
 //! while a batch is applied (a large compaction removes one key per log entry), every other
 //! sled read and write in the process waits.
@@ -147,6 +212,11 @@
 //! [`Store::compact`]: concord_core::Store::compact
 //! [`Store::load`]: concord_core::Store::load
 //! [`Store::delete`]: concord_core::Store::delete
+//! [`Store::save_version`]: concord_core::Store::save_version
+//! [`Store::versions`]: concord_core::Store::versions
+//! [`Store::version`]: concord_core::Store::version
+//! [`Store::delete_versions`]: concord_core::Store::delete_versions
+//! [`DocInfo`]: concord_core::DocInfo
 //! [`StoreError::NewerFormat`]: concord_core::StoreError::NewerFormat
 //! [`StoreError::Corrupt`]: concord_core::StoreError::Corrupt
 //! [`StoredDoc::corrupt_entries`]: concord_core::StoredDoc::corrupt_entries

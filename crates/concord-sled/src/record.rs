@@ -198,6 +198,48 @@ pub(crate) struct DocMeta {
     pub(crate) updated_at_ms: u64,
 }
 
+/// Payload under `b"h" + id`: document `id`'s version history summary, rewritten in the batch
+/// that adds or removes one of its versions, so that it always agrees with the version
+/// metadata on disk and listing a document costs one read. A document that never kept a
+/// version has none (all zero). Kept, with `versions: 0`, when every version is deleted: the
+/// counter must outlive them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub(crate) struct VersionSummary {
+    /// The id the next version gets. Ids start at 1 and are never reused.
+    pub(crate) next_version: u64,
+    /// Readable version metadata records of the document.
+    pub(crate) versions: u64,
+    /// Sum of their `bytes`.
+    pub(crate) history_bytes: u64,
+}
+
+/// Payload under `b"v" + id + version id`, as written: one kept version's metadata (its
+/// snapshot is in a file, see [`crate::snapfile`]). The version id repeats the key's, so a
+/// record under the wrong key is detected.
+#[derive(Debug, bincode::Encode)]
+pub(crate) struct VersionMetaRef<'a> {
+    pub(crate) id: u64,
+    pub(crate) created_at_ms: u64,
+    pub(crate) position_seq: u64,
+    pub(crate) position_index: u32,
+    pub(crate) label: Option<&'a str>,
+    /// Bytes of the snapshot.
+    pub(crate) bytes: u64,
+}
+
+/// Payload under `b"v" + id + version id`, as read. The label is a [`Blob`] (same encoding
+/// as a string) so that a damaged length cannot allocate more than the record holds; it is
+/// checked to be UTF-8 after decoding.
+#[derive(Debug, bincode::Decode)]
+pub(crate) struct VersionMeta {
+    pub(crate) id: u64,
+    pub(crate) created_at_ms: u64,
+    pub(crate) position_seq: u64,
+    pub(crate) position_index: u32,
+    pub(crate) label: Option<Blob>,
+    pub(crate) bytes: u64,
+}
+
 /// Payload under `b"l" + id + seq`, as written: the document's updates of one batch, in batch
 /// order (borrowed, to avoid copying them before encoding).
 #[derive(Debug, bincode::Encode)]
@@ -311,6 +353,47 @@ mod tests {
         .unwrap();
         let read: Snapshot = open(&snap).unwrap();
         assert_eq!((read.id, read.upto, read.bytes.0), (2, 7, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn version_records_round_trip() {
+        let record = seal(&VersionMetaRef {
+            id: 4,
+            created_at_ms: 1_700_000_000_000,
+            position_seq: 9,
+            position_index: u32::MAX,
+            label: Some("draft \u{e9}"),
+            bytes: 300,
+        })
+        .unwrap();
+        let read: VersionMeta = open(&record).unwrap();
+        assert_eq!(
+            (
+                read.id,
+                read.created_at_ms,
+                read.position_seq,
+                read.position_index,
+                read.label.unwrap().0,
+                read.bytes
+            ),
+            (
+                4,
+                1_700_000_000_000,
+                9,
+                u32::MAX,
+                "draft \u{e9}".as_bytes().to_vec(),
+                300
+            )
+        );
+        let summary = VersionSummary {
+            next_version: 5,
+            versions: 2,
+            history_bytes: 7,
+        };
+        assert_eq!(
+            open::<VersionSummary>(&seal(&summary).unwrap()).unwrap(),
+            summary
+        );
     }
 
     #[test]

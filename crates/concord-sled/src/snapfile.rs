@@ -7,6 +7,9 @@
 //! ended up under the wrong name is detected. Files are written to a `.tmp` name, fsynced,
 //! renamed into place, and the directory fsynced: a snapshot file is durable, power loss
 //! included, before any metadata points at it.
+//!
+//! Version snapshots use the same files in a directory of their own (`versions/`), the
+//! version id taking the place of the seq.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};

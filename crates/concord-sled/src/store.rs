@@ -1,6 +1,7 @@
-//! [`SledStore`]: the [`Store`] trait on a sled database plus a directory of snapshot files.
+//! [`SledStore`]: the [`Store`] trait on a sled database plus directories of snapshot and
+//! version files.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -9,15 +10,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_core::{
-    Appended, DocInfo, DocName, LogTail, Position, Seq, Store, StoreError, StoreFuture, StoredDoc,
-    StoredUpdate,
+    Appended, DocInfo, DocName, LogTail, NewVersion, Position, Seq, Store, StoreError, StoreFuture,
+    StoredDoc, StoredUpdate, VersionId, VersionInfo,
 };
 
 use crate::journal::{self, Journal};
 use crate::keys;
 use crate::record::{
     self, DocMeta, FORMAT_VERSION, IdCounter, JournalBatch, JournalBatchRef, JournalEntryRef,
-    LogEntry, LogEntryRef, STORE_FORMAT, StoreMeta,
+    LogEntry, LogEntryRef, STORE_FORMAT, StoreMeta, VersionMeta, VersionMetaRef, VersionSummary,
 };
 use crate::snapfile::{self, SnapshotDir};
 
@@ -70,17 +71,20 @@ struct Inner {
     /// document: in sled, each compaction left a dead copy behind (measured: 16-20x the
     /// document's size on disk after compacting as the server does).
     snapshots: SnapshotDir,
+    /// Version snapshot files, in the snapshot file format (named by document id and version
+    /// id), outside sled for the same reason: a version is as large as a snapshot.
+    versions: SnapshotDir,
     /// Held by every operation that reads or writes document metadata or must see one document
     /// consistently: `append`, `compact`, `delete` and `load`. sled applies a batch atomically
     /// for single-key reads, but a range scan can observe a compaction's batch between two of
     /// its steps, so `load` takes the lock as well. Flushes, fsyncs and snapshot file writes
     /// happen outside it, so a slow disk never holds up another writer's batch.
     state: Mutex<State>,
-    /// Held for the whole of a compaction or a deletion (which write and remove snapshot files
-    /// outside `state`), so that no two of them interleave: a snapshot file is never written
-    /// for a document another one is removing, and one file name is never written twice at
-    /// once. Compactions are rare (one per thousands of updates); appends and loads never
-    /// take this lock.
+    /// Held for the whole of a compaction, a deletion, a `save_version` or a `delete_versions`
+    /// (which write and remove snapshot or version files outside `state`), so that no two of
+    /// them interleave: a file is never written for a document another one is removing, one
+    /// file name is never written twice at once, and a version id is handed out once. These
+    /// calls are rare (one per thousands of updates); appends and loads never take this lock.
     compacting: Mutex<()>,
     /// Corrupt log entries read since the store was opened.
     corrupt_seen: AtomicU64,
@@ -109,6 +113,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 const SLED_DIR: &str = "sled";
 /// Subdirectory of the store directory holding snapshot files.
 const SNAPSHOT_DIR: &str = "snapshots";
+/// Subdirectory of the store directory holding version snapshot files.
+const VERSION_DIR: &str = "versions";
 /// Subdirectory of the store directory holding the journal files.
 const JOURNAL_DIR: &str = "journal";
 
@@ -136,8 +142,9 @@ impl SledStore {
     }
 
     /// Opens (or creates, with any missing parent directories) the store in directory `path`:
-    /// the sled database in `path/sled`, snapshot files in `path/snapshots`. Snapshot files no
-    /// document refers to (what a crash during a compaction or deletion leaves) are removed.
+    /// the sled database in `path/sled`, snapshot files in `path/snapshots`, version files in
+    /// `path/versions`. Snapshot and version files nothing refers to (what a crash during a
+    /// compaction, a deletion or a version write leaves) are removed.
     ///
     /// Fails with [`StoreError::NewerFormat`] if a newer Concord wrote the store, with
     /// [`StoreError::Corrupt`] if the directory holds a sled database that is not a Concord
@@ -217,6 +224,31 @@ impl SledStore {
         self.inner.log_from(doc, from)
     }
 
+    /// [`Store::save_version`], blocking the calling thread until the version is durable
+    /// (power loss included: its file and sled are fsynced).
+    pub fn save_version(
+        &self,
+        doc: &DocName,
+        version: &NewVersion,
+    ) -> Result<VersionInfo, StoreError> {
+        self.inner.save_version(doc, version)
+    }
+
+    /// [`Store::versions`], blocking the calling thread.
+    pub fn versions(&self, doc: &DocName) -> Result<Vec<VersionInfo>, StoreError> {
+        self.inner.versions(doc)
+    }
+
+    /// [`Store::version`], blocking the calling thread.
+    pub fn version(&self, doc: &DocName, id: VersionId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.version(doc, id)
+    }
+
+    /// [`Store::delete_versions`], blocking the calling thread.
+    pub fn delete_versions(&self, doc: &DocName, ids: &[VersionId]) -> Result<u64, StoreError> {
+        self.inner.delete_versions(doc, ids)
+    }
+
     /// Runs `f` on the open store on Tokio's blocking thread pool.
     fn blocking<T: Send + 'static>(
         &self,
@@ -275,6 +307,34 @@ impl Store for SledStore {
         let doc = doc.clone();
         self.blocking(move |inner| inner.log_from(&doc, from))
     }
+
+    fn save_version<'a>(
+        &'a self,
+        doc: &'a DocName,
+        version: NewVersion,
+    ) -> StoreFuture<'a, VersionInfo> {
+        let doc = doc.clone();
+        self.blocking(move |inner| inner.save_version(&doc, &version))
+    }
+
+    fn versions<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, Vec<VersionInfo>> {
+        let doc = doc.clone();
+        self.blocking(move |inner| inner.versions(&doc))
+    }
+
+    fn version<'a>(&'a self, doc: &'a DocName, id: VersionId) -> StoreFuture<'a, Option<Vec<u8>>> {
+        let doc = doc.clone();
+        self.blocking(move |inner| inner.version(&doc, id))
+    }
+
+    fn delete_versions<'a>(
+        &'a self,
+        doc: &'a DocName,
+        ids: Vec<VersionId>,
+    ) -> StoreFuture<'a, u64> {
+        let doc = doc.clone();
+        self.blocking(move |inner| inner.delete_versions(&doc, &ids))
+    }
 }
 
 impl Inner {
@@ -297,6 +357,7 @@ impl Inner {
         // have recovered one without the other: no id a document holds is handed out again.
         let next_doc_id = check_format(&db)?.max(next_id(max_doc_id(&db)?)?);
         let snapshots = SnapshotDir::open(path.join(SNAPSHOT_DIR)).map_err(backend)?;
+        let versions = SnapshotDir::open(path.join(VERSION_DIR)).map_err(backend)?;
         let journal_dir = path.join(JOURNAL_DIR);
         std::fs::create_dir_all(&journal_dir).map_err(backend)?;
         // The files a previous process left, replayed below; appends go to a new one after them.
@@ -306,6 +367,7 @@ impl Inner {
             db,
             sled_file: sled_path.join("db"),
             snapshots,
+            versions,
             state: Mutex::new(State { next_doc_id }),
             compacting: Mutex::new(()),
             corrupt_seen: AtomicU64::new(0),
@@ -320,6 +382,7 @@ impl Inner {
             options.flush_every_ms.map(Duration::from_millis),
         )?);
         store.remove_orphan_snapshots()?;
+        store.remove_orphan_versions()?;
         Ok(store)
     }
 
@@ -383,6 +446,8 @@ impl Inner {
                 // which came before it.
                 Some(meta) => {
                     self.remove_entries(&mut sled_batch, meta.id, Seq::MAX)?;
+                    // Its version files become orphans, removed once the journal is replayed.
+                    self.remove_versions(&mut sled_batch, meta.id)?;
                     DocMeta::new(entry.id)
                 }
                 None if entry.id >= state.next_doc_id => DocMeta::new(entry.id),
@@ -910,15 +975,17 @@ impl Inner {
 
     fn delete(&self, doc: &DocName) -> Result<(), StoreError> {
         let _compacting = self.compacting.lock().unwrap_or_else(|e| e.into_inner());
-        let snapshot = {
+        let files = {
             let _state = self.lock();
             let mut batch = sled::Batch::default();
             let mut snapshot = None;
+            let mut versions = (0, Vec::new());
             match self.read_meta(doc) {
                 Ok(None) => return Ok(()),
                 Ok(Some(meta)) => {
                     snapshot = meta.snapshot_seq.map(|seq| (meta.id, seq));
                     self.remove_entries(&mut batch, meta.id, Seq::MAX)?;
+                    versions = (meta.id, self.remove_versions(&mut batch, meta.id)?);
                 }
                 // Deleting is how an operator gets rid of a damaged document, so it must work
                 // without the id; the document's other keys are orphaned (ids are never
@@ -927,21 +994,27 @@ impl Inner {
                     tracing::warn!(
                         doc = %doc,
                         reason = %why,
-                        "deleting a document with corrupt metadata: its log entries and \
-                         snapshot file stay on disk, unreachable"
+                        "deleting a document with corrupt metadata: its log entries, \
+                         snapshot file and versions stay on disk, unreachable"
                     );
                 }
                 Err(e) => return Err(e),
             }
             batch.remove(keys::doc(doc.as_str()));
             self.db.apply_batch(batch).map_err(backend)?;
-            snapshot
+            (snapshot, versions)
         };
         self.db.flush().map_err(backend)?;
-        if let Some((id, seq)) = snapshot {
-            // A crash before this removal leaves an orphan file, removed at the next open.
+        let (snapshot, (id, versions)) = files;
+        if snapshot.is_some() || !versions.is_empty() {
+            // A crash before these removals leaves orphan files, removed at the next open.
             self.sync_sled()?;
+        }
+        if let Some((id, seq)) = snapshot {
             self.snapshots.remove(id, seq).map_err(backend)?;
+        }
+        for version in versions {
+            self.versions.remove(id, version).map_err(backend)?;
         }
         Ok(())
     }
@@ -989,14 +1062,15 @@ impl Inner {
                 })?;
             let meta: DocMeta = record::open(&value)
                 .map_err(|e| StoreError::Corrupt(format!("metadata of document {name:?}: {e}")))?;
+            let history = self.read_history(&name, meta.id)?;
             infos.push(DocInfo {
                 name,
                 snapshot_bytes: meta.snapshot_bytes,
                 log_entries: meta.tail_entries,
                 log_bytes: meta.tail_bytes,
                 updated_at_ms: meta.updated_at_ms,
-                versions: 0,
-                history_bytes: 0,
+                versions: history.versions,
+                history_bytes: history.history_bytes,
             });
         }
         // Keys sort bytewise, which for UTF-8 is the order of `DocName`; sorting again is
@@ -1004,6 +1078,327 @@ impl Inner {
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(infos)
     }
+}
+
+/// Version history: snapshots in files under `versions/`, metadata and a per-document summary
+/// in sled (see the crate documentation's Versions section).
+impl Inner {
+    /// The id of `doc` and the id its next version gets. A document that does not exist yet
+    /// gets an id reserved here and persisted with its metadata by `save_version`.
+    fn version_target(&self, doc: &DocName) -> Result<(u64, VersionId), StoreError> {
+        let mut state = self.lock();
+        Ok(match self.read_meta(doc)? {
+            Some(meta) => {
+                // Recounted, so the id is above every version key there is: the file written
+                // next can never be an existing version's.
+                let mut history = self.read_history(doc, meta.id)?;
+                self.recount_history(doc, meta.id, &mut history, &BTreeSet::new())?;
+                (meta.id, history.next_version.max(1))
+            }
+            None => {
+                let id = state.next_doc_id;
+                state.next_doc_id = next_id(id)?;
+                (id, 1)
+            }
+        })
+    }
+
+    fn save_version(&self, doc: &DocName, version: &NewVersion) -> Result<VersionInfo, StoreError> {
+        let _writing = self.compacting.lock().unwrap_or_else(|e| e.into_inner());
+        // A round is only repeated when an `append` created the document between choosing its
+        // id and writing its metadata, as in a compaction.
+        for _ in 0..4 {
+            let (id, number) = self.version_target(doc)?;
+            // The file first, outside the lock, durably: nothing points at it yet, so a crash
+            // now leaves an orphan that the next open removes.
+            self.versions
+                .write(id, number, &version.snapshot)
+                .map_err(backend)?;
+            let info = VersionInfo {
+                id: number,
+                created_at_ms: version.created_at_ms,
+                position: version.position,
+                label: version.label.clone(),
+                bytes: version.snapshot.len() as u64,
+            };
+            {
+                let mut state = self.lock();
+                let mut batch = sled::Batch::default();
+                let mut created = false;
+                match self.read_meta(doc)? {
+                    Some(meta) if meta.id == id => {}
+                    None => {
+                        let mut meta = DocMeta::new(id);
+                        meta.updated_at_ms = now_ms();
+                        batch.insert(keys::doc(doc.as_str()), seal(&meta)?);
+                        // The reserved id counts as handed out from now on, on disk too.
+                        batch.insert(
+                            keys::ID_COUNTER,
+                            seal(&IdCounter {
+                                next_doc_id: state.next_doc_id,
+                            })?,
+                        );
+                        created = true;
+                    }
+                    Some(_) => {
+                        // Created (or deleted and created again) meanwhile under another id.
+                        drop(state);
+                        self.versions.remove(id, number).map_err(backend)?;
+                        continue;
+                    }
+                }
+                let mut history = self.read_history(doc, id)?;
+                self.recount_history(doc, id, &mut history, &BTreeSet::new())?;
+                if history.next_version > number {
+                    // Cannot happen (every writer of the history holds `compacting`); refuse
+                    // rather than overwrite a version.
+                    return Err(StoreError::Corrupt(format!(
+                        "version {number} of document {doc:?} was written by someone else"
+                    )));
+                }
+                history.next_version = number.checked_add(1).ok_or_else(|| {
+                    StoreError::Corrupt(format!("document {doc:?} ran out of version ids"))
+                })?;
+                history.versions = history.versions.saturating_add(1);
+                history.history_bytes = history.history_bytes.saturating_add(info.bytes);
+                batch.insert(
+                    &keys::version(id, number)[..],
+                    seal(&VersionMetaRef {
+                        id: number,
+                        created_at_ms: info.created_at_ms,
+                        position_seq: info.position.seq,
+                        position_index: info.position.index,
+                        label: info.label.as_deref(),
+                        bytes: info.bytes,
+                    })?,
+                );
+                batch.insert(&keys::history(id)[..], seal(&history)?);
+                // One batch: the metadata, the summary (and a new document) appear together.
+                self.db.apply_batch(batch).map_err(backend)?;
+                if created {
+                    state.next_doc_id = state.next_doc_id.max(next_id(id)?);
+                }
+            }
+            // Durable when it returns, power loss included (stronger than an append, whose
+            // journal is fsynced every `flush_every_ms`): a returned id is never handed out
+            // again. Versions are rare, so the fsync costs little.
+            self.sync_sled()?;
+            return Ok(info);
+        }
+        Err(StoreError::Backend(
+            format!("document {doc:?} kept changing identity while a version was saved").into(),
+        ))
+    }
+
+    fn versions(&self, doc: &DocName) -> Result<Vec<VersionInfo>, StoreError> {
+        let _state = self.lock();
+        let Some(meta) = self.read_meta(doc)? else {
+            return Ok(Vec::new());
+        };
+        let mut listed = Vec::new();
+        // Metadata only: no version file is opened.
+        for item in self.db.scan_prefix(keys::versions_of(meta.id)) {
+            let (key, value) = item.map_err(backend)?;
+            match version_info(&key, &value) {
+                Ok(info) => listed.push(info),
+                Err(why) => report_corrupt_version(doc, &key, &why),
+            }
+        }
+        Ok(listed)
+    }
+
+    fn version(&self, doc: &DocName, number: VersionId) -> Result<Option<Vec<u8>>, StoreError> {
+        let (file, id) = {
+            let _state = self.lock();
+            let Some(meta) = self.read_meta(doc)? else {
+                return Ok(None);
+            };
+            if !self
+                .db
+                .contains_key(keys::version(meta.id, number))
+                .map_err(backend)?
+            {
+                return Ok(None);
+            }
+            match self.versions.open_file(meta.id, number) {
+                Ok(file) => (file, meta.id),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Corrupt(format!(
+                        "version {number} of document {doc:?}: its file is missing"
+                    )));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        };
+        // Read outside the lock: the handle stays valid if the version is deleted meanwhile.
+        snapfile::read(file, id, number)
+            .map(Some)
+            .map_err(|e| match e {
+                snapfile::ReadError::Io(e) => backend(e),
+                snapfile::ReadError::Mislabelled { id, upto } => StoreError::Corrupt(format!(
+                    "version {number} of document {doc:?}: its file holds version {upto} of \
+                     document id {id}"
+                )),
+                e => StoreError::Corrupt(format!("version {number} of document {doc:?}: {e}")),
+            })
+    }
+
+    fn delete_versions(&self, doc: &DocName, numbers: &[VersionId]) -> Result<u64, StoreError> {
+        let _writing = self.compacting.lock().unwrap_or_else(|e| e.into_inner());
+        let (id, removed) = {
+            let _state = self.lock();
+            let Some(meta) = self.read_meta(doc)? else {
+                return Ok(0);
+            };
+            let mut removed = BTreeSet::new();
+            for &number in numbers {
+                if self
+                    .db
+                    .contains_key(keys::version(meta.id, number))
+                    .map_err(backend)?
+                {
+                    removed.insert(number);
+                }
+            }
+            if removed.is_empty() {
+                return Ok(0);
+            }
+            let mut history = self.read_history(doc, meta.id)?;
+            self.recount_history(doc, meta.id, &mut history, &removed)?;
+            let mut batch = sled::Batch::default();
+            for &number in &removed {
+                batch.remove(&keys::version(meta.id, number)[..]);
+            }
+            batch.insert(&keys::history(meta.id)[..], seal(&history)?);
+            self.db.apply_batch(batch).map_err(backend)?;
+            (meta.id, removed)
+        };
+        // The files may go only once no recoverable metadata can point at them; a crash before
+        // their removal leaves orphans, removed at the next open.
+        self.sync_sled()?;
+        for &number in &removed {
+            self.versions.remove(id, number).map_err(backend)?;
+        }
+        Ok(removed.len() as u64)
+    }
+
+    /// The version history summary of document `id` (all zero when it never kept a version).
+    fn read_history(&self, doc: &DocName, id: u64) -> Result<VersionSummary, StoreError> {
+        let Some(value) = self.db.get(keys::history(id)).map_err(backend)? else {
+            return Ok(VersionSummary::default());
+        };
+        record::open(&value).map_err(|e| {
+            StoreError::Corrupt(format!("version history summary of document {doc:?}: {e}"))
+        })
+    }
+
+    /// Recounts `history` from document `id`'s version metadata, leaving out the versions in
+    /// `except`: exact whatever it held, like the tail statistics of a compaction. The next
+    /// version id only grows.
+    fn recount_history(
+        &self,
+        doc: &DocName,
+        id: u64,
+        history: &mut VersionSummary,
+        except: &BTreeSet<VersionId>,
+    ) -> Result<(), StoreError> {
+        history.versions = 0;
+        history.history_bytes = 0;
+        for item in self.db.scan_prefix(keys::versions_of(id)) {
+            let (key, value) = item.map_err(backend)?;
+            let Some((_, number)) = keys::version_ids(&key) else {
+                continue;
+            };
+            history.next_version = history.next_version.max(number.saturating_add(1));
+            if except.contains(&number) {
+                continue;
+            }
+            match version_info(&key, &value) {
+                Ok(info) => {
+                    history.versions += 1;
+                    history.history_bytes = history.history_bytes.saturating_add(info.bytes);
+                }
+                Err(why) => report_corrupt_version(doc, &key, &why),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the removal of document `id`'s version metadata and summary to `batch`; returns
+    /// the ids of the version files to remove once the batch is durable.
+    fn remove_versions(
+        &self,
+        batch: &mut sled::Batch,
+        id: u64,
+    ) -> Result<Vec<VersionId>, StoreError> {
+        let mut numbers = Vec::new();
+        for key in self.db.scan_prefix(keys::versions_of(id)).keys() {
+            let key = key.map_err(backend)?;
+            if let Some((_, number)) = keys::version_ids(&key) {
+                numbers.push(number);
+            }
+            batch.remove(key);
+        }
+        batch.remove(&keys::history(id)[..]);
+        Ok(numbers)
+    }
+
+    /// Removes the version files no version metadata refers to: what a crash in `save_version`
+    /// before its batch, or in `delete_versions` or `delete` after theirs, leaves behind. Only
+    /// keys are read, so a version whose metadata is damaged keeps its file.
+    fn remove_orphan_versions(&self) -> Result<(), StoreError> {
+        let mut referenced = HashSet::new();
+        for key in self.db.scan_prefix([keys::VERSION_TAG]).keys() {
+            if let Some(ids) = keys::version_ids(&key.map_err(backend)?) {
+                referenced.insert(ids);
+            }
+        }
+        for (id, number) in self.versions.scan().map_err(backend)? {
+            if !referenced.contains(&(id, number)) {
+                tracing::info!(
+                    id,
+                    version = number,
+                    "removing a version file nothing refers to"
+                );
+                self.versions.remove(id, number).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A version metadata record as [`VersionInfo`], checked against its key.
+fn version_info(key: &[u8], value: &[u8]) -> Result<VersionInfo, String> {
+    let (_, number) = keys::version_ids(key).ok_or("malformed version key")?;
+    let meta: VersionMeta = record::open(value).map_err(|e| e.to_string())?;
+    if meta.id != number {
+        return Err(format!("the record is version {}'s", meta.id));
+    }
+    let label = meta
+        .label
+        .map(|label| String::from_utf8(label.0))
+        .transpose()
+        .map_err(|_| "the label is not UTF-8".to_owned())?;
+    Ok(VersionInfo {
+        id: number,
+        created_at_ms: meta.created_at_ms,
+        position: Position {
+            seq: meta.position_seq,
+            index: meta.position_index,
+        },
+        label,
+        bytes: meta.bytes,
+    })
+}
+
+/// Logs a damaged version metadata record, which listings skip.
+fn report_corrupt_version(doc: &DocName, key: &[u8], why: &str) {
+    tracing::error!(
+        doc = %doc,
+        version = keys::version_ids(key).map(|(_, number)| number),
+        reason = why,
+        "corrupt version metadata skipped: the version is not listed"
+    );
 }
 
 impl DocMeta {

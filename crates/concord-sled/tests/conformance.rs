@@ -6,7 +6,8 @@
 use std::future::Future;
 use std::path::PathBuf;
 
-use concord_core::conformance::{Harness, run_all};
+use concord_core::conformance::{Harness, name, run_all};
+use concord_core::{NewVersion, Position, Store};
 use concord_sled::SledStore;
 
 /// Makes each store in a directory of its own under one temporary directory, and reopens the
@@ -44,4 +45,31 @@ async fn the_sled_store_conforms() {
         latest: None,
     })
     .await;
+}
+
+/// The suite's version check passes at once for a store that answers `Unsupported`: make sure
+/// sled is not one, so that the check runs in full against it.
+#[tokio::test]
+async fn the_version_check_runs_in_full_for_sled() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = SledStore::open(dir.path()).expect("a new store opens");
+    let saved = Store::save_version(
+        &store,
+        &name("doc"),
+        NewVersion {
+            snapshot: vec![1, 2, 3],
+            created_at_ms: 1,
+            position: Position::START,
+            label: None,
+        },
+    )
+    .await
+    .expect("sled keeps versions");
+    assert_eq!(saved.id, 1);
+    assert_eq!(
+        Store::versions(&store, &name("doc"))
+            .await
+            .expect("versions"),
+        vec![saved]
+    );
 }
