@@ -20,7 +20,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, StateVector, Text, Transact, Update, WriteTxn};
 
 /// Polls the async `check` until it returns something, for at most [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -38,23 +38,27 @@ where
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(DEADLINE)
         .build()
         .unwrap()
 }
 
-fn api(server: &EmbeddedServer, path: &str) -> String {
+pub(crate) fn api(server: &EmbeddedServer, path: &str) -> String {
     format!("http://{}/api{path}", server.addr)
 }
 
-async fn memory_server(config: Config) -> EmbeddedServer {
+pub(crate) async fn memory_server(config: Config) -> EmbeddedServer {
     EmbeddedServer::start_with_store(config, Arc::new(MemoryStore::new())).await
 }
 
 /// POSTs a v1 update; returns the status and the body.
-async fn post_update(server: &EmbeddedServer, doc: &str, update: Vec<u8>) -> (u16, String) {
+pub(crate) async fn post_update(
+    server: &EmbeddedServer,
+    doc: &str,
+    update: Vec<u8>,
+) -> (u16, String) {
     let response = http()
         .post(api(server, &format!("/docs/{doc}/update")))
         .header("content-type", "application/octet-stream")
@@ -65,7 +69,7 @@ async fn post_update(server: &EmbeddedServer, doc: &str, update: Vec<u8>) -> (u1
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn get(url: &str) -> (u16, String, Vec<u8>) {
+pub(crate) async fn get(url: &str) -> (u16, String, Vec<u8>) {
     let response = http().get(url).send().await.unwrap();
     let status = response.status().as_u16();
     let kind = response
@@ -76,7 +80,7 @@ async fn get(url: &str) -> (u16, String, Vec<u8>) {
     (status, kind, response.bytes().await.unwrap().to_vec())
 }
 
-fn text_of_update(update: &[u8], root: &str) -> String {
+pub(crate) fn text_of_update(update: &[u8], root: &str) -> String {
     let doc = Doc::new();
     doc.transact_mut()
         .apply_update(Update::decode_v1(update).unwrap())
@@ -85,7 +89,7 @@ fn text_of_update(update: &[u8], root: &str) -> String {
     text.get_string(&doc.transact())
 }
 
-fn error_of(body: &str) -> String {
+pub(crate) fn error_of(body: &str) -> String {
     let value: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     value["error"]
@@ -139,6 +143,9 @@ async fn documents_are_read_written_listed_and_deleted_over_http() {
     assert!(kind.starts_with("application/json"), "{kind}");
     let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(json["t"], "hello world");
+    let (_, _, json) = get(&api(&server, "/docs/notes?format=json")).await;
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json, serde_json::json!({"t": "hello world"}), "inferred");
 
     // The list, with the loaded flag and pagination.
     post_update(&server, "other", text_insert_update(8, "t", "x")).await;

@@ -15,6 +15,8 @@ mod client;
 mod embedded;
 // The Hocuspocus protocol at the root URL, through the embedding API.
 mod hocuspocus;
+// Versions: named, automatic, thinned, restored.
+mod history;
 // Document names, path prefixes, static files next to documents.
 mod http;
 mod keepalive;

@@ -75,6 +75,11 @@ serverTest('Hocuspocus providers and y-websocket clients converge on one documen
   hp[2].doc.getArray('array').push([1, 2, 3])
   yws.doc.getText('text').insert(0, 'from y-websocket ')
   yws.doc.getMap('map').set('yws', true)
+  // What y-prosemirror (Tiptap's collaboration) writes: an XmlFragment of elements.
+  const paragraph = new Y.XmlElement('paragraph')
+  paragraph.insert(0, [new Y.XmlText('from y-websocket')])
+  yws.doc.getXmlFragment('prosemirror').insert(0, [paragraph])
+  for (const c of hp) c.doc.getXmlFragment('prosemirror') // so that they compare it too
   await waitConverged([...hp.map((c) => c.doc), yws.doc])
   await Promise.all(hp.map(saved))
   const text = hp[0].doc.getText('text').toString()
@@ -85,6 +90,15 @@ serverTest('Hocuspocus providers and y-websocket clients converge on one documen
   assert.equal(status, 200)
   assert.deepEqual(body.map, { who: 'hp1', yws: true })
   assert.deepEqual(body.array, [1, 2, 3])
+  // Without `types` the server infers each root's kind from its content.
+  const inferred = await fetch(`${httpBase(ctx)}/api/docs/${encodeURIComponent(ctx.docName('rich'))}?format=json`)
+  assert.equal(inferred.status, 200)
+  assert.deepEqual(await inferred.json(), {
+    text,
+    map: { who: 'hp1', yws: true },
+    array: [1, 2, 3],
+    prosemirror: '<paragraph>from y-websocket</paragraph>'
+  })
 
   // Presence: each protocol sees the other's.
   hp[0].provider.setAwarenessField('user', { name: 'Ada (hocuspocus)' })

@@ -1339,6 +1339,41 @@ impl<H: StoreHooks> concord_core::Store for Hooked<H> {
         let doc = doc.clone();
         self.blocking(move |hooks| hooks.inner().log_from(&doc, from))
     }
+
+    fn save_version<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        version: concord_core::NewVersion,
+    ) -> concord_core::StoreFuture<'a, concord_core::VersionInfo> {
+        let doc = doc.clone();
+        self.blocking(move |hooks| hooks.inner().save_version(&doc, version))
+    }
+
+    fn versions<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+    ) -> concord_core::StoreFuture<'a, Vec<concord_core::VersionInfo>> {
+        let doc = doc.clone();
+        self.blocking(move |hooks| hooks.inner().versions(&doc))
+    }
+
+    fn version<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        id: concord_core::VersionId,
+    ) -> concord_core::StoreFuture<'a, Option<Vec<u8>>> {
+        let doc = doc.clone();
+        self.blocking(move |hooks| hooks.inner().version(&doc, id))
+    }
+
+    fn delete_versions<'a>(
+        &'a self,
+        doc: &'a concord_core::DocName,
+        ids: Vec<concord_core::VersionId>,
+    ) -> concord_core::StoreFuture<'a, u64> {
+        let doc = doc.clone();
+        self.blocking(move |hooks| hooks.inner().delete_versions(&doc, &ids))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

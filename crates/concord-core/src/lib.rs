@@ -9,10 +9,12 @@
 mod codec;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod history;
 pub mod hocuspocus;
 pub mod json;
 mod name;
 pub mod replication;
+pub mod restore;
 mod room;
 mod snapshot;
 mod store;

@@ -68,7 +68,7 @@ pub async fn import(store: &dyn Store, doc: &DocName, update: &[u8]) -> Result<(
 /// Compacts one document into a snapshot. Returns the snapshot's size in bytes.
 pub async fn compact(store: &dyn Store, doc: &DocName) -> Result<usize, AdminError> {
     require(store, doc).await?;
-    let (snapshot, last_seq) = snapshot_of_stored(store, doc).await.map_err(|e| match e {
+    let (snapshot, last_seq, _) = snapshot_of_stored(store, doc).await.map_err(|e| match e {
         RebuildError::Store(e) => AdminError::Store(e),
         RebuildError::Unreadable { doc, reason } => AdminError::Unreadable { doc, reason },
     })?;

@@ -176,6 +176,9 @@ pub struct Config {
     /// other Hocuspocus connections in this process (after [`Config::on_stateless`]), as a
     /// Hocuspocus server whose `onStateless` hook calls `document.broadcastStateless` does.
     pub relay_stateless: bool,
+    /// Version history: automatic versions and their retention (named versions and restore
+    /// work whatever this says). See [`crate::HistoryConfig`].
+    pub history: crate::HistoryConfig,
 }
 
 impl Default for Config {
@@ -227,6 +230,7 @@ impl Default for Config {
             max_documents_per_connection: 64,
             on_stateless: None,
             relay_stateless: false,
+            history: crate::HistoryConfig::default(),
         }
     }
 }
@@ -263,6 +267,7 @@ impl fmt::Debug for Config {
             )
             .field("on_stateless", &self.on_stateless.as_ref().map(|_| "set"))
             .field("relay_stateless", &self.relay_stateless)
+            .field("history", &self.history)
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)

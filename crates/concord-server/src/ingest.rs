@@ -199,6 +199,11 @@ impl Ingest {
         }
     }
 
+    /// Waits until every update applied so far (to any room) is stored, or failed to be.
+    pub(crate) async fn stored_so_far(&self) {
+        self.persister.barrier().await;
+    }
+
     /// Deletes `name`: closes its connections, lets its queued updates be stored (they would
     /// bring it back otherwise), then removes it from the store. `Ok(false)` when there was
     /// nothing to delete (neither loaded nor stored).

@@ -38,6 +38,7 @@ pub mod admin;
 mod config;
 mod durability;
 mod edge;
+mod history;
 mod ingest;
 mod ops;
 mod policy;
@@ -60,6 +61,7 @@ pub use concord_core::replication::InletTarget;
 pub use config::Config;
 pub use durability::feed;
 pub use edge::hocuspocus::StatelessMessage;
+pub use history::{HistoryConfig, HistoryError, Restored};
 pub use ops::stats::Stats;
 pub use policy::auth;
 pub use replication::{Inlet, InletError, Published, Replication};
@@ -181,6 +183,53 @@ impl Concord {
         self.inner.state.rooms.get(doc).map_or(0, |room| {
             room.send_stateless(payload, to.map_or(Recipients::All, Recipients::Only))
         })
+    }
+
+    /// The versions of `doc`, oldest first (see [`HistoryConfig`] for when versions are kept).
+    pub async fn versions(
+        &self,
+        doc: &DocName,
+    ) -> Result<Vec<concord_core::VersionInfo>, HistoryError> {
+        history::list(self.inner.state.store.as_ref(), doc).await
+    }
+
+    /// Keeps `doc` as a version named `label`, with every update applied to it so far; kept
+    /// until deleted.
+    pub async fn save_version(
+        &self,
+        doc: &DocName,
+        label: &str,
+    ) -> Result<concord_core::VersionInfo, HistoryError> {
+        history::save_named(&self.inner.state, doc, label.to_owned()).await
+    }
+
+    /// Version `id` of `doc` as one Yjs v1 update of the whole document.
+    pub async fn version(
+        &self,
+        doc: &DocName,
+        id: concord_core::VersionId,
+    ) -> Result<Vec<u8>, HistoryError> {
+        history::state_of(self.inner.state.store.as_ref(), doc, id).await
+    }
+
+    /// Removes version `id` of `doc`; `Ok(false)` when there was no such version.
+    pub async fn delete_version(
+        &self,
+        doc: &DocName,
+        id: concord_core::VersionId,
+    ) -> Result<bool, HistoryError> {
+        history::delete(self.inner.state.store.as_ref(), doc, id).await
+    }
+
+    /// Restores `doc` to version `id`: keeps the current state as a named version, then
+    /// applies one update that makes every root equal the version's, stored and relayed to
+    /// every connected client like any edit. Returns once that update is stored.
+    pub async fn restore(
+        &self,
+        doc: &DocName,
+        id: concord_core::VersionId,
+    ) -> Result<Restored, HistoryError> {
+        history::restore(&self.inner.state, doc, id, concord_core::Access::ReadWrite).await
     }
 
     /// How many connections the document `name` has (0 when it is not loaded).

@@ -17,6 +17,7 @@ use crate::durability::compact;
 use crate::durability::feed::{self, ChangeStream, Feed, FeedError};
 use crate::durability::persist::{self, PersistConfig};
 use crate::durability::{LiveDocuments, Persister};
+use crate::history;
 use crate::ingest::Ingest;
 use crate::ops::metrics::Metrics;
 use crate::ops::stats::Counters;
@@ -137,11 +138,24 @@ impl AppState {
                 .sweep_awareness(config.awareness_sweep_interval, config.awareness_timeout),
         );
         let live: Arc<dyn LiveDocuments> = rooms.clone();
+        let (compacted_tx, compacted_rx) = tokio::sync::mpsc::channel(history::COMPACTED_QUEUE);
         tracker.spawn(compact::run_compactor(
             live,
             store.clone(),
             compact_rx,
+            compacted_tx,
             counters.clone(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(history::run_keeper(
+            history::Keeper {
+                store: store.clone(),
+                clock: config.clock.clone(),
+                config: config.history.clone(),
+                feed: feed.clone(),
+                counters: counters.clone(),
+            },
+            compacted_rx,
             shutdown.clone(),
         ));
         let loaded = rooms.clone();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use concord_core::{
-    Appended, DocInfo, DocName, LogTail, MemoryStore, Seq, Store, StoreFuture, StoredDoc,
-    StoredUpdate,
+    Appended, DocInfo, DocName, LogTail, MemoryStore, NewVersion, Seq, Store, StoreFuture,
+    StoredDoc, StoredUpdate, VersionId, VersionInfo,
 };
 use tokio::sync::Semaphore;
 
@@ -94,5 +94,29 @@ impl Store for GatedStore {
 
     fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail> {
         Store::log_from(&self.inner, doc, from)
+    }
+
+    fn save_version<'a>(
+        &'a self,
+        doc: &'a DocName,
+        version: NewVersion,
+    ) -> StoreFuture<'a, VersionInfo> {
+        Store::save_version(&self.inner, doc, version)
+    }
+
+    fn versions<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, Vec<VersionInfo>> {
+        Store::versions(&self.inner, doc)
+    }
+
+    fn version<'a>(&'a self, doc: &'a DocName, id: VersionId) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Store::version(&self.inner, doc, id)
+    }
+
+    fn delete_versions<'a>(
+        &'a self,
+        doc: &'a DocName,
+        ids: Vec<VersionId>,
+    ) -> StoreFuture<'a, u64> {
+        Store::delete_versions(&self.inner, doc, ids)
     }
 }

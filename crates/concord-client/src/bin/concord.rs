@@ -86,8 +86,8 @@ struct Target {
 #[derive(Debug, clap::Args)]
 struct TypesArg {
     /// The kinds of root types, e.g. text:content,map:meta. A root a client only received
-    /// cannot tell its kind: unnamed roots are read as maps, or as arrays when they hold a
-    /// sequence (so name text roots here to get their string).
+    /// does not tell its kind: unnamed roots are read as the kind their content shows (text,
+    /// xml, array, or map; an empty root is {}), named ones as named.
     #[arg(
         long,
         value_name = "KIND:NAME,..",

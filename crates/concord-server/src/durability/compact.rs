@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use concord_core::{DocName, Room, Seq, Store, StoreError, SystemClock};
+use concord_core::{DocName, Position, Room, Seq, Store, StoreError, SystemClock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,11 +29,13 @@ pub(crate) struct CompactRequest {
 }
 
 /// Runs until `shutdown` is cancelled or every request sender is gone. Counts compactions in
-/// `counters`.
+/// `counters`, and tells `compacted` of each document compacted (overflow policy: when that
+/// queue is full the notice is dropped; the history keeper still sees the document's edits).
 pub(crate) async fn run_compactor(
     live: Arc<dyn LiveDocuments>,
     store: Arc<dyn Store>,
     mut requests: mpsc::Receiver<CompactRequest>,
+    compacted: mpsc::Sender<DocName>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
@@ -67,6 +69,7 @@ pub(crate) async fn run_compactor(
                 Ok(bytes) => {
                     Counters::bump(&counters.compactions_done);
                     tracing::debug!(%doc, upto, snapshot_bytes = bytes, "compacted");
+                    let _ = compacted.try_send(doc);
                 }
                 Err(error) => {
                     Counters::bump(&counters.compactions_failed);
@@ -87,7 +90,7 @@ async fn compact_one(
     // A store other processes write to: a room here may lack what they appended, so only the
     // store itself covers `upto` (and its snapshot covers whatever it read, maybe more).
     if store.shared() {
-        let (snapshot, covered) = snapshot_of_stored(store.as_ref(), doc)
+        let (snapshot, covered, _) = snapshot_of_stored(store.as_ref(), doc)
             .await
             .map_err(|e| e.to_string())?;
         let size = snapshot.len();
@@ -133,14 +136,14 @@ pub(crate) enum RebuildError {
 }
 
 /// Rebuilds a document from the store and encodes its snapshot, with the sequence number of
-/// the last log entry it covers. For documents that are not loaded (and the offline `docs
-/// compact` command).
+/// the last log entry it covers and the position its state reaches. For documents that are not
+/// loaded, the offline `docs compact` command, and versions.
 pub(crate) async fn snapshot_of_stored(
     store: &dyn Store,
     doc: &DocName,
-) -> Result<(Vec<u8>, Seq), RebuildError> {
+) -> Result<(Vec<u8>, Seq, Position), RebuildError> {
     let stored = store.load(doc).await?;
-    let last_seq = stored.last_seq;
+    let (last_seq, position) = (stored.last_seq, stored.position);
     let name = doc.clone();
     let unreadable = |reason: String| RebuildError::Unreadable {
         doc: doc.to_string(),
@@ -154,7 +157,7 @@ pub(crate) async fn snapshot_of_stored(
     .await
     .map_err(|e| unreadable(format!("rebuilding it panicked: {e}")))?
     .map_err(unreadable)?;
-    Ok((snapshot, last_seq))
+    Ok((snapshot, last_seq, position))
 }
 
 /// Rebuilds a room from what the store holds for `doc`, logging the updates that do not apply.

@@ -1,5 +1,5 @@
 //! The HTTP edge: the document API under [`crate::Config::api_prefix`] (read, write, list,
-//! delete; follow with Server-Sent Events or long-polling), static files, and the probes at
+//! delete, versions and restore; follow with Server-Sent Events or long-polling), static files, and the probes at
 //! the root. Every handler passes the same admission as a WebSocket upgrade; writes go through
 //! the ingest path. The contract is `openapi.json` (served at `{api_prefix}/openapi.json`) and
 //! `HTTP.md` in this crate.
@@ -11,6 +11,7 @@ pub(crate) mod poll;
 pub(crate) mod probes;
 pub(crate) mod sse;
 pub(crate) mod static_files;
+pub(crate) mod versions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -39,6 +40,18 @@ pub(crate) fn api_routes(state: &AppState) -> Router {
         .route("/docs/{name}/stateless", post(documents::stateless))
         .route("/docs/{name}/events", get(sse::events))
         .route("/docs/{name}/poll", get(poll::poll))
+        .route(
+            "/docs/{name}/versions",
+            get(versions::list).post(versions::create),
+        )
+        .route(
+            "/docs/{name}/versions/{id}",
+            get(versions::read).delete(versions::delete),
+        )
+        .route(
+            "/docs/{name}/versions/{id}/restore",
+            post(versions::restore),
+        )
         // Everything else under the prefix, which would otherwise reach the WebSocket route.
         .route("/{*rest}", axum::routing::any(no_such_endpoint))
         .method_not_allowed_fallback(method_not_allowed)

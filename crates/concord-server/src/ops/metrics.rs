@@ -181,6 +181,23 @@ impl Collector for Live {
         )?;
         labelled(
             &mut encoder,
+            "versions",
+            "Document versions: kept (automatic and named), removed by the retention policy, failed (automatic ones that could not be kept)",
+            "event",
+            vec![
+                ("kept", ConstCounter::new(read(&c.versions_kept))),
+                ("thinned", ConstCounter::new(read(&c.versions_thinned))),
+                ("failed", ConstCounter::new(read(&c.versions_failed))),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "restores",
+            "Documents restored to a version",
+            read(&c.restores),
+        )?;
+        labelled(
+            &mut encoder,
             "rejected",
             "Messages and connections refused or cut off, by reason",
             "reason",

@@ -27,6 +27,12 @@ pub(crate) struct Counters {
     /// Compactions that replaced a log with a snapshot, and those that failed (the log is kept).
     pub(crate) compactions_done: AtomicU64,
     pub(crate) compactions_failed: AtomicU64,
+    /// Versions kept (automatic and named), automatic ones the retention policy removed,
+    /// automatic ones that could not be kept, and restores done.
+    pub(crate) versions_kept: AtomicU64,
+    pub(crate) versions_thinned: AtomicU64,
+    pub(crate) versions_failed: AtomicU64,
+    pub(crate) restores: AtomicU64,
     /// Set while the store fails to take writes (after retries), for `/readyz`.
     pub(crate) store_failing: std::sync::atomic::AtomicBool,
     /// Open connections by transport.

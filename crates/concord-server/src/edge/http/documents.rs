@@ -67,6 +67,8 @@ pub(crate) async fn list(
                 "log_entries": info.log_entries,
                 "log_bytes": info.log_bytes,
                 "updated_at_ms": info.updated_at_ms,
+                "versions": info.versions,
+                "history_bytes": info.history_bytes,
                 "loaded": state.rooms.is_loaded(&info.name),
             })
         })
@@ -79,6 +81,41 @@ pub(crate) struct ReadParams {
     format: Option<String>,
     sv: Option<String>,
     types: Option<String>,
+}
+
+/// How a read asked for a document's state: as a Yjs update, or as JSON with `types` hints.
+pub(crate) enum StateFormat {
+    Update,
+    Json(Vec<(String, concord_core::json::RootKind)>),
+}
+
+impl StateFormat {
+    /// Reads `format` and `types` (400 for values it does not know).
+    pub(crate) fn parse(format: Option<&str>, types: Option<&str>) -> ApiResult<StateFormat> {
+        match format.unwrap_or("update") {
+            "update" => Ok(StateFormat::Update),
+            "json" => Ok(StateFormat::Json(match types {
+                Some(types) => concord_core::json::parse_types(types)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                None => Vec::new(),
+            })),
+            other => Err(ApiError::bad_request(format!(
+                "format must be update or json, not {other:?}"
+            ))),
+        }
+    }
+
+    /// The answer holding `state` (a v1 update) in this format.
+    pub(crate) fn respond(&self, state: Vec<u8>) -> ApiResult<Response> {
+        match self {
+            StateFormat::Update => Ok(binary(state)),
+            StateFormat::Json(types) => {
+                let json =
+                    concord_core::json::state_json(&state, types).map_err(ApiError::internal)?;
+                Ok(Json(json).into_response())
+            }
+        }
+    }
 }
 
 /// The document's state as one v1 update (what `sv` lacks), from its room when loaded (which
@@ -114,25 +151,11 @@ pub(crate) async fn read(
 ) -> ApiResult<Response> {
     request.admit(&state, &name, Needs::Read, false).await?;
     let sv = state_vector_param(params.sv.as_deref())?;
-    let format = params.format.as_deref().unwrap_or("update");
-    if !matches!(format, "update" | "json") {
-        return Err(ApiError::bad_request(format!(
-            "format must be update or json, not {format:?}"
-        )));
-    }
-    let types = match &params.types {
-        Some(types) => concord_core::json::parse_types(types)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        None => Vec::new(),
-    };
+    let format = StateFormat::parse(params.format.as_deref(), params.types.as_deref())?;
     let current = current_state(&state, &name, sv)
         .await?
         .ok_or_else(|| ApiError::not_found(&name))?;
-    if format == "update" {
-        return Ok(binary(current));
-    }
-    let json = concord_core::json::state_json(&current, &types).map_err(ApiError::internal)?;
-    Ok(Json(json).into_response())
+    format.respond(current)
 }
 
 /// `GET /docs/{name}/state-vector`.
