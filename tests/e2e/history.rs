@@ -562,3 +562,65 @@ async fn store_text(server: &EmbeddedServer, doc: &str) -> String {
     let text = doc.get_or_insert_text("t");
     text.get_string(&doc.transact())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_acknowledged_before_a_sigkill_is_there_after_the_restart() {
+    use crate::process::ServerProcess;
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(0, data.path());
+    let url = |addr: std::net::SocketAddr, path: &str| format!("http://{addr}/api{path}");
+    let post = |addr, path: &str, body: Vec<u8>| {
+        http()
+            .post(url(addr, path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let write = |addr, client, text: &str| {
+        post(
+            addr,
+            "/docs/kept/update",
+            text_insert_update(client, "t", text),
+        )
+    };
+    assert_eq!(
+        write(server.addr, 1, "version").await.unwrap().status(),
+        200
+    );
+    let made = post(
+        server.addr,
+        "/docs/kept/versions",
+        json!({"label": "v"}).to_string().into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(made.status(), 201);
+    let made: Value = serde_json::from_str(&made.text().await.unwrap()).unwrap();
+    let id = made["id"].as_u64().unwrap();
+    assert_eq!(write(server.addr, 2, "later ").await.unwrap().status(), 200);
+    let restored = post(
+        server.addr,
+        &format!("/docs/kept/versions/{id}/restore"),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored.status(), 200);
+    // Acknowledged: now the process dies without a chance to flush anything.
+    let addr = server.addr;
+    server.kill();
+    let server = ServerProcess::start(addr.port(), data.path());
+    let (status, _, state) = get(&url(server.addr, "/docs/kept")).await;
+    assert_eq!(status, 200);
+    assert_eq!(text_of_update(&state, "t"), "version");
+    let (_, _, listed) = get(&url(server.addr, "/docs/kept/versions")).await;
+    let listed: Value = serde_json::from_slice(&listed).unwrap();
+    let labels: Vec<&str> = listed["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["label"].as_str())
+        .collect();
+    assert_eq!(labels, ["v", &format!("before restoring version {id}")]);
+    server.kill();
+}

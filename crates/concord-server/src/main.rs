@@ -272,6 +272,23 @@ struct ServeArgs {
     /// Compact a document once its log holds this many bytes after its snapshot.
     #[arg(long, env = "CONCORD_COMPACT_AFTER_BYTES", default_value_t = Config::default().compact_after_bytes)]
     compact_after_bytes: u64,
+    /// Keep no versions automatically (named versions and restore still work).
+    #[arg(long, env = "CONCORD_NO_AUTOMATIC_VERSIONS")]
+    no_automatic_versions: bool,
+    /// Keep an automatic version of a document at most this often, and at least this often
+    /// while it is edited (also at compactions).
+    #[arg(long, env = "CONCORD_VERSION_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    version_interval: Duration,
+    /// Keep every automatic version younger than this.
+    #[arg(long, env = "CONCORD_KEEP_ALL_VERSIONS_FOR", default_value = "1h", value_parser = humantime::parse_duration)]
+    keep_all_versions_for: Duration,
+    /// Then keep one automatic version per hour until they are this old.
+    #[arg(long, env = "CONCORD_KEEP_HOURLY_VERSIONS_FOR", default_value = "1day", value_parser = humantime::parse_duration)]
+    keep_hourly_versions_for: Duration,
+    /// Then keep one automatic version per day until they are this old; older automatic
+    /// versions are removed (named versions are kept until deleted).
+    #[arg(long, env = "CONCORD_KEEP_DAILY_VERSIONS_FOR", default_value = "30days", value_parser = humantime::parse_duration)]
+    keep_daily_versions_for: Duration,
     /// Require HS256 JWTs signed with the secret in this file (its content, whitespace around
     /// it trimmed). Without an auth flag the server is open to anyone who can reach it.
     #[arg(
@@ -427,6 +444,15 @@ impl ServeArgs {
             static_dir: static_dir(self.static_dir, self.no_static)?,
             trusted_proxies: self.trusted_proxies,
             cors_origins: self.cors_origins,
+            history: concord_server::HistoryConfig {
+                automatic: !self.no_automatic_versions,
+                interval: self.version_interval,
+                retention: concord_server::concord_core::history::Retention {
+                    keep_all: self.keep_all_versions_for,
+                    hourly: self.keep_hourly_versions_for,
+                    daily: self.keep_daily_versions_for,
+                },
+            },
             ..Config::default()
         })
     }
@@ -822,10 +848,25 @@ mod tests {
             "--path-prefix",
             "/collab",
             "--in-memory",
+            "--version-interval",
+            "2m",
+            "--keep-daily-versions-for",
+            "7days",
+            "--no-automatic-versions",
         ])
         .unwrap()
         .serve;
         let config = cli.config().unwrap();
+        assert_eq!(config.history.interval, Duration::from_secs(120));
+        assert_eq!(
+            config.history.retention.daily,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            config.history.retention.keep_all,
+            Duration::from_secs(3_600)
+        );
+        assert!(!config.history.automatic);
         assert_eq!(config.data_dir, None);
         assert_eq!(config.keepalive_interval, Duration::from_millis(250));
         assert_eq!(config.max_message_size, 65536);
