@@ -10,6 +10,7 @@ import { type MountedView, mountEditor } from './editor'
 import { mountCanvas } from './canvas'
 import { mountList } from './list'
 import { randomRoom } from './random'
+import { HistoryPanel } from './history'
 
 const VIEWS: readonly ViewName[] = ['editor', 'canvas', 'list', 'richtext']
 const MAX_ROOM_LENGTH = 200
@@ -38,7 +39,9 @@ const ui = {
   save: byTestId<HTMLElement>('save-status'),
   userName: byTestId<HTMLInputElement>('user-name'),
   presence: byTestId<HTMLElement>('presence-list'),
-  typing: byTestId<HTMLElement>('typing-indicator')
+  typing: byTestId<HTMLElement>('typing-indicator'),
+  historyToggle: byTestId<HTMLButtonElement>('history-toggle'),
+  historyPanel: byTestId<HTMLElement>('history-panel')
 }
 
 /** Room names as typed: no control characters, no surrounding blanks. */
@@ -66,6 +69,7 @@ function routeUrl (route: Route): string {
 }
 
 let route = readRoute()
+const historyPanel = new HistoryPanel(ui.historyToggle, ui.historyPanel)
 let user: User = loadUser(route.name)
 let session: Session | null = null
 let presence: Presence | null = null
@@ -190,6 +194,7 @@ function apply (): void {
     else link.removeAttribute('aria-current')
   }
   ui.transport.value = route.transport
+  historyPanel.show(route.room, route.view)
   if (document.activeElement !== ui.roomInput) ui.roomInput.value = route.room
   document.title = `${route.room} · Concord demo`
 }
