@@ -226,6 +226,7 @@ async fn bad_version_requests_get_clear_errors() {
         ),
         ("/docs/doc/versions", json!({"name": "x"}), 400, "label"),
         ("/docs/doc/versions", json!([1]), 400, "label"),
+        ("/docs/doc/versions", json!(["x"]), 400, "label"),
         (
             "/docs/doc/versions/7/restore",
             json!({}),

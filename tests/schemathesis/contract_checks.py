@@ -1,6 +1,6 @@
 """Checks of the HTTP API contract (ARCHITECTURE.md, "HTTP API, Server-Sent Events and
-long-polling") that generated cases do not reach reliably: one scenario each, against an open
-server. Usage: python contract_checks.py http://127.0.0.1:PORT
+long-polling"; HTTP.md, "Version history") that generated cases do not reach reliably: one
+scenario each, against an open server. Usage: python contract_checks.py http://127.0.0.1:PORT
 
 Prints one line per check and exits 1 when any fails. Checks named KNOWN SERVER BUG fail on
 the server as it is (README.md): they are left failing on purpose, not hidden.
@@ -14,6 +14,8 @@ import requests
 
 # Inserts "hello" into the text root `content` as client 1 (a Yjs v1 update).
 UPDATE = bytes([1, 1, 1, 0, 4, 1, 7]) + b"content" + bytes([5]) + b"hello" + bytes([0])
+# Inserts "abc" into the text root `other` as client 2.
+OTHER = bytes([1, 1, 2, 0, 4, 1, 5]) + b"other" + bytes([3]) + b"abc" + bytes([0])
 # Client 1's awareness state {"user":"a"} at clock 1 (a y-protocols awareness update).
 AWARENESS_STATE = b'{"user":"a"}'
 AWARENESS = bytes([1, 1, 1, len(AWARENESS_STATE)]) + AWARENESS_STATE
@@ -63,6 +65,11 @@ class Checks:
             print(f"FAIL  {name}\n      {type(e).__name__}: {e}")
             return
         print(f"ok    {name}")
+
+    def json_of(self, path):
+        r = requests.get(self.url(path), params={"format": "json", "types": "text:content,text:other"}, timeout=TIMEOUT)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.json()
 
     def write(self, doc, body=UPDATE):
         r = requests.post(self.url(f"/docs/{doc}/update"), data=body, timeout=TIMEOUT)
@@ -174,6 +181,93 @@ class Checks:
             r = requests.request(method, self.url(path), timeout=TIMEOUT)
             assert r.status_code == status and isinstance(r.json().get("error"), str), (path, r.status_code, r.text)
 
+    def versions_keep_read_restore_delete(self):
+        doc = "c-versions"
+        self.write(doc)
+        r = requests.post(self.url(f"/docs/{doc}/versions"), json={"label": "first"}, timeout=TIMEOUT)
+        assert r.status_code == 201, (r.status_code, r.text)
+        first = r.json()
+        assert first["label"] == "first" and first["bytes"] > 0 and first["position"] == "1.0", first
+        self.write(doc, OTHER)
+        assert self.json_of(f"/docs/{doc}") == {"content": "hello", "other": "abc"}
+        # The version is the document as it was.
+        assert self.json_of(f"/docs/{doc}/versions/{first['id']}") == {"content": "hello", "other": ""}
+        r = requests.get(self.url(f"/docs/{doc}/versions/{first['id']}"), timeout=TIMEOUT)
+        assert r.headers["content-type"] == "application/octet-stream" and r.content == UPDATE, r.content
+        # Restore: the document equals the version; what it was is kept as a named version.
+        r = requests.post(self.url(f"/docs/{doc}/versions/{first['id']}/restore"), timeout=TIMEOUT)
+        assert r.status_code == 200, (r.status_code, r.text)
+        restored = r.json()
+        before = restored["saved_before"]
+        assert restored["restored"] == first["id"] and restored["changed"] is True, restored
+        assert before["label"] == f"before restoring version {first['id']}", restored
+        assert self.json_of(f"/docs/{doc}") == {"content": "hello", "other": ""}
+        # A restore of the restore undoes it; once more changes nothing.
+        r = requests.post(self.url(f"/docs/{doc}/versions/{before['id']}/restore"), timeout=TIMEOUT)
+        assert r.status_code == 200 and r.json()["changed"] is True, (r.status_code, r.text)
+        assert self.json_of(f"/docs/{doc}") == {"content": "hello", "other": "abc"}
+        r = requests.post(self.url(f"/docs/{doc}/versions/{before['id']}/restore"), timeout=TIMEOUT)
+        assert r.status_code == 200 and r.json()["changed"] is False, (r.status_code, r.text)
+        # Listed oldest first; the document list counts them.
+        r = requests.get(self.url(f"/docs/{doc}/versions"), timeout=TIMEOUT)
+        listed = r.json()["versions"]
+        ids = [v["id"] for v in listed]
+        assert ids == sorted(ids) and ids[:2] == [first["id"], before["id"]] and len(ids) == 4, listed
+        r = requests.get(self.url("/docs"), params={"after": "c-version", "limit": 1}, timeout=TIMEOUT)
+        (info,) = r.json()["docs"]
+        assert info["name"] == doc and info["versions"] == 4, info
+        assert info["history_bytes"] == sum(v["bytes"] for v in listed), (info, listed)
+        # Delete: 204, then 404.
+        url = self.url(f"/docs/{doc}/versions/{first['id']}")
+        assert requests.delete(url, timeout=TIMEOUT).status_code == 204
+        for method in ("DELETE", "GET"):
+            r = requests.request(method, url, timeout=TIMEOUT)
+            assert r.status_code == 404 and "no version" in r.json()["error"], (method, r.status_code, r.text)
+
+    def version_errors(self):
+        self.write("c-version-errors")
+        base = "/docs/c-version-errors/versions"
+        cases = (
+            ("POST", base, {"label": ""}, 400),
+            ("POST", base, {"label": "   "}, 400),
+            ("POST", base, {"label": "x" * 257}, 400),
+            ("POST", base, {"label": "x", "extra": 1}, 400),
+            ("POST", "/docs/c-no-such-doc/versions", {"label": "x"}, 404),
+            ("GET", "/docs/c-no-such-doc/versions", None, 404),
+            ("GET", f"{base}/x", None, 400),
+            ("GET", f"{base}/-1", None, 400),
+            ("GET", f"{base}/1?format=xml", None, 400),
+            ("GET", f"{base}/123456", None, 404),
+            ("DELETE", f"{base}/123456", None, 404),
+            ("POST", f"{base}/123456/restore", None, 404),
+            ("PUT", f"{base}/1", None, 405),
+        )
+        for method, path, body, status in cases:
+            r = requests.request(method, self.url(path), json=body, timeout=TIMEOUT)
+            assert r.status_code == status and isinstance(r.json().get("error"), str), (method, path, r.status_code, r.text)
+        r = requests.get(self.url(base), timeout=TIMEOUT)
+        assert r.status_code == 200 and r.json() == {"versions": []}, (r.status_code, r.text)
+
+    def types_checked_with_format_update(self):
+        # openapi.json: `types` is "Checked also when `format=update`", for the document and
+        # for a version alike.
+        self.write("c-types")
+        r = requests.post(self.url("/docs/c-types/versions"), json={"label": "v"}, timeout=TIMEOUT)
+        assert r.status_code == 201, (r.status_code, r.text)
+        version = r.json()["id"]
+        for path in ("/docs/c-types", f"/docs/c-types/versions/{version}"):
+            for params in ({"types": "blob:x"}, {"types": "blob:x", "format": "update"}):
+                r = requests.get(self.url(path), params=params, timeout=TIMEOUT)
+                assert r.status_code == 400 and "error" in r.json(), (path, params, r.status_code)
+
+    def version_body_is_an_object(self):
+        # The body is a JSON object {"label": ...} (openapi.json, NewVersion). serde's derived
+        # Deserialize also reads a struct from a JSON array of its fields, so ["x"] made a
+        # version labelled "x".
+        self.write("c-version-array")
+        r = requests.post(self.url("/docs/c-version-array/versions"), json=["x"], timeout=TIMEOUT)
+        assert r.status_code == 400, ("POST /api/docs/c-version-array/versions [\"x\"]", r.status_code, r.text)
+
 
 def main():
     checks = Checks(sys.argv[1])
@@ -188,6 +282,10 @@ def main():
         ("errors are JSON", checks.errors_are_json),
         ("SSE starts with sync, also when the room has awareness", checks.sse_first_event_is_sync),
         ("poll with timeout >= 2^64 s is answered", checks.poll_huge_timeout),
+        ("versions: keep, read, restore (and undo), list, delete", checks.versions_keep_read_restore_delete),
+        ("versions: bad requests get JSON errors", checks.version_errors),
+        ("versions: a body that is not an object is refused", checks.version_body_is_an_object),
+        ("types is checked also with format=update (document, version)", checks.types_checked_with_format_update),
     ]:
         checks.run(name, func)
     if checks.failed:

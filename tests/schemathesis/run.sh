@@ -15,14 +15,16 @@
 #
 # Environment: SCHEMATHESIS_MAX_EXAMPLES (per operation and phase, default 100),
 # SCHEMATHESIS_SEED (default 1), SCHEMATHESIS_RUN_TIMEOUT (seconds per run, default 120),
-# SCHEMATHESIS_VENV, SKIP_BUILD=1 (use the built target/debug/concord-server as it is).
+# SCHEMATHESIS_VENV, SCHEMATHESIS_OUT (reports, default target/schemathesis), SKIP_BUILD=1 (use
+# the built server as it is), CONCORD_SERVER_BIN (the server binary, default
+# target/debug/concord-server; $CARGO_TARGET_DIR/debug/concord-server when that is set).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 HERE=$ROOT/tests/schemathesis
-BIN=$ROOT/target/debug/concord-server
+BIN=${CONCORD_SERVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/concord-server}
 VENV=${SCHEMATHESIS_VENV:-$ROOT/target/schemathesis-venv}
-OUT=$ROOT/target/schemathesis
+OUT=${SCHEMATHESIS_OUT:-$ROOT/target/schemathesis}
 MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-100}
 SEED=${SCHEMATHESIS_SEED:-1}
 RUN_TIMEOUT=${SCHEMATHESIS_RUN_TIMEOUT:-120}

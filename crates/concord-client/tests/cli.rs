@@ -1,4 +1,5 @@
-//! The `concord` binary against a real Concord server: put, cat, watch, tokens.
+//! The `concord` binary against a real Concord server: put, cat, watch, tokens, and the
+//! `docs` commands over the HTTP API (documents, versions, restore).
 //!
 //! The server runs in this test process, through the same `concord_server::run` its binary
 //! calls, on an ephemeral loopback port; the `concord` binary under test is this package's own
@@ -115,7 +116,11 @@ fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
 #[derive(Debug)]
 struct Run {
     success: bool,
+    /// The exit status (None when killed by a signal).
+    code: Option<i32>,
     stdout: String,
+    /// Stdout as bytes (`stdout` is its lossy UTF-8 reading).
+    stdout_bytes: Vec<u8>,
     stderr: String,
     took: Duration,
 }
@@ -141,9 +146,9 @@ fn concord(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
     });
     let read_all = |mut from: Box<dyn Read + Send>| {
         thread::spawn(move || {
-            let mut text = String::new();
-            let _ = from.read_to_string(&mut text);
-            text
+            let mut bytes = Vec::new();
+            let _ = from.read_to_end(&mut bytes);
+            bytes
         })
     };
     let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
@@ -159,10 +164,13 @@ fn concord(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
         }
         thread::sleep(Duration::from_millis(10));
     };
+    let stdout_bytes = stdout.join().unwrap_or_default();
     Run {
         success: status.success(),
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout_bytes).into_owned(),
+        stdout_bytes,
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned(),
         took: started.elapsed(),
     }
 }
@@ -485,5 +493,269 @@ fn put_with_a_read_only_token_fails() {
         run.stderr.contains("read-only"),
         "the failure names the server's reason: {run:?}"
     );
+    server.stop();
+}
+
+/// Runs `concord ARGS` and requires it to fail with status 1 and a message on stderr holding
+/// every one of `says`.
+fn concord_fails(args: &[&str], env: &[(&str, &str)], says: &[&str]) -> Run {
+    let run = concord(args, "", env);
+    assert_eq!(run.code, Some(1), "concord {args:?} must fail: {run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "one line on stderr: {run:?}");
+    for said in says {
+        assert!(run.stderr.contains(said), "{said:?} in {run:?}");
+    }
+    run
+}
+
+/// The id in `saved version ID of ...` or `... the state before is version ID: ...`.
+fn version_id_after(text: &str, marker: &str) -> String {
+    let rest = &text[text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {text:?}"))
+        + marker.len()..];
+    let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    assert!(!id.is_empty(), "no id after {marker:?} in {text:?}");
+    id
+}
+
+/// The rows of `docs versions`, as (id, created, bytes, position, label).
+fn version_rows(url: &str, doc: &str) -> Vec<(String, String, u64, String, String)> {
+    let run = concord_ok(&["docs", "versions", url, doc], "", &[]);
+    let mut lines = run.stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["id", "created", "(UTC)", "bytes", "position", "label"],
+        "{run:?}"
+    );
+    lines
+        .map(|line| {
+            let mut cells = line.split_whitespace();
+            let mut next = || {
+                cells
+                    .next()
+                    .unwrap_or_else(|| panic!("{line:?}"))
+                    .to_owned()
+            };
+            let (id, created, bytes, position) = (next(), next(), next(), next());
+            let label = cells.collect::<Vec<_>>().join(" ");
+            (id, created, bytes.parse().unwrap(), position, label)
+        })
+        .collect()
+}
+
+#[test]
+fn docs_versions_are_saved_listed_read_restored_and_deleted() {
+    let server = Server::start(None);
+    let url = server.url.as_str();
+    concord_ok(&["put", url, "notes", "--text", "content"], "first", &[]);
+
+    let saved = concord_ok(
+        &["docs", "save-version", url, "notes", "first draft"],
+        "",
+        &[],
+    );
+    assert!(saved.stdout.starts_with("saved version "), "{saved:?}");
+    assert!(saved.stdout.contains("first draft"), "{saved:?}");
+    let draft = version_id_after(&saved.stdout, "saved version ");
+    concord_ok(&["put", url, "notes", "--text", "content"], "second", &[]);
+
+    // Listed with a UTC time, size, position and label (automatic versions may come too).
+    let rows = version_rows(url, "notes");
+    let row = rows
+        .iter()
+        .find(|row| row.0 == draft)
+        .unwrap_or_else(|| panic!("version {draft} not listed: {rows:?}"));
+    assert_eq!(row.4, "first draft", "{rows:?}");
+    assert!(row.2 > 0, "{rows:?}");
+    assert!(
+        row.1.len() == 20 && row.1.ends_with('Z') && row.1.as_bytes()[10] == b'T',
+        "ISO-8601 UTC: {rows:?}"
+    );
+    assert!(row.3.contains('.'), "a position SEQ.INDEX: {rows:?}");
+    assert!(
+        rows.iter().all(|row| !row.4.is_empty()),
+        "labels or (automatic): {rows:?}"
+    );
+
+    // The version reads as it was, as JSON (like cat) and as a Yjs update.
+    let version = concord_ok(
+        &[
+            "docs",
+            "version",
+            url,
+            "notes",
+            &draft,
+            "--types",
+            "text:content",
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(version.stdout.trim()).unwrap(),
+        json!({"content": "first"})
+    );
+    let update = concord_ok(
+        &[
+            "docs", "version", url, "notes", &draft, "--format", "update",
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(
+        concord_core::json::state_json(&update.stdout_bytes, &[]).unwrap(),
+        json!({"content": "first"}),
+        "{update:?}"
+    );
+
+    // Restore: the document is the version again; the state before is kept as a version.
+    let restored = concord_ok(&["docs", "restore", url, "notes", &draft], "", &[]);
+    assert!(
+        restored
+            .stdout
+            .contains(&format!("restored \"notes\" to version {draft}")),
+        "{restored:?}"
+    );
+    let before = version_id_after(&restored.stdout, "the state before is version ");
+    assert_eq!(
+        cat_json(url, "notes", &[], &[]),
+        json!({"content": "first"})
+    );
+    let rows = version_rows(url, "notes");
+    assert!(
+        rows.iter()
+            .any(|row| row.0 == before && row.4 == format!("before restoring version {draft}")),
+        "{rows:?}"
+    );
+
+    // Restoring that undoes the restore; once more changes nothing.
+    concord_ok(&["docs", "restore", url, "notes", &before], "", &[]);
+    assert_eq!(
+        cat_json(url, "notes", &[], &[]),
+        json!({"content": "second"})
+    );
+    let again = concord_ok(&["docs", "restore", url, "notes", &before], "", &[]);
+    assert!(again.stdout.contains("unchanged"), "{again:?}");
+
+    // An unknown version: the server's 404 and reason, status 1.
+    concord_fails(
+        &["docs", "restore", url, "notes", "987654"],
+        &[],
+        &[
+            "cannot restore version 987654 of \"notes\"",
+            "404",
+            "no version 987654",
+        ],
+    );
+    concord_fails(
+        &["docs", "version", url, "notes", "987654"],
+        &[],
+        &["404", "no version 987654"],
+    );
+
+    // The document list counts the versions.
+    let rows = version_rows(url, "notes");
+    let list = concord_ok(&["docs", "list", url], "", &[]);
+    let mut lines = list.stdout.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        [
+            "name", "snapshot", "log", "log", "bytes", "versions", "history", "bytes"
+        ],
+        "{list:?}"
+    );
+    let notes: Vec<&str> = lines
+        .find(|line| line.starts_with("notes "))
+        .unwrap_or_else(|| panic!("notes not listed: {list:?}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(notes[4], rows.len().to_string(), "{list:?} {rows:?}");
+    let history: u64 = rows.iter().map(|row| row.2).sum();
+    assert_eq!(notes[5], history.to_string(), "{list:?} {rows:?}");
+
+    // Delete: gone from the list, and a second delete fails.
+    let deleted = concord_ok(&["docs", "delete-version", url, "notes", &draft], "", &[]);
+    assert!(
+        deleted
+            .stderr
+            .contains(&format!("deleted version {draft} of \"notes\"")),
+        "{deleted:?}"
+    );
+    assert!(
+        version_rows(url, "notes").iter().all(|row| row.0 != draft),
+        "deleted"
+    );
+    concord_fails(
+        &["docs", "delete-version", url, "notes", &draft],
+        &[],
+        &["404"],
+    );
+    assert_eq!(
+        cat_json(url, "notes", &[], &[]),
+        json!({"content": "second"})
+    );
+
+    // The server's other refusals, and usage errors (status 2).
+    concord_fails(
+        &["docs", "versions", url, "nothing-here"],
+        &[],
+        &["404", "no document"],
+    );
+    concord_fails(
+        &["docs", "save-version", url, "notes", "  "],
+        &[],
+        &["400", "label"],
+    );
+    let usage = concord(&["docs", "restore", url, "notes", "latest"], "", &[]);
+    assert_eq!(usage.code, Some(2), "{usage:?}");
+    server.stop();
+}
+
+#[test]
+fn docs_commands_send_the_token_and_show_refusals() {
+    let server = Server::with_tokens();
+    let url = server.url.as_str();
+    let writer = mint("d", Permission::Write);
+    let reader = mint("d", Permission::Read);
+    concord_ok(
+        &["put", url, "d", "--text", "content", "--token", &writer],
+        "kept",
+        &[],
+    );
+    // The token may come from the environment, as for the other commands.
+    let saved = concord_ok(
+        &["docs", "save-version", url, "d", "v1"],
+        "",
+        &[("CONCORD_TOKEN", &writer)],
+    );
+    let id = version_id_after(&saved.stdout, "saved version ");
+
+    // A read-only token lists and reads versions, but cannot make, restore or delete one.
+    let listed = concord_ok(&["docs", "versions", url, "d", "--token", &reader], "", &[]);
+    assert!(listed.stdout.contains("v1"), "{listed:?}");
+    for args in [
+        vec!["save-version", url, "d", "v2"],
+        vec!["restore", url, "d", &id],
+        vec!["delete-version", url, "d", &id],
+    ] {
+        let mut args = [&["docs"][..], &args].concat();
+        args.extend(["--token", &reader]);
+        concord_fails(&args, &[], &["403", "read-only"]);
+    }
+    // Listing documents needs a token granting "*"; no token at all is a 401.
+    concord_fails(&["docs", "list", url, "--token", &writer], &[], &["403"]);
+    concord_fails(&["docs", "versions", url, "d"], &[], &["401"]);
+
+    // No server there: a clear failure within the timeout.
+    let gone = format!("http://127.0.0.1:{}", unused_port());
+    let run = concord_fails(
+        &["docs", "versions", &gone, "d", "--timeout", "5s"],
+        &[],
+        &["cannot list the versions of \"d\"", "no answer from"],
+    );
+    assert!(run.took < Duration::from_secs(20), "{run:?}");
     server.stop();
 }

@@ -453,7 +453,8 @@ async fn keep_automatic(
     Ok(None)
 }
 
-/// Thins the automatic versions of every document that has versions.
+/// Thins the automatic versions of every document that has versions, and counts the bytes of
+/// every document's history (before thinning) for the metrics.
 async fn sweep_all(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -467,6 +468,10 @@ async fn sweep_all(
             return;
         }
     };
+    let total: u64 = docs.iter().map(|info| info.history_bytes).sum();
+    counters
+        .history_bytes
+        .store(total, std::sync::atomic::Ordering::Relaxed);
     for info in docs.into_iter().filter(|info| info.versions > 0) {
         match thin(store, clock, retention, &info.name).await {
             Ok(removed) => Counters::add(&counters.versions_thinned, removed),

@@ -645,14 +645,19 @@ async fn docs(
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "{:<40} {:>12} {:>10} {:>12}",
-                "name", "snapshot", "log", "log bytes"
+                "{:<40} {:>12} {:>10} {:>12} {:>9} {:>14}",
+                "name", "snapshot", "log", "log bytes", "versions", "history bytes"
             )?;
             for info in admin::list(store).await? {
                 writeln!(
                     out,
-                    "{:<40} {:>12} {:>10} {:>12}",
-                    info.name, info.snapshot_bytes, info.log_entries, info.log_bytes
+                    "{:<40} {:>12} {:>10} {:>12} {:>9} {:>14}",
+                    info.name,
+                    info.snapshot_bytes,
+                    info.log_entries,
+                    info.log_bytes,
+                    info.versions,
+                    info.history_bytes
                 )?;
             }
         }

@@ -92,7 +92,7 @@ async fn list(data_dir: &Path) -> Vec<(String, u64, u64)> {
     lines
         .map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(fields.len(), 4, "unexpected list line {line:?}");
+            assert_eq!(fields.len(), 6, "unexpected list line {line:?}");
             (
                 fields[0].to_owned(),
                 fields[1].parse().unwrap(),

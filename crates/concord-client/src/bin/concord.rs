@@ -1,10 +1,12 @@
 //! The `concord` command-line tool: read (`cat`), follow (`watch`) and write (`put`) a Concord
-//! document from a shell, through the same [`Provider`] applications embed.
+//! document from a shell, through the same [`Provider`] applications embed; and list a running
+//! server's documents and keep, read, restore and delete their versions (`docs ...`), through
+//! its HTTP API.
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
@@ -14,7 +16,8 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
 
-/// Read, follow and write Concord (or any y-websocket) documents.
+/// Read, follow and write Concord (or any y-websocket) documents; list a Concord server's
+/// documents and manage their versions.
 ///
 /// Results go to stdout, logs to stderr (RUST_LOG, default: warn). The exit status is 0 on
 /// success, 1 with a one-line message on stderr on a failure, 2 on a usage error.
@@ -65,6 +68,109 @@ enum Command {
         #[arg(long, value_name = "FIELD")]
         text: String,
     },
+    /// A running Concord server's documents and their version history, through its HTTP API.
+    ///
+    /// The server keeps versions of a document on its own (at compactions and while it is
+    /// edited, thinned as they age) and named ones on request (kept until deleted).
+    Docs {
+        #[command(subcommand)]
+        command: DocsCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DocsCommand {
+    /// List the stored documents: name, bytes of snapshot, log entries and bytes, versions
+    /// and bytes of history.
+    List {
+        #[command(flatten)]
+        api: Api,
+    },
+    /// List a document's versions, oldest first: id, when it was kept (UTC), size in bytes,
+    /// the position its state reaches, and its label ("(automatic)" for a version the server
+    /// kept on its own).
+    Versions {
+        #[command(flatten)]
+        api: Api,
+        /// The document name.
+        doc: String,
+    },
+    /// Print a version of a document: its root types as JSON (like cat), or the whole
+    /// document as it was, as one Yjs v1 update (raw bytes, Y.applyUpdate reads them).
+    Version {
+        #[command(flatten)]
+        api: Api,
+        /// The document name.
+        doc: String,
+        /// The version id (see docs versions).
+        id: u64,
+        /// json: the root types as JSON; update: the Yjs v1 update.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        #[command(flatten)]
+        types: TypesArg,
+        /// Indent the JSON.
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Keep the document as it is now as a named version (kept until deleted); prints it.
+    SaveVersion {
+        #[command(flatten)]
+        api: Api,
+        /// The document name.
+        doc: String,
+        /// The version's label: 1 to 256 bytes, not only spaces.
+        label: String,
+    },
+    /// Make the document equal a version again.
+    ///
+    /// The server first keeps the current state as a named version ("before restoring
+    /// version ID"), whose id is printed: restore it to undo. The restore is one edit,
+    /// relayed to every connected client and stored before the command returns.
+    Restore {
+        #[command(flatten)]
+        api: Api,
+        /// The document name.
+        doc: String,
+        /// The version id (see docs versions).
+        id: u64,
+    },
+    /// Delete a version (named or automatic). The document itself is not touched.
+    DeleteVersion {
+        #[command(flatten)]
+        api: Api,
+        /// The document name.
+        doc: String,
+        /// The version id (see docs versions).
+        id: u64,
+    },
+}
+
+/// How `docs version` prints a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// The root types as JSON.
+    Json,
+    /// One Yjs v1 update of the whole document, raw bytes.
+    Update,
+}
+
+/// A running server's HTTP API, with which credentials, and how long to wait for it.
+#[derive(Debug, clap::Args)]
+struct Api {
+    /// The server, e.g. http://127.0.0.1:1234 or ws://127.0.0.1:1234 (the same address as for
+    /// the other commands; with its path prefix, if it has one).
+    url: String,
+    /// A token for the server (sent as `Authorization: Bearer`). docs list needs one granting
+    /// the document "*"; save-version, restore and delete-version need write access.
+    #[arg(long, env = "CONCORD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where the server's HTTP API is under the URL (the server's --api-prefix).
+    #[arg(long, value_name = "PATH", default_value = "/api")]
+    api_prefix: String,
+    /// Give up when the server has not answered within this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 /// Which document, where, with which credentials, and how long to try.
@@ -150,6 +256,7 @@ async fn run(command: Command) -> Result<()> {
                 .context("cannot read the new text from stdin (it must be UTF-8)")?;
             put(&target, &text, &content).await
         }
+        Command::Docs { command } => docs(command).await,
     }
 }
 
@@ -388,6 +495,351 @@ async fn watch(target: &Target, types: &[(String, RootKind)]) -> Result<()> {
     }
 }
 
+/// A running server's HTTP API.
+struct ApiClient {
+    http: reqwest::Client,
+    /// The API's root, e.g. `http://127.0.0.1:1234/api`.
+    base: reqwest::Url,
+    token: Option<String>,
+}
+
+/// A version, as the API describes it.
+#[derive(Debug, serde::Deserialize)]
+struct VersionInfo {
+    id: u64,
+    created_at_ms: u64,
+    label: Option<String>,
+    bytes: u64,
+    position: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct VersionList {
+    versions: Vec<VersionInfo>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Restored {
+    restored: u64,
+    changed: bool,
+    saved_before: VersionInfo,
+}
+
+/// A document, as `GET /docs` lists it.
+#[derive(Debug, serde::Deserialize)]
+struct DocInfo {
+    name: String,
+    snapshot_bytes: u64,
+    log_entries: u64,
+    log_bytes: u64,
+    /// Absent from servers without version history.
+    #[serde(default)]
+    versions: u64,
+    #[serde(default)]
+    history_bytes: u64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DocPage {
+    docs: Vec<DocInfo>,
+    next: Option<String>,
+}
+
+impl ApiClient {
+    fn new(api: &Api) -> Result<ApiClient> {
+        let mut base =
+            reqwest::Url::parse(&api.url).with_context(|| format!("{:?} is not a URL", api.url))?;
+        let scheme = match base.scheme() {
+            "http" | "ws" => "http",
+            "https" | "wss" => bail!(
+                "{}: this build of concord speaks plain HTTP only, not HTTPS",
+                api.url
+            ),
+            other => bail!("{}: not an http:// or ws:// URL ({other})", api.url),
+        };
+        base.set_scheme(scheme)
+            .map_err(|()| anyhow!("{}: cannot be an HTTP URL", api.url))?;
+        base.set_query(None);
+        base.set_fragment(None);
+        base.path_segments_mut()
+            .map_err(|()| anyhow!("{}: cannot be an HTTP URL", api.url))?
+            .pop_if_empty()
+            .extend(api.api_prefix.split('/').filter(|s| !s.is_empty()));
+        let http = reqwest::Client::builder()
+            .timeout(api.timeout)
+            .build()
+            .context("cannot make an HTTP client")?;
+        Ok(ApiClient {
+            http,
+            base,
+            token: api.token.clone(),
+        })
+    }
+
+    /// The URL of `segments` under the API (each one percent-encoded as one segment).
+    fn url(&self, segments: &[&str]) -> Result<reqwest::Url> {
+        if let Some(dots) = segments.iter().find(|s| matches!(**s, "." | "..")) {
+            bail!("a document named {dots:?} cannot be named in a URL path");
+        }
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow!("{}: cannot be an HTTP URL", self.base))?
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// Sends a request and returns the answer's body when its status is a success; else the
+    /// error says `what` failed, with the status and the server's reason.
+    async fn call(
+        &self,
+        what: &str,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        json_body: Option<serde_json::Value>,
+    ) -> Result<Vec<u8>> {
+        let mut request = self.http.request(method, url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = json_body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{what}: no answer from {url}"))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .with_context(|| format!("{what}: the answer from {url} broke off"))?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        // The API's errors are {"error": "..."}; anything else (a proxy's page) is shown as is.
+        let reason = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(&body);
+                let text = text.trim();
+                match text.char_indices().nth(200) {
+                    Some((cut, _)) => format!("{}...", &text[..cut]),
+                    None => text.to_owned(),
+                }
+            });
+        if reason.is_empty() {
+            bail!("{what}: the server answered {status}")
+        }
+        bail!("{what}: the server answered {status}: {reason}")
+    }
+
+    /// [`ApiClient::call`], its answer read as JSON.
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        json_body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        let body = self.call(what, method, url, json_body).await?;
+        serde_json::from_slice(&body)
+            .with_context(|| format!("{what}: the server's answer is not what it should be"))
+    }
+}
+
+/// A time in milliseconds since the Unix epoch, as UTC ISO-8601 to the second.
+fn utc(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A label as one line of a table: as it is, or quoted with escapes when it holds control
+/// characters.
+fn label_cell(label: Option<&str>) -> String {
+    match label {
+        None => "(automatic)".to_owned(),
+        Some(label) if label.chars().any(char::is_control) => format!("{label:?}"),
+        Some(label) => label.to_owned(),
+    }
+}
+
+/// Writes `text` to stdout.
+fn print(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")
+}
+
+/// `concord docs ...`.
+async fn docs(command: DocsCommand) -> Result<()> {
+    use reqwest::Method;
+    match command {
+        DocsCommand::List { api } => {
+            let client = ApiClient::new(&api)?;
+            let mut out = format!(
+                "{:<40} {:>12} {:>10} {:>12} {:>9} {:>14}\n",
+                "name", "snapshot", "log", "log bytes", "versions", "history bytes"
+            );
+            let mut after: Option<String> = None;
+            loop {
+                let mut url = client.url(&["docs"])?;
+                url.query_pairs_mut().append_pair("limit", "1000");
+                if let Some(after) = &after {
+                    url.query_pairs_mut().append_pair("after", after);
+                }
+                let page: DocPage = client
+                    .call_json("cannot list the documents", Method::GET, url, None)
+                    .await?;
+                for info in &page.docs {
+                    out.push_str(&format!(
+                        "{:<40} {:>12} {:>10} {:>12} {:>9} {:>14}\n",
+                        info.name,
+                        info.snapshot_bytes,
+                        info.log_entries,
+                        info.log_bytes,
+                        info.versions,
+                        info.history_bytes
+                    ));
+                }
+                match page.next {
+                    Some(next) if !page.docs.is_empty() => after = Some(next),
+                    _ => break,
+                }
+            }
+            print(&out)
+        }
+        DocsCommand::Versions { api, doc } => {
+            let client = ApiClient::new(&api)?;
+            let url = client.url(&["docs", &doc, "versions"])?;
+            let list: VersionList = client
+                .call_json(
+                    &format!("cannot list the versions of {doc:?}"),
+                    Method::GET,
+                    url,
+                    None,
+                )
+                .await?;
+            let mut out = format!(
+                "{:>8}  {:<20}  {:>10}  {:<12}  label\n",
+                "id", "created (UTC)", "bytes", "position"
+            );
+            for v in &list.versions {
+                out.push_str(&format!(
+                    "{:>8}  {:<20}  {:>10}  {:<12}  {}\n",
+                    v.id,
+                    utc(v.created_at_ms),
+                    v.bytes,
+                    v.position,
+                    label_cell(v.label.as_deref())
+                ));
+            }
+            print(&out)
+        }
+        DocsCommand::Version {
+            api,
+            doc,
+            id,
+            format,
+            types,
+            pretty,
+        } => {
+            let client = ApiClient::new(&api)?;
+            let url = client.url(&["docs", &doc, "versions", &id.to_string()])?;
+            // Read as an update and turned into JSON here, as cat does with a live document.
+            let update = client
+                .call(
+                    &format!("cannot read version {id} of {doc:?}"),
+                    Method::GET,
+                    url,
+                    None,
+                )
+                .await?;
+            match format {
+                Format::Update => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(&update)
+                        .and_then(|()| stdout.flush())
+                        .context("cannot write to stdout")
+                }
+                Format::Json => {
+                    let json = state_json(&update, &types.types.0)
+                        .with_context(|| format!("cannot read version {id} of {doc:?}"))?;
+                    let text = if pretty {
+                        serde_json::to_string_pretty(&json)?
+                    } else {
+                        json.to_string()
+                    };
+                    print(&format!("{text}\n"))
+                }
+            }
+        }
+        DocsCommand::SaveVersion { api, doc, label } => {
+            let client = ApiClient::new(&api)?;
+            let url = client.url(&["docs", &doc, "versions"])?;
+            let saved: VersionInfo = client
+                .call_json(
+                    &format!("cannot save a version of {doc:?}"),
+                    Method::POST,
+                    url,
+                    Some(serde_json::json!({ "label": label })),
+                )
+                .await?;
+            print(&format!(
+                "saved version {} of {doc:?}: {}, {} bytes, position {}\n",
+                saved.id,
+                label_cell(saved.label.as_deref()),
+                saved.bytes,
+                saved.position
+            ))
+        }
+        DocsCommand::Restore { api, doc, id } => {
+            let client = ApiClient::new(&api)?;
+            let url = client.url(&["docs", &doc, "versions", &id.to_string(), "restore"])?;
+            let restored: Restored = client
+                .call_json(
+                    &format!("cannot restore version {id} of {doc:?}"),
+                    Method::POST,
+                    url,
+                    None,
+                )
+                .await?;
+            let before = restored.saved_before.id;
+            print(&if restored.changed {
+                format!(
+                    "restored {doc:?} to version {}; the state before is version {before}: \
+                     restore it to undo\n",
+                    restored.restored
+                )
+            } else {
+                format!(
+                    "{doc:?} already equals version {}: unchanged (its state is also kept as \
+                     version {before})\n",
+                    restored.restored
+                )
+            })
+        }
+        DocsCommand::DeleteVersion { api, doc, id } => {
+            let client = ApiClient::new(&api)?;
+            let url = client.url(&["docs", &doc, "versions", &id.to_string()])?;
+            client
+                .call(
+                    &format!("cannot delete version {id} of {doc:?}"),
+                    Method::DELETE,
+                    url,
+                    None,
+                )
+                .await?;
+            eprintln!("deleted version {id} of {doc:?}");
+            Ok(())
+        }
+    }
+}
+
 /// Stdout of `watch`: one flushed JSON line at a time, without repeating itself.
 #[derive(Default)]
 struct Output {
@@ -584,5 +1036,88 @@ mod tests {
         assert_eq!(target.timeout, Duration::from_secs(2));
         assert_eq!(types.types.0.len(), 2);
         assert!(Cli::try_parse_from(["concord", "cat", "ws://h:1", "d", "--types", "x"]).is_err());
+    }
+
+    fn api(url: &str, prefix: &str) -> Api {
+        Api {
+            url: url.to_owned(),
+            token: None,
+            api_prefix: prefix.to_owned(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn api_urls_take_the_server_url_and_prefix_and_encode_names() {
+        let client = ApiClient::new(&api("ws://h:1", "/api")).unwrap();
+        let url = client
+            .url(&["docs", "team/notes ü", "versions", "3"])
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/api/docs/team%2Fnotes%20%C3%BC/versions/3"
+        );
+        let client = ApiClient::new(&api("http://h:1/collab/?x=1", "/v1/api/")).unwrap();
+        assert_eq!(
+            client.url(&["docs"]).unwrap().as_str(),
+            "http://h:1/collab/v1/api/docs"
+        );
+        let client = ApiClient::new(&api("http://h:1", "")).unwrap();
+        assert_eq!(client.url(&["docs"]).unwrap().as_str(), "http://h:1/docs");
+        assert!(client.url(&["docs", ".."]).is_err());
+        let https = ApiClient::new(&api("wss://h", "/api")).err().unwrap();
+        assert!(https.to_string().contains("plain HTTP"), "{https}");
+        assert!(ApiClient::new(&api("ftp://h", "/api")).is_err());
+        assert!(ApiClient::new(&api("h:1", "/api")).is_err());
+    }
+
+    #[test]
+    fn versions_show_utc_times_and_labels_on_one_line() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_790_000_000_999), "2026-09-21T14:13:20Z");
+        assert_eq!(label_cell(None), "(automatic)");
+        assert_eq!(label_cell(Some("draft 2")), "draft 2");
+        assert_eq!(label_cell(Some("a\nb")), "\"a\\nb\"");
+    }
+
+    #[test]
+    fn docs_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "concord",
+            "docs",
+            "version",
+            "http://h:1",
+            "d",
+            "7",
+            "--format",
+            "update",
+            "--token",
+            "t",
+        ])
+        .unwrap();
+        let Command::Docs {
+            command:
+                DocsCommand::Version {
+                    api,
+                    doc,
+                    id,
+                    format,
+                    ..
+                },
+        } = cli.command
+        else {
+            panic!("not docs version")
+        };
+        assert_eq!(
+            (api.token.as_deref(), doc.as_str(), id),
+            (Some("t"), "d", 7)
+        );
+        assert_eq!((format, api.api_prefix.as_str()), (Format::Update, "/api"));
+        assert!(
+            Cli::try_parse_from(["concord", "docs", "restore", "http://h:1", "d", "x"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["concord", "docs", "save-version", "http://h:1", "d"]).is_err()
+        );
     }
 }

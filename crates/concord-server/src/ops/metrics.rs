@@ -190,6 +190,12 @@ impl Collector for Live {
                 ("failed", ConstCounter::new(read(&c.versions_failed))),
             ],
         )?;
+        gauge(
+            &mut encoder,
+            "history_bytes",
+            "Bytes of every document's versions, as of the last hourly sweep",
+            read(&c.history_bytes) as i64,
+        )?;
         counter(
             &mut encoder,
             "restores",

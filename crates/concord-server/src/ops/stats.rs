@@ -33,6 +33,9 @@ pub(crate) struct Counters {
     pub(crate) versions_thinned: AtomicU64,
     pub(crate) versions_failed: AtomicU64,
     pub(crate) restores: AtomicU64,
+    /// Bytes of every document's versions, as of the history keeper's last sweep (at start,
+    /// then hourly).
+    pub(crate) history_bytes: AtomicU64,
     /// Set while the store fails to take writes (after retries), for `/readyz`.
     pub(crate) store_failing: std::sync::atomic::AtomicBool,
     /// Open connections by transport.

@@ -92,13 +92,15 @@ pub(crate) enum StateFormat {
 impl StateFormat {
     /// Reads `format` and `types` (400 for values it does not know).
     pub(crate) fn parse(format: Option<&str>, types: Option<&str>) -> ApiResult<StateFormat> {
+        // Checked whatever the format, so a bad hint is a 400 even where it is not used.
+        let types = match types {
+            Some(types) => concord_core::json::parse_types(types)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            None => Vec::new(),
+        };
         match format.unwrap_or("update") {
             "update" => Ok(StateFormat::Update),
-            "json" => Ok(StateFormat::Json(match types {
-                Some(types) => concord_core::json::parse_types(types)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
-                None => Vec::new(),
-            })),
+            "json" => Ok(StateFormat::Json(types)),
             other => Err(ApiError::bad_request(format!(
                 "format must be update or json, not {other:?}"
             ))),

@@ -95,11 +95,14 @@ pub(crate) async fn create(
 ) -> ApiResult<Response> {
     request.admit(&state, &name, Needs::Write, false).await?;
     let payload = body(payload)?;
-    let NewVersionBody { label } = serde_json::from_slice(&payload).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body must be JSON like {{\"label\": \"before the rewrite\"}}: {e}"
-        ))
-    })?;
+    // An object, not any JSON serde would read into the struct (an array of one string).
+    let NewVersionBody { label } = serde_json::from_slice::<serde_json::Map<String, _>>(&payload)
+        .and_then(|object| serde_json::from_value(serde_json::Value::Object(object)))
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body must be JSON like {{\"label\": \"before the rewrite\"}}: {e}"
+            ))
+        })?;
     if label.trim().is_empty() || label.len() > MAX_LABEL_BYTES {
         return Err(ApiError::bad_request(format!(
             "label must be 1 to {MAX_LABEL_BYTES} bytes, not only spaces"
