@@ -3,7 +3,8 @@
 //! `appendfsync always`): clients on any node converge, a late joiner on another node gets
 //! everything, presence crosses nodes and a killed node's presence goes, acknowledged updates
 //! survive a killed node, SSE resumes across nodes, compaction races joiners, deletions cross
-//! nodes, documents spread over every shard of a cluster, and a lost Redis holds edits
+//! nodes, a version kept on one node restores from another, documents spread over every shard
+//! of a cluster, and a lost Redis holds edits
 //! unacknowledged until it is back. The cases that run on both are in modules `single` and
 //! `cluster`.
 
@@ -103,6 +104,7 @@ on_both!(
     compaction_under_load_with_joiners_racing_it_leaves_no_gap_and_a_short_stream,
     a_document_deleted_on_one_node_is_closed_and_gone_on_the_others,
     the_change_feed_of_a_document_no_client_holds_here_sees_other_nodes_edits,
+    a_version_kept_on_one_node_is_restored_from_another_and_every_node_converges,
 );
 
 /// A node in this process: an embedded server on the test's Redis.
@@ -719,4 +721,79 @@ async fn with_a_pubsub_redis_the_channels_between_nodes_leave_the_stores_redis()
     assert!(stream_length(&store, "split") >= 1);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+async fn a_version_kept_on_one_node_is_restored_from_another_and_every_node_converges(
+    redis: Deployment,
+) {
+    let (a, c) = (Node::start(&redis).await, Node::start(&redis).await);
+    let on_a = TestClient::connect_synced(&a.url("history")).await.unwrap();
+    let on_c = TestClient::connect_synced(&c.url("history")).await.unwrap();
+    append(&on_a, 0);
+    poll_until(DEADLINE, "the edit reached node C", || {
+        on_c.text("t") == "[0]"
+    })
+    .await;
+    let http = reqwest::Client::new();
+    // A client's edit on node A is stored once node A's persistence worker wrote it: a version
+    // asked of node C sees it once the store has it, so ask until it does.
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(None));
+    poll_until_ok_async(DEADLINE, "a version holding the first edit", || {
+        let http = http.clone();
+        let url = c.http("/api/docs/history/versions");
+        let kept = kept.clone();
+        async move {
+            let made = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(r#"{"label":"first"}"#)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let made = made.text().await.map_err(|e| e.to_string())?;
+            let made: serde_json::Value =
+                serde_json::from_str(&made).map_err(|e| format!("{e}: {made}"))?;
+            let id = made["id"].as_u64().ok_or_else(|| made.to_string())?;
+            let got = http
+                .get(format!("{url}/{id}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .bytes()
+                .await
+                .map_err(|e| e.to_string())?;
+            let doc = Doc::new();
+            doc.transact_mut()
+                .apply_update(Update::decode_v1(&got).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let text = doc.get_or_insert_text("t");
+            let text = text.get_string(&doc.transact());
+            if text != "[0]" {
+                return Err(format!("version {id} holds {text:?}"));
+            }
+            *kept.lock().unwrap() = Some(id);
+            Ok(())
+        }
+    })
+    .await;
+    let id = kept.lock().unwrap().expect("kept");
+    append(&on_c, 1);
+    poll_until(DEADLINE, "both edits on both nodes", || {
+        on_a.text("t") == "[0][1]" && on_c.text("t") == "[0][1]"
+    })
+    .await;
+    // Restored through node A: the clients of both nodes converge.
+    let restored = http
+        .post(a.http(&format!("/api/docs/history/versions/{id}/restore")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restored.status(), 200);
+    poll_until(DEADLINE, "the restore reached both nodes' clients", || {
+        on_a.text("t") == "[0]" && on_c.text("t") == "[0]"
+    })
+    .await;
+    drop((on_a, on_c));
+    a.shutdown().await;
+    c.shutdown().await;
 }
