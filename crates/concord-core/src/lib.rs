@@ -21,6 +21,7 @@ mod store;
 #[cfg(any(test, feature = "conformance"))]
 mod test_support;
 pub mod validate;
+pub mod webhook;
 
 pub use codec::{
     Inbound, MSG_SAVED, ProtocolError, awareness_payload, decode_frame, encode_saved,
