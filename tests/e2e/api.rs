@@ -161,6 +161,12 @@ async fn documents_are_read_written_listed_and_deleted_over_http() {
 
     // Deleting closes the document's connections and removes it.
     let mut raw = RawClient::connect(&server.url("notes")).await.unwrap();
+    // Its first frame (the server's SyncStep1) says it joined the room: a delete before that
+    // would find no connection to close, and the late joiner would open the document afresh.
+    assert!(
+        raw.next_binary(DEADLINE).await.is_some(),
+        "the server greets"
+    );
     let response = http()
         .delete(api(&server, "/docs/notes"))
         .send()
