@@ -31,7 +31,7 @@ use yrs::types::{AsPrelim, Attrs, ToJson};
 use yrs::{
     Any, Array, ArrayRef, Doc, Map, MapRef, OffsetKind, Options, Out, ReadTxn, StateVector, Text,
     Transact, TransactionMut, Update, WriteTxn, Xml, XmlElementPrelim, XmlElementRef, XmlFragment,
-    XmlOut, XmlTextPrelim, XmlTextRef,
+    XmlTextPrelim, XmlTextRef,
 };
 
 use crate::json::{RootKind, root_kind};
@@ -509,14 +509,6 @@ fn restore_attributes<T: ReadTxn>(wt: &mut TransactionMut, w: &impl Xml, tt: &T,
     }
 }
 
-fn xml_out(node: XmlOut) -> Out {
-    match node {
-        XmlOut::Element(e) => Out::YXmlElement(e),
-        XmlOut::Fragment(f) => Out::YXmlFragment(f),
-        XmlOut::Text(t) => Out::YXmlText(t),
-    }
-}
-
 /// Makes the children of XML node `w` equal those of `t`.
 fn restore_children<T: ReadTxn>(
     wt: &mut TransactionMut,
@@ -524,8 +516,8 @@ fn restore_children<T: ReadTxn>(
     tt: &T,
     t: &impl XmlFragment,
 ) {
-    let wc: Vec<Out> = w.children(wt).map(xml_out).collect();
-    let tc: Vec<Out> = t.children(tt).map(xml_out).collect();
+    let wc: Vec<Out> = w.children(wt).map(Out::from).collect();
+    let tc: Vec<Out> = t.children(tt).map(Out::from).collect();
     restore_sequence(wt, &wc, tt, &tc, |wt, old, nodes| {
         if !old.is_empty() {
             w.remove_range(wt, old.start as u32, old.len() as u32);
@@ -625,7 +617,7 @@ fn write_fingerprint<T: ReadTxn>(out: &mut String, value: &Out, txn: &T) {
             });
             out.push('>');
             for child in e.children(txn) {
-                write_fingerprint(out, &xml_out(child), txn);
+                write_fingerprint(out, &Out::from(child), txn);
                 out.push('\u{3}');
             }
             out.push_str("</>");
@@ -641,7 +633,7 @@ fn write_fingerprint<T: ReadTxn>(out: &mut String, value: &Out, txn: &T) {
         Out::YXmlFragment(f) => {
             out.push_str("F[");
             for child in f.children(txn) {
-                write_fingerprint(out, &xml_out(child), txn);
+                write_fingerprint(out, &Out::from(child), txn);
                 out.push('\u{3}');
             }
             out.push(']');
@@ -659,7 +651,7 @@ fn write_fingerprint<T: ReadTxn>(out: &mut String, value: &Out, txn: &T) {
 mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
-    use yrs::{GetString, MapPrelim, XmlFragmentRef};
+    use yrs::{GetString, MapPrelim, XmlFragmentRef, XmlOut};
 
     fn state(doc: &Doc) -> Vec<u8> {
         doc.transact()
