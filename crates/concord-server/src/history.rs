@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use concord_core::history::Retention;
 use concord_core::{
-    Access, Clock, DocName, NewVersion, Store, StoreError, VersionId, VersionInfo, decode_frame,
-    decode_snapshot,
+    Access, Clock, DocName, NewVersion, Room, Store, StoreError, SystemClock, VersionId,
+    VersionInfo, decode_frame, decode_snapshot,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -35,7 +35,7 @@ use yrs::updates::encoder::Encode;
 use crate::durability::compact::{RebuildError, snapshot_of_stored};
 use crate::durability::feed::{self, Feed};
 use crate::durability::is_stored;
-use crate::ingest::{Refused, Source};
+use crate::ingest::{NotApplied, Refused};
 use crate::ops::stats::Counters;
 use crate::state::AppState;
 
@@ -244,16 +244,10 @@ pub(crate) async fn state_of(
 
 /// A snapshot's document as one v1 update.
 fn snapshot_state(snapshot: &[u8]) -> Result<Vec<u8>, HistoryError> {
-    use yrs::{ReadTxn, Transact};
-    let update = decode_snapshot(snapshot).map_err(|e| HistoryError::Unreadable(e.to_string()))?;
-    let doc = yrs::Doc::new();
-    doc.transact_mut()
-        .apply_update(update)
+    let mut room = Room::new(Arc::new(SystemClock));
+    room.restore_snapshot(snapshot)
         .map_err(|e| HistoryError::Unreadable(e.to_string()))?;
-    let state = doc
-        .transact()
-        .encode_state_as_update_v1(&yrs::StateVector::default());
-    Ok(state)
+    Ok(room.encode_state())
 }
 
 /// Removes version `id` of `doc`; false when there was no such version.
@@ -300,23 +294,17 @@ pub(crate) async fn restore(
     // Framed as a client's sync update, so it is validated and decoded like one.
     let frame = yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(update)).encode_v1();
     let inbound = decode_frame(&frame).map_err(|e| HistoryError::Unreadable(e.to_string()))?;
-    let outcome = state
+    state
         .ingest
-        .receive(room, Source::Request(access), inbound)
-        .await;
-    if let Some(refused) = outcome.refused {
-        return Err(match refused {
-            Refused::RoomPoisoned => HistoryError::Unreadable(refused.to_string()),
-            other => HistoryError::Refused(other.to_string()),
-        });
-    }
-    let stored = match outcome.stored {
-        Some(durable) => durable.wait().await,
-        None => true,
-    };
-    if !stored {
-        return Err(HistoryError::NotStored);
-    }
+        .apply_request(room, access, inbound)
+        .await
+        .map_err(|error| match error {
+            NotApplied::Refused(Refused::RoomPoisoned) => {
+                HistoryError::Unreadable(Refused::RoomPoisoned.to_string())
+            }
+            NotApplied::Refused(other) => HistoryError::Refused(other.to_string()),
+            NotApplied::NotStored => HistoryError::NotStored,
+        })?;
     Counters::bump(&state.counters.restores);
     tracing::info!(%doc, version = id, "document restored");
     Ok(Restored {

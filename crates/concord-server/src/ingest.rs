@@ -104,6 +104,15 @@ pub(crate) struct Outcome {
     pub(crate) refused: Option<Refused>,
 }
 
+/// Why [`Ingest::apply_request`] did not apply and store everything.
+#[derive(Debug)]
+pub(crate) enum NotApplied {
+    /// The room refused a message (nothing after it was applied).
+    Refused(Refused),
+    /// Applied, but the store did not take it: send it again.
+    NotStored,
+}
+
 impl Ingest {
     pub(crate) fn new(
         rooms: Arc<Rooms>,
@@ -196,6 +205,29 @@ impl Ingest {
                 Counters::bump(&counters.awareness_too_large);
                 Refused::AwarenessTooLarge(fault.to_string())
             }
+        }
+    }
+
+    /// Applies `inbound` to `room` as a request with `access` (an HTTP write, a restore) and
+    /// waits until what it changed is stored.
+    pub(crate) async fn apply_request(
+        &self,
+        room: &Arc<LiveRoom>,
+        access: Access,
+        inbound: Vec<Inbound>,
+    ) -> Result<(), NotApplied> {
+        let outcome = self.receive(room, Source::Request(access), inbound).await;
+        if let Some(refused) = outcome.refused {
+            return Err(NotApplied::Refused(refused));
+        }
+        let stored = match outcome.stored {
+            Some(durable) => durable.wait().await,
+            None => true,
+        };
+        if stored {
+            Ok(())
+        } else {
+            Err(NotApplied::NotStored)
         }
     }
 

@@ -18,7 +18,7 @@ use crate::durability::feed::stored_state;
 use crate::durability::is_stored;
 use crate::edge::http::error::{ApiError, ApiResult, DocPath, Params, Request, body, doc_name};
 use crate::edge::http::params::{binary, state_vector_param};
-use crate::ingest::{Refused, Source};
+use crate::ingest::{NotApplied, Refused};
 use crate::ops::stats::Counters;
 use crate::policy::admission::Needs;
 use crate::rooms::Recipients;
@@ -203,30 +203,23 @@ async fn apply(
     inbound: Vec<Inbound>,
 ) -> ApiResult<()> {
     let guard = state.rooms.open(name).await?;
-    let outcome = state
+    state
         .ingest
-        .receive(guard.room(), Source::Request(access), inbound)
-        .await;
-    if let Some(refused) = outcome.refused {
-        return Err(match refused {
-            Refused::RoomPoisoned => ApiError::internal(refused),
-            Refused::UpdateRejected(why) => ApiError::bad_request(why),
-            Refused::DocumentTooLarge(why) | Refused::AwarenessTooLarge(why) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, why)
-            }
-        });
-    }
-    let stored = match outcome.stored {
-        Some(durable) => durable.wait().await,
-        None => true,
-    };
-    if !stored {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the update was applied but could not be stored; send it again",
-        ));
-    }
-    Ok(())
+        .apply_request(guard.room(), access, inbound)
+        .await
+        .map_err(|error| match error {
+            NotApplied::Refused(refused) => match refused {
+                Refused::RoomPoisoned => ApiError::internal(refused),
+                Refused::UpdateRejected(why) => ApiError::bad_request(why),
+                Refused::DocumentTooLarge(why) | Refused::AwarenessTooLarge(why) => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, why)
+                }
+            },
+            NotApplied::NotStored => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the update was applied but could not be stored; send it again",
+            ),
+        })
 }
 
 /// `POST /docs/{name}/update`: a Yjs v1 update, answered once it is durable.
