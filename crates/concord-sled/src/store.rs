@@ -1083,22 +1083,23 @@ impl Inner {
 /// Version history: snapshots in files under `versions/`, metadata and a per-document summary
 /// in sled (see the crate documentation's Versions section).
 impl Inner {
-    /// The id of `doc` and the id its next version gets. A document that does not exist yet
-    /// gets an id reserved here and persisted with its metadata by `save_version`.
-    fn version_target(&self, doc: &DocName) -> Result<(u64, VersionId), StoreError> {
+    /// The id of `doc` and its version summary, recounted (its next version id is then above
+    /// every version key there is: the file written next can never be an existing version's).
+    /// A document that does not exist yet gets an id reserved here and persisted with its
+    /// metadata by `save_version`, and an empty summary. The caller holds `compacting`, which
+    /// every writer of a history holds, so the summary stays true until it writes.
+    fn version_target(&self, doc: &DocName) -> Result<(u64, VersionSummary), StoreError> {
         let mut state = self.lock();
         Ok(match self.read_meta(doc)? {
             Some(meta) => {
-                // Recounted, so the id is above every version key there is: the file written
-                // next can never be an existing version's.
                 let mut history = self.read_history(doc, meta.id)?;
                 self.recount_history(doc, meta.id, &mut history, &BTreeSet::new())?;
-                (meta.id, history.next_version.max(1))
+                (meta.id, history)
             }
             None => {
                 let id = state.next_doc_id;
                 state.next_doc_id = next_id(id)?;
-                (id, 1)
+                (id, VersionSummary::default())
             }
         })
     }
@@ -1108,7 +1109,8 @@ impl Inner {
         // A round is only repeated when an `append` created the document between choosing its
         // id and writing its metadata, as in a compaction.
         for _ in 0..4 {
-            let (id, number) = self.version_target(doc)?;
+            let (id, mut history) = self.version_target(doc)?;
+            let number = history.next_version.max(1);
             // The file first, outside the lock, durably: nothing points at it yet, so a crash
             // now leaves an orphan that the next open removes.
             self.versions
@@ -1146,15 +1148,6 @@ impl Inner {
                         self.versions.remove(id, number).map_err(backend)?;
                         continue;
                     }
-                }
-                let mut history = self.read_history(doc, id)?;
-                self.recount_history(doc, id, &mut history, &BTreeSet::new())?;
-                if history.next_version > number {
-                    // Cannot happen (every writer of the history holds `compacting`); refuse
-                    // rather than overwrite a version.
-                    return Err(StoreError::Corrupt(format!(
-                        "version {number} of document {doc:?} was written by someone else"
-                    )));
                 }
                 history.next_version = number.checked_add(1).ok_or_else(|| {
                     StoreError::Corrupt(format!("document {doc:?} ran out of version ids"))
