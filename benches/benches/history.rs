@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use concord_benches::{Summary, dir_size, load_trace};
-use concord_core::{DocName, NewVersion, Position, Room, Store, SystemClock, decode_snapshot};
+use concord_core::{DocName, NewVersion, Position, Room, Store, SystemClock};
 use concord_sled::SledStore;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Transact, Update};
@@ -131,12 +131,12 @@ async fn main() {
             .await
             .expect("read")
             .expect("kept");
-        let update = decode_snapshot(&snapshot).expect("decodes");
+        // What the server does to answer `GET .../versions/{id}`.
         let as_v1 = {
-            let doc = Doc::new();
-            doc.transact_mut().apply_update(update).expect("applies");
-            doc.transact()
-                .encode_state_as_update_v1(&StateVector::default())
+            let mut room = Room::new(Arc::new(SystemClock));
+            room.restore_snapshot(&snapshot)
+                .expect("decodes and applies");
+            room.encode_state()
         };
         get.push(started.elapsed());
         assert_eq!(
