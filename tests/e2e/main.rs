@@ -36,3 +36,5 @@ mod shutdown;
 // running out of descriptors.
 mod sockets;
 mod sync;
+// Signed events to a real receiver: debounce, retries, SIGKILL with events pending.
+mod webhooks;

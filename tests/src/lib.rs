@@ -9,6 +9,8 @@
 //!   back, without answering anything.
 //! - [`http_get`] speaks plain HTTP/1.1 to check responses that are not upgrades.
 //! - [`poll_until`] waits for a condition by polling it; tests never sleep to wait for a result.
+//! - [`WebhookReceiver`] is a real HTTP server on loopback that records webhook requests and
+//!   answers 200 or 503 as the test says.
 //! - [`ManualClock`] is a clock tests advance by hand, and [`SplitMix64`] a tiny seeded PRNG.
 //!
 //! All y-protocols encoding and decoding goes through `yrs`' own sync types; the only
@@ -1373,6 +1375,153 @@ impl<H: StoreHooks> concord_core::Store for Hooked<H> {
     ) -> concord_core::StoreFuture<'a, u64> {
         let doc = doc.clone();
         self.blocking(move |hooks| hooks.inner().delete_versions(&doc, &ids))
+    }
+
+    fn outbox_write(
+        &self,
+        add: Vec<concord_core::OutboxEntry>,
+        marks: Vec<(concord_core::DocName, Option<concord_core::Position>)>,
+    ) -> concord_core::StoreFuture<'_, ()> {
+        self.blocking(move |hooks| hooks.inner().outbox_write(add, marks))
+    }
+
+    fn outbox(&self) -> concord_core::StoreFuture<'_, concord_core::Outbox> {
+        self.blocking(|hooks| hooks.inner().outbox())
+    }
+
+    fn outbox_remove(&self, keys: Vec<String>) -> concord_core::StoreFuture<'_, ()> {
+        self.blocking(move |hooks| hooks.inner().outbox_remove(&keys))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook receiver
+// ---------------------------------------------------------------------------------------------
+
+/// One request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The `Concord-Event-Id` header.
+    pub event_id: String,
+    /// The `Concord-Signature` header.
+    pub signature: String,
+    /// The raw body.
+    pub body: Vec<u8>,
+    /// Whether it was answered 200 (else 503).
+    pub accepted: bool,
+}
+
+impl Received {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a webhook body is JSON")
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    accepting: std::sync::atomic::AtomicBool,
+    received: Mutex<Vec<Received>>,
+}
+
+/// A webhook receiver: a real HTTP server on 127.0.0.1 (an ephemeral port, or one given) that
+/// records every POST to `/hook` and answers 200 while accepting, 503 otherwise. Stopped on
+/// drop.
+pub struct WebhookReceiver {
+    /// Where to send webhooks: `http://127.0.0.1:PORT/hook`.
+    pub url: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl WebhookReceiver {
+    /// Starts one on an ephemeral port.
+    pub async fn start(accepting: bool) -> WebhookReceiver {
+        WebhookReceiver::start_on(0, accepting).await
+    }
+
+    /// Starts one on `port` (0: ephemeral).
+    pub async fn start_on(port: u16, accepting: bool) -> WebhookReceiver {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the webhook receiver");
+        let addr = listener.local_addr().expect("its address");
+        let state = Arc::new(ReceiverState::default());
+        state.accepting.store(accepting, Ordering::SeqCst);
+        let recorder = state.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let state = recorder.clone();
+                    async move {
+                        let header = |name: &str| {
+                            headers
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        let accepted = state.accepting.load(Ordering::SeqCst);
+                        state
+                            .received
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Received {
+                                event_id: header("concord-event-id"),
+                                signature: header("concord-signature"),
+                                body: body.to_vec(),
+                                accepted,
+                            });
+                        if accepted {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        }
+                    }
+                },
+            ),
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        WebhookReceiver {
+            url: format!("http://{addr}/hook"),
+            addr,
+            state,
+            shutdown,
+        }
+    }
+
+    /// Answer 200 (true) or 503 (false) from now on.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.state.accepting.store(accepting, Ordering::SeqCst);
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The requests answered 200 so far.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.accepted).collect()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

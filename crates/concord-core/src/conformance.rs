@@ -80,8 +80,8 @@ use std::task::Poll;
 
 use crate::test_support::Rng;
 use crate::{
-    Appended, DocInfo, DocName, LogTail, NewVersion, Position, Seq, Store, StoreError, StoredDoc,
-    StoredUpdate, VersionInfo,
+    Appended, DocInfo, DocName, LogTail, NewVersion, Outbox, OutboxEntry, Position, Seq, Store,
+    StoreError, StoredDoc, StoredUpdate, VersionInfo,
 };
 
 /// How the suite gets stores to check.
@@ -118,7 +118,7 @@ where
 }
 
 /// Every check's name, in the order [`run_all`] runs them.
-pub const CHECKS: [&str; 16] = [
+pub const CHECKS: [&str; 17] = [
     "a_new_store_is_empty",
     "append_writes_one_entry_per_document_per_batch",
     "seqs_start_at_one_grow_and_compaction_never_reuses_them",
@@ -135,6 +135,7 @@ pub const CHECKS: [&str; 16] = [
     "empty_batches_and_empty_updates",
     "random_operations_match_a_reference_model",
     "versions_are_kept_listed_read_deleted_and_survive_reopening",
+    "the_outbox_keeps_entries_and_marks_and_survives_reopening",
 ];
 
 /// Seed of the random sequence [`run_all`] checks.
@@ -167,6 +168,9 @@ pub async fn run_one<H: Harness>(harness: &mut H, name: &str) {
     }
     if name == "versions_are_kept_listed_read_deleted_and_survive_reopening" {
         return versions_are_kept_listed_read_deleted_and_survive_reopening(harness).await;
+    }
+    if name == "the_outbox_keeps_entries_and_marks_and_survives_reopening" {
+        return the_outbox_keeps_entries_and_marks_and_survives_reopening(harness).await;
     }
     let store = harness.create().await;
     let store: &dyn Store = &store;
@@ -1095,6 +1099,96 @@ pub async fn versions_are_kept_listed_read_deleted_and_survive_reopening<H: Harn
     );
 }
 
+/// The webhook outbox (a store without one answers [`StoreError::Unsupported`] and passes
+/// without further checks): a new store's outbox is empty and not started; one write adds
+/// entries and sets marks, and starts it even when empty; entries come back sorted by key, byte
+/// for byte, a pending key is replaced; `None` removes a mark; removing skips unknown keys;
+/// everything survives reopening; deleting a document leaves its mark.
+pub async fn the_outbox_keeps_entries_and_marks_and_survives_reopening<H: Harness>(
+    harness: &mut H,
+) {
+    let store = harness.create().await;
+    let empty = match store.outbox().await {
+        Err(StoreError::Unsupported(_)) => return,
+        other => other.unwrap_or_else(|e| panic!("outbox failed: {e}")),
+    };
+    assert_eq!(empty, Outbox::default(), "a new store's outbox");
+    let entry = |key: &str, payload: &[u8]| OutboxEntry {
+        key: key.to_owned(),
+        payload: payload.to_vec(),
+    };
+    let at = |seq: Seq, index: u32| Position { seq, index };
+    let (a, b) = (name("a"), name("b/c"));
+    outbox_write(&store, vec![], vec![]).await;
+    assert!(
+        outbox(&store).await.started,
+        "an empty write starts the outbox"
+    );
+    append(&store, &[update("a", b"x")]).await;
+    outbox_write(
+        &store,
+        vec![entry("2-b", b"second"), entry("1-a", &[0, 255, 1])],
+        vec![(a.clone(), Some(at(1, 0))), (b.clone(), Some(at(7, 3)))],
+    )
+    .await;
+    outbox_write(
+        &store,
+        vec![entry("3-c", b"third"), entry("2-b", b"second, again")],
+        vec![(b.clone(), None), (a.clone(), Some(at(2, u32::MAX)))],
+    )
+    .await;
+    let store = harness.reopen(store).await;
+    let kept = outbox(&store).await;
+    assert_eq!(
+        kept.entries,
+        vec![
+            entry("1-a", &[0, 255, 1]),
+            entry("2-b", b"second, again"),
+            entry("3-c", b"third")
+        ]
+    );
+    assert_eq!(kept.marks, BTreeMap::from([(a.clone(), at(2, u32::MAX))]));
+    assert!(kept.started);
+    if let Err(e) = store
+        .outbox_remove(vec!["1-a".to_owned(), "unknown".to_owned()])
+        .await
+    {
+        panic!("outbox_remove failed: {e}");
+    }
+    delete(&store, &a).await;
+    let store = harness.reopen(store).await;
+    let kept = outbox(&store).await;
+    assert_eq!(
+        kept.entries
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect::<Vec<_>>(),
+        ["2-b", "3-c"]
+    );
+    assert_eq!(
+        kept.marks.get(&a),
+        Some(&at(2, u32::MAX)),
+        "a deleted document keeps its mark"
+    );
+}
+
+async fn outbox(store: &dyn Store) -> Outbox {
+    store
+        .outbox()
+        .await
+        .unwrap_or_else(|e| panic!("outbox failed: {e}"))
+}
+
+async fn outbox_write(
+    store: &dyn Store,
+    add: Vec<OutboxEntry>,
+    marks: Vec<(DocName, Option<Position>)>,
+) {
+    if let Err(e) = store.outbox_write(add, marks).await {
+        panic!("outbox_write failed: {e}");
+    }
+}
+
 // The store's calls, failing the check when the store reports an error: every call of the
 // suite is one a correct store must answer.
 
@@ -1281,7 +1375,7 @@ mod tests {
             "{failure}"
         );
         assert!(
-            failure.starts_with("3 of 16 store conformance checks failed"),
+            failure.starts_with("3 of 17 store conformance checks failed"),
             "{failure}"
         );
     }

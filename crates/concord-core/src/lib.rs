@@ -33,7 +33,7 @@ pub use room::{
 };
 pub use snapshot::{SnapshotDraft, SnapshotError, decode_snapshot};
 pub use store::{
-    Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, NewVersion, Position, Seq, Store,
-    StoreError, StoreFuture, StoredDoc, StoredUpdate, VersionId, VersionInfo,
+    Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, NewVersion, Outbox, OutboxEntry,
+    Position, Seq, Store, StoreError, StoreFuture, StoredDoc, StoredUpdate, VersionId, VersionInfo,
 };
 pub use yrs::sync::time::{Clock, SystemClock};

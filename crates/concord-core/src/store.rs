@@ -203,6 +203,29 @@ pub struct VersionInfo {
     pub bytes: u64,
 }
 
+/// A webhook delivery waiting in the outbox (see [`Store::outbox_write`]). Opaque to stores,
+/// apart from its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Unique among pending entries; [`Store::outbox`] returns entries sorted by it. Writing an
+    /// entry whose key is pending replaces it.
+    pub key: String,
+    /// What the server needs to deliver it (the receiver, the request body).
+    pub payload: Vec<u8>,
+}
+
+/// Everything the outbox holds, from [`Store::outbox`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outbox {
+    /// Pending deliveries, sorted by key.
+    pub entries: Vec<OutboxEntry>,
+    /// Per document, the position through which its edits have been announced.
+    pub marks: BTreeMap<DocName, Position>,
+    /// Whether [`Store::outbox_write`] was ever called on this store: before the first call no
+    /// mark was ever kept, so documents without one are not "never announced".
+    pub started: bool,
+}
+
 /// What every [`Store`] method returns: a boxed future, so that the trait is object-safe.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -279,6 +302,31 @@ pub trait Store: Send + Sync + 'static {
         no_history()
     }
 
+    /// Atomically and durably (like an append) adds the webhook deliveries `add` to the outbox
+    /// and sets (`Some`) or removes (`None`) the announced-through marks of documents: after a
+    /// crash, [`Store::outbox`] has all of it or none. The marks are independent of the
+    /// documents: [`Store::delete`] leaves a document's mark. The default implementation
+    /// refuses: a backend without an outbox.
+    fn outbox_write(
+        &self,
+        add: Vec<OutboxEntry>,
+        marks: Vec<(DocName, Option<Position>)>,
+    ) -> StoreFuture<'_, ()> {
+        let _ = (add, marks);
+        no_outbox()
+    }
+
+    /// Everything the outbox holds.
+    fn outbox(&self) -> StoreFuture<'_, Outbox> {
+        no_outbox()
+    }
+
+    /// Removes the pending deliveries `keys` (delivered, or given up); unknown keys are skipped.
+    fn outbox_remove(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
+        let _ = keys;
+        no_outbox()
+    }
+
     /// Whether other server processes write to this store too (a shared Redis, a database).
     /// Then a loaded room may not yet hold what another process appended, so the server builds
     /// snapshots for [`Store::compact`] from the store itself, never from a room. False by
@@ -302,11 +350,26 @@ fn no_history<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
     ))))
 }
 
+/// What a backend without an outbox answers to the outbox methods of [`Store`].
+fn no_outbox<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(Err(StoreError::Unsupported(
+        "a webhook outbox",
+    ))))
+}
+
 /// A [`Store`] that keeps documents in process memory: nothing survives a restart. For tests,
 /// and for servers that only relay.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     docs: Mutex<HashMap<DocName, MemoryDoc>>,
+    outbox: Mutex<MemoryOutbox>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryOutbox {
+    entries: BTreeMap<String, Vec<u8>>,
+    marks: BTreeMap<DocName, Position>,
+    started: bool,
 }
 
 #[derive(Debug, Default)]
@@ -494,6 +557,57 @@ impl MemoryStore {
         Ok(info)
     }
 
+    fn lock_outbox(&self) -> std::sync::MutexGuard<'_, MemoryOutbox> {
+        // As `lock`: every change completes with infallible steps.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Store::outbox_write`], at once.
+    pub fn outbox_write(
+        &self,
+        add: Vec<OutboxEntry>,
+        marks: Vec<(DocName, Option<Position>)>,
+    ) -> Result<(), StoreError> {
+        let mut outbox = self.lock_outbox();
+        outbox.started = true;
+        for entry in add {
+            outbox.entries.insert(entry.key, entry.payload);
+        }
+        for (doc, mark) in marks {
+            match mark {
+                Some(position) => outbox.marks.insert(doc, position),
+                None => outbox.marks.remove(&doc),
+            };
+        }
+        Ok(())
+    }
+
+    /// [`Store::outbox`], at once.
+    pub fn outbox(&self) -> Result<Outbox, StoreError> {
+        let outbox = self.lock_outbox();
+        Ok(Outbox {
+            entries: outbox
+                .entries
+                .iter()
+                .map(|(key, payload)| OutboxEntry {
+                    key: key.clone(),
+                    payload: payload.clone(),
+                })
+                .collect(),
+            marks: outbox.marks.clone(),
+            started: outbox.started,
+        })
+    }
+
+    /// [`Store::outbox_remove`], at once.
+    pub fn outbox_remove(&self, keys: &[String]) -> Result<(), StoreError> {
+        let mut outbox = self.lock_outbox();
+        for key in keys {
+            outbox.entries.remove(key);
+        }
+        Ok(())
+    }
+
     /// [`Store::versions`], at once.
     pub fn versions(&self, doc: &DocName) -> Result<Vec<VersionInfo>, StoreError> {
         Ok(self.lock().get(doc).map_or_else(Vec::new, |d| {
@@ -582,6 +696,24 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(MemoryStore::delete_versions(
             self, doc, &ids,
         )))
+    }
+
+    fn outbox_write(
+        &self,
+        add: Vec<OutboxEntry>,
+        marks: Vec<(DocName, Option<Position>)>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(MemoryStore::outbox_write(
+            self, add, marks,
+        )))
+    }
+
+    fn outbox(&self) -> StoreFuture<'_, Outbox> {
+        Box::pin(std::future::ready(MemoryStore::outbox(self)))
+    }
+
+    fn outbox_remove(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(MemoryStore::outbox_remove(self, &keys)))
     }
 }
 

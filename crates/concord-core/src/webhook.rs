@@ -3,12 +3,11 @@
 //! HTTP client, the clock and the randomness; everything here takes them as arguments (times in
 //! milliseconds or seconds since the Unix epoch, random numbers as a `u64`).
 //!
-//! **Not wired in yet:** no server path sends webhooks so far. What follows is the contract the
-//! delivery will keep.
+//! The server's `webhooks` module delivers them (`--webhook-url`).
 //!
 //! # Events
 //!
-//! Concord will POST a JSON body per event: `document.updated` (debounced per document by
+//! Concord POSTs a JSON body per event: `document.updated` (debounced per document by
 //! [`Debouncer`]), `document.deleted` and `document.restored`. Delivery is at least once, retried
 //! on the schedule of [`Retry`], so receivers should deduplicate on the event id. Each request
 //! carries two headers:
@@ -295,6 +294,11 @@ impl Debouncer {
             .values()
             .map(|burst| burst.deadline(self.quiet, self.max_wait))
             .min()
+    }
+
+    /// Whether `doc` has edits pending.
+    pub fn has(&self, doc: &DocName) -> bool {
+        self.pending.contains_key(doc.as_str())
     }
 
     /// How many documents have edits pending.

@@ -179,6 +179,9 @@ pub struct Config {
     /// Version history: automatic versions and their retention (named versions and restore
     /// work whatever this says). See [`crate::HistoryConfig`].
     pub history: crate::HistoryConfig,
+    /// Where to POST signed events about documents (see [`crate::WebhookConfig`]); `None`: no
+    /// webhooks. Needs a store with an outbox (sled or memory).
+    pub webhooks: Option<crate::WebhookConfig>,
 }
 
 impl Default for Config {
@@ -231,6 +234,7 @@ impl Default for Config {
             on_stateless: None,
             relay_stateless: false,
             history: crate::HistoryConfig::default(),
+            webhooks: None,
         }
     }
 }
@@ -268,6 +272,7 @@ impl fmt::Debug for Config {
             .field("on_stateless", &self.on_stateless.as_ref().map(|_| "set"))
             .field("relay_stateless", &self.relay_stateless)
             .field("history", &self.history)
+            .field("webhooks", &self.webhooks)
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)

@@ -285,6 +285,7 @@ pub(crate) async fn restore(
     .map_err(|e| HistoryError::Unreadable(e.to_string()))?
     .map_err(HistoryError::Unreadable)?;
     let Some(update) = update else {
+        announce_restored(state, doc, id, saved_before.id, false).await;
         return Ok(Restored {
             version: id,
             saved_before,
@@ -307,11 +308,28 @@ pub(crate) async fn restore(
         })?;
     Counters::bump(&state.counters.restores);
     tracing::info!(%doc, version = id, "document restored");
+    announce_restored(state, doc, id, saved_before.id, true).await;
     Ok(Restored {
         version: id,
         saved_before,
         changed: true,
     })
+}
+
+/// Tells the webhooks (when configured) that `doc` was restored. The restore is stored by then;
+/// an outbox that cannot be written loses this event (logged), not the restore.
+async fn announce_restored(
+    state: &AppState,
+    doc: &DocName,
+    version: VersionId,
+    saved_before: VersionId,
+    changed: bool,
+) {
+    if let Some(webhooks) = &state.webhooks
+        && let Err(error) = webhooks.restored(doc, version, saved_before, changed).await
+    {
+        tracing::error!(%doc, %error, "cannot write the document.restored webhook event");
+    }
 }
 
 /// What the keeper needs.

@@ -20,6 +20,7 @@ use concord_core::{Access, ConnId, DocName, Inbound, RoomFault, Store, StoreErro
 use crate::durability::{Barrier, Persister, is_stored};
 use crate::ops::stats::Counters;
 use crate::rooms::{CloseReason, LiveRoom, Origin, Rooms};
+use crate::webhooks::Webhooks;
 
 /// Inbound update bytes from which a message is applied inside `block_in_place`: merging a
 /// large update can take tens of milliseconds.
@@ -32,6 +33,8 @@ pub(crate) struct Ingest {
     persister: Persister,
     store: Arc<dyn Store>,
     counters: Arc<Counters>,
+    /// Told of every deletion before the store forgets the document.
+    webhooks: Option<Webhooks>,
 }
 
 /// Who sent the messages.
@@ -119,12 +122,14 @@ impl Ingest {
         persister: Persister,
         store: Arc<dyn Store>,
         counters: Arc<Counters>,
+        webhooks: Option<Webhooks>,
     ) -> Ingest {
         Ingest {
             rooms,
             persister,
             store,
             counters,
+            webhooks,
         }
     }
 
@@ -248,6 +253,12 @@ impl Ingest {
             room.close_all(CloseReason::DocumentDeleted);
         }
         self.persister.barrier().await;
+        // The event is in the outbox before the document is gone: a crash in between announces
+        // a deletion that did not happen (the document is still there, and its next edits are
+        // announced too) rather than lose one that did.
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.deleted(name).await?;
+        }
         self.store.delete(name).await?;
         self.rooms.announce_deleted(name);
         tracing::info!(doc = %name, "document deleted");

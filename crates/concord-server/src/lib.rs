@@ -47,6 +47,7 @@ mod rooms;
 mod state;
 #[cfg(test)]
 mod testing;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -65,6 +66,7 @@ pub use history::{HistoryConfig, HistoryError, Restored};
 pub use ops::stats::Stats;
 pub use policy::auth;
 pub use replication::{Inlet, InletError, Published, Replication};
+pub use webhooks::{WebhookConfig, WebhookError};
 
 use feed::ChangeStream;
 use rooms::Recipients;

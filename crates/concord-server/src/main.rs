@@ -289,6 +289,25 @@ struct ServeArgs {
     /// versions are removed (named versions are kept until deleted).
     #[arg(long, env = "CONCORD_KEEP_DAILY_VERSIONS_FOR", default_value = "30days", value_parser = humantime::parse_duration)]
     keep_daily_versions_for: Duration,
+    /// POST signed JSON events (document.updated, document.deleted, document.restored) to this
+    /// http:// or https:// URL; repeatable (each receiver gets every event). Needs
+    /// --webhook-secret-file. Not with --redis-url (the Redis store keeps no outbox).
+    #[arg(
+        long = "webhook-url",
+        env = "CONCORD_WEBHOOK_URLS",
+        value_delimiter = ',',
+        requires = "webhook_secret_file",
+        conflicts_with = "redis_urls"
+    )]
+    webhook_urls: Vec<String>,
+    /// Sign webhook requests with the secret in this file (its content, whitespace around it
+    /// trimmed): the Concord-Signature header.
+    #[arg(long, env = "CONCORD_WEBHOOK_SECRET_FILE", requires = "webhook_urls")]
+    webhook_secret_file: Option<PathBuf>,
+    /// Retry a failed webhook delivery (exponential backoff with jitter, at most 5 minutes
+    /// apart) until this long after its event was made; then drop it (logged and counted).
+    #[arg(long, env = "CONCORD_WEBHOOK_GIVE_UP_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
+    webhook_give_up_after: Duration,
     /// Require HS256 JWTs signed with the secret in this file (its content, whitespace around
     /// it trimmed). Without an auth flag the server is open to anyone who can reach it.
     #[arg(
@@ -402,6 +421,18 @@ impl ServeArgs {
                 }
                 (None, None) => None,
             };
+        let webhooks = match &self.webhook_secret_file {
+            Some(path) if !self.webhook_urls.is_empty() => {
+                let secret = concord_server::auth::read_secret_file(path).with_context(|| {
+                    format!("cannot read --webhook-secret-file {}", path.display())
+                })?;
+                let mut webhooks = concord_server::WebhookConfig::new(&self.webhook_urls, secret)?;
+                webhooks.retry.give_up_after = self.webhook_give_up_after;
+                tracing::info!(receivers = ?webhooks.urls(), "webhooks on");
+                Some(webhooks)
+            }
+            _ => None,
+        };
         Ok(Config {
             path_prefix: self.path_prefix,
             api_prefix: self.api_prefix,
@@ -453,6 +484,7 @@ impl ServeArgs {
                     daily: self.keep_daily_versions_for,
                 },
             },
+            webhooks,
             ..Config::default()
         })
     }

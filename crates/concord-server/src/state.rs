@@ -25,6 +25,7 @@ use crate::policy::admission::Admission;
 use crate::policy::limits::ConnectionLimits;
 use crate::policy::sockets::Sockets;
 use crate::rooms::{OpenError, QueueLimits, RoomGuard, Rooms, RoomsConfig};
+use crate::webhooks::{self, Webhooks};
 use futures_util::StreamExt;
 
 /// Most compaction requests waiting for the compactor. Overflow policy: the request is dropped;
@@ -68,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) sockets: Arc<Sockets>,
     /// The files of [`Config::static_dir`], built once.
     pub(crate) static_files: Option<ServeDir>,
+    /// Where events are announced, with [`Config::webhooks`].
+    pub(crate) webhooks: Option<Webhooks>,
 }
 
 /// The background work [`AppState::start`] started that outlives connections: the persistence
@@ -186,7 +189,28 @@ impl AppState {
             max_rooms: config.max_rooms,
             counters: counters.clone(),
         });
-        let ingest = Ingest::new(rooms.clone(), persister, store.clone(), counters.clone());
+        let webhooks = config.webhooks.clone().map(|webhooks| {
+            let (handle, announced) = Webhooks::new(
+                webhooks,
+                store.clone(),
+                config.clock.clone(),
+                counters.clone(),
+            );
+            tracker.spawn(webhooks::run(
+                handle.clone(),
+                webhooks::Notifier::new(&feed, rooms.clone()),
+                announced,
+                shutdown.clone(),
+            ));
+            handle
+        });
+        let ingest = Ingest::new(
+            rooms.clone(),
+            persister,
+            store.clone(),
+            counters.clone(),
+            webhooks.clone(),
+        );
         let static_files = config
             .static_dir
             .as_ref()
@@ -205,6 +229,7 @@ impl AppState {
             tracker,
             sockets,
             static_files,
+            webhooks,
         }));
         let background = Background {
             stop_persist,

@@ -119,4 +119,20 @@ impl Store for GatedStore {
     ) -> StoreFuture<'a, u64> {
         Store::delete_versions(&self.inner, doc, ids)
     }
+
+    fn outbox_write(
+        &self,
+        add: Vec<concord_core::OutboxEntry>,
+        marks: Vec<(DocName, Option<concord_core::Position>)>,
+    ) -> StoreFuture<'_, ()> {
+        Store::outbox_write(&self.inner, add, marks)
+    }
+
+    fn outbox(&self) -> StoreFuture<'_, concord_core::Outbox> {
+        Store::outbox(&self.inner)
+    }
+
+    fn outbox_remove(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
+        Store::outbox_remove(&self.inner, keys)
+    }
 }

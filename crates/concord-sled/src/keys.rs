@@ -16,6 +16,13 @@ const HISTORY_TAG: u8 = b'h';
 /// Tag of version metadata keys (`b"v" + id + version id`).
 pub(crate) const VERSION_TAG: u8 = b'v';
 
+/// Tag of webhook outbox entries (`b"o" + key`).
+pub(crate) const OUTBOX_TAG: u8 = b'o';
+/// Tag of the marks of announced positions (`b"w" + name`).
+pub(crate) const MARK_TAG: u8 = b'w';
+/// Present once the outbox was first written.
+pub(crate) const OUTBOX_STARTED: &[u8] = b"s";
+
 /// Length of a log entry key: tag, id, seq.
 const LOG_KEY_LEN: usize = 1 + 8 + 8;
 /// Length of a version metadata key: tag, document id, version id.
@@ -23,10 +30,7 @@ const VERSION_KEY_LEN: usize = 1 + 8 + 8;
 
 /// `b"d" + name`: the name itself, so that a prefix scan lists documents sorted by name.
 pub(crate) fn doc(name: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + name.len());
-    key.push(DOC_TAG);
-    key.extend_from_slice(name.as_bytes());
-    key
+    tagged(DOC_TAG, name)
 }
 
 /// `b"l" + id (u64 BE) + seq (u64 BE)`: big-endian so that byte order is numeric order and a
@@ -91,6 +95,14 @@ pub(crate) fn version_ids(key: &[u8]) -> Option<(u64, u64)> {
     id.copy_from_slice(&key[1..9]);
     version.copy_from_slice(&key[9..]);
     Some((u64::from_be_bytes(id), u64::from_be_bytes(version)))
+}
+
+/// `tag + text`: an outbox entry's key (`b"o"`) or a document's mark (`b"w"`).
+pub(crate) fn tagged(tag: u8, text: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + text.len());
+    key.push(tag);
+    key.extend_from_slice(text.as_bytes());
+    key
 }
 
 #[cfg(test)]

@@ -45,6 +45,9 @@
 //! | `b"l"` + id (u64 BE) + seq (u64 BE)        | log entry: `{ updates: Vec<Vec<u8>> }` (Yjs v1) |
 //! | `b"h"` + id (u64 BE)                       | version history summary, see [Versions]         |
 //! | `b"v"` + id (u64 BE) + version id (u64 BE) | version metadata, see [Versions]                |
+//! | `b"o"` + key (UTF-8 bytes)                 | webhook outbox entry: `{ payload: Vec<u8> }`    |
+//! | `b"w"` + name (UTF-8 bytes)                | announced through: `{ seq: u64, index: u32 }`   |
+//! | `b"s"`                                     | empty: the outbox was written at least once     |
 //!
 //! A snapshot file holds one record whose payload is `{ id: u64, upto: u64, bytes: Vec<u8> }`
 //! (`bytes` is the snapshot as the server made it); the id and seq repeat the file name, so a file under the wrong name is
@@ -106,6 +109,14 @@
 //! directory are new and nothing existing changed, so the store format stays 2 and stores
 //! written before versions existed open unchanged (no summary means no versions, next id 1;
 //! the directory is created at open).
+//!
+//! # Webhook outbox
+//!
+//! The server's pending webhook deliveries (`b"o"` keys, opaque payloads) and, per document,
+//! the position through which its edits were announced (`b"w"` keys) are written in one batch
+//! followed by sled's write-back, which makes them survive a killed process like an append
+//! (power loss: within `flush_every_ms`). They are independent of the document records:
+//! deleting a document leaves its mark. These keys are additive as well (format 2).
 //!
 //! # Record format
 //!

@@ -466,3 +466,16 @@ mod tests {
         );
     }
 }
+
+/// Payload under `b"o" + key`: a pending webhook delivery (opaque to the store).
+#[derive(Debug, bincode::Encode, bincode::Decode)]
+pub(crate) struct OutboxRecord {
+    pub(crate) payload: Blob,
+}
+
+/// Payload under `b"w" + name`: the position through which a document's edits were announced.
+#[derive(Debug, bincode::Encode, bincode::Decode)]
+pub(crate) struct MarkRecord {
+    pub(crate) seq: u64,
+    pub(crate) index: u32,
+}

@@ -10,15 +10,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_core::{
-    Appended, DocInfo, DocName, LogTail, NewVersion, Position, Seq, Store, StoreError, StoreFuture,
-    StoredDoc, StoredUpdate, VersionId, VersionInfo,
+    Appended, DocInfo, DocName, LogTail, NewVersion, Outbox, OutboxEntry, Position, Seq, Store,
+    StoreError, StoreFuture, StoredDoc, StoredUpdate, VersionId, VersionInfo,
 };
 
 use crate::journal::{self, Journal};
 use crate::keys;
 use crate::record::{
-    self, DocMeta, FORMAT_VERSION, IdCounter, JournalBatch, JournalBatchRef, JournalEntryRef,
-    LogEntry, LogEntryRef, STORE_FORMAT, StoreMeta, VersionMeta, VersionMetaRef, VersionSummary,
+    self, Blob, DocMeta, FORMAT_VERSION, IdCounter, JournalBatch, JournalBatchRef, JournalEntryRef,
+    LogEntry, LogEntryRef, MarkRecord, OutboxRecord, STORE_FORMAT, StoreMeta, VersionMeta,
+    VersionMetaRef, VersionSummary,
 };
 use crate::snapfile::{self, SnapshotDir};
 
@@ -334,6 +335,22 @@ impl Store for SledStore {
     ) -> StoreFuture<'a, u64> {
         let doc = doc.clone();
         self.blocking(move |inner| inner.delete_versions(&doc, &ids))
+    }
+
+    fn outbox_write(
+        &self,
+        add: Vec<OutboxEntry>,
+        marks: Vec<(DocName, Option<Position>)>,
+    ) -> StoreFuture<'_, ()> {
+        self.blocking(move |inner| inner.outbox_write(add, marks))
+    }
+
+    fn outbox(&self) -> StoreFuture<'_, Outbox> {
+        self.blocking(|inner| inner.outbox())
+    }
+
+    fn outbox_remove(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
+        self.blocking(move |inner| inner.outbox_remove(&keys))
     }
 }
 
@@ -1181,6 +1198,98 @@ impl Inner {
         Err(StoreError::Backend(
             format!("document {doc:?} kept changing identity while a version was saved").into(),
         ))
+    }
+
+    /// One batch, then sled's write-back: as durable as an append (survives a killed process;
+    /// power loss within `flush_every_ms`). Touches no document metadata, so takes no lock.
+    fn outbox_write(
+        &self,
+        add: Vec<OutboxEntry>,
+        marks: Vec<(DocName, Option<Position>)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::OUTBOX_STARTED, &[][..]);
+        for entry in add {
+            batch.insert(
+                keys::tagged(keys::OUTBOX_TAG, &entry.key),
+                seal(&OutboxRecord {
+                    payload: Blob(entry.payload),
+                })?,
+            );
+        }
+        for (doc, mark) in marks {
+            let key = keys::tagged(keys::MARK_TAG, doc.as_str());
+            match mark {
+                Some(at) => batch.insert(
+                    key,
+                    seal(&MarkRecord {
+                        seq: at.seq,
+                        index: at.index,
+                    })?,
+                ),
+                None => batch.remove(key),
+            }
+        }
+        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    /// Unreadable records are reported and skipped: a lost delivery or mark is announced again
+    /// from the document's stored position, never a reason to stop delivering the rest.
+    fn outbox(&self) -> Result<Outbox, StoreError> {
+        let mut outbox = Outbox {
+            started: self
+                .db
+                .contains_key(keys::OUTBOX_STARTED)
+                .map_err(backend)?,
+            ..Outbox::default()
+        };
+        for item in self.db.scan_prefix([keys::OUTBOX_TAG]) {
+            let (key, value) = item.map_err(backend)?;
+            let Ok(text) = std::str::from_utf8(&key[1..]) else {
+                tracing::error!(key = ?key, "skipping an outbox entry with a key that is not UTF-8");
+                continue;
+            };
+            match record::open::<OutboxRecord>(&value) {
+                Ok(entry) => outbox.entries.push(OutboxEntry {
+                    key: text.to_owned(),
+                    payload: entry.payload.0,
+                }),
+                Err(e) => {
+                    tracing::error!(key = text, error = %e, "skipping a corrupt outbox entry")
+                }
+            }
+        }
+        for item in self.db.scan_prefix([keys::MARK_TAG]) {
+            let (key, value) = item.map_err(backend)?;
+            let name = std::str::from_utf8(&key[1..])
+                .ok()
+                .and_then(|name| DocName::new(name).ok());
+            match (name, record::open::<MarkRecord>(&value)) {
+                (Some(name), Ok(mark)) => {
+                    outbox.marks.insert(
+                        name,
+                        Position {
+                            seq: mark.seq,
+                            index: mark.index,
+                        },
+                    );
+                }
+                _ => tracing::error!(key = ?key, "skipping a corrupt announced-position mark"),
+            }
+        }
+        Ok(outbox)
+    }
+
+    fn outbox_remove(&self, keys: &[String]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(keys::tagged(keys::OUTBOX_TAG, key));
+        }
+        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
     }
 
     fn versions(&self, doc: &DocName) -> Result<Vec<VersionInfo>, StoreError> {

@@ -10,6 +10,7 @@
 //! server-process [--port PORT] [--data-dir DIR] [--max-sockets N]
 //!                [--max-sockets-per-address N] [--header-read-timeout DURATION]
 //!                [--awareness-timeout DURATION] [--redis-url URL[,URL...]] [--redis-cluster]
+//!                [--webhook-url URL --webhook-secret SECRET]
 //! ```
 //!
 //! With `--redis-url` documents are stored in that Redis (with `--redis-cluster`, the Redis
@@ -17,7 +18,8 @@
 //! (`concord_redis::connect`, key prefix `concord`), as `concord-server --redis-url` does.
 //!
 //! Without `--port` (or with 0) the port is ephemeral; without `--data-dir` documents are kept
-//! in memory; the other flags set the `Config` fields of the same names (defaults otherwise).
+//! in memory; `--webhook-url` and `--webhook-secret` make `Config::webhooks` (defaults
+//! otherwise); the other flags set the `Config` fields of the same names (defaults otherwise).
 //! The server's log goes to stderr (`RUST_LOG`, default `info`). Ctrl-C (SIGINT) shuts it down gracefully; a failure is a message on stderr and
 //! exit status 1.
 
@@ -34,6 +36,8 @@ struct Args {
     data_dir: Option<PathBuf>,
     redis_urls: Vec<String>,
     redis_cluster: bool,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
     config: Config,
 }
 
@@ -43,6 +47,8 @@ fn parse_args() -> Result<Args> {
         data_dir: None,
         redis_urls: Vec::new(),
         redis_cluster: false,
+        webhook_url: None,
+        webhook_secret: None,
         config: Config::default(),
     };
     let mut argv = std::env::args_os().skip(1);
@@ -66,6 +72,10 @@ fn parse_args() -> Result<Args> {
                     .extend(urls.to_string_lossy().split(',').map(str::to_owned));
             }
             Some("--redis-cluster") => args.redis_cluster = true,
+            Some("--webhook-url") => args.webhook_url = Some(value()?.to_string_lossy().into()),
+            Some("--webhook-secret") => {
+                args.webhook_secret = Some(value()?.to_string_lossy().into());
+            }
             Some("--awareness-timeout") => args.config.awareness_timeout = duration(&value()?)?,
             Some("--max-sockets") => args.config.max_sockets = Some(number(&value()?)?),
             Some("--max-sockets-per-address") => {
@@ -113,6 +123,12 @@ async fn serve(args: Args) -> Result<()> {
         data_dir: args.data_dir,
         ..args.config
     };
+    if let Some(url) = args.webhook_url {
+        let secret = args
+            .webhook_secret
+            .context("--webhook-url needs --webhook-secret")?;
+        config.webhooks = Some(concord_server::WebhookConfig::new([url], secret)?);
+    }
     if !args.redis_urls.is_empty() {
         let options = concord_redis::RedisOptions {
             urls: args.redis_urls,

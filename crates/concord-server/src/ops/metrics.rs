@@ -196,6 +196,24 @@ impl Collector for Live {
             "Bytes of every document's versions, as of the last hourly sweep",
             read(&c.history_bytes) as i64,
         )?;
+        labelled(
+            &mut encoder,
+            "webhooks",
+            "Webhooks: events made, deliveries answered 2xx, attempts failed, deliveries dropped (given up, outbox full or receiver removed)",
+            "event",
+            vec![
+                ("made", ConstCounter::new(read(&c.webhook_events))),
+                ("delivered", ConstCounter::new(read(&c.webhook_delivered))),
+                ("failed", ConstCounter::new(read(&c.webhook_failures))),
+                ("dropped", ConstCounter::new(read(&c.webhook_dropped))),
+            ],
+        )?;
+        gauge(
+            &mut encoder,
+            "webhooks_pending",
+            "Webhook deliveries waiting in the outbox",
+            read(&c.webhook_pending) as i64,
+        )?;
         counter(
             &mut encoder,
             "restores",

@@ -36,6 +36,15 @@ pub(crate) struct Counters {
     /// Bytes of every document's versions, as of the history keeper's last sweep (at start,
     /// then hourly).
     pub(crate) history_bytes: AtomicU64,
+    /// Webhooks: stored updates the notifier took into account, events made (one per event,
+    /// whatever the receivers), deliveries answered 2xx, attempts that failed, deliveries
+    /// dropped (given up, outbox full, receiver no longer configured), and deliveries pending.
+    pub(crate) webhook_updates_seen: AtomicU64,
+    pub(crate) webhook_events: AtomicU64,
+    pub(crate) webhook_delivered: AtomicU64,
+    pub(crate) webhook_failures: AtomicU64,
+    pub(crate) webhook_dropped: AtomicU64,
+    pub(crate) webhook_pending: AtomicU64,
     /// Set while the store fails to take writes (after retries), for `/readyz`.
     pub(crate) store_failing: std::sync::atomic::AtomicBool,
     /// Open connections by transport.
@@ -107,6 +116,12 @@ impl Counters {
             header_timeouts: read(&self.header_timeouts),
             keep_alive_timeouts: read(&self.keep_alive_timeouts),
             accept_errors: read(&self.accept_errors),
+            webhook_updates_seen: read(&self.webhook_updates_seen),
+            webhook_events: read(&self.webhook_events),
+            webhook_delivered: read(&self.webhook_delivered),
+            webhook_failures: read(&self.webhook_failures),
+            webhook_dropped: read(&self.webhook_dropped),
+            webhook_pending: read(&self.webhook_pending),
         }
     }
 }
@@ -161,4 +176,17 @@ pub struct Stats {
     /// `accept` calls that failed for want of descriptors or memory (the server waited and
     /// went on).
     pub accept_errors: u64,
+    /// Stored updates the webhook notifier has taken into account.
+    pub webhook_updates_seen: u64,
+    /// Webhook events made (each is delivered to every receiver).
+    pub webhook_events: u64,
+    /// Webhook deliveries a receiver answered with 2xx.
+    pub webhook_delivered: u64,
+    /// Webhook delivery attempts that failed (each is retried until given up).
+    pub webhook_failures: u64,
+    /// Webhook deliveries dropped: given up after [`crate::WebhookConfig::retry`], the oldest
+    /// of a full outbox, or for a receiver no longer configured.
+    pub webhook_dropped: u64,
+    /// Webhook deliveries waiting now (in the outbox).
+    pub webhook_pending: u64,
 }

@@ -225,6 +225,13 @@ impl LiveRoom {
             .encode_state_as_update_v1(sv)
     }
 
+    /// The document's state vector, Yjs v1.
+    pub(crate) fn state_vector(&self) -> Vec<u8> {
+        use yrs::updates::encoder::Encode;
+        use yrs::{ReadTxn, Transact};
+        self.lock().room.doc().transact().state_vector().encode_v1()
+    }
+
     /// Whether applying `update` would change the document.
     pub(crate) fn would_change(&self, update: &yrs::Update) -> bool {
         self.lock().room.would_change(update)

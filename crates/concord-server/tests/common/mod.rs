@@ -62,7 +62,14 @@ impl ServerProcess {
         }
     }
 
+    /// `HOST:PORT`.
+    #[allow(dead_code)] // Not every test binary speaks HTTP to it.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// `ws://ADDR/doc`.
+    #[allow(dead_code)] // Not every test binary opens WebSockets.
     pub(crate) fn url(&self, doc: &str) -> String {
         format!("ws://{}/{}", self.addr, doc)
     }

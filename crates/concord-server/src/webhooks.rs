@@ -1,0 +1,872 @@
+//! Webhooks: signed JSON events POSTed to the operator's receivers, at least once.
+//!
+//! **Events.** `document.updated` (edits debounced per document: after [`WebhookConfig::quiet`]
+//! without edits, at most [`WebhookConfig::max_wait`] after the first; it carries the range of
+//! positions it announces and the document's state vector), `document.deleted` and
+//! `document.restored`. Bodies and headers are described in `HTTP.md`; the signature scheme in
+//! [`concord_core::webhook`].
+//!
+//! **Never lost.** Every delivery is first written to the store's outbox
+//! ([`Store::outbox_write`]), one entry per receiver, then attempted; it leaves the outbox when
+//! its receiver answered 2xx, or when [`Retry::give_up_after`] passed since the event was made
+//! (logged, counted as dropped). Edits are not written twice: beside the outbox the store keeps,
+//! per document, the position through which its edits were announced (its *mark*), moved in the
+//! same write that adds a `document.updated` event. At start (and after the notifier fell behind
+//! the change feed) every stored document whose log goes past its mark gets an event, so edits
+//! stored just before a crash are announced after it. A `document.deleted` event is written
+//! before the document is removed, a `document.restored` one after the restore was stored.
+//!
+//! **Never in the way.** One task ([`run`]) debounces, writes the outbox and delivers, with at
+//! most [`MAX_IN_FLIGHT`] requests at once; nothing on the editing path waits for it (it reads
+//! the change feed like any subscriber). A slow or failing receiver only makes its deliveries
+//! wait longer.
+//!
+//! **One process.** The notifier follows its own process' change feed; with several processes
+//! sharing a store (Redis), each would announce its own edits, and none of them has a lease on
+//! delivery. The Redis store has no outbox, so webhooks work with the embedded stores (sled,
+//! memory) only; the binary refuses `--webhook-url` with `--redis-url`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::Engine;
+use concord_core::webhook::{self, Burst, Debouncer, Retry};
+use concord_core::{Clock, DocName, OutboxEntry, Position, Store, StoreError};
+use futures_util::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, Transact};
+
+use crate::durability::compact::rebuild;
+use crate::durability::feed::{self, Feed};
+use crate::ops::stats::Counters;
+use crate::rooms::Rooms;
+
+/// Most deliveries in progress at once, over every receiver.
+pub(crate) const MAX_IN_FLIGHT: usize = 8;
+
+/// Most batches of events announced by others (deletes, restores) waiting for the notifier.
+/// Overflow policy: the announcer waits (the events are already in the store's outbox).
+const ANNOUNCED_QUEUE: usize = 256;
+
+/// How often due bursts of edits are looked for: a `document.updated` event is at most this
+/// late.
+const TICK: Duration = Duration::from_millis(200);
+
+/// How long the notifier waits before reading the outbox again when the store failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// Webhook settings: where events go, how they are signed, debounced and retried.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    urls: Vec<reqwest::Url>,
+    secret: Arc<[u8]>,
+    /// `document.updated` is sent this long after a document's last edit...
+    pub quiet: Duration,
+    /// ...or this long after the first edit it announces, if edits go on.
+    pub max_wait: Duration,
+    /// When failed deliveries are tried again, and when they are given up (counted from when
+    /// the event was made, across restarts).
+    pub retry: Retry,
+    /// How long one delivery may take (connecting, sending and reading the answer's head).
+    pub timeout: Duration,
+    /// Most deliveries the outbox holds; past it the oldest is dropped (logged and counted),
+    /// so a receiver that is down for long costs bounded memory and disk.
+    pub max_pending: usize,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("urls", &self.urls())
+            .field("secret", &"<redacted>")
+            .field("quiet", &self.quiet)
+            .field("max_wait", &self.max_wait)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("max_pending", &self.max_pending)
+            .finish()
+    }
+}
+
+/// Why a [`WebhookConfig`] cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// No receiver was given.
+    #[error("no webhook URL")]
+    NoUrls,
+    /// A receiver is not a URL.
+    #[error("webhook URL {url:?} is not a URL: {reason}")]
+    BadUrl {
+        /// What was given.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A receiver's scheme is not `http` or `https`.
+    #[error("webhook URL {0:?} must be http:// or https://")]
+    Scheme(String),
+    /// The signing secret is empty.
+    #[error("the webhook secret is empty")]
+    EmptySecret,
+}
+
+impl WebhookConfig {
+    /// Events for every one of `urls` (http or https; receivers outside loopback are the
+    /// operator's choice), signed with `secret`; debounced 2 s / 10 s, retried with
+    /// [`Retry::default`] (for a day), 10 s per attempt, at most 10,000 pending deliveries.
+    pub fn new<U: AsRef<str>>(
+        urls: impl IntoIterator<Item = U>,
+        secret: impl Into<Vec<u8>>,
+    ) -> Result<WebhookConfig, WebhookError> {
+        let urls = urls
+            .into_iter()
+            .map(|url| {
+                let url = url.as_ref();
+                let parsed = reqwest::Url::parse(url).map_err(|e| WebhookError::BadUrl {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                match parsed.scheme() {
+                    "http" | "https" => Ok(parsed),
+                    _ => Err(WebhookError::Scheme(url.to_owned())),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(WebhookError::NoUrls);
+        }
+        let secret: Vec<u8> = secret.into();
+        if secret.is_empty() {
+            return Err(WebhookError::EmptySecret);
+        }
+        Ok(WebhookConfig {
+            urls,
+            secret: secret.into(),
+            quiet: Duration::from_secs(2),
+            max_wait: Duration::from_secs(10),
+            retry: Retry::default(),
+            timeout: Duration::from_secs(10),
+            max_pending: 10_000,
+        })
+    }
+
+    /// The receivers.
+    pub fn urls(&self) -> Vec<&str> {
+        self.urls.iter().map(reqwest::Url::as_str).collect()
+    }
+}
+
+/// What an outbox entry's payload holds (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Delivery {
+    /// The receiver.
+    url: String,
+    /// The event's id.
+    event: String,
+    /// When the event was made (ms since the Unix epoch, [`crate::Config::clock`]).
+    created_at_ms: u64,
+    /// The request body: the event as JSON.
+    body: String,
+}
+
+/// The handle others announce events through: cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Webhooks(Arc<Announcer>);
+
+struct Announcer {
+    config: WebhookConfig,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+    /// To the notifier, which delivers what was announced.
+    tx: mpsc::Sender<Vec<OutboxEntry>>,
+}
+
+/// What the notifier task needs besides the handle.
+pub(crate) struct Notifier {
+    /// Every stored change, subscribed to before the instance takes its first write (so none is
+    /// missed between the start and the task's first turn).
+    pub(crate) changes: AllChanges,
+    pub(crate) rooms: Arc<Rooms>,
+}
+
+/// What [`feed::all_changes`] returns.
+pub(crate) type AllChanges =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Arc<feed::Change>, u64>> + Send>>;
+
+impl Notifier {
+    /// Subscribes to `feed` now.
+    pub(crate) fn new(feed: &Feed, rooms: Arc<Rooms>) -> Notifier {
+        Notifier {
+            changes: feed::all_changes(feed),
+            rooms,
+        }
+    }
+}
+
+impl Webhooks {
+    /// The handle and the receiving end for [`run`].
+    pub(crate) fn new(
+        config: WebhookConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        counters: Arc<Counters>,
+    ) -> (Webhooks, mpsc::Receiver<Vec<OutboxEntry>>) {
+        let (tx, rx) = mpsc::channel(ANNOUNCED_QUEUE);
+        let announcer = Announcer {
+            config,
+            store,
+            clock,
+            counters,
+            tx,
+        };
+        (Webhooks(Arc::new(announcer)), rx)
+    }
+
+    /// Writes a `document.deleted` event for `doc` to the outbox (and forgets its mark); call
+    /// before removing it, so that a crash in between loses no event.
+    pub(crate) async fn deleted(&self, doc: &DocName) -> Result<(), StoreError> {
+        let now = self.0.clock.now();
+        let id = webhook::event_id(
+            "document.deleted",
+            doc.as_str(),
+            Position::START,
+            Position { seq: now, index: 0 },
+        );
+        let body = serde_json::json!({
+            "id": id,
+            "type": "document.deleted",
+            "created_at_ms": now,
+            "document": doc.as_str(),
+        });
+        self.announce(&id, now, &body, vec![(doc.clone(), None)])
+            .await
+    }
+
+    /// Writes a `document.restored` event for `doc` to the outbox: it now equals `version`, and
+    /// `saved_before` holds what it was.
+    pub(crate) async fn restored(
+        &self,
+        doc: &DocName,
+        version: u64,
+        saved_before: u64,
+        changed: bool,
+    ) -> Result<(), StoreError> {
+        let now = self.0.clock.now();
+        let id = webhook::event_id(
+            "document.restored",
+            doc.as_str(),
+            Position {
+                seq: version,
+                index: 0,
+            },
+            Position {
+                seq: saved_before,
+                index: 0,
+            },
+        );
+        let body = serde_json::json!({
+            "id": id,
+            "type": "document.restored",
+            "created_at_ms": now,
+            "document": doc.as_str(),
+            "version": version,
+            "saved_before": saved_before,
+            "changed": changed,
+        });
+        self.announce(&id, now, &body, vec![]).await
+    }
+
+    /// Stores the deliveries of one event, then hands them to the notifier (waiting while its
+    /// queue is full; when it has stopped, they are delivered after the next start).
+    async fn announce(
+        &self,
+        id: &str,
+        now: u64,
+        body: &serde_json::Value,
+        marks: Vec<(DocName, Option<Position>)>,
+    ) -> Result<(), StoreError> {
+        let entries = self.0.entries(id, now, body);
+        match self.0.store.outbox_write(entries.clone(), marks).await {
+            Ok(()) => {}
+            // Said once at start by the notifier; the store cannot keep events.
+            Err(StoreError::Unsupported(_)) => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        Counters::bump(&self.0.counters.webhook_events);
+        let _ = self.0.tx.send(entries).await;
+        Ok(())
+    }
+}
+
+impl Announcer {
+    /// One outbox entry per receiver. Keys start with the time in hex, so the outbox lists
+    /// oldest first.
+    fn entries(&self, id: &str, now: u64, body: &serde_json::Value) -> Vec<OutboxEntry> {
+        let body = body.to_string();
+        self.config
+            .urls
+            .iter()
+            .enumerate()
+            .map(|(n, url)| {
+                let delivery = Delivery {
+                    url: url.to_string(),
+                    event: id.to_owned(),
+                    created_at_ms: now,
+                    body: body.clone(),
+                };
+                OutboxEntry {
+                    key: format!("{now:016x}-{id}-{n}"),
+                    payload: serde_json::to_vec(&delivery).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A delivery waiting in memory (and in the outbox).
+struct Pending {
+    delivery: Delivery,
+    /// Failed attempts so far (since this process loaded it).
+    attempts: u32,
+    /// Not before this.
+    next_at: Instant,
+}
+
+/// How one attempt went.
+type Attempt = (String, Result<(), String>);
+
+/// The notifier's state.
+struct Task {
+    hooks: Webhooks,
+    rooms: Arc<Rooms>,
+    client: reqwest::Client,
+    debouncer: Debouncer,
+    /// By outbox key (oldest first).
+    pending: BTreeMap<String, Pending>,
+    in_flight: HashSet<String>,
+    attempts: JoinSet<Attempt>,
+    random: std::hash::RandomState,
+    draws: u64,
+}
+
+/// Debounces edits into events, keeps the outbox and delivers it (see the module
+/// documentation) until `shutdown` is cancelled. Deliveries in progress then are abandoned;
+/// they stay in the outbox for the next start.
+pub(crate) async fn run(
+    hooks: Webhooks,
+    notifier: Notifier,
+    mut announced: mpsc::Receiver<Vec<OutboxEntry>>,
+    shutdown: CancellationToken,
+) {
+    let config = &hooks.0.config;
+    let client = match reqwest::Client::builder()
+        .connect_timeout(config.timeout)
+        .timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("Concord/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the webhook HTTP client: no webhooks are sent");
+            return;
+        }
+    };
+    let debouncer = Debouncer::new(config.quiet, config.max_wait);
+    // Subscribed before the outbox is read: a change stored in between is in both, never in
+    // neither.
+    let Notifier { mut changes, rooms } = notifier;
+    let mut task = Task {
+        hooks,
+        rooms,
+        client,
+        debouncer,
+        pending: BTreeMap::new(),
+        in_flight: HashSet::new(),
+        attempts: JoinSet::new(),
+        random: std::hash::RandomState::new(),
+        draws: 0,
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        started = task.start() => if !started { return },
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        task.launch();
+        let wake = task.next_wake();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            change = changes.next() => {
+                let mut change = change;
+                // Take what is already queued too, so that a log entry's updates are never
+                // split between two events (marks are compared by seq).
+                loop {
+                    match change {
+                        Some(Ok(change)) => {
+                            Counters::bump(&task.hooks.0.counters.webhook_updates_seen);
+                            let now = task.hooks.0.clock.now();
+                            task.debouncer.edited(&change.doc, change.position, now);
+                        }
+                        Some(Err(missed)) => {
+                            tracing::warn!(missed, "the webhook notifier fell behind the change feed; catching up from the store");
+                            task.catch_up().await;
+                        }
+                        None => return,
+                    }
+                    match changes.next().now_or_never() {
+                        Some(next) => change = next,
+                        None => break,
+                    }
+                }
+            }
+            Some(entries) = announced.recv() => task.add(entries),
+            Some(done) = task.attempts.join_next(), if !task.attempts.is_empty() => {
+                match done {
+                    Ok((key, outcome)) => task.finished(key, outcome).await,
+                    Err(error) => tracing::error!(%error, "a webhook delivery task failed"),
+                }
+            }
+            _ = tick.tick() => {
+                let now = task.hooks.0.clock.now();
+                for burst in task.debouncer.due(now) {
+                    task.announce_burst(burst).await;
+                }
+            }
+            _ = sleep_until(wake) => {}
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Task {
+    fn store(&self) -> &dyn Store {
+        self.hooks.0.store.as_ref()
+    }
+
+    /// Loads the outbox and announces what was stored but not announced. False when the store
+    /// keeps no outbox.
+    async fn start(&mut self) -> bool {
+        let outbox = loop {
+            match self.store().outbox().await {
+                Ok(outbox) => break outbox,
+                Err(StoreError::Unsupported(what)) => {
+                    tracing::error!(
+                        "webhooks are configured, but this store keeps no {what}: none will be sent"
+                    );
+                    return false;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the webhook outbox; trying again");
+                    tokio::time::sleep(STORE_RETRY).await;
+                }
+            }
+        };
+        let urls: HashSet<String> = self
+            .hooks
+            .0
+            .config
+            .urls
+            .iter()
+            .map(|url| url.to_string())
+            .collect();
+        let mut unwanted = Vec::new();
+        let mut entries = Vec::new();
+        for entry in outbox.entries {
+            match serde_json::from_slice::<Delivery>(&entry.payload) {
+                Ok(delivery) if urls.contains(&delivery.url) => entries.push(entry),
+                Ok(delivery) => {
+                    tracing::warn!(url = %delivery.url, event = %delivery.event, "dropping a pending webhook delivery to a receiver no longer configured");
+                    unwanted.push(entry.key);
+                }
+                Err(error) => {
+                    tracing::error!(key = %entry.key, %error, "dropping an unreadable webhook delivery");
+                    unwanted.push(entry.key);
+                }
+            }
+        }
+        if !unwanted.is_empty() {
+            Counters::add(
+                &self.hooks.0.counters.webhook_dropped,
+                unwanted.len() as u64,
+            );
+            if let Err(error) = self.store().outbox_remove(unwanted).await {
+                tracing::error!(%error, "cannot remove dropped webhook deliveries");
+            }
+        }
+        if !entries.is_empty() {
+            tracing::info!(
+                pending = entries.len(),
+                "webhook deliveries left from before the start"
+            );
+        }
+        self.add(entries);
+        loop {
+            match self.reconcile(&outbox.marks, outbox.started).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::error!(%error, "cannot compare stored documents with what webhooks announced; trying again");
+                    tokio::time::sleep(STORE_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// After missing changes: every document whose stored log passed its mark, and that has no
+    /// burst pending here, gets one.
+    async fn catch_up(&mut self) {
+        let result = match self.store().outbox().await {
+            Ok(outbox) => self.reconcile(&outbox.marks, true).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "cannot catch up on missed changes: their documents are announced at their next edit or restart");
+        }
+    }
+
+    /// Makes every stored document whose log goes past its mark due for an event from the
+    /// mark on. On the outbox's first start, marks every document where it stands instead
+    /// (documents stored before webhooks were configured are not announced).
+    async fn reconcile(
+        &mut self,
+        marks: &BTreeMap<DocName, Position>,
+        started: bool,
+    ) -> Result<(), StoreError> {
+        let mut baseline = Vec::new();
+        let now = self.hooks.0.clock.now();
+        for info in self.store().list().await? {
+            let last = self.store().log_from(&info.name, u64::MAX).await?.last_seq;
+            if last == 0 {
+                continue;
+            }
+            let through = Position {
+                seq: last,
+                index: u32::MAX,
+            };
+            if !started {
+                baseline.push((info.name, Some(through)));
+                continue;
+            }
+            let mark = marks.get(&info.name);
+            if mark.is_some_and(|mark| mark.seq >= last) || self.debouncer.has(&info.name) {
+                continue;
+            }
+            let first = Position {
+                seq: mark.map_or(1, |mark| mark.seq.saturating_add(1)),
+                index: 0,
+            };
+            self.debouncer.edited(&info.name, first, now);
+            self.debouncer.edited(&info.name, through, now);
+        }
+        if !started {
+            self.store().outbox_write(Vec::new(), baseline).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the `document.updated` event of `burst`: stored with the document's new mark,
+    /// then delivered. When the store fails, the burst waits for another round.
+    async fn announce_burst(&mut self, burst: Burst) {
+        let doc = burst.doc.clone();
+        let state_vector = match self.state_vector(&doc).await {
+            Ok(sv) => sv,
+            Err(error) => {
+                tracing::error!(%doc, %error, "cannot read the state vector for a webhook; trying again later");
+                self.retry_burst(&burst);
+                return;
+            }
+        };
+        let now = self.hooks.0.clock.now();
+        let id = webhook::event_id("document.updated", doc.as_str(), burst.first, burst.last);
+        let body = serde_json::json!({
+            "id": id,
+            "type": "document.updated",
+            "created_at_ms": now,
+            "document": doc.as_str(),
+            "from": burst.first.to_string(),
+            "through": burst.last.to_string(),
+            "state_vector": base64::engine::general_purpose::STANDARD.encode(state_vector),
+        });
+        let entries = self.hooks.0.entries(&id, now, &body);
+        match self
+            .store()
+            .outbox_write(entries.clone(), vec![(doc.clone(), Some(burst.last))])
+            .await
+        {
+            Ok(()) => {
+                Counters::bump(&self.hooks.0.counters.webhook_events);
+                self.add(entries);
+            }
+            Err(error) => {
+                tracing::error!(%doc, %error, "cannot write a webhook event to the outbox; trying again later");
+                self.retry_burst(&burst);
+            }
+        }
+    }
+
+    fn retry_burst(&mut self, burst: &Burst) {
+        let now = self.hooks.0.clock.now();
+        self.debouncer.edited(&burst.doc, burst.first, now);
+        self.debouncer.edited(&burst.doc, burst.last, now);
+    }
+
+    /// The document's state vector (Yjs v1): from its room when loaded, else from the store.
+    async fn state_vector(&self, doc: &DocName) -> Result<Vec<u8>, String> {
+        if let Some(room) = self.rooms.get(doc) {
+            return Ok(room.state_vector());
+        }
+        let stored = self.store().load(doc).await.map_err(|e| e.to_string())?;
+        let name = doc.clone();
+        tokio::task::spawn_blocking(move || {
+            let room = rebuild(&name, &stored).map_err(|e| e.to_string())?;
+            Ok(room.doc().transact().state_vector().encode_v1())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Takes deliveries in (due now), dropping the oldest past [`WebhookConfig::max_pending`].
+    fn add(&mut self, entries: Vec<OutboxEntry>) {
+        let now = Instant::now();
+        for entry in entries {
+            match serde_json::from_slice::<Delivery>(&entry.payload) {
+                Ok(delivery) => {
+                    self.pending.insert(
+                        entry.key,
+                        Pending {
+                            delivery,
+                            attempts: 0,
+                            next_at: now,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(key = %entry.key, %error, "an unreadable webhook delivery")
+                }
+            }
+        }
+        let over = self
+            .pending
+            .len()
+            .saturating_sub(self.hooks.0.config.max_pending);
+        if over > 0 {
+            let doomed: Vec<String> = self
+                .pending
+                .keys()
+                .filter(|key| !self.in_flight.contains(*key))
+                .take(over)
+                .cloned()
+                .collect();
+            for key in &doomed {
+                if let Some(dropped) = self.pending.remove(key) {
+                    tracing::error!(url = %dropped.delivery.url, event = %dropped.delivery.event, "webhook outbox full: dropping its oldest delivery");
+                }
+            }
+            self.forget(doomed);
+        }
+        self.update_gauge();
+    }
+
+    /// Removes deliveries given up from the store, in the background of this task.
+    fn forget(&mut self, keys: Vec<String>) {
+        if keys.is_empty() {
+            return;
+        }
+        Counters::add(&self.hooks.0.counters.webhook_dropped, keys.len() as u64);
+        let store = self.hooks.0.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.outbox_remove(keys).await {
+                tracing::error!(%error, "cannot remove dropped webhook deliveries from the outbox");
+            }
+        });
+    }
+
+    fn update_gauge(&self) {
+        self.hooks
+            .0
+            .counters
+            .webhook_pending
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts due deliveries while fewer than [`MAX_IN_FLIGHT`] are in progress.
+    fn launch(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(key, pending)| pending.next_at <= now && !self.in_flight.contains(*key))
+            .map(|(key, _)| key.clone())
+            .take(MAX_IN_FLIGHT.saturating_sub(self.in_flight.len()))
+            .collect();
+        for key in due {
+            let Some(pending) = self.pending.get(&key) else {
+                continue;
+            };
+            let request = Request {
+                client: self.client.clone(),
+                secret: self.hooks.0.config.secret.clone(),
+                delivery: pending.delivery.clone(),
+                now_s: self.hooks.0.clock.now() / 1_000,
+            };
+            self.in_flight.insert(key.clone());
+            self.attempts
+                .spawn(async move { (key, request.send().await) });
+        }
+    }
+
+    /// When the next waiting delivery is due, if a slot is free for it.
+    fn next_wake(&self) -> Option<Instant> {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        self.pending
+            .iter()
+            .filter(|(key, _)| !self.in_flight.contains(*key))
+            .map(|(_, pending)| pending.next_at)
+            .min()
+    }
+
+    /// Removes a delivered (or given up) delivery from the outbox, or schedules its retry.
+    async fn finished(&mut self, key: String, outcome: Result<(), String>) {
+        self.in_flight.remove(&key);
+        let counters = self.hooks.0.counters.clone();
+        match outcome {
+            Ok(()) => {
+                Counters::bump(&counters.webhook_delivered);
+                self.pending.remove(&key);
+                if let Err(error) = self.store().outbox_remove(vec![key]).await {
+                    // Delivered again after a restart: at least once.
+                    tracing::error!(%error, "cannot remove a delivered webhook from the outbox");
+                }
+            }
+            Err(why) => {
+                Counters::bump(&counters.webhook_failures);
+                self.draws = self.draws.wrapping_add(1);
+                let random = self.random.hash_one(self.draws);
+                let now = self.hooks.0.clock.now();
+                let retry = self.hooks.0.config.retry;
+                let Some(pending) = self.pending.get_mut(&key) else {
+                    return;
+                };
+                match retry.delay(
+                    pending.attempts,
+                    pending.delivery.created_at_ms,
+                    now,
+                    random,
+                ) {
+                    Some(delay) => {
+                        tracing::warn!(url = %pending.delivery.url, event = %pending.delivery.event, attempt = pending.attempts + 1, error = %why, retry_in = ?delay, "webhook delivery failed");
+                        pending.attempts = pending.attempts.saturating_add(1);
+                        pending.next_at = Instant::now() + delay;
+                    }
+                    None => {
+                        tracing::error!(url = %pending.delivery.url, event = %pending.delivery.event, attempts = pending.attempts + 1, error = %why, "webhook delivery given up");
+                        self.pending.remove(&key);
+                        self.forget(vec![key]);
+                    }
+                }
+            }
+        }
+        self.update_gauge();
+    }
+}
+
+/// One attempt.
+struct Request {
+    client: reqwest::Client,
+    secret: Arc<[u8]>,
+    delivery: Delivery,
+    now_s: u64,
+}
+
+impl Request {
+    /// POSTs the event; only a 2xx answer counts as delivered (redirects are not followed).
+    async fn send(self) -> Result<(), String> {
+        let body = self.delivery.body.into_bytes();
+        let signature = webhook::sign(&self.secret, self.now_s, &body);
+        let response = self
+            .client
+            .post(&self.delivery.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(webhook::EVENT_ID_HEADER, &self.delivery.event)
+            .header(webhook::SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the receiver answered {status}"))
+        }
+    }
+}
+
+/// An error with its sources, as reqwest's own message says little ("error sending request").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_and_https_receivers_with_a_secret_are_accepted() {
+        let ok = WebhookConfig::new(["http://127.0.0.1:9/a", "HTTPS://hooks.example/b"], "s");
+        assert_eq!(
+            ok.unwrap().urls(),
+            ["http://127.0.0.1:9/a", "https://hooks.example/b"]
+        );
+        for bad in [
+            "ftp://x/y",
+            "file:///etc/passwd",
+            "ws://x/",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(
+                WebhookConfig::new([bad], "s").unwrap_err(),
+                WebhookError::Scheme(bad.to_owned())
+            );
+        }
+        assert!(matches!(
+            WebhookConfig::new(["/relative"], "s"),
+            Err(WebhookError::BadUrl { .. })
+        ));
+        assert_eq!(
+            WebhookConfig::new(Vec::<String>::new(), "s").unwrap_err(),
+            WebhookError::NoUrls
+        );
+        assert_eq!(
+            WebhookConfig::new(["http://x/"], "").unwrap_err(),
+            WebhookError::EmptySecret
+        );
+        let shown = format!("{:?}", WebhookConfig::new(["http://x/"], "hidden").unwrap());
+        assert!(!shown.contains("hidden"), "{shown}");
+    }
+}
