@@ -33,7 +33,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
 use crate::durability::compact::{RebuildError, snapshot_of_stored};
-use crate::durability::feed::{self, Feed};
+use crate::durability::feed::AllChanges;
 use crate::durability::is_stored;
 use crate::ingest::{NotApplied, Refused};
 use crate::ops::stats::Counters;
@@ -337,7 +337,8 @@ pub(crate) struct Keeper {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: HistoryConfig,
-    pub(crate) feed: Feed,
+    /// Every stored change, subscribed to when the instance starts.
+    pub(crate) changes: AllChanges,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -351,14 +352,13 @@ pub(crate) async fn run_keeper(
         store,
         clock,
         config,
-        feed,
+        mut changes,
         counters,
     } = keeper;
     let interval_ms = config.interval.as_millis() as u64;
     // Documents edited since their last automatic version, with when the first such edit was
     // seen. Bounded by the documents edited within one interval.
     let mut edited: HashMap<DocName, u64> = HashMap::new();
-    let mut changes = feed::all_changes(&feed);
     // Due documents are looked for every second (a walk over the edited ones), so a version
     // is at most a second late whatever the interval.
     let mut tick = tokio::time::interval(

@@ -155,7 +155,7 @@ impl AppState {
                 store: store.clone(),
                 clock: config.clock.clone(),
                 config: config.history.clone(),
-                feed: feed.clone(),
+                changes: feed::all_changes(&feed),
                 counters: counters.clone(),
             },
             compacted_rx,

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::Engine;
 use concord_core::webhook::{self, Burst, Debouncer, Retry};
 use concord_core::{Clock, DocName, OutboxEntry, Position, Store, StoreError};
 use futures_util::{FutureExt, StreamExt};
@@ -45,7 +44,9 @@ use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, Transact};
 
 use crate::durability::compact::rebuild;
-use crate::durability::feed::{self, Feed};
+use crate::durability::feed::{self, AllChanges, Feed};
+use crate::durability::is_stored;
+use crate::edge::http::params::encode_b64;
 use crate::ops::stats::Counters;
 use crate::rooms::Rooms;
 
@@ -197,10 +198,6 @@ pub(crate) struct Notifier {
     pub(crate) changes: AllChanges,
     pub(crate) rooms: Arc<Rooms>,
 }
-
-/// What [`feed::all_changes`] returns.
-pub(crate) type AllChanges =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Arc<feed::Change>, u64>> + Send>>;
 
 impl Notifier {
     /// Subscribes to `feed` now.
@@ -584,6 +581,18 @@ impl Task {
     /// then delivered. When the store fails, the burst waits for another round.
     async fn announce_burst(&mut self, burst: Burst) {
         let doc = burst.doc.clone();
+        // Deleted since: its `document.deleted` event says so, and no mark is kept for it.
+        if self.rooms.get(&doc).is_none() {
+            match is_stored(self.store(), &doc).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::error!(%doc, %error, "cannot read the store for a webhook; trying again later");
+                    self.retry_burst(&burst);
+                    return;
+                }
+            }
+        }
         let state_vector = match self.state_vector(&doc).await {
             Ok(sv) => sv,
             Err(error) => {
@@ -601,7 +610,8 @@ impl Task {
             "document": doc.as_str(),
             "from": burst.first.to_string(),
             "through": burst.last.to_string(),
-            "state_vector": base64::engine::general_purpose::STANDARD.encode(state_vector),
+            // As the HTTP API's `sv` parameter takes it.
+            "state_vector": encode_b64(&state_vector),
         });
         let entries = self.hooks.0.entries(&id, now, &body);
         match self

@@ -170,9 +170,10 @@ pub(crate) fn document_stream(
 
 /// Every change of every document, as it is stored, live (no history). A subscriber more than
 /// [`FEED_CAPACITY`] changes behind gets `Err(lagged count)` and goes on with newer changes.
-pub(crate) fn all_changes(
-    feed: &Feed,
-) -> Pin<Box<dyn Stream<Item = Result<Arc<Change>, u64>> + Send>> {
+/// What [`all_changes`] returns: every stored change, or how many were missed.
+pub(crate) type AllChanges = Pin<Box<dyn Stream<Item = Result<Arc<Change>, u64>> + Send>>;
+
+pub(crate) fn all_changes(feed: &Feed) -> AllChanges {
     let rx = feed.subscribe();
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {

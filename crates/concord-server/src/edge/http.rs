@@ -6,7 +6,7 @@
 
 pub(crate) mod documents;
 pub(crate) mod error;
-mod params;
+pub(crate) mod params;
 pub(crate) mod poll;
 pub(crate) mod probes;
 pub(crate) mod sse;
