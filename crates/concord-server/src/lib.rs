@@ -18,6 +18,10 @@
 //! [`Replication`] ([`Config::store`], [`Config::replication`]): `concord_redis` provides both
 //! on Redis (the binary's `--redis-url`).
 //!
+//! [`Config::webhooks`] ([`WebhookConfig`]) makes it POST signed `document.updated`,
+//! `document.deleted` and `document.restored` events to your backend, at least once, from an
+//! outbox in the store (the embedded stores keep one; `HTTP.md` describes the events).
+//!
 //! What clients see on the wire is written down next to this crate's `Cargo.toml`:
 //! `PROTOCOL.md` (the WebSocket protocol: on-connect messages, awareness, keepalive, read-only
 //! access, close codes, the save acknowledgement), `HOCUSPOCUS.md` (the Hocuspocus protocol:

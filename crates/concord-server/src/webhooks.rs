@@ -436,8 +436,9 @@ pub(crate) async fn run(
             }
             _ = tick.tick() => {
                 let now = task.hooks.0.clock.now();
-                for burst in task.debouncer.due(now) {
-                    task.announce_burst(burst).await;
+                let due = task.debouncer.due(now);
+                if !due.is_empty() {
+                    task.announce_bursts(due).await;
                 }
             }
             _ = sleep_until(wake) => {}
@@ -577,30 +578,60 @@ impl Task {
         Ok(())
     }
 
-    /// Makes the `document.updated` event of `burst`: stored with the document's new mark,
-    /// then delivered. When the store fails, the burst waits for another round.
-    async fn announce_burst(&mut self, burst: Burst) {
-        let doc = burst.doc.clone();
-        // Deleted since: its `document.deleted` event says so, and no mark is kept for it.
-        if self.rooms.get(&doc).is_none() {
-            match is_stored(self.store(), &doc).await {
-                Ok(true) => {}
-                Ok(false) => return,
+    /// Makes the `document.updated` events of `bursts` and stores them with the documents' new
+    /// marks in one write, then delivers them. When the store fails, the bursts wait for
+    /// another round.
+    async fn announce_bursts(&mut self, bursts: Vec<Burst>) {
+        let mut entries = Vec::new();
+        let mut marks = Vec::new();
+        let mut announced = Vec::new();
+        for burst in bursts {
+            match self.updated_event(&burst).await {
+                Ok(Some(event)) => {
+                    entries.extend(event);
+                    marks.push((burst.doc.clone(), Some(burst.last)));
+                    announced.push(burst);
+                }
+                // Deleted since: its `document.deleted` event says so, and no mark is kept.
+                Ok(None) => {}
                 Err(error) => {
-                    tracing::error!(%doc, %error, "cannot read the store for a webhook; trying again later");
+                    tracing::error!(doc = %burst.doc, %error, "cannot make a webhook event; trying again later");
                     self.retry_burst(&burst);
-                    return;
                 }
             }
         }
-        let state_vector = match self.state_vector(&doc).await {
-            Ok(sv) => sv,
-            Err(error) => {
-                tracing::error!(%doc, %error, "cannot read the state vector for a webhook; trying again later");
-                self.retry_burst(&burst);
-                return;
+        if announced.is_empty() {
+            return;
+        }
+        match self.store().outbox_write(entries.clone(), marks).await {
+            Ok(()) => {
+                Counters::add(
+                    &self.hooks.0.counters.webhook_events,
+                    announced.len() as u64,
+                );
+                self.add(entries);
             }
-        };
+            Err(error) => {
+                tracing::error!(%error, events = announced.len(), "cannot write webhook events to the outbox; trying again later");
+                for burst in &announced {
+                    self.retry_burst(burst);
+                }
+            }
+        }
+    }
+
+    /// The outbox entries of the `document.updated` event of `burst`; `None` when the document
+    /// is neither loaded nor stored any more.
+    async fn updated_event(&self, burst: &Burst) -> Result<Option<Vec<OutboxEntry>>, String> {
+        let doc = &burst.doc;
+        if self.rooms.get(doc).is_none()
+            && !is_stored(self.store(), doc)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            return Ok(None);
+        }
+        let state_vector = self.state_vector(doc).await?;
         let now = self.hooks.0.clock.now();
         let id = webhook::event_id("document.updated", doc.as_str(), burst.first, burst.last);
         let body = serde_json::json!({
@@ -613,21 +644,7 @@ impl Task {
             // As the HTTP API's `sv` parameter takes it.
             "state_vector": encode_b64(&state_vector),
         });
-        let entries = self.hooks.0.entries(&id, now, &body);
-        match self
-            .store()
-            .outbox_write(entries.clone(), vec![(doc.clone(), Some(burst.last))])
-            .await
-        {
-            Ok(()) => {
-                Counters::bump(&self.hooks.0.counters.webhook_events);
-                self.add(entries);
-            }
-            Err(error) => {
-                tracing::error!(%doc, %error, "cannot write a webhook event to the outbox; trying again later");
-                self.retry_burst(&burst);
-            }
-        }
+        Ok(Some(self.hooks.0.entries(&id, now, &body)))
     }
 
     fn retry_burst(&mut self, burst: &Burst) {
