@@ -26,7 +26,7 @@
 //! delivery. The Redis store has no outbox, so webhooks work with the embedded stores (sled,
 //! memory) only; the binary refuses `--webhook-url` with `--redis-url`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -47,6 +47,7 @@ use crate::durability::compact::rebuild;
 use crate::durability::feed::{self, AllChanges, Feed};
 use crate::durability::is_stored;
 use crate::edge::http::params::encode_b64;
+use crate::ops::log_gate::LogGate;
 use crate::ops::stats::Counters;
 use crate::rooms::Rooms;
 
@@ -60,6 +61,9 @@ const ANNOUNCED_QUEUE: usize = 256;
 /// How often due bursts of edits are looked for: a `document.updated` event is at most this
 /// late.
 const TICK: Duration = Duration::from_millis(200);
+
+/// At most one warning per this long about failed delivery attempts (each is logged at debug).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the notifier waits before reading the outbox again when the store failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -349,7 +353,13 @@ struct Task {
     debouncer: Debouncer,
     /// By outbox key (oldest first).
     pending: BTreeMap<String, Pending>,
+    /// The pending deliveries not in flight, by when they are due: a wakeup costs a look at
+    /// the first, whatever the backlog.
+    waiting: BTreeSet<(Instant, String)>,
     in_flight: HashSet<String>,
+    /// Failed attempts are logged at most once per [`FAILURE_LOG_EVERY`] (a receiver that is
+    /// down fails every retry of every pending delivery).
+    failure_log: LogGate,
     attempts: JoinSet<Attempt>,
     random: std::hash::RandomState,
     draws: u64,
@@ -388,7 +398,9 @@ pub(crate) async fn run(
         client,
         debouncer,
         pending: BTreeMap::new(),
+        waiting: BTreeSet::new(),
         in_flight: HashSet::new(),
+        failure_log: LogGate::new(FAILURE_LOG_EVERY),
         attempts: JoinSet::new(),
         random: std::hash::RandomState::new(),
         draws: 0,
@@ -674,14 +686,19 @@ impl Task {
         for entry in entries {
             match serde_json::from_slice::<Delivery>(&entry.payload) {
                 Ok(delivery) => {
-                    self.pending.insert(
-                        entry.key,
+                    if let Some(replaced) = self.pending.insert(
+                        entry.key.clone(),
                         Pending {
                             delivery,
                             attempts: 0,
                             next_at: now,
                         },
-                    );
+                    ) {
+                        self.waiting.remove(&(replaced.next_at, entry.key.clone()));
+                    }
+                    if !self.in_flight.contains(&entry.key) {
+                        self.waiting.insert((now, entry.key));
+                    }
                 }
                 Err(error) => {
                     tracing::error!(key = %entry.key, %error, "an unreadable webhook delivery")
@@ -702,6 +719,7 @@ impl Task {
                 .collect();
             for key in &doomed {
                 if let Some(dropped) = self.pending.remove(key) {
+                    self.waiting.remove(&(dropped.next_at, key.clone()));
                     tracing::error!(url = %dropped.delivery.url, event = %dropped.delivery.event, "webhook outbox full: dropping its oldest delivery");
                 }
             }
@@ -735,14 +753,16 @@ impl Task {
     /// Starts due deliveries while fewer than [`MAX_IN_FLIGHT`] are in progress.
     fn launch(&mut self) {
         let now = Instant::now();
-        let due: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(key, pending)| pending.next_at <= now && !self.in_flight.contains(*key))
-            .map(|(key, _)| key.clone())
-            .take(MAX_IN_FLIGHT.saturating_sub(self.in_flight.len()))
-            .collect();
-        for key in due {
+        while self.in_flight.len() < MAX_IN_FLIGHT {
+            let Some((at, _)) = self.waiting.first() else {
+                return;
+            };
+            if *at > now {
+                return;
+            }
+            let Some((_, key)) = self.waiting.pop_first() else {
+                return;
+            };
             let Some(pending) = self.pending.get(&key) else {
                 continue;
             };
@@ -763,11 +783,7 @@ impl Task {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
-        self.pending
-            .iter()
-            .filter(|(key, _)| !self.in_flight.contains(*key))
-            .map(|(_, pending)| pending.next_at)
-            .min()
+        self.waiting.first().map(|(at, _)| *at)
     }
 
     /// Removes a delivered (or given up) delivery from the outbox, or schedules its retry.
@@ -799,9 +815,17 @@ impl Task {
                     random,
                 ) {
                     Some(delay) => {
-                        tracing::warn!(url = %pending.delivery.url, event = %pending.delivery.event, attempt = pending.attempts + 1, error = %why, retry_in = ?delay, "webhook delivery failed");
+                        match self.failure_log.pass() {
+                            Some(unlogged) => {
+                                tracing::warn!(url = %pending.delivery.url, event = %pending.delivery.event, attempt = pending.attempts + 1, error = %why, retry_in = ?delay, unlogged, "webhook delivery failed")
+                            }
+                            None => {
+                                tracing::debug!(url = %pending.delivery.url, event = %pending.delivery.event, attempt = pending.attempts + 1, error = %why, retry_in = ?delay, "webhook delivery failed")
+                            }
+                        }
                         pending.attempts = pending.attempts.saturating_add(1);
                         pending.next_at = Instant::now() + delay;
+                        self.waiting.insert((pending.next_at, key));
                     }
                     None => {
                         tracing::error!(url = %pending.delivery.url, event = %pending.delivery.event, attempts = pending.attempts + 1, error = %why, "webhook delivery given up");
