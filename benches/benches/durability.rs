@@ -37,19 +37,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use concord_benches::{Summary, fdatasync_latency, load_trace, ms, process_cpu};
-use concord_core::{DocName, MSG_SAVED, Room, Store, StoredUpdate, SystemClock, encode_saved};
-use concord_server::{Concord, Config};
+use concord_core::{DocName, Room, Store, StoredUpdate, SystemClock, encode_saved};
 use concord_sled::{SledOptions, SledStore};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, oneshot};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use yrs::{GetString, Transact};
 
-type Ws = WebSocketStream<TcpStream>;
+#[path = "common/inprocess.rs"]
+mod inprocess;
+
+use inprocess::{Server, Ws, connect, cpu_used, parse_ack, unlimited};
 
 const FSYNC_SAMPLES: usize = 2000;
 const STORE_SAMPLES: usize = 2000;
@@ -144,7 +144,7 @@ fn main() {
                 .expect("open server store"),
         ),
     };
-    let server = server_rt.block_on(Server::start(store.clone()));
+    let server = server_rt.block_on(Server::start(store.clone(), unlimited()));
     let addr = server.addr;
 
     // Clients on a runtime of their own, driven from this thread.
@@ -365,108 +365,6 @@ fn print_slow(timeline: &[(Duration, Duration)], limit: Duration) {
         if shown.is_empty() { "" } else { ": " },
         shown.join(" ")
     );
-}
-
-fn cpu_used(before: Option<Duration>, wall: Duration) -> String {
-    match (before, process_cpu()) {
-        (Some(before), Some(after)) => {
-            let cpu = after.saturating_sub(before);
-            format!(
-                "{:.2} s in {:.2} s = {:.2} cores",
-                cpu.as_secs_f64(),
-                wall.as_secs_f64(),
-                cpu.as_secs_f64() / wall.as_secs_f64()
-            )
-        }
-        _ => "unavailable".to_owned(),
-    }
-}
-
-/// Concord served by axum on an ephemeral loopback port.
-struct Server {
-    addr: SocketAddr,
-    concord: Concord,
-    shutdown: CancellationToken,
-    serve: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start(store: Arc<dyn Store>) -> Server {
-        use axum::serve::ListenerExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let shutdown = CancellationToken::new();
-        // The load here is a machine's, not a person's: lift the per-connection rate limits
-        // (everything else is the default).
-        let config = Config {
-            rate_messages_per_second: u32::MAX,
-            rate_message_burst: u32::MAX,
-            rate_bytes_per_second: u32::MAX,
-            rate_byte_burst: u32::MAX,
-            rate_awareness_per_second: u32::MAX,
-            rate_awareness_burst: u32::MAX,
-            ..Config::default()
-        };
-        let concord = Concord::new(config, store, shutdown.clone());
-        let app = concord_server::router(&concord);
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let signal = shutdown.clone().cancelled_owned();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-        });
-        Server {
-            addr,
-            concord,
-            shutdown,
-            serve,
-        }
-    }
-
-    /// Closes every connection and waits until every update is stored.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.concord.closed().await;
-        let _ = self.serve.await;
-    }
-}
-
-async fn connect(addr: SocketAddr, doc: &str) -> (SplitSink<Ws, Message>, SplitStream<Ws>) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("TCP_NODELAY");
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/{doc}"), tcp)
-        .await
-        .expect("WebSocket handshake");
-    ws.split()
-}
-
-/// The id of a save acknowledgement, or `None` for any other message.
-fn parse_ack(data: &[u8]) -> Option<u64> {
-    let (&tag, rest) = data.split_first()?;
-    if tag != MSG_SAVED {
-        return None;
-    }
-    let (len, rest) = read_var(rest)?;
-    let payload = rest.get(..usize::try_from(len).ok()?)?;
-    let (id, _) = read_var(payload)?;
-    Some(id)
-}
-
-/// A lib0 varUint and the bytes after it.
-fn read_var(data: &[u8]) -> Option<(u64, &[u8])> {
-    let mut value = 0u64;
-    for (i, &byte) in data.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, &data[i + 1..]));
-        }
-    }
-    None
 }
 
 /// What follows each update in a steady stream.

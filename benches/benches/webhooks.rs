@@ -45,17 +45,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use concord_benches::{Summary, load_trace, ms, process_cpu};
 use concord_core::webhook::Retry;
-use concord_core::{MSG_SAVED, Store, encode_saved};
-use concord_server::{Concord, Config, Stats, WebhookConfig};
+use concord_core::{Store, encode_saved};
+use concord_server::{Stats, WebhookConfig};
 use concord_sled::{SledOptions, SledStore};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
-type Ws = WebSocketStream<TcpStream>;
+#[path = "common/inprocess.rs"]
+mod inprocess;
+
+use inprocess::{Server, Ws, connect, cpu_used, parse_ack, unlimited};
 
 /// Clients, one document each.
 const CLIENTS: usize = 10;
@@ -265,7 +265,13 @@ fn run_phase(
         .enable_all()
         .build()
         .expect("server runtime");
-    let server = server_rt.block_on(Server::start(store, webhooks));
+    let server = server_rt.block_on(Server::start(
+        store,
+        concord_server::Config {
+            webhooks,
+            ..unlimited()
+        },
+    ));
     let cpu_before = process_cpu();
     let steal_before = steal();
     let (latencies, sent, elapsed) = client_rt.block_on(clients(server.addr, frames.clone()));
@@ -457,21 +463,6 @@ async fn client(
     (latencies, sent.saturating_sub(WARMUP))
 }
 
-fn cpu_used(before: Option<Duration>, wall: Duration) -> String {
-    match (before, process_cpu()) {
-        (Some(before), Some(after)) => {
-            let cpu = after.saturating_sub(before);
-            format!(
-                "{:.2} s in {:.2} s = {:.2} cores",
-                cpu.as_secs_f64(),
-                wall.as_secs_f64(),
-                cpu.as_secs_f64() / wall.as_secs_f64()
-            )
-        }
-        _ => "unavailable".to_owned(),
-    }
-}
-
 /// CPU time the hypervisor gave to other machines so far, all CPUs (the `steal` column of
 /// `/proc/stat`, assuming the usual 100 clock ticks per second). `None` where unavailable.
 fn steal() -> Option<Duration> {
@@ -484,92 +475,4 @@ fn steal() -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_millis(ticks * 10))
-}
-
-/// Concord served by axum on an ephemeral loopback port.
-struct Server {
-    addr: SocketAddr,
-    concord: Concord,
-    shutdown: CancellationToken,
-    serve: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start(store: Arc<dyn Store>, webhooks: Option<WebhookConfig>) -> Server {
-        use axum::serve::ListenerExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let shutdown = CancellationToken::new();
-        // The load here is a machine's, not a person's: lift the per-connection rate limits
-        // (everything else but the webhooks is the default).
-        let config = Config {
-            rate_messages_per_second: u32::MAX,
-            rate_message_burst: u32::MAX,
-            rate_bytes_per_second: u32::MAX,
-            rate_byte_burst: u32::MAX,
-            rate_awareness_per_second: u32::MAX,
-            rate_awareness_burst: u32::MAX,
-            webhooks,
-            ..Config::default()
-        };
-        let concord = Concord::new(config, store, shutdown.clone());
-        let app = concord_server::router(&concord);
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let signal = shutdown.clone().cancelled_owned();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-        });
-        Server {
-            addr,
-            concord,
-            shutdown,
-            serve,
-        }
-    }
-
-    /// Closes every connection and waits until every update is stored.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.concord.closed().await;
-        let _ = self.serve.await;
-    }
-}
-
-async fn connect(addr: SocketAddr, doc: &str) -> (SplitSink<Ws, Message>, SplitStream<Ws>) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("TCP_NODELAY");
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/{doc}"), tcp)
-        .await
-        .expect("WebSocket handshake");
-    ws.split()
-}
-
-/// The id of a save acknowledgement, or `None` for any other message.
-fn parse_ack(data: &[u8]) -> Option<u64> {
-    let (&tag, rest) = data.split_first()?;
-    if tag != MSG_SAVED {
-        return None;
-    }
-    let (len, rest) = read_var(rest)?;
-    let payload = rest.get(..usize::try_from(len).ok()?)?;
-    let (id, _) = read_var(payload)?;
-    Some(id)
-}
-
-/// A lib0 varUint and the bytes after it.
-fn read_var(data: &[u8]) -> Option<(u64, &[u8])> {
-    let mut value = 0u64;
-    for (i, &byte) in data.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, &data[i + 1..]));
-        }
-    }
-    None
 }
