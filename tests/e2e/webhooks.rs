@@ -447,3 +447,85 @@ async fn events_pending_at_a_sigkill_are_delivered_after_the_restart_with_the_sa
     assert_eq!(through.seq, 1);
     server.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_drops_its_oldest_delivery_and_one_for_a_receiver_no_longer_configured() {
+    let clock = ManualClock::new(1_800_000_000_000);
+    let receiver = WebhookReceiver::start(false).await;
+    let store = Arc::new(MemoryStore::new());
+    // Left from a run with another receiver.
+    let stale = json!({
+        "url": "http://127.0.0.1:9/removed",
+        "event": "0123",
+        "created_at_ms": 1,
+        "body": "{}",
+    });
+    store
+        .outbox_write(
+            vec![concord_core::OutboxEntry {
+                key: "0000000000000001-0123-0".to_owned(),
+                payload: stale.to_string().into_bytes(),
+            }],
+            vec![],
+        )
+        .unwrap();
+    let mut webhooks = config_for(&receiver);
+    webhooks.max_pending = 2;
+    webhooks.retry = Retry {
+        first: Duration::from_secs(3_600),
+        max_delay: Duration::from_secs(3_600),
+        give_up_after: Duration::from_secs(86_400),
+    };
+    let config = Config {
+        clock: clock.clone(),
+        webhooks: Some(webhooks),
+        ..Config::default()
+    };
+    let server = concord_tests::EmbeddedServer::start_with_store(config, store.clone()).await;
+    eventually("the stale delivery is dropped", || async {
+        (server.concord.stats().webhook_dropped == 1).then_some(())
+    })
+    .await;
+    // Three documents, one burst each: three deliveries for a room of two.
+    for (i, doc) in ["d1", "d2", "d3"].into_iter().enumerate() {
+        let update = text_insert_update(i as u64 + 1, "t", doc);
+        assert_eq!(post_update(&server, doc, update).await.0, 200);
+        eventually("the notifier saw the edit", || async {
+            (server.concord.stats().webhook_updates_seen == i as u64 + 1).then_some(())
+        })
+        .await;
+        clock.advance(Duration::from_secs(3));
+        eventually("its event is made", || async {
+            (server.concord.stats().webhook_events == i as u64 + 1).then_some(())
+        })
+        .await;
+        if i < 2 {
+            // Refused once and waiting an hour for its retry: not in flight when d3 comes.
+            eventually("its first attempt failed", || async {
+                (server.concord.stats().webhook_failures == i as u64 + 1).then_some(())
+            })
+            .await;
+        }
+    }
+    eventually("the oldest is dropped", || async {
+        let stats = server.concord.stats();
+        (stats.webhook_dropped == 2 && stats.webhook_pending == 2).then_some(())
+    })
+    .await;
+    eventually("the outbox holds the two newest", || async {
+        let documents: Vec<String> = store
+            .outbox()
+            .unwrap()
+            .entries
+            .iter()
+            .map(|entry| {
+                let delivery: Value = serde_json::from_slice(&entry.payload).unwrap();
+                let body: Value = serde_json::from_str(delivery["body"].as_str().unwrap()).unwrap();
+                body["document"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        (documents == ["d2", "d3"]).then_some(())
+    })
+    .await;
+    server.shutdown().await;
+}
