@@ -1,9 +1,9 @@
 //! Webhooks: editing latency while a webhook receiver answers slowly or fails.
 //!
 //! Concord announces edits to webhook receivers from one notifier task that debounces the
-//! change feed, writes each event to the store's outbox and delivers it (at most 8 requests in
-//! flight). Nothing on the editing path waits for it; this bench checks that a receiver that
-//! cannot keep up does not slow editing down either.
+//! change feed, writes each event to the store's outbox and delivers it (at most 4 requests in
+//! flight per receiver). Nothing on the editing path waits for it; this bench checks that a
+//! receiver that cannot keep up does not slow editing down either.
 //!
 //! Each phase runs on a fresh in-process Concord server (`Concord::new` +
 //! `concord_server::router`, served by axum on 127.0.0.1 with TCP_NODELAY, on a runtime with 2
@@ -20,7 +20,7 @@
 //! 1. `no webhooks`;
 //! 2. `slow receiver`: webhooks to a receiver on 127.0.0.1 (axum, started by the bench on its
 //!    own runtime) that answers 200 after sleeping 2 s; events debounced 50 ms / at most 200 ms,
-//!    so every document makes several events a second, far more than 8 requests per 2 s can
+//!    so every document makes several events a second, far more than 4 requests per 2 s can
 //!    take: the outbox grows all along; 10 s per attempt;
 //! 3. `failing receiver`: the receiver answers 503 at once; retries after at most 10 ms
 //!    doubling to 100 ms, given up after an hour: deliveries are retried constantly.

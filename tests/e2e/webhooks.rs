@@ -18,6 +18,8 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 use crate::api::{api, eventually, get, http, post_update};
 
 const SECRET: &[u8] = b"whsec_concord_tests";
+/// Requests one receiver may have in flight at once.
+const SLOTS_PER_RECEIVER: usize = 4;
 
 /// A request's signature holds for its body under [`SECRET`] at `now_s`, and the id header is
 /// the body's id.
@@ -527,5 +529,45 @@ async fn a_full_outbox_drops_its_oldest_delivery_and_one_for_a_receiver_no_longe
         (documents == ["d2", "d3"]).then_some(())
     })
     .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_does_not_hold_up_another() {
+    let stuck = WebhookReceiver::start(true).await;
+    stuck.hang();
+    let healthy = WebhookReceiver::start(true).await;
+    let mut webhooks =
+        WebhookConfig::new([stuck.url.as_str(), healthy.url.as_str()], SECRET).unwrap();
+    webhooks.quiet = Duration::from_millis(20);
+    webhooks.max_wait = Duration::from_millis(100);
+    webhooks.timeout = Duration::from_secs(600);
+    let config = Config {
+        webhooks: Some(webhooks),
+        ..Config::default()
+    };
+    let server = crate::api::memory_server(config).await;
+    // More events than the stuck receiver has slots: each is held there, none at the other.
+    let docs: Vec<String> = (0..12).map(|i| format!("doc-{i}")).collect();
+    for (i, doc) in docs.iter().enumerate() {
+        let update = text_insert_update(i as u64 + 1, "t", doc);
+        assert_eq!(post_update(&server, doc, update).await.0, 200);
+    }
+    let delivered = eventually("every event reaches the healthy receiver", || async {
+        let got: BTreeSet<String> = healthy
+            .accepted()
+            .iter()
+            .map(|r| r.json()["document"].as_str().unwrap().to_owned())
+            .collect();
+        (got.len() == docs.len()).then_some(got)
+    })
+    .await;
+    assert_eq!(delivered, docs.iter().cloned().collect::<BTreeSet<_>>());
+    eventually("the stuck receiver holds its slots", || async {
+        (stuck.received().len() == SLOTS_PER_RECEIVER).then_some(())
+    })
+    .await;
+    assert_eq!(stuck.received().len(), SLOTS_PER_RECEIVER, "and no more");
+    assert!(server.concord.stats().webhook_pending >= 12 - SLOTS_PER_RECEIVER as u64);
     server.shutdown().await;
 }

@@ -1421,12 +1421,14 @@ impl Received {
 #[derive(Default)]
 struct ReceiverState {
     accepting: std::sync::atomic::AtomicBool,
+    /// Never answers (the request is recorded first).
+    hanging: std::sync::atomic::AtomicBool,
     received: Mutex<Vec<Received>>,
 }
 
 /// A webhook receiver: a real HTTP server on 127.0.0.1 (an ephemeral port, or one given) that
-/// records every POST to `/hook` and answers 200 while accepting, 503 otherwise. Stopped on
-/// drop.
+/// records every POST to `/hook` and answers 200 while accepting, 503 otherwise (or never, once
+/// [`WebhookReceiver::hang`] was called). Stopped on drop.
 pub struct WebhookReceiver {
     /// Where to send webhooks: `http://127.0.0.1:PORT/hook`.
     pub url: String,
@@ -1464,7 +1466,8 @@ impl WebhookReceiver {
                                 .unwrap_or_default()
                                 .to_owned()
                         };
-                        let accepted = state.accepting.load(Ordering::SeqCst);
+                        let accepted = state.accepting.load(Ordering::SeqCst)
+                            && !state.hanging.load(Ordering::SeqCst);
                         state
                             .received
                             .lock()
@@ -1475,6 +1478,9 @@ impl WebhookReceiver {
                                 body: body.to_vec(),
                                 accepted,
                             });
+                        if state.hanging.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
                         if accepted {
                             axum::http::StatusCode::OK
                         } else {
@@ -1502,6 +1508,11 @@ impl WebhookReceiver {
     /// Answer 200 (true) or 503 (false) from now on.
     pub fn set_accepting(&self, accepting: bool) {
         self.state.accepting.store(accepting, Ordering::SeqCst);
+    }
+
+    /// Never answer from now on (requests are still recorded).
+    pub fn hang(&self) {
+        self.state.hanging.store(true, Ordering::SeqCst);
     }
 
     /// Every request so far, in arrival order.

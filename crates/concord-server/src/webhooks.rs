@@ -17,16 +17,16 @@
 //! before the document is removed, a `document.restored` one after the restore was stored.
 //!
 //! **Never in the way.** One task ([`run`]) debounces, writes the outbox and delivers, with at
-//! most [`MAX_IN_FLIGHT`] requests at once; nothing on the editing path waits for it (it reads
-//! the change feed like any subscriber). A slow or failing receiver only makes its deliveries
-//! wait longer.
+//! most [`MAX_IN_FLIGHT`] requests at once per receiver; nothing on the editing path waits for
+//! it (it reads the change feed like any subscriber). A slow or failing receiver only makes its
+//! own deliveries wait longer, not another receiver's.
 //!
 //! **One process.** The notifier follows its own process' change feed; with several processes
 //! sharing a store (Redis), each would announce its own edits, and none of them has a lease on
 //! delivery. The Redis store has no outbox, so webhooks work with the embedded stores (sled,
 //! memory) only; the binary refuses `--webhook-url` with `--redis-url`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,8 +51,9 @@ use crate::ops::log_gate::LogGate;
 use crate::ops::stats::Counters;
 use crate::rooms::Rooms;
 
-/// Most deliveries in progress at once, over every receiver.
-pub(crate) const MAX_IN_FLIGHT: usize = 8;
+/// Most deliveries in progress at once to one receiver: a slow receiver holds its own slots,
+/// never another receiver's.
+pub(crate) const MAX_IN_FLIGHT: usize = 4;
 
 /// Most batches of events announced by others (deletes, restores) waiting for the notifier.
 /// Overflow policy: the announcer waits (the events are already in the store's outbox).
@@ -342,6 +343,13 @@ struct Pending {
     next_at: Instant,
 }
 
+/// One receiver's deliveries.
+#[derive(Default)]
+struct Queue {
+    waiting: BTreeSet<(Instant, String)>,
+    in_flight: usize,
+}
+
 /// How one attempt went.
 type Attempt = (String, Result<(), String>);
 
@@ -353,9 +361,9 @@ struct Task {
     debouncer: Debouncer,
     /// By outbox key (oldest first).
     pending: BTreeMap<String, Pending>,
-    /// The pending deliveries not in flight, by when they are due: a wakeup costs a look at
-    /// the first, whatever the backlog.
-    waiting: BTreeSet<(Instant, String)>,
+    /// Per receiver (URL), the pending deliveries not in flight by when they are due (a wakeup
+    /// costs a look at each receiver's first, whatever the backlog) and how many are in flight.
+    queues: HashMap<String, Queue>,
     in_flight: HashSet<String>,
     /// Failed attempts are logged at most once per [`FAILURE_LOG_EVERY`] (a receiver that is
     /// down fails every retry of every pending delivery).
@@ -398,7 +406,7 @@ pub(crate) async fn run(
         client,
         debouncer,
         pending: BTreeMap::new(),
-        waiting: BTreeSet::new(),
+        queues: HashMap::new(),
         in_flight: HashSet::new(),
         failure_log: LogGate::new(FAILURE_LOG_EVERY),
         attempts: JoinSet::new(),
@@ -686,6 +694,7 @@ impl Task {
         for entry in entries {
             match serde_json::from_slice::<Delivery>(&entry.payload) {
                 Ok(delivery) => {
+                    let url = delivery.url.clone();
                     if let Some(replaced) = self.pending.insert(
                         entry.key.clone(),
                         Pending {
@@ -694,10 +703,11 @@ impl Task {
                             next_at: now,
                         },
                     ) {
-                        self.waiting.remove(&(replaced.next_at, entry.key.clone()));
+                        self.unqueue(&replaced, &entry.key);
                     }
                     if !self.in_flight.contains(&entry.key) {
-                        self.waiting.insert((now, entry.key));
+                        let queue = self.queues.entry(url).or_default();
+                        queue.waiting.insert((now, entry.key));
                     }
                 }
                 Err(error) => {
@@ -719,7 +729,7 @@ impl Task {
                 .collect();
             for key in &doomed {
                 if let Some(dropped) = self.pending.remove(key) {
-                    self.waiting.remove(&(dropped.next_at, key.clone()));
+                    self.unqueue(&dropped, key);
                     tracing::error!(url = %dropped.delivery.url, event = %dropped.delivery.event, "webhook outbox full: dropping its oldest delivery");
                 }
             }
@@ -750,19 +760,30 @@ impl Task {
             .store(self.pending.len() as u64, Ordering::Relaxed);
     }
 
-    /// Starts due deliveries while fewer than [`MAX_IN_FLIGHT`] are in progress.
+    /// Takes `key` (pending as `pending`) out of its receiver's waiting line.
+    fn unqueue(&mut self, pending: &Pending, key: &str) {
+        if let Some(queue) = self.queues.get_mut(&pending.delivery.url) {
+            queue.waiting.remove(&(pending.next_at, key.to_owned()));
+        }
+    }
+
+    /// Starts due deliveries, at most [`MAX_IN_FLIGHT`] in progress per receiver.
     fn launch(&mut self) {
         let now = Instant::now();
-        while self.in_flight.len() < MAX_IN_FLIGHT {
-            let Some((at, _)) = self.waiting.first() else {
-                return;
-            };
-            if *at > now {
-                return;
+        let mut started = Vec::new();
+        for queue in self.queues.values_mut() {
+            while queue.in_flight < MAX_IN_FLIGHT {
+                match queue.waiting.first() {
+                    Some((at, _)) if *at <= now => {}
+                    _ => break,
+                }
+                if let Some((_, key)) = queue.waiting.pop_first() {
+                    queue.in_flight += 1;
+                    started.push(key);
+                }
             }
-            let Some((_, key)) = self.waiting.pop_first() else {
-                return;
-            };
+        }
+        for key in started {
             let Some(pending) = self.pending.get(&key) else {
                 continue;
             };
@@ -778,17 +799,23 @@ impl Task {
         }
     }
 
-    /// When the next waiting delivery is due, if a slot is free for it.
+    /// When the next waiting delivery of a receiver with a free slot is due.
     fn next_wake(&self) -> Option<Instant> {
-        if self.in_flight.len() >= MAX_IN_FLIGHT {
-            return None;
-        }
-        self.waiting.first().map(|(at, _)| *at)
+        self.queues
+            .values()
+            .filter(|queue| queue.in_flight < MAX_IN_FLIGHT)
+            .filter_map(|queue| queue.waiting.first().map(|(at, _)| *at))
+            .min()
     }
 
     /// Removes a delivered (or given up) delivery from the outbox, or schedules its retry.
     async fn finished(&mut self, key: String, outcome: Result<(), String>) {
         self.in_flight.remove(&key);
+        if let Some(pending) = self.pending.get(&key)
+            && let Some(queue) = self.queues.get_mut(&pending.delivery.url)
+        {
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+        }
         let counters = self.hooks.0.counters.clone();
         match outcome {
             Ok(()) => {
@@ -825,7 +852,11 @@ impl Task {
                         }
                         pending.attempts = pending.attempts.saturating_add(1);
                         pending.next_at = Instant::now() + delay;
-                        self.waiting.insert((pending.next_at, key));
+                        self.queues
+                            .entry(pending.delivery.url.clone())
+                            .or_default()
+                            .waiting
+                            .insert((pending.next_at, key));
                     }
                     None => {
                         tracing::error!(url = %pending.delivery.url, event = %pending.delivery.event, attempts = pending.attempts + 1, error = %why, "webhook delivery given up");
