@@ -59,6 +59,9 @@ pub(crate) const MAX_IN_FLIGHT: usize = 4;
 /// Overflow policy: the announcer waits (the events are already in the store's outbox).
 const ANNOUNCED_QUEUE: usize = 256;
 
+/// Most changes taken from the feed in one turn of the notifier.
+const DRAIN_AT_ONCE: usize = 1024;
+
 /// How often due bursts of edits are looked for: a `document.updated` event is at most this
 /// late.
 const TICK: Duration = Duration::from_millis(200);
@@ -425,10 +428,12 @@ pub(crate) async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             change = changes.next() => {
-                let mut change = change;
-                // Take what is already queued too, so that a log entry's updates are never
-                // split between two events (marks are compared by seq).
-                loop {
+                // Take what is already queued too (up to a bound, so that a flood of edits
+                // does not hold up deliveries), so that a log entry's updates are not split
+                // between two events: marks are compared by seq.
+                let mut next = Some(change);
+                let mut taken = 0;
+                while let Some(change) = next.take() {
                     match change {
                         Some(Ok(change)) => {
                             Counters::bump(&task.hooks.0.counters.webhook_updates_seen);
@@ -441,9 +446,9 @@ pub(crate) async fn run(
                         }
                         None => return,
                     }
-                    match changes.next().now_or_never() {
-                        Some(next) => change = next,
-                        None => break,
+                    taken += 1;
+                    if taken < DRAIN_AT_ONCE {
+                        next = changes.next().now_or_never();
                     }
                 }
             }
