@@ -180,7 +180,9 @@ pub struct Config {
     /// work whatever this says). See [`crate::HistoryConfig`].
     pub history: crate::HistoryConfig,
     /// Where to POST signed events about documents (see [`crate::WebhookConfig`]); `None`: no
-    /// webhooks. Needs a store with an outbox (sled or memory).
+    /// webhooks. Needs a store with an outbox that this process alone writes to (sled or
+    /// memory); with a shared store ([`concord_core::Store::shared`], Redis) none are sent and
+    /// an error is logged at start.
     pub webhooks: Option<crate::WebhookConfig>,
 }
 

@@ -922,6 +922,62 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
+    use crate::state::AppState;
+    use concord_core::{
+        Appended, DocInfo, LogTail, MemoryStore, Outbox, Seq, StoreFuture, StoredDoc, StoredUpdate,
+    };
+    use tokio_util::sync::CancellationToken;
+
+    /// A memory store that says other processes write to it too.
+    #[derive(Default)]
+    struct SharedMemory(MemoryStore);
+
+    impl Store for SharedMemory {
+        fn load<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, StoredDoc> {
+            Store::load(&self.0, doc)
+        }
+        fn append(&self, batch: Arc<[StoredUpdate]>) -> StoreFuture<'_, Vec<Appended>> {
+            Store::append(&self.0, batch)
+        }
+        fn compact<'a>(
+            &'a self,
+            doc: &'a DocName,
+            snapshot: Vec<u8>,
+            upto: Seq,
+        ) -> StoreFuture<'a, ()> {
+            Store::compact(&self.0, doc, snapshot, upto)
+        }
+        fn delete<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, ()> {
+            Store::delete(&self.0, doc)
+        }
+        fn list(&self) -> StoreFuture<'_, Vec<DocInfo>> {
+            Store::list(&self.0)
+        }
+        fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail> {
+            Store::log_from(&self.0, doc, from)
+        }
+        fn outbox(&self) -> StoreFuture<'_, Outbox> {
+            Store::outbox(&self.0)
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_shared_with_other_processes_gets_no_webhooks() {
+        let config = || Config {
+            webhooks: Some(WebhookConfig::new(["http://127.0.0.1:9/"], "s").unwrap()),
+            ..Config::default()
+        };
+        let shared: Arc<dyn Store> = Arc::new(SharedMemory::default());
+        let (state, _) = AppState::start(config(), shared, CancellationToken::new());
+        assert!(state.webhooks.is_none());
+        let alone: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (state, _) = AppState::start(config(), alone, CancellationToken::new());
+        assert!(state.webhooks.is_some());
+    }
 
     #[test]
     fn only_http_and_https_receivers_with_a_secret_are_accepted() {
