@@ -6,6 +6,10 @@
 //! PREFIX:docs                    sorted set: every stored document's name (score: last write, ms)
 //! PREFIX:{nodes}:node:NODE       a node's heartbeat (expires); one slot for all of them, so a
 //!                                node checks the others' in one pipeline on a cluster too
+//! PREFIX:{webhooks}:outbox       hash: webhook outbox key -> delivery (opaque bytes)
+//! PREFIX:{webhooks}:marks        hash: document name -> position announced through (SEQ.INDEX)
+//! PREFIX:{webhooks}:started      present once the outbox was first written; the three
+//!                                webhook keys share a slot, so one script writes them
 //! PREFIX:{TAG}:log               the document's update log: a stream, entry ids SEQ-0
 //! PREFIX:{TAG}:meta              hash: seq (last seq given out), snap_seq, tail_updates,
 //!                                tail_bytes, updated (ms), version (last version id given
@@ -88,6 +92,16 @@ impl Keys {
     /// The set of stored documents.
     pub(crate) fn index(&self) -> String {
         format!("{}:docs", self.prefix)
+    }
+
+    /// The webhook outbox's keys: entries, marks, started (one hash tag).
+    pub(crate) fn outbox(&self) -> [String; 3] {
+        let base = format!("{}:{{webhooks}}", self.prefix);
+        [
+            format!("{base}:outbox"),
+            format!("{base}:marks"),
+            format!("{base}:started"),
+        ]
     }
 
     /// A node's heartbeat key.

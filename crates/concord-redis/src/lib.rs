@@ -19,7 +19,9 @@
 //! Cluster keeps them in one slot (see `keys.rs` for every name). An entry holds the updates,
 //! the id of the node that wrote it, and their count and size. A saved version is acknowledged
 //! like an append: once Redis answered (and, with [`RedisOptions::wait_replicas`], once the
-//! replicas have it).
+//! replicas have it). The store also keeps the webhook outbox of the `Store` seam (entries and
+//! per-document marks, written by one script) under a `{webhooks}` hash tag of its own; the
+//! server does not send webhooks over a shared store yet.
 //!
 //! # What an acknowledgement means
 //!

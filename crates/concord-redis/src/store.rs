@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use concord_core::{
-    Appended, DocInfo, DocName, LogTail, NewVersion, Position, Seq, Store, StoreError, StoreFuture,
-    StoredDoc, StoredUpdate, VersionId, VersionInfo,
+    Appended, DocInfo, DocName, LogTail, NewVersion, Outbox, OutboxEntry, Position, Seq, Store,
+    StoreError, StoreFuture, StoredDoc, StoredUpdate, VersionId, VersionInfo,
 };
 use futures_util::future::try_join_all;
 use redis::{Script, Value};
@@ -52,6 +52,28 @@ local tb = redis.call('HINCRBY', KEYS[2], 'tail_bytes', ARGV[4])
 redis.call('HSET', KEYS[2], 'updated', ARGV[5])
 if KEYS[3] then redis.call('SPUBLISH', KEYS[3], ARGV[6] .. seq) end
 return {seq, tu, tb}
+";
+
+/// Writes to the webhook outbox atomically: marks it started, adds entries, sets or removes
+/// marks. KEYS: outbox, marks, started. ARGV: the number of entries N, then N (key, payload)
+/// pairs, then (document, `SEQ.INDEX` or empty to remove) pairs.
+const OUTBOX_WRITE: &str = r"
+redis.call('SET', KEYS[3], '1')
+local n = tonumber(ARGV[1])
+local i = 2
+for _ = 1, n do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i < #ARGV do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  else
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+  i = i + 2
+end
+return 1
 ";
 
 /// Reads a document: its snapshot, the seq the snapshot covers, and the entries after it.
@@ -205,6 +227,7 @@ pub struct RedisStore {
 }
 
 struct Scripts {
+    outbox_write: Script,
     load: Script,
     log_from: Script,
     compact: Script,
@@ -364,6 +387,7 @@ impl RedisStore {
             health,
             metrics,
             scripts: Scripts {
+                outbox_write: Script::new(OUTBOX_WRITE),
                 load: Script::new(LOAD),
                 log_from: Script::new(LOG_FROM),
                 compact: Script::new(COMPACT),
@@ -840,6 +864,82 @@ impl RedisStore {
         self.answered(script.invoke_async(&mut conn).await)
     }
 
+    async fn write_outbox(
+        &self,
+        add: Vec<OutboxEntry>,
+        marks: Vec<(DocName, Option<Position>)>,
+    ) -> Result<(), StoreError> {
+        let [outbox, marked, started] = self.keys.outbox();
+        let mut script = self.scripts.outbox_write.key(outbox);
+        script.key(marked).key(started).arg(add.len());
+        for entry in add {
+            script.arg(entry.key).arg(entry.payload);
+        }
+        for (doc, mark) in marks {
+            script
+                .arg(doc.as_str())
+                .arg(mark.map_or_else(String::new, |at| at.to_string()));
+        }
+        let mut conn = self.append_conn.clone();
+        let () = self.answered(script.invoke_async(&mut conn).await)?;
+        if self.wait_replicas > 0 {
+            self.wait_for_replicas(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The outbox as one transaction (its keys share a slot). Unreadable marks are skipped and
+    /// logged: the document is then announced again from the start of its log.
+    async fn read_outbox(&self) -> Result<Outbox, StoreError> {
+        let [outbox, marked, started] = self.keys.outbox();
+        let mut conn = self.conn.clone();
+        let (entries, marks, started): (BTreeMap<String, Vec<u8>>, BTreeMap<String, String>, bool) =
+            self.answered(
+                redis::pipe()
+                    .atomic()
+                    .cmd("HGETALL")
+                    .arg(outbox)
+                    .cmd("HGETALL")
+                    .arg(marked)
+                    .cmd("EXISTS")
+                    .arg(started)
+                    .query_async(&mut conn)
+                    .await,
+            )?;
+        let mut read = Outbox {
+            entries: entries
+                .into_iter()
+                .map(|(key, payload)| OutboxEntry { key, payload })
+                .collect(),
+            started,
+            ..Outbox::default()
+        };
+        for (name, mark) in marks {
+            match (DocName::new(&name), mark.parse::<Position>()) {
+                (Ok(doc), Ok(at)) => {
+                    read.marks.insert(doc, at);
+                }
+                _ => tracing::error!(doc = %name, %mark, "skipping an unreadable webhook mark"),
+            }
+        }
+        Ok(read)
+    }
+
+    async fn remove_from_outbox(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let [outbox, _, _] = self.keys.outbox();
+        let mut conn = self.conn.clone();
+        self.answered(
+            redis::cmd("HDEL")
+                .arg(outbox)
+                .arg(keys)
+                .query_async(&mut conn)
+                .await,
+        )
+    }
+
     async fn log_tail(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
         let k = self.keys.doc(doc);
         let mut conn = self.conn.clone();
@@ -913,6 +1013,22 @@ impl Store for RedisStore {
         ids: Vec<VersionId>,
     ) -> StoreFuture<'a, u64> {
         Box::pin(async move { self.delete_versions_of(doc, &ids).await })
+    }
+
+    fn outbox_write(
+        &self,
+        add: Vec<OutboxEntry>,
+        marks: Vec<(DocName, Option<Position>)>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.write_outbox(add, marks))
+    }
+
+    fn outbox(&self) -> StoreFuture<'_, Outbox> {
+        Box::pin(self.read_outbox())
+    }
+
+    fn outbox_remove(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
+        Box::pin(self.remove_from_outbox(keys))
     }
 
     fn shared(&self) -> bool {

@@ -96,6 +96,19 @@ impl concord_core::Store for Shared {
     ) -> concord_core::StoreFuture<'a, u64> {
         self.0.delete_versions(doc, ids)
     }
+    fn outbox_write(
+        &self,
+        add: Vec<concord_core::OutboxEntry>,
+        marks: Vec<(concord_core::DocName, Option<concord_core::Position>)>,
+    ) -> concord_core::StoreFuture<'_, ()> {
+        self.0.outbox_write(add, marks)
+    }
+    fn outbox(&self) -> concord_core::StoreFuture<'_, concord_core::Outbox> {
+        self.0.outbox()
+    }
+    fn outbox_remove(&self, keys: Vec<String>) -> concord_core::StoreFuture<'_, ()> {
+        self.0.outbox_remove(keys)
+    }
     fn shared(&self) -> bool {
         self.0.shared()
     }

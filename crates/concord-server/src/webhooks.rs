@@ -23,8 +23,9 @@
 //!
 //! **One process.** The notifier follows its own process' change feed; with several processes
 //! sharing a store (Redis), each would announce its own edits, and none of them has a lease on
-//! delivery. The Redis store has no outbox, so webhooks work with the embedded stores (sled,
-//! memory) only; the binary refuses `--webhook-url` with `--redis-url`.
+//! delivery. So webhooks are off over a shared store ([`Store::shared`]; an error is logged at
+//! start) and work with the embedded stores (sled, memory); the binary refuses `--webhook-url`
+//! with `--redis-url`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
