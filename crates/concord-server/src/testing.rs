@@ -3,7 +3,7 @@
 //! instead of sleeping.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use concord_core::{
     Appended, DocInfo, DocName, LogTail, MemoryStore, NewVersion, Seq, Store, StoreFuture,
@@ -12,12 +12,14 @@ use concord_core::{
 use tokio::sync::Semaphore;
 
 /// A [`MemoryStore`] whose `load` and `append` each take a permit first (while a gate is
-/// closed); loads are counted.
+/// closed); loads are counted. It can say that other processes share it
+/// ([`GatedStore::set_shared`]).
 pub(crate) struct GatedStore {
     pub(crate) inner: MemoryStore,
     loads: AtomicUsize,
     load_gate: Option<Semaphore>,
     append_gate: Option<Semaphore>,
+    shared: AtomicBool,
 }
 
 impl GatedStore {
@@ -29,6 +31,7 @@ impl GatedStore {
             loads: AtomicUsize::new(0),
             load_gate: gate_loads.then(|| Semaphore::new(0)),
             append_gate: gate_appends.then(|| Semaphore::new(0)),
+            shared: AtomicBool::new(false),
         })
     }
 
@@ -42,6 +45,11 @@ impl GatedStore {
         if let Some(gate) = &self.append_gate {
             gate.add_permits(n);
         }
+    }
+
+    /// What [`Store::shared`] answers from now on.
+    pub(crate) fn set_shared(&self, shared: bool) {
+        self.shared.store(shared, Ordering::SeqCst);
     }
 
     /// Loads started (counted before they wait at the gate).
@@ -134,5 +142,9 @@ impl Store for GatedStore {
 
     fn outbox_remove(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
         Store::outbox_remove(&self.inner, keys)
+    }
+
+    fn shared(&self) -> bool {
+        self.shared.load(Ordering::SeqCst)
     }
 }

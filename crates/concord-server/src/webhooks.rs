@@ -37,6 +37,7 @@ use concord_core::webhook::{self, Burst, Debouncer, Retry};
 use concord_core::{Clock, DocName, OutboxEntry, Position, Store, StoreError};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -241,20 +242,9 @@ impl Webhooks {
     /// before removing it, so that a crash in between loses no event.
     pub(crate) async fn deleted(&self, doc: &DocName) -> Result<(), StoreError> {
         let now = self.0.clock.now();
-        let id = webhook::event_id(
-            "document.deleted",
-            doc.as_str(),
-            Position::START,
-            Position { seq: now, index: 0 },
-        );
-        let body = serde_json::json!({
-            "id": id,
-            "type": "document.deleted",
-            "created_at_ms": now,
-            "document": doc.as_str(),
-        });
-        self.announce(&id, now, &body, vec![(doc.clone(), None)])
-            .await
+        let ends = (Position::START, Position { seq: now, index: 0 });
+        let entries = self.0.event("document.deleted", doc, ends, now, json!({}));
+        self.announce(entries, vec![(doc.clone(), None)]).await
     }
 
     /// Writes a `document.restored` event for `doc` to the outbox: it now equals `version`, and
@@ -266,10 +256,7 @@ impl Webhooks {
         saved_before: u64,
         changed: bool,
     ) -> Result<(), StoreError> {
-        let now = self.0.clock.now();
-        let id = webhook::event_id(
-            "document.restored",
-            doc.as_str(),
+        let ends = (
             Position {
                 seq: version,
                 index: 0,
@@ -279,28 +266,23 @@ impl Webhooks {
                 index: 0,
             },
         );
-        let body = serde_json::json!({
-            "id": id,
-            "type": "document.restored",
-            "created_at_ms": now,
-            "document": doc.as_str(),
+        let fields = json!({
             "version": version,
             "saved_before": saved_before,
             "changed": changed,
         });
-        self.announce(&id, now, &body, vec![]).await
+        let now = self.0.clock.now();
+        let entries = self.0.event("document.restored", doc, ends, now, fields);
+        self.announce(entries, vec![]).await
     }
 
     /// Stores the deliveries of one event, then hands them to the notifier (waiting while its
     /// queue is full; when it has stopped, they are delivered after the next start).
     async fn announce(
         &self,
-        id: &str,
-        now: u64,
-        body: &serde_json::Value,
+        entries: Vec<OutboxEntry>,
         marks: Vec<(DocName, Option<Position>)>,
     ) -> Result<(), StoreError> {
-        let entries = self.0.entries(id, now, body);
         match self.0.store.outbox_write(entries.clone(), marks).await {
             Ok(()) => {}
             // Said once at start by the notifier; the store cannot keep events.
@@ -314,9 +296,28 @@ impl Webhooks {
 }
 
 impl Announcer {
-    /// One outbox entry per receiver. Keys start with the time in hex, so the outbox lists
+    /// The outbox entries (one per receiver) of a `kind` event about `doc` made at `now`: its
+    /// id from `kind`, `doc` and the positions `ends`; its body the id, `kind`, the time, the
+    /// document and `fields` (an object). Keys start with the time in hex, so the outbox lists
     /// oldest first.
-    fn entries(&self, id: &str, now: u64, body: &serde_json::Value) -> Vec<OutboxEntry> {
+    fn event(
+        &self,
+        kind: &str,
+        doc: &DocName,
+        ends: (Position, Position),
+        now: u64,
+        fields: serde_json::Value,
+    ) -> Vec<OutboxEntry> {
+        let id = webhook::event_id(kind, doc.as_str(), ends.0, ends.1);
+        let mut body = json!({
+            "id": id,
+            "type": kind,
+            "created_at_ms": now,
+            "document": doc.as_str(),
+        });
+        if let (Some(body), serde_json::Value::Object(fields)) = (body.as_object_mut(), fields) {
+            body.extend(fields);
+        }
         let body = body.to_string();
         self.config
             .urls
@@ -325,7 +326,7 @@ impl Announcer {
             .map(|(n, url)| {
                 let delivery = Delivery {
                     url: url.to_string(),
-                    event: id.to_owned(),
+                    event: id.clone(),
                     created_at_ms: now,
                     body: body.clone(),
                 };
@@ -345,6 +346,8 @@ struct Pending {
     attempts: u32,
     /// Not before this.
     next_at: Instant,
+    /// An attempt is in progress (it is then in no waiting line).
+    in_flight: bool,
 }
 
 /// One receiver's deliveries.
@@ -368,7 +371,6 @@ struct Task {
     /// Per receiver (URL), the pending deliveries not in flight by when they are due (a wakeup
     /// costs a look at each receiver's first, whatever the backlog) and how many are in flight.
     queues: HashMap<String, Queue>,
-    in_flight: HashSet<String>,
     /// Failed attempts are logged at most once per [`FAILURE_LOG_EVERY`] (a receiver that is
     /// down fails every retry of every pending delivery).
     failure_log: LogGate,
@@ -411,7 +413,6 @@ pub(crate) async fn run(
         debouncer,
         pending: BTreeMap::new(),
         queues: HashMap::new(),
-        in_flight: HashSet::new(),
         failure_log: LogGate::new(FAILURE_LOG_EVERY),
         attempts: JoinSet::new(),
         random: std::hash::RandomState::new(),
@@ -658,19 +659,21 @@ impl Task {
             return Ok(None);
         }
         let state_vector = self.state_vector(doc).await?;
-        let now = self.hooks.0.clock.now();
-        let id = webhook::event_id("document.updated", doc.as_str(), burst.first, burst.last);
-        let body = serde_json::json!({
-            "id": id,
-            "type": "document.updated",
-            "created_at_ms": now,
-            "document": doc.as_str(),
+        let fields = json!({
             "from": burst.first.to_string(),
             "through": burst.last.to_string(),
             // As the HTTP API's `sv` parameter takes it.
             "state_vector": encode_b64(&state_vector),
         });
-        Ok(Some(self.hooks.0.entries(&id, now, &body)))
+        let now = self.hooks.0.clock.now();
+        let ends = (burst.first, burst.last);
+        Ok(Some(self.hooks.0.event(
+            "document.updated",
+            doc,
+            ends,
+            now,
+            fields,
+        )))
     }
 
     fn retry_burst(&mut self, burst: &Burst) {
@@ -699,22 +702,19 @@ impl Task {
         let now = Instant::now();
         for entry in entries {
             match serde_json::from_slice::<Delivery>(&entry.payload) {
+                // A key already pending is the same delivery (the key names the event, its
+                // time and the receiver).
+                Ok(_) if self.pending.contains_key(&entry.key) => {}
                 Ok(delivery) => {
-                    let url = delivery.url.clone();
-                    if let Some(replaced) = self.pending.insert(
-                        entry.key.clone(),
-                        Pending {
-                            delivery,
-                            attempts: 0,
-                            next_at: now,
-                        },
-                    ) {
-                        self.unqueue(&replaced, &entry.key);
-                    }
-                    if !self.in_flight.contains(&entry.key) {
-                        let queue = self.queues.entry(url).or_default();
-                        queue.waiting.insert((now, entry.key));
-                    }
+                    let queue = self.queues.entry(delivery.url.clone()).or_default();
+                    queue.waiting.insert((now, entry.key.clone()));
+                    let pending = Pending {
+                        delivery,
+                        attempts: 0,
+                        next_at: now,
+                        in_flight: false,
+                    };
+                    self.pending.insert(entry.key, pending);
                 }
                 Err(error) => {
                     tracing::error!(key = %entry.key, %error, "an unreadable webhook delivery")
@@ -728,10 +728,10 @@ impl Task {
         if over > 0 {
             let doomed: Vec<String> = self
                 .pending
-                .keys()
-                .filter(|key| !self.in_flight.contains(*key))
+                .iter()
+                .filter(|(_, pending)| !pending.in_flight)
+                .map(|(key, _)| key.clone())
                 .take(over)
-                .cloned()
                 .collect();
             for key in &doomed {
                 if let Some(dropped) = self.pending.remove(key) {
@@ -776,32 +776,27 @@ impl Task {
     /// Starts due deliveries, at most [`MAX_IN_FLIGHT`] in progress per receiver.
     fn launch(&mut self) {
         let now = Instant::now();
-        let mut started = Vec::new();
         for queue in self.queues.values_mut() {
-            while queue.in_flight < MAX_IN_FLIGHT {
-                match queue.waiting.first() {
-                    Some((at, _)) if *at <= now => {}
-                    _ => break,
-                }
-                if let Some((_, key)) = queue.waiting.pop_first() {
-                    queue.in_flight += 1;
-                    started.push(key);
-                }
+            while queue.in_flight < MAX_IN_FLIGHT
+                && queue.waiting.first().is_some_and(|(at, _)| *at <= now)
+            {
+                let Some((_, key)) = queue.waiting.pop_first() else {
+                    break;
+                };
+                let Some(pending) = self.pending.get_mut(&key) else {
+                    continue;
+                };
+                pending.in_flight = true;
+                queue.in_flight += 1;
+                let request = Request {
+                    client: self.client.clone(),
+                    secret: self.hooks.0.config.secret.clone(),
+                    delivery: pending.delivery.clone(),
+                    now_s: self.hooks.0.clock.now() / 1_000,
+                };
+                self.attempts
+                    .spawn(async move { (key, request.send().await) });
             }
-        }
-        for key in started {
-            let Some(pending) = self.pending.get(&key) else {
-                continue;
-            };
-            let request = Request {
-                client: self.client.clone(),
-                secret: self.hooks.0.config.secret.clone(),
-                delivery: pending.delivery.clone(),
-                now_s: self.hooks.0.clock.now() / 1_000,
-            };
-            self.in_flight.insert(key.clone());
-            self.attempts
-                .spawn(async move { (key, request.send().await) });
         }
     }
 
@@ -816,11 +811,11 @@ impl Task {
 
     /// Removes a delivered (or given up) delivery from the outbox, or schedules its retry.
     async fn finished(&mut self, key: String, outcome: Result<(), String>) {
-        self.in_flight.remove(&key);
-        if let Some(pending) = self.pending.get(&key)
-            && let Some(queue) = self.queues.get_mut(&pending.delivery.url)
-        {
-            queue.in_flight = queue.in_flight.saturating_sub(1);
+        if let Some(pending) = self.pending.get_mut(&key) {
+            pending.in_flight = false;
+            if let Some(queue) = self.queues.get_mut(&pending.delivery.url) {
+                queue.in_flight = queue.in_flight.saturating_sub(1);
+            }
         }
         let counters = self.hooks.0.counters.clone();
         match outcome {
@@ -925,46 +920,8 @@ mod tests {
     use super::*;
     use crate::Config;
     use crate::state::AppState;
-    use concord_core::{
-        Appended, DocInfo, LogTail, MemoryStore, Outbox, Seq, StoreFuture, StoredDoc, StoredUpdate,
-    };
+    use crate::testing::GatedStore;
     use tokio_util::sync::CancellationToken;
-
-    /// A memory store that says other processes write to it too.
-    #[derive(Default)]
-    struct SharedMemory(MemoryStore);
-
-    impl Store for SharedMemory {
-        fn load<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, StoredDoc> {
-            Store::load(&self.0, doc)
-        }
-        fn append(&self, batch: Arc<[StoredUpdate]>) -> StoreFuture<'_, Vec<Appended>> {
-            Store::append(&self.0, batch)
-        }
-        fn compact<'a>(
-            &'a self,
-            doc: &'a DocName,
-            snapshot: Vec<u8>,
-            upto: Seq,
-        ) -> StoreFuture<'a, ()> {
-            Store::compact(&self.0, doc, snapshot, upto)
-        }
-        fn delete<'a>(&'a self, doc: &'a DocName) -> StoreFuture<'a, ()> {
-            Store::delete(&self.0, doc)
-        }
-        fn list(&self) -> StoreFuture<'_, Vec<DocInfo>> {
-            Store::list(&self.0)
-        }
-        fn log_from<'a>(&'a self, doc: &'a DocName, from: Seq) -> StoreFuture<'a, LogTail> {
-            Store::log_from(&self.0, doc, from)
-        }
-        fn outbox(&self) -> StoreFuture<'_, Outbox> {
-            Store::outbox(&self.0)
-        }
-        fn shared(&self) -> bool {
-            true
-        }
-    }
 
     #[tokio::test]
     async fn a_store_shared_with_other_processes_gets_no_webhooks() {
@@ -972,10 +929,11 @@ mod tests {
             webhooks: Some(WebhookConfig::new(["http://127.0.0.1:9/"], "s").unwrap()),
             ..Config::default()
         };
-        let shared: Arc<dyn Store> = Arc::new(SharedMemory::default());
+        let shared = GatedStore::new(false, false);
+        shared.set_shared(true);
         let (state, _) = AppState::start(config(), shared, CancellationToken::new());
         assert!(state.webhooks.is_none());
-        let alone: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let alone = GatedStore::new(false, false);
         let (state, _) = AppState::start(config(), alone, CancellationToken::new());
         assert!(state.webhooks.is_some());
     }
