@@ -4,8 +4,8 @@
 //! everything, presence crosses nodes and a killed node's presence goes, acknowledged updates
 //! survive a killed node, SSE resumes across nodes, compaction races joiners, deletions cross
 //! nodes, a version kept on one node restores from another, documents spread over every shard
-//! of a cluster, and a lost Redis holds edits
-//! unacknowledged until it is back. The cases that run on both are in modules `single` and
+//! of a cluster, a lost Redis holds edits unacknowledged until it is back, and webhooks from
+//! every node are sent once by the node holding the lease, and by another when it is killed. The cases that run on both are in modules `single` and
 //! `cluster`.
 
 use std::time::{Duration, Instant};
@@ -105,6 +105,7 @@ on_both!(
     a_document_deleted_on_one_node_is_closed_and_gone_on_the_others,
     the_change_feed_of_a_document_no_client_holds_here_sees_other_nodes_edits,
     a_version_kept_on_one_node_is_restored_from_another_and_every_node_converges,
+    webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_it_being_killed,
 );
 
 /// A node in this process: an embedded server on the test's Redis.
@@ -796,4 +797,164 @@ async fn a_version_kept_on_one_node_is_restored_from_another_and_every_node_conv
     drop((on_a, on_c));
     a.shutdown().await;
     c.shutdown().await;
+}
+
+/// Whether the server process at `node` holds the webhook lease, from its metrics.
+async fn leads_webhooks(node: &ServerProcess) -> bool {
+    let metrics = crate::api::http()
+        .get(format!("http://{}/metrics", node.addr))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics are text");
+    metrics
+        .lines()
+        .any(|line| line.trim() == "concord_webhooks_leader 1")
+}
+
+async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_it_being_killed(
+    redis: Deployment,
+) {
+    use concord_tests::{WebhookReceiver, text_insert_update};
+    let receiver = WebhookReceiver::start(true).await;
+    let secret = "whsec_redis_tests";
+    let mut args = redis.args();
+    args.extend(["--webhook-url", &receiver.url, "--webhook-secret", secret].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = ServerProcess::start_with(0, &args, None);
+    let b = ServerProcess::start_with(0, &args, None);
+    let write = |node: &ServerProcess, doc: &str, client: u64| {
+        crate::api::http()
+            .post(format!("http://{}/api/docs/{doc}/update", node.addr))
+            .header("content-type", "application/octet-stream")
+            .body(text_insert_update(client, "t", doc))
+            .send()
+    };
+    let delete = |node: &ServerProcess, doc: &str| {
+        crate::api::http()
+            .delete(format!("http://{}/api/docs/{doc}", node.addr))
+            .send()
+    };
+    let logs = |a: &ServerProcess, b: &ServerProcess| {
+        format!("node A logged:\n{}\nnode B logged:\n{}", a.log(), b.log())
+    };
+    let events =
+        |of: &[concord_tests::Received], kind: &str, doc: &str| -> Vec<serde_json::Value> {
+            of.iter()
+                .map(|r| r.json())
+                .filter(|e| e["type"] == kind && e["document"] == doc)
+                .collect()
+        };
+
+    // Edits stored by either node are announced (by whichever holds the lease), each once,
+    // from the document's first log entry.
+    assert_eq!(write(&a, "from-a", 1).await.unwrap().status(), 200);
+    assert_eq!(write(&b, "from-b", 2).await.unwrap().status(), 200);
+    let deadline = Instant::now() + DEADLINE;
+    while events(&receiver.accepted(), "document.updated", "from-a").is_empty()
+        || events(&receiver.accepted(), "document.updated", "from-b").is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no events for both; {}",
+            logs(&a, &b)
+        );
+        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
+    }
+    for (doc, client) in [("from-a", 1), ("from-b", 2)] {
+        let event = &events(&receiver.accepted(), "document.updated", doc)[0];
+        assert_eq!(event["from"], "1.0", "{event}");
+        let through: Position = event["through"].as_str().unwrap().parse().unwrap();
+        assert_eq!(through.seq, 1, "{event}");
+        let sv = yrs::StateVector::decode_v1(&b64_decode(event["state_vector"].as_str().unwrap()))
+            .unwrap();
+        assert!(
+            sv.get(&yrs::ClientID::new(client)) > 0,
+            "the state vector covers the edit: {event}"
+        );
+    }
+
+    // Deletes on both nodes (one of them does not hold the lease) are announced.
+    assert_eq!(delete(&b, "from-a").await.unwrap().status(), 204);
+    assert_eq!(delete(&a, "from-b").await.unwrap().status(), 204);
+    let deadline = Instant::now() + DEADLINE;
+    while events(&receiver.accepted(), "document.deleted", "from-a").is_empty()
+        || events(&receiver.accepted(), "document.deleted", "from-b").is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "deletes not announced; {}",
+            logs(&a, &b)
+        );
+        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
+    }
+
+    // The receiver goes down with an event pending, and the lease holder is killed: the other
+    // node takes the lease over and delivers it with the same id, and announces what comes
+    // next.
+    receiver.set_accepting(false);
+    assert_eq!(write(&b, "pending", 3).await.unwrap().status(), 200);
+    let deadline = Instant::now() + DEADLINE;
+    let refused = loop {
+        if let Some(refused) = receiver
+            .received()
+            .into_iter()
+            .find(|r| !r.accepted && r.json()["document"] == "pending")
+        {
+            break refused;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pending never tried; {}",
+            logs(&a, &b)
+        );
+        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
+    };
+    let (a_leads, b_leads) = (leads_webhooks(&a).await, leads_webhooks(&b).await);
+    assert!(
+        a_leads != b_leads,
+        "exactly one node holds the lease: A {a_leads}, B {b_leads}"
+    );
+    let (killed, survivor) = if a_leads { (a, b) } else { (b, a) };
+    killed.kill();
+    receiver.set_accepting(true);
+    assert_eq!(write(&survivor, "after", 4).await.unwrap().status(), 200);
+    let deadline = Instant::now() + DEADLINE;
+    while events(&receiver.accepted(), "document.updated", "pending").is_empty()
+        || events(&receiver.accepted(), "document.updated", "after").is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered after the kill; the survivor logged:\n{}",
+            survivor.log()
+        );
+        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
+    }
+    assert!(leads_webhooks(&survivor).await);
+    let accepted = receiver.accepted();
+    let pending = accepted
+        .iter()
+        .find(|r| r.json()["document"] == "pending")
+        .unwrap();
+    assert_eq!(
+        pending.event_id, refused.event_id,
+        "the same event, the same id"
+    );
+    assert_eq!(pending.body, refused.body);
+    // Nothing was announced twice.
+    let mut ids: Vec<&str> = accepted.iter().map(|r| r.event_id.as_str()).collect();
+    ids.sort_unstable();
+    let all = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "no event was delivered twice");
+    for doc in ["from-a", "from-b", "pending", "after"] {
+        assert_eq!(
+            events(&accepted, "document.updated", doc).len(),
+            1,
+            "one document.updated for {doc}"
+        );
+    }
+    survivor.kill();
 }

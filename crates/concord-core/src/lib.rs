@@ -35,5 +35,6 @@ pub use snapshot::{SnapshotDraft, SnapshotError, decode_snapshot};
 pub use store::{
     Appended, DocInfo, InvalidPosition, LogTail, MemoryStore, NewVersion, Outbox, OutboxEntry,
     Position, Seq, Store, StoreError, StoreFuture, StoredDoc, StoredUpdate, VersionId, VersionInfo,
+    WebhookNews,
 };
 pub use yrs::sync::time::{Clock, SystemClock};

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::DocName;
 
@@ -226,6 +227,16 @@ pub struct Outbox {
     pub started: bool,
 }
 
+/// What changed for webhooks in a shared store since the lease holder last asked, from
+/// [`Store::webhook_news`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookNews {
+    /// Documents edited (by any process), each with its announced-through mark (`None`: none).
+    pub edited: Vec<(DocName, Option<Position>)>,
+    /// Outbox entries written (by any process) and still pending, sorted by key.
+    pub entries: Vec<OutboxEntry>,
+}
+
 /// What every [`Store`] method returns: a boxed future, so that the trait is object-safe.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -327,6 +338,30 @@ pub trait Store: Send + Sync + 'static {
         no_outbox()
     }
 
+    /// For a store several server processes share ([`Store::shared`]), one of them announces
+    /// webhooks at a time: this takes (when nobody holds it) or renews (when `holder` holds
+    /// it) that lease for `ttl`, and says whether `holder` holds it now. A zero `ttl` gives it
+    /// up (when `holder` holds it). The default implementation refuses: a store with one
+    /// writer needs no lease.
+    fn webhook_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        let _ = (holder, ttl);
+        not_shared()
+    }
+
+    /// For a shared store: notes that `docs` were edited (their new entries are stored), for
+    /// the lease holder's next [`Store::webhook_news`]. Durable like the outbox.
+    fn webhook_edited(&self, docs: Vec<DocName>) -> StoreFuture<'_, ()> {
+        let _ = docs;
+        not_shared()
+    }
+
+    /// For a shared store: takes what changed since the last call, by any process: the
+    /// documents noted edited (each with its current mark), and the outbox entries written
+    /// (those still pending). Two calls never return the same news.
+    fn webhook_news(&self) -> StoreFuture<'_, WebhookNews> {
+        not_shared()
+    }
+
     /// Whether other server processes write to this store too (a shared Redis, a database).
     /// Then a loaded room may not yet hold what another process appended, so the server builds
     /// snapshots for [`Store::compact`] from the store itself, never from a room. False by
@@ -347,6 +382,13 @@ pub trait Store: Send + Sync + 'static {
 fn no_history<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
     Box::pin(std::future::ready(Err(StoreError::Unsupported(
         "version history",
+    ))))
+}
+
+/// What a store with one writer answers to the methods for shared stores.
+fn not_shared<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(Err(StoreError::Unsupported(
+        "webhooks shared by several processes",
     ))))
 }
 

@@ -8,8 +8,14 @@
 //!                                node checks the others' in one pipeline on a cluster too
 //! PREFIX:{webhooks}:outbox       hash: webhook outbox key -> delivery (opaque bytes)
 //! PREFIX:{webhooks}:marks        hash: document name -> position announced through (SEQ.INDEX)
-//! PREFIX:{webhooks}:started      present once the outbox was first written; the three
-//!                                webhook keys share a slot, so one script writes them
+//! PREFIX:{webhooks}:started      present once the outbox was first written
+//! PREFIX:{webhooks}:fresh        set: outbox keys written since the last webhook news (the
+//!                                outbox write adds them, removing an entry drops its key,
+//!                                the news takes and clears them)
+//! PREFIX:{webhooks}:edited       set: names of documents noted edited since the last news
+//! PREFIX:{webhooks}:lease        the webhook lease: the holder's id, with an expiry (one node
+//!                                at a time announces webhooks); every `{webhooks}` key
+//!                                shares a slot, so one script may touch them all
 //! PREFIX:{TAG}:log               the document's update log: a stream, entry ids SEQ-0
 //! PREFIX:{TAG}:meta              hash: seq (last seq given out), snap_seq, tail_updates,
 //!                                tail_bytes, updated (ms), version (last version id given
@@ -46,6 +52,24 @@ pub(crate) struct DocKeys {
     pub(crate) version_snaps: String,
     pub(crate) lease: String,
     pub(crate) fence: String,
+}
+
+/// The webhooks' keys: all under the `{webhooks}` hash tag, so one script may touch any of them
+/// on a cluster too.
+#[derive(Debug, Clone)]
+pub(crate) struct WebhookKeys {
+    /// Hash: outbox key -> delivery.
+    pub(crate) outbox: String,
+    /// Hash: document name -> announced-through mark.
+    pub(crate) marks: String,
+    /// Present once the outbox was first written.
+    pub(crate) started: String,
+    /// Set: outbox keys written since the last news.
+    pub(crate) fresh: String,
+    /// Set: documents noted edited since the last news.
+    pub(crate) edited: String,
+    /// The lease: the holder's id, with an expiry.
+    pub(crate) lease: String,
 }
 
 impl Keys {
@@ -94,14 +118,17 @@ impl Keys {
         format!("{}:docs", self.prefix)
     }
 
-    /// The webhook outbox's keys: entries, marks, started (one hash tag).
-    pub(crate) fn outbox(&self) -> [String; 3] {
+    /// The webhooks' keys (one hash tag).
+    pub(crate) fn webhooks(&self) -> WebhookKeys {
         let base = format!("{}:{{webhooks}}", self.prefix);
-        [
-            format!("{base}:outbox"),
-            format!("{base}:marks"),
-            format!("{base}:started"),
-        ]
+        WebhookKeys {
+            outbox: format!("{base}:outbox"),
+            marks: format!("{base}:marks"),
+            started: format!("{base}:started"),
+            fresh: format!("{base}:fresh"),
+            edited: format!("{base}:edited"),
+            lease: format!("{base}:lease"),
+        }
     }
 
     /// A node's heartbeat key.
@@ -128,6 +155,18 @@ mod tests {
         assert_eq!(k.version_snaps, "concord:{notes/a b}:version-snaps");
         assert_eq!(keys.channel(&name("x")), "concord:{x}:awareness");
         assert_eq!(keys.node("ab"), "concord:{nodes}:node:ab");
+        let w = keys.webhooks();
+        assert_eq!(
+            [w.outbox, w.marks, w.started, w.fresh, w.edited, w.lease],
+            [
+                "concord:{webhooks}:outbox",
+                "concord:{webhooks}:marks",
+                "concord:{webhooks}:started",
+                "concord:{webhooks}:fresh",
+                "concord:{webhooks}:edited",
+                "concord:{webhooks}:lease",
+            ]
+        );
     }
 
     #[test]

@@ -20,8 +20,11 @@
 //! the id of the node that wrote it, and their count and size. A saved version is acknowledged
 //! like an append: once Redis answered (and, with [`RedisOptions::wait_replicas`], once the
 //! replicas have it). The store also keeps the webhook outbox of the `Store` seam (entries and
-//! per-document marks, written by one script) under a `{webhooks}` hash tag of its own; the
-//! server does not send webhooks over a shared store yet.
+//! per-document marks, written by one script) under a `{webhooks}` hash tag of its own, with
+//! what lets the nodes share webhooks: a lease (a holder id that expires) so that one node at
+//! a time announces, the set of documents noted edited by any node, and the set of outbox keys
+//! written since the lease holder last asked; one script takes and clears both sets (the
+//! news: the edited documents with their marks, the written entries still pending).
 //!
 //! # What an acknowledgement means
 //!

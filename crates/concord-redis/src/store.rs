@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use concord_core::{
     Appended, DocInfo, DocName, LogTail, NewVersion, Outbox, OutboxEntry, Position, Seq, Store,
-    StoreError, StoreFuture, StoredDoc, StoredUpdate, VersionId, VersionInfo,
+    StoreError, StoreFuture, StoredDoc, StoredUpdate, VersionId, VersionInfo, WebhookNews,
 };
 use futures_util::future::try_join_all;
 use redis::{Script, Value};
@@ -32,6 +32,10 @@ use crate::metrics::RedisMetrics;
 
 /// How long one `WAIT` for replicas blocks before it is sent again.
 const REPLICA_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest expiry the webhook lease is given (about 35,000 years): a longer ttl is taken
+/// for this one, which Redis still accepts added to the current time.
+const MAX_EXPIRY_MS: u64 = 1 << 50;
 
 /// How long a compaction lease lasts: a node that dies while compacting blocks others for at
 /// most this long.
@@ -54,8 +58,9 @@ if KEYS[3] then redis.call('SPUBLISH', KEYS[3], ARGV[6] .. seq) end
 return {seq, tu, tb}
 ";
 
-/// Writes to the webhook outbox atomically: marks it started, adds entries, sets or removes
-/// marks. KEYS: outbox, marks, started. ARGV: the number of entries N, then N (key, payload)
+/// Writes to the webhook outbox atomically: marks it started, adds entries (and, with the
+/// fresh key, notes their keys there for the next webhook news), sets or removes marks. KEYS:
+/// outbox, marks, started[, fresh]. ARGV: the number of entries N, then N (key, payload)
 /// pairs, then (document, `SEQ.INDEX` or empty to remove) pairs.
 const OUTBOX_WRITE: &str = r"
 redis.call('SET', KEYS[3], '1')
@@ -63,6 +68,7 @@ local n = tonumber(ARGV[1])
 local i = 2
 for _ = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[i]) end
   i = i + 2
 end
 while i < #ARGV do
@@ -74,6 +80,48 @@ while i < #ARGV do
   i = i + 2
 end
 return 1
+";
+
+/// Takes, renews or gives up the webhook lease. KEYS: lease. ARGV: holder, ttl in ms (`0`:
+/// give it up). Takes it when nobody holds it, renews it when the holder does (a zero ttl
+/// removes it then); never touches another holder's. Returns 1 when the holder holds it now.
+const WEBHOOK_LEASE: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+  if ARGV[2] == '0' then
+    redis.call('DEL', KEYS[1])
+    return 0
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if (not held) and ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Takes the webhook news at once: the documents noted edited with their marks, and the outbox
+/// entries written since the last news that are still pending; clears both sets. KEYS: edited,
+/// marks, fresh, outbox. Returns {documents, their marks (nil: none), outbox keys, their
+/// payloads (nil: removed since)}.
+const WEBHOOK_NEWS: &str = r"
+local docs = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+local marks = {}
+for i, doc in ipairs(docs) do
+  marks[i] = redis.call('HGET', KEYS[2], doc)
+end
+local keys = redis.call('SMEMBERS', KEYS[3])
+redis.call('DEL', KEYS[3])
+local payloads = {}
+for from = 1, #keys, 512 do
+  local to = math.min(from + 511, #keys)
+  local got = redis.call('HMGET', KEYS[4], unpack(keys, from, to))
+  for j = 1, #got do payloads[from + j - 1] = got[j] end
+end
+return {docs, marks, keys, payloads}
 ";
 
 /// Reads a document: its snapshot, the seq the snapshot covers, and the entries after it.
@@ -228,6 +276,8 @@ pub struct RedisStore {
 
 struct Scripts {
     outbox_write: Script,
+    webhook_lease: Script,
+    webhook_news: Script,
     load: Script,
     log_from: Script,
     compact: Script,
@@ -388,6 +438,8 @@ impl RedisStore {
             metrics,
             scripts: Scripts {
                 outbox_write: Script::new(OUTBOX_WRITE),
+                webhook_lease: Script::new(WEBHOOK_LEASE),
+                webhook_news: Script::new(WEBHOOK_NEWS),
                 load: Script::new(LOAD),
                 log_from: Script::new(LOG_FROM),
                 compact: Script::new(COMPACT),
@@ -869,9 +921,13 @@ impl RedisStore {
         add: Vec<OutboxEntry>,
         marks: Vec<(DocName, Option<Position>)>,
     ) -> Result<(), StoreError> {
-        let [outbox, marked, started] = self.keys.outbox();
-        let mut script = self.scripts.outbox_write.key(outbox);
-        script.key(marked).key(started).arg(add.len());
+        let keys = self.keys.webhooks();
+        let mut script = self.scripts.outbox_write.key(keys.outbox);
+        script
+            .key(keys.marks)
+            .key(keys.started)
+            .key(keys.fresh)
+            .arg(add.len());
         for entry in add {
             script.arg(entry.key).arg(entry.payload);
         }
@@ -891,18 +947,18 @@ impl RedisStore {
     /// The outbox as one transaction (its keys share a slot). Unreadable marks are skipped and
     /// logged: the document is then announced again from the start of its log.
     async fn read_outbox(&self) -> Result<Outbox, StoreError> {
-        let [outbox, marked, started] = self.keys.outbox();
+        let keys = self.keys.webhooks();
         let mut conn = self.conn.clone();
         let (entries, marks, started): (BTreeMap<String, Vec<u8>>, BTreeMap<String, String>, bool) =
             self.answered(
                 redis::pipe()
                     .atomic()
                     .cmd("HGETALL")
-                    .arg(outbox)
+                    .arg(keys.outbox)
                     .cmd("HGETALL")
-                    .arg(marked)
+                    .arg(keys.marks)
                     .cmd("EXISTS")
-                    .arg(started)
+                    .arg(keys.started)
                     .query_async(&mut conn)
                     .await,
             )?;
@@ -925,19 +981,135 @@ impl RedisStore {
         Ok(read)
     }
 
+    /// Removes entries, and their keys from the fresh set with them (one transaction: the keys
+    /// share a slot), so that set only names pending entries.
     async fn remove_from_outbox(&self, keys: Vec<String>) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }
-        let [outbox, _, _] = self.keys.outbox();
+        let webhooks = self.keys.webhooks();
         let mut conn = self.conn.clone();
         self.answered(
-            redis::cmd("HDEL")
-                .arg(outbox)
-                .arg(keys)
+            redis::pipe()
+                .atomic()
+                .cmd("HDEL")
+                .arg(webhooks.outbox)
+                .arg(&keys)
+                .ignore()
+                .cmd("SREM")
+                .arg(webhooks.fresh)
+                .arg(&keys)
+                .ignore()
                 .query_async(&mut conn)
                 .await,
         )
+    }
+
+    /// Takes, renews or gives up the webhook lease (see [`WEBHOOK_LEASE`]).
+    async fn take_webhook_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        // Whole milliseconds, at least one for a nonzero ttl (zero gives the lease up), and
+        // at most what Redis accepts as an expiry from now.
+        let ms = match ttl.as_millis() {
+            0 if ttl.is_zero() => 0,
+            0 => 1,
+            ms => u64::try_from(ms).unwrap_or(u64::MAX).min(MAX_EXPIRY_MS),
+        };
+        let mut conn = self.conn.clone();
+        let held: u8 = self.answered(
+            self.scripts
+                .webhook_lease
+                .key(self.keys.webhooks().lease)
+                .arg(holder)
+                .arg(ms)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(held == 1)
+    }
+
+    /// Notes documents as edited, durably like an outbox write (the appends' connection, and
+    /// the replicas asked for).
+    async fn note_webhook_edits(&self, docs: Vec<DocName>) -> Result<(), StoreError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.append_conn.clone();
+        let () = self.answered(
+            redis::cmd("SADD")
+                .arg(self.keys.webhooks().edited)
+                .arg(docs.iter().map(DocName::as_str).collect::<Vec<_>>())
+                .query_async(&mut conn)
+                .await,
+        )?;
+        if self.wait_replicas > 0 {
+            self.wait_for_replicas(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the webhook news in one script (see [`WEBHOOK_NEWS`]). Invalid document names and
+    /// unreadable outbox keys are skipped and logged; an unreadable mark is logged and the
+    /// document returned without one (announced again from the start of its log).
+    async fn take_webhook_news(&self) -> Result<WebhookNews, StoreError> {
+        let keys = self.keys.webhooks();
+        let mut conn = self.conn.clone();
+        type Raw = (
+            Vec<Vec<u8>>,
+            Vec<Option<Vec<u8>>>,
+            Vec<Vec<u8>>,
+            Vec<Option<Vec<u8>>>,
+        );
+        let (docs, marks, written, payloads): Raw = self.answered(
+            self.scripts
+                .webhook_news
+                .key(keys.edited)
+                .key(keys.marks)
+                .key(keys.fresh)
+                .key(keys.outbox)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        let mut edited = BTreeMap::new();
+        for (name, mark) in docs.into_iter().zip(marks) {
+            let Some(doc) = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|name| DocName::new(name).ok())
+            else {
+                tracing::error!(
+                    doc = %String::from_utf8_lossy(&name),
+                    "skipping an edited document with an invalid name"
+                );
+                continue;
+            };
+            let mark = mark.and_then(|mark| {
+                let text = String::from_utf8_lossy(&mark);
+                text.parse::<Position>()
+                    .inspect_err(|_| {
+                        tracing::error!(%doc, mark = %text, "skipping an unreadable webhook mark");
+                    })
+                    .ok()
+            });
+            edited.insert(doc, mark);
+        }
+        let mut entries = BTreeMap::new();
+        for (key, payload) in written.into_iter().zip(payloads) {
+            let Some(payload) = payload else {
+                continue;
+            };
+            match String::from_utf8(key) {
+                Ok(key) => {
+                    entries.insert(key.clone(), OutboxEntry { key, payload });
+                }
+                Err(e) => tracing::error!(
+                    key = %String::from_utf8_lossy(e.as_bytes()),
+                    "skipping an outbox entry whose key is not UTF-8"
+                ),
+            }
+        }
+        Ok(WebhookNews {
+            edited: edited.into_iter().collect(),
+            entries: entries.into_values().collect(),
+        })
     }
 
     async fn log_tail(&self, doc: &DocName, from: Seq) -> Result<LogTail, StoreError> {
@@ -1029,6 +1201,18 @@ impl Store for RedisStore {
 
     fn outbox_remove(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
         Box::pin(self.remove_from_outbox(keys))
+    }
+
+    fn webhook_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(self.take_webhook_lease(holder, ttl))
+    }
+
+    fn webhook_edited(&self, docs: Vec<DocName>) -> StoreFuture<'_, ()> {
+        Box::pin(self.note_webhook_edits(docs))
+    }
+
+    fn webhook_news(&self) -> StoreFuture<'_, WebhookNews> {
+        Box::pin(self.take_webhook_news())
     }
 
     fn shared(&self) -> bool {

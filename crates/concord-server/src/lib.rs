@@ -20,7 +20,8 @@
 //!
 //! [`Config::webhooks`] ([`WebhookConfig`]) makes it POST signed `document.updated`,
 //! `document.deleted` and `document.restored` events to your backend, at least once, from an
-//! outbox in the store (the embedded stores keep one; `HTTP.md` describes the events).
+//! outbox in the store (sled, memory or Redis; over Redis one node at a time, the holder of a
+//! lease, announces and delivers; `HTTP.md` describes the events).
 //!
 //! What clients see on the wire is written down next to this crate's `Cargo.toml`:
 //! `PROTOCOL.md` (the WebSocket protocol: on-connect messages, awareness, keepalive, read-only

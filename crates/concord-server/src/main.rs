@@ -291,13 +291,13 @@ struct ServeArgs {
     keep_daily_versions_for: Duration,
     /// POST signed JSON events (document.updated, document.deleted, document.restored) to this
     /// http:// or https:// URL; repeatable (each receiver gets every event). Needs
-    /// --webhook-secret-file. Not with --redis-url (the Redis store keeps no outbox).
+    /// --webhook-secret-file. With --redis-url, give every node the same URLs and secret: one
+    /// node at a time (the holder of a lease in Redis) announces and delivers.
     #[arg(
         long = "webhook-url",
         env = "CONCORD_WEBHOOK_URLS",
         value_delimiter = ',',
-        requires = "webhook_secret_file",
-        conflicts_with = "redis_urls"
+        requires = "webhook_secret_file"
     )]
     webhook_urls: Vec<String>,
     /// Sign webhook requests with the secret in this file (its content, whitespace around it

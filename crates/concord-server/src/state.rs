@@ -189,19 +189,7 @@ impl AppState {
             max_rooms: config.max_rooms,
             counters: counters.clone(),
         });
-        // One announcer per store: with other processes writing to it (Redis), each would
-        // announce and deliver on its own (see `webhooks`).
-        let webhooks = config.webhooks.clone().filter(|_| {
-            let alone = !store.shared();
-            if !alone {
-                tracing::error!(
-                    "webhooks need a store this process alone writes to (sled, memory): with a \
-                     shared store (Redis) none are sent"
-                );
-            }
-            alone
-        });
-        let webhooks = webhooks.map(|webhooks| {
+        let webhooks = config.webhooks.clone().map(|webhooks| {
             let (handle, announced) = Webhooks::new(
                 webhooks,
                 store.clone(),

@@ -3,7 +3,7 @@
 //! instead of sleeping.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use concord_core::{
     Appended, DocInfo, DocName, LogTail, MemoryStore, NewVersion, Seq, Store, StoreFuture,
@@ -12,14 +12,12 @@ use concord_core::{
 use tokio::sync::Semaphore;
 
 /// A [`MemoryStore`] whose `load` and `append` each take a permit first (while a gate is
-/// closed); loads are counted. It can say that other processes share it
-/// ([`GatedStore::set_shared`]).
+/// closed); loads are counted.
 pub(crate) struct GatedStore {
     pub(crate) inner: MemoryStore,
     loads: AtomicUsize,
     load_gate: Option<Semaphore>,
     append_gate: Option<Semaphore>,
-    shared: AtomicBool,
 }
 
 impl GatedStore {
@@ -31,7 +29,6 @@ impl GatedStore {
             loads: AtomicUsize::new(0),
             load_gate: gate_loads.then(|| Semaphore::new(0)),
             append_gate: gate_appends.then(|| Semaphore::new(0)),
-            shared: AtomicBool::new(false),
         })
     }
 
@@ -45,11 +42,6 @@ impl GatedStore {
         if let Some(gate) = &self.append_gate {
             gate.add_permits(n);
         }
-    }
-
-    /// What [`Store::shared`] answers from now on.
-    pub(crate) fn set_shared(&self, shared: bool) {
-        self.shared.store(shared, Ordering::SeqCst);
     }
 
     /// Loads started (counted before they wait at the gate).
@@ -142,9 +134,5 @@ impl Store for GatedStore {
 
     fn outbox_remove(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
         Store::outbox_remove(&self.inner, keys)
-    }
-
-    fn shared(&self) -> bool {
-        self.shared.load(Ordering::SeqCst)
     }
 }

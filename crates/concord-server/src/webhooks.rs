@@ -21,11 +21,19 @@
 //! it (it reads the change feed like any subscriber). A slow or failing receiver only makes its
 //! own deliveries wait longer, not another receiver's.
 //!
-//! **One process.** The notifier follows its own process' change feed; with several processes
-//! sharing a store (Redis), each would announce its own edits, and none of them has a lease on
-//! delivery. So webhooks are off over a shared store ([`Store::shared`]; an error is logged at
-//! start) and work with the embedded stores (sled, memory); the binary refuses `--webhook-url`
-//! with `--redis-url`.
+//! **Several processes, one announcer.** Over a store other processes share
+//! ([`Store::shared`], Redis), each process notes the documents it stored edits of in the store
+//! every [`TICK`] ([`Store::webhook_edited`]), and one process at a time, the holder of a lease
+//! kept in the store ([`Store::webhook_lease`], [`LEASE_TTL`], renewed every [`LEASE_EVERY`]),
+//! does the rest: it takes those notes and the events other processes wrote to the outbox
+//! (deletes, restores) every tick ([`Store::webhook_news`]), debounces, writes the events with
+//! the marks, and delivers. Its `document.updated` events cover whole log entries: from the
+//! entry after the document's mark through the last one stored when the event is made. A
+//! process that takes the lease loads the outbox and catches up from the marks, as at a start;
+//! one that loses it (another took it, or it could not renew it in time) drops what it held in
+//! memory, and the new holder delivers it from the outbox. Every [`SWEEP_EVERY`] the holder
+//! also compares every document with its mark, so that an edit whose process died before
+//! noting it is announced all the same.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -73,6 +81,22 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the notifier waits before reading the outbox again when the store failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// On the outbox's first start, documents written this recently (ms) are announced rather than
+/// taken as they stand: over a shared store, another process may have stored edits of them that
+/// it has not noted yet.
+const FIRST_START_GRACE_MS: u64 = 60_000;
+
+/// Over a shared store: how long the webhook lease lasts unless renewed. When its holder dies,
+/// another process takes over at most this long (plus [`LEASE_EVERY`]) later.
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// Over a shared store: how often the lease is taken or renewed.
+pub(crate) const LEASE_EVERY: Duration = Duration::from_secs(1);
+
+/// Over a shared store: how often the lease holder compares every stored document with its
+/// mark (edits whose process died before noting them).
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Webhook settings: where events go, how they are signed, debounced and retried.
 #[derive(Clone)]
@@ -186,6 +210,14 @@ struct Delivery {
     created_at_ms: u64,
     /// The request body: the event as JSON.
     body: String,
+}
+
+/// Over a shared store, a process cannot use it: logs why and stops the notifier.
+fn cannot_share(what: &str) -> bool {
+    tracing::error!(
+        "webhooks are configured over a store other processes share, but it cannot keep {what}: none are sent"
+    );
+    false
 }
 
 /// The handle others announce events through: cheap to clone.
@@ -377,6 +409,26 @@ struct Task {
     attempts: JoinSet<Attempt>,
     random: std::hash::RandomState,
     draws: u64,
+    /// Over a shared store: this process' part in announcing.
+    shared: Option<SharedPart>,
+}
+
+/// What a process sharing its store with others keeps for webhooks.
+struct SharedPart {
+    /// Who this process is, for the lease.
+    holder: String,
+    /// While this process holds the lease: until when at least.
+    leading_until: Option<Instant>,
+    /// When the lease is taken or renewed next.
+    next_lease: Instant,
+    /// When the holder compares every document with its mark next.
+    next_sweep: Instant,
+    /// Documents this process stored edits of, not yet noted in the store.
+    edited: BTreeSet<DocName>,
+    /// The holder's: the marks of the documents with a burst pending, as last read.
+    marks: HashMap<DocName, Option<Position>>,
+    /// Failures to note edits or renew the lease are logged at most this often.
+    failure_log: LogGate,
 }
 
 /// Debounces edits into events, keeps the outbox and delivers it (see the module
@@ -406,6 +458,16 @@ pub(crate) async fn run(
     // Subscribed before the outbox is read: a change stored in between is in both, never in
     // neither.
     let Notifier { mut changes, rooms } = notifier;
+    let random = std::hash::RandomState::new();
+    let shared = hooks.0.store.shared().then(|| SharedPart {
+        holder: format!("{}-{:016x}", std::process::id(), random.hash_one(0u8)),
+        leading_until: None,
+        next_lease: Instant::now(),
+        next_sweep: Instant::now(),
+        edited: BTreeSet::new(),
+        marks: HashMap::new(),
+        failure_log: LogGate::new(FAILURE_LOG_EVERY),
+    });
     let mut task = Task {
         hooks,
         rooms,
@@ -415,12 +477,15 @@ pub(crate) async fn run(
         queues: HashMap::new(),
         failure_log: LogGate::new(FAILURE_LOG_EVERY),
         attempts: JoinSet::new(),
-        random: std::hash::RandomState::new(),
+        random,
         draws: 0,
+        shared,
     };
-    tokio::select! {
-        _ = shutdown.cancelled() => return,
-        started = task.start() => if !started { return },
+    if task.shared.is_none() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            started = task.start_alone() => if !started { return },
+        }
     }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -428,7 +493,10 @@ pub(crate) async fn run(
         task.launch();
         let wake = task.next_wake();
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                task.stop().await;
+                return;
+            }
             change = changes.next() => {
                 // Take what is already queued too (up to a bound, so that a flood of edits
                 // does not hold up deliveries), so that a log entry's updates are not split
@@ -439,12 +507,11 @@ pub(crate) async fn run(
                     match change {
                         Some(Ok(change)) => {
                             Counters::bump(&task.hooks.0.counters.webhook_updates_seen);
-                            let now = task.hooks.0.clock.now();
-                            task.debouncer.edited(&change.doc, change.position, now);
+                            task.edited(&change.doc, change.position);
                         }
                         Some(Err(missed)) => {
                             tracing::warn!(missed, "the webhook notifier fell behind the change feed; catching up from the store");
-                            task.catch_up().await;
+                            task.missed().await;
                         }
                         None => return,
                     }
@@ -454,20 +521,16 @@ pub(crate) async fn run(
                     }
                 }
             }
-            Some(entries) = announced.recv() => task.add(entries),
+            // Over a shared store the lease holder takes them from the store's news, like those
+            // of other processes (taking them here too could deliver one twice).
+            Some(entries) = announced.recv() => if task.shared.is_none() { task.add(entries) },
             Some(done) = task.attempts.join_next(), if !task.attempts.is_empty() => {
                 match done {
                     Ok((key, outcome)) => task.finished(key, outcome).await,
                     Err(error) => tracing::error!(%error, "a webhook delivery task failed"),
                 }
             }
-            _ = tick.tick() => {
-                let now = task.hooks.0.clock.now();
-                let due = task.debouncer.due(now);
-                if !due.is_empty() {
-                    task.announce_bursts(due).await;
-                }
-            }
+            _ = tick.tick() => if !task.turn().await { return },
             _ = sleep_until(wake) => {}
         }
     }
@@ -485,12 +548,18 @@ impl Task {
         self.hooks.0.store.as_ref()
     }
 
-    /// Loads the outbox and announces what was stored but not announced. False when the store
-    /// keeps no outbox.
-    async fn start(&mut self) -> bool {
-        let outbox = loop {
-            match self.store().outbox().await {
-                Ok(outbox) => break outbox,
+    /// [`Task::start`], tried until it works. False when the store keeps no outbox.
+    async fn start_alone(&mut self) -> bool {
+        loop {
+            match self.start().await {
+                Ok(()) => {
+                    self.hooks
+                        .0
+                        .counters
+                        .webhook_leading
+                        .store(1, Ordering::Relaxed);
+                    return true;
+                }
                 Err(StoreError::Unsupported(what)) => {
                     tracing::error!(
                         "webhooks are configured, but this store keeps no {what}: none will be sent"
@@ -498,11 +567,16 @@ impl Task {
                     return false;
                 }
                 Err(error) => {
-                    tracing::error!(%error, "cannot read the webhook outbox; trying again");
+                    tracing::error!(%error, "cannot start webhooks (reading the outbox, comparing documents with their marks); trying again");
                     tokio::time::sleep(STORE_RETRY).await;
                 }
             }
-        };
+        }
+    }
+
+    /// Loads the outbox and makes what was stored but not announced due.
+    async fn start(&mut self) -> Result<(), StoreError> {
+        let outbox = self.store().outbox().await?;
         let urls: HashSet<String> = self
             .hooks
             .0
@@ -542,14 +616,208 @@ impl Task {
             );
         }
         self.add(entries);
-        loop {
-            match self.reconcile(&outbox.marks, outbox.started).await {
-                Ok(()) => return true,
-                Err(error) => {
-                    tracing::error!(%error, "cannot compare stored documents with what webhooks announced; trying again");
-                    tokio::time::sleep(STORE_RETRY).await;
+        self.reconcile(&outbox.marks, outbox.started).await
+    }
+
+    /// Whether this process announces and delivers: always over a store of its own; over a
+    /// shared one, while it holds the lease.
+    fn leading(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|shared| shared.leading_until.is_some())
+    }
+
+    /// `doc` was stored through `position` here.
+    fn edited(&mut self, doc: &DocName, position: Position) {
+        match &mut self.shared {
+            Some(shared) => {
+                if !shared.edited.contains(doc) {
+                    shared.edited.insert(doc.clone());
                 }
             }
+            None => {
+                let now = self.hooks.0.clock.now();
+                self.debouncer.edited(doc, position, now);
+            }
+        }
+    }
+
+    /// Changes of the feed were missed.
+    async fn missed(&mut self) {
+        match &mut self.shared {
+            // Which documents they were is lost: note every loaded one (the lease holder
+            // announces only those whose log went past its mark), and the sweep finds the rest.
+            Some(shared) => shared
+                .edited
+                .extend(self.rooms.loaded().iter().map(|room| room.name().clone())),
+            None => self.catch_up().await,
+        }
+    }
+
+    /// One tick: over a shared store, notes edits and takes or renews the lease (and, holding
+    /// it, takes the news); then, leading, announces due bursts. False when webhooks cannot
+    /// work over this store.
+    async fn turn(&mut self) -> bool {
+        if self.shared.is_some() && !self.shared_turn().await {
+            return false;
+        }
+        if self.leading() {
+            let now = self.hooks.0.clock.now();
+            let due = self.debouncer.due(now);
+            if !due.is_empty() {
+                self.announce_bursts(due).await;
+            }
+        }
+        true
+    }
+
+    async fn shared_turn(&mut self) -> bool {
+        let store = self.hooks.0.store.clone();
+        let Some(shared) = &mut self.shared else {
+            return true;
+        };
+        if !shared.edited.is_empty() {
+            let docs: Vec<DocName> = shared.edited.iter().cloned().collect();
+            match store.webhook_edited(docs).await {
+                Ok(()) => shared.edited.clear(),
+                Err(StoreError::Unsupported(what)) => return cannot_share(what),
+                Err(error) => {
+                    if let Some(unlogged) = shared.failure_log.pass() {
+                        tracing::warn!(%error, unlogged, "cannot note edited documents for webhooks; trying again");
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= shared.next_lease {
+            shared.next_lease = now + LEASE_EVERY;
+            match store.webhook_lease(&shared.holder, LEASE_TTL).await {
+                Ok(true) => {
+                    let took = shared.leading_until.is_none();
+                    shared.leading_until = Some(now + LEASE_TTL);
+                    if took {
+                        shared.next_sweep = now + SWEEP_EVERY;
+                        self.lead().await;
+                    }
+                }
+                Ok(false) if shared.leading_until.is_some() => {
+                    tracing::warn!("another process took the webhook lease: it delivers now");
+                    self.step_down();
+                }
+                Ok(false) => {}
+                Err(StoreError::Unsupported(what)) => return cannot_share(what),
+                Err(error) => {
+                    if let Some(unlogged) = shared.failure_log.pass() {
+                        tracing::warn!(%error, unlogged, "cannot take or renew the webhook lease; trying again");
+                    }
+                }
+            }
+        }
+        let Some(shared) = &mut self.shared else {
+            return true;
+        };
+        match shared.leading_until {
+            None => return true,
+            Some(until) if Instant::now() >= until => {
+                tracing::warn!(
+                    "the webhook lease could not be renewed in time: another process delivers"
+                );
+                self.step_down();
+                return true;
+            }
+            Some(_) => {}
+        }
+        if Instant::now() >= shared.next_sweep {
+            shared.next_sweep = Instant::now() + SWEEP_EVERY;
+            self.catch_up().await;
+        }
+        match store.webhook_news().await {
+            Ok(news) => {
+                let now = self.hooks.0.clock.now();
+                if let Some(shared) = &mut self.shared {
+                    for (doc, mark) in &news.edited {
+                        shared.marks.insert(doc.clone(), *mark);
+                    }
+                }
+                for (doc, _) in news.edited {
+                    self.debouncer.edited(&doc, Position::START, now);
+                }
+                self.add(news.entries);
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read what other processes noted for webhooks; trying again")
+            }
+        }
+        true
+    }
+
+    /// Took the lease: loads the outbox and catches up, as at a start.
+    async fn lead(&mut self) {
+        tracing::info!("this process holds the webhook lease: it announces and delivers");
+        self.hooks
+            .0
+            .counters
+            .webhook_leading
+            .store(1, Ordering::Relaxed);
+        if let Err(error) = self.start().await {
+            tracing::error!(%error, "cannot start delivering webhooks; giving the lease up");
+            self.step_down();
+            if let Some(shared) = &self.shared {
+                let _ = self
+                    .hooks
+                    .0
+                    .store
+                    .webhook_lease(&shared.holder, Duration::ZERO)
+                    .await;
+            }
+        }
+    }
+
+    /// Lost the lease: forgets what it held (the outbox keeps it for the next holder) and
+    /// abandons deliveries in progress.
+    fn step_down(&mut self) {
+        let config = &self.hooks.0.config;
+        self.debouncer = Debouncer::new(config.quiet, config.max_wait);
+        self.pending.clear();
+        self.queues.clear();
+        // Dropping the set aborts its tasks.
+        self.attempts = JoinSet::new();
+        if let Some(shared) = &mut self.shared {
+            shared.leading_until = None;
+            shared.marks.clear();
+        }
+        self.hooks
+            .0
+            .counters
+            .webhook_leading
+            .store(0, Ordering::Relaxed);
+        self.update_gauge();
+    }
+
+    /// At shutdown, over a shared store: notes the last edits and gives the lease up, so that
+    /// another process takes over at once.
+    async fn stop(&mut self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let store = self.hooks.0.store.clone();
+        let docs: Vec<DocName> = shared.edited.iter().cloned().collect();
+        let holder = shared.holder.clone();
+        let leading = shared.leading_until.is_some();
+        let done = async move {
+            if !docs.is_empty()
+                && let Err(error) = store.webhook_edited(docs).await
+            {
+                tracing::warn!(%error, "cannot note the last edited documents for webhooks: they are announced at the lease holder's next sweep");
+            }
+            if leading {
+                let _ = store.webhook_lease(&holder, Duration::ZERO).await;
+            }
+        };
+        if tokio::time::timeout(STORE_RETRY, done).await.is_err() {
+            tracing::warn!(
+                "the store did not answer at shutdown: the webhook lease passes when it expires"
+            );
         }
     }
 
@@ -567,7 +835,8 @@ impl Task {
 
     /// Makes every stored document whose log goes past its mark due for an event from the
     /// mark on. On the outbox's first start, marks every document where it stands instead
-    /// (documents stored before webhooks were configured are not announced).
+    /// (documents stored before webhooks were configured are not announced), but those written
+    /// within [`FIRST_START_GRACE_MS`], which are announced from their first entry.
     async fn reconcile(
         &mut self,
         marks: &BTreeMap<DocName, Position>,
@@ -584,7 +853,7 @@ impl Task {
                 seq: last,
                 index: u32::MAX,
             };
-            if !started {
+            if !started && info.updated_at_ms.saturating_add(FIRST_START_GRACE_MS) < now {
                 baseline.push((info.name, Some(through)));
                 continue;
             }
@@ -598,6 +867,9 @@ impl Task {
             };
             self.debouncer.edited(&info.name, first, now);
             self.debouncer.edited(&info.name, through, now);
+            if let Some(shared) = &mut self.shared {
+                shared.marks.insert(info.name, mark.copied());
+            }
         }
         if !started {
             self.store().outbox_write(Vec::new(), baseline).await?;
@@ -614,13 +886,18 @@ impl Task {
         let mut announced = Vec::new();
         for burst in bursts {
             match self.updated_event(&burst).await {
-                Ok(Some(event)) => {
+                Ok(Some((event, through))) => {
                     entries.extend(event);
-                    marks.push((burst.doc.clone(), Some(burst.last)));
+                    marks.push((burst.doc.clone(), Some(through)));
                     announced.push(burst);
                 }
-                // Deleted since: its `document.deleted` event says so, and no mark is kept.
-                Ok(None) => {}
+                // Deleted since (its `document.deleted` event says so, and no mark is kept),
+                // or, over a shared store, announced already.
+                Ok(None) => {
+                    if let Some(shared) = &mut self.shared {
+                        shared.marks.remove(&burst.doc);
+                    }
+                }
                 Err(error) => {
                     tracing::error!(doc = %burst.doc, %error, "cannot make a webhook event; trying again later");
                     self.retry_burst(&burst);
@@ -636,6 +913,12 @@ impl Task {
                     &self.hooks.0.counters.webhook_events,
                     announced.len() as u64,
                 );
+                if let Some(shared) = &mut self.shared {
+                    // The next news of these documents brings the marks just written.
+                    for burst in &announced {
+                        shared.marks.remove(&burst.doc);
+                    }
+                }
                 self.add(entries);
             }
             Err(error) => {
@@ -647,33 +930,62 @@ impl Task {
         }
     }
 
-    /// The outbox entries of the `document.updated` event of `burst`; `None` when the document
-    /// is neither loaded nor stored any more.
-    async fn updated_event(&self, burst: &Burst) -> Result<Option<Vec<OutboxEntry>>, String> {
+    /// The outbox entries of the `document.updated` event of `burst`, and the position it
+    /// announces through; `None` when the document is neither loaded nor stored any more.
+    async fn updated_event(
+        &self,
+        burst: &Burst,
+    ) -> Result<Option<(Vec<OutboxEntry>, Position)>, String> {
         let doc = &burst.doc;
-        if self.rooms.get(doc).is_none()
-            && !is_stored(self.store(), doc)
-                .await
-                .map_err(|e| e.to_string())?
-        {
-            return Ok(None);
-        }
+        let ends = match &self.shared {
+            None => {
+                if self.rooms.get(doc).is_none()
+                    && !is_stored(self.store(), doc)
+                        .await
+                        .map_err(|e| e.to_string())?
+                {
+                    return Ok(None);
+                }
+                (burst.first, burst.last)
+            }
+            // Whole log entries, from the one after the mark through the last stored (by any
+            // process): the feed here saw only this process' own.
+            Some(shared) => {
+                let mark = shared.marks.get(doc).copied().flatten();
+                let first = mark.map_or(1, |mark| mark.seq.saturating_add(1));
+                let last = self
+                    .store()
+                    .log_from(doc, u64::MAX)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .last_seq;
+                if last < first {
+                    return Ok(None);
+                }
+                let first = Position {
+                    seq: first,
+                    index: 0,
+                };
+                let last = Position {
+                    seq: last,
+                    index: u32::MAX,
+                };
+                (first, last)
+            }
+        };
         let state_vector = self.state_vector(doc).await?;
         let fields = json!({
-            "from": burst.first.to_string(),
-            "through": burst.last.to_string(),
+            "from": ends.0.to_string(),
+            "through": ends.1.to_string(),
             // As the HTTP API's `sv` parameter takes it.
             "state_vector": encode_b64(&state_vector),
         });
         let now = self.hooks.0.clock.now();
-        let ends = (burst.first, burst.last);
-        Ok(Some(self.hooks.0.event(
-            "document.updated",
-            doc,
-            ends,
-            now,
-            fields,
-        )))
+        let entries = self
+            .hooks
+            .0
+            .event("document.updated", doc, ends, now, fields);
+        Ok(Some((entries, ends.1)))
     }
 
     fn retry_burst(&mut self, burst: &Burst) {
@@ -683,8 +995,12 @@ impl Task {
     }
 
     /// The document's state vector (Yjs v1): from its room when loaded, else from the store.
+    /// Over a shared store always from the store: a room here may not hold yet what other
+    /// processes stored.
     async fn state_vector(&self, doc: &DocName) -> Result<Vec<u8>, String> {
-        if let Some(room) = self.rooms.get(doc) {
+        if self.shared.is_none()
+            && let Some(room) = self.rooms.get(doc)
+        {
             return Ok(room.state_vector());
         }
         let stored = self.store().load(doc).await.map_err(|e| e.to_string())?;
@@ -918,25 +1234,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Config;
-    use crate::state::AppState;
-    use crate::testing::GatedStore;
-    use tokio_util::sync::CancellationToken;
-
-    #[tokio::test]
-    async fn a_store_shared_with_other_processes_gets_no_webhooks() {
-        let config = || Config {
-            webhooks: Some(WebhookConfig::new(["http://127.0.0.1:9/"], "s").unwrap()),
-            ..Config::default()
-        };
-        let shared = GatedStore::new(false, false);
-        shared.set_shared(true);
-        let (state, _) = AppState::start(config(), shared, CancellationToken::new());
-        assert!(state.webhooks.is_none());
-        let alone = GatedStore::new(false, false);
-        let (state, _) = AppState::start(config(), alone, CancellationToken::new());
-        assert!(state.webhooks.is_some());
-    }
 
     #[test]
     fn only_http_and_https_receivers_with_a_secret_are_accepted() {

@@ -214,6 +214,12 @@ impl Collector for Live {
             "Webhook deliveries waiting in the outbox",
             read(&c.webhook_pending) as i64,
         )?;
+        gauge(
+            &mut encoder,
+            "webhooks_leader",
+            "1 while this process announces and delivers webhooks (over Redis: holds the lease)",
+            read(&c.webhook_leading) as i64,
+        )?;
         counter(
             &mut encoder,
             "restores",

@@ -45,6 +45,7 @@ pub(crate) struct Counters {
     pub(crate) webhook_failures: AtomicU64,
     pub(crate) webhook_dropped: AtomicU64,
     pub(crate) webhook_pending: AtomicU64,
+    pub(crate) webhook_leading: AtomicU64,
     /// Set while the store fails to take writes (after retries), for `/readyz`.
     pub(crate) store_failing: std::sync::atomic::AtomicBool,
     /// Open connections by transport.
@@ -122,6 +123,7 @@ impl Counters {
             webhook_failures: read(&self.webhook_failures),
             webhook_dropped: read(&self.webhook_dropped),
             webhook_pending: read(&self.webhook_pending),
+            webhook_leading: read(&self.webhook_leading) != 0,
         }
     }
 }
@@ -187,6 +189,9 @@ pub struct Stats {
     /// Webhook deliveries dropped: given up after [`crate::WebhookConfig::retry`], the oldest
     /// of a full outbox, or for a receiver no longer configured.
     pub webhook_dropped: u64,
-    /// Webhook deliveries waiting now (in the outbox).
+    /// Webhook deliveries waiting now (in the outbox) in this process' hands.
     pub webhook_pending: u64,
+    /// Whether this process announces and delivers webhooks: always with webhooks on an
+    /// embedded store; over a shared store (Redis), while it holds the lease.
+    pub webhook_leading: bool,
 }
