@@ -814,6 +814,34 @@ async fn leads_webhooks(node: &ServerProcess) -> bool {
         .any(|line| line.trim() == "concord_webhooks_leader 1")
 }
 
+/// Waits until `receiver` accepted a `kind` event for each of `docs`; past [`DEADLINE`], panics
+/// with `context()` (the servers' logs).
+async fn accepted_for(
+    receiver: &concord_tests::WebhookReceiver,
+    kind: &str,
+    docs: &[&str],
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let events: Vec<serde_json::Value> = receiver.accepted().iter().map(|r| r.json()).collect();
+        let has = |doc: &&str| {
+            events
+                .iter()
+                .any(|e| e["type"] == kind && e["document"] == *doc)
+        };
+        if docs.iter().all(has) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} events for all of {docs:?}; {}",
+            context()
+        );
+        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
+    }
+}
+
 async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_it_being_killed(
     redis: Deployment,
 ) {
@@ -852,17 +880,10 @@ async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_
     // from the document's first log entry.
     assert_eq!(write(&a, "from-a", 1).await.unwrap().status(), 200);
     assert_eq!(write(&b, "from-b", 2).await.unwrap().status(), 200);
-    let deadline = Instant::now() + DEADLINE;
-    while events(&receiver.accepted(), "document.updated", "from-a").is_empty()
-        || events(&receiver.accepted(), "document.updated", "from-b").is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no events for both; {}",
-            logs(&a, &b)
-        );
-        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
-    }
+    accepted_for(&receiver, "document.updated", &["from-a", "from-b"], || {
+        logs(&a, &b)
+    })
+    .await;
     for (doc, client) in [("from-a", 1), ("from-b", 2)] {
         let event = &events(&receiver.accepted(), "document.updated", doc)[0];
         assert_eq!(event["from"], "1.0", "{event}");
@@ -879,17 +900,10 @@ async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_
     // Deletes on both nodes (one of them does not hold the lease) are announced.
     assert_eq!(delete(&b, "from-a").await.unwrap().status(), 204);
     assert_eq!(delete(&a, "from-b").await.unwrap().status(), 204);
-    let deadline = Instant::now() + DEADLINE;
-    while events(&receiver.accepted(), "document.deleted", "from-a").is_empty()
-        || events(&receiver.accepted(), "document.deleted", "from-b").is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "deletes not announced; {}",
-            logs(&a, &b)
-        );
-        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
-    }
+    accepted_for(&receiver, "document.deleted", &["from-a", "from-b"], || {
+        logs(&a, &b)
+    })
+    .await;
 
     // The receiver goes down with an event pending, and the lease holder is killed: the other
     // node takes the lease over and delivers it with the same id, and announces what comes
@@ -921,17 +935,10 @@ async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_
     killed.kill();
     receiver.set_accepting(true);
     assert_eq!(write(&survivor, "after", 4).await.unwrap().status(), 200);
-    let deadline = Instant::now() + DEADLINE;
-    while events(&receiver.accepted(), "document.updated", "pending").is_empty()
-        || events(&receiver.accepted(), "document.updated", "after").is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not delivered after the kill; the survivor logged:\n{}",
-            survivor.log()
-        );
-        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
-    }
+    accepted_for(&receiver, "document.updated", &["pending", "after"], || {
+        format!("the surviving node logged:\n{}", survivor.log())
+    })
+    .await;
     assert!(leads_webhooks(&survivor).await);
     let accepted = receiver.accepted();
     let pending = accepted
