@@ -32,6 +32,12 @@
 //! sub-millisecond latency by milliseconds, more than anything measured here; compare phases
 //! without it.
 //!
+//! With `CONCORD_BENCH_STORE=redis` the server stores in Redis instead (`concord_redis`, as
+//! `--redis-url` does): a fresh `redis-server` per phase, started by the bench on a free loopback
+//! port (`appendonly yes`, `appendfsync always`), on this same machine. Webhooks then take the
+//! shared-store path: the server takes the lease, notes edited documents in Redis and takes
+//! them back as news.
+//!
 //! Run with `cargo bench -p concord-benches --bench webhooks`. Target: the acknowledgement p99
 //! with a slow and with a failing receiver within max(1 ms, 20 %) of the p99 without webhooks.
 //! The bench only reports whether it is met; it asserts nothing about timing.
@@ -51,6 +57,7 @@ use concord_sled::{SledOptions, SledStore};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 #[path = "common/inprocess.rs"]
 mod inprocess;
@@ -133,8 +140,14 @@ fn main() {
     println!(
         "Durable acknowledgements while webhooks are delivered: {CLIENTS} clients x 1 document, \
          {RATE_PER_CLIENT} update+save pairs/s each ({} /s in all), {SECONDS} s measured after a \
-         1 s warm-up; fresh server + SledStore per phase.",
-        RATE_PER_CLIENT * CLIENTS as u64
+         1 s warm-up; fresh server + {} per phase.",
+        RATE_PER_CLIENT * CLIENTS as u64,
+        if redis_mode() {
+            "redis-server (appendfsync always; the server holds the webhook lease, notes edits \
+             and takes the news every 200 ms)"
+        } else {
+            "SledStore"
+        }
     );
     println!(
         "Webhooks: debounced 50 ms / at most 200 ms; slow receiver answers 200 after {} s \
@@ -237,11 +250,30 @@ fn run_phase(
     frames: &Arc<Vec<Bytes>>,
     client_rt: &tokio::runtime::Runtime,
 ) -> Phase {
+    // The server, on its own runtime (two worker threads on this two-core machine).
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("server runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
-        SledStore::open_with(dir.path().join("store"), SledOptions::default())
-            .expect("open server store"),
-    );
+    let redis = redis_mode().then(concord_redis::testing::RedisServer::start);
+    let link_stop = CancellationToken::new();
+    let store: Arc<dyn Store> = match &redis {
+        Some(redis) => {
+            server_rt
+                .block_on(concord_redis::connect(
+                    redis.options("concord"),
+                    link_stop.clone(),
+                ))
+                .expect("redis answers")
+                .store
+        }
+        None => Arc::new(
+            SledStore::open_with(dir.path().join("store"), SledOptions::default())
+                .expect("open server store"),
+        ),
+    };
     let hook = (receiver != Receiver::None).then(|| Hook::start(receiver));
     let webhooks = hook.as_ref().map(|hook| {
         let mut config = WebhookConfig::new([hook.url.as_str()], "bench-secret")
@@ -259,12 +291,6 @@ fn run_phase(
         config
     });
 
-    // The server, on its own runtime (two worker threads on this two-core machine).
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("server runtime");
     let server = server_rt.block_on(Server::start(
         store,
         concord_server::Config {
@@ -293,7 +319,9 @@ fn run_phase(
             receiver.label()
         );
     }
+    link_stop.cancel();
     server_rt.shutdown_timeout(Duration::from_secs(5));
+    drop(redis);
     if let Some(hook) = hook {
         hook.runtime.shutdown_timeout(Duration::from_secs(1));
     }
@@ -310,6 +338,11 @@ fn run_phase(
         cpu,
         steal,
     }
+}
+
+/// Whether the server stores in Redis (`CONCORD_BENCH_STORE=redis`) instead of sled.
+fn redis_mode() -> bool {
+    std::env::var("CONCORD_BENCH_STORE").is_ok_and(|s| s == "redis")
 }
 
 /// A webhook receiver on 127.0.0.1, on a runtime (one thread) of its own.

@@ -897,6 +897,40 @@ async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_
         );
     }
 
+    // Later edits of `from-a` on both nodes make one more event, from the entry after the first
+    // one's, with the state vector of everything stored (made from the first one's and the
+    // entries since).
+    assert_eq!(write(&b, "from-a", 5).await.unwrap().status(), 200);
+    assert_eq!(write(&a, "from-a", 6).await.unwrap().status(), 200);
+    let deadline = Instant::now() + DEADLINE;
+    let second = loop {
+        if let Some(second) = events(&receiver.accepted(), "document.updated", "from-a").get(1) {
+            break second.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second event; {}",
+            logs(&a, &b)
+        );
+        tokio::time::sleep(concord_tests::POLL_INTERVAL).await;
+    };
+    assert_eq!(second["from"], "2.0", "{second}");
+    let through: Position = second["through"].as_str().unwrap().parse().unwrap();
+    assert_eq!(through.seq, 3, "{second}");
+    let stored_sv = crate::api::http()
+        .get(format!("http://{}/api/docs/from-a/state-vector", a.addr))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        yrs::StateVector::decode_v1(&b64_decode(second["state_vector"].as_str().unwrap())).unwrap(),
+        yrs::StateVector::decode_v1(&stored_sv).unwrap(),
+        "the second event's state vector is the stored document's"
+    );
+
     // Deletes on both nodes (one of them does not hold the lease) are announced.
     assert_eq!(delete(&b, "from-a").await.unwrap().status(), 204);
     assert_eq!(delete(&a, "from-b").await.unwrap().status(), 204);
@@ -956,11 +990,11 @@ async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_
     let all = ids.len();
     ids.dedup();
     assert_eq!(ids.len(), all, "no event was delivered twice");
-    for doc in ["from-a", "from-b", "pending", "after"] {
+    for (doc, count) in [("from-a", 2), ("from-b", 1), ("pending", 1), ("after", 1)] {
         assert_eq!(
             events(&accepted, "document.updated", doc).len(),
-            1,
-            "one document.updated for {doc}"
+            count,
+            "document.updated events for {doc}"
         );
     }
     survivor.kill();

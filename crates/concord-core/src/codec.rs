@@ -94,6 +94,21 @@ pub(crate) fn decode_update(update: &[u8]) -> Result<Update, ProtocolError> {
     Update::decode_v1(update).map_err(|e| ProtocolError::Decode(e.to_string()))
 }
 
+/// Raises `sv` to cover what the stored update `update` (Yjs v1, validated before it was
+/// stored) inserts: per client, the end of its last inserted range. A document's state vector
+/// raised by the updates stored after it (in any order) is the state vector of the document with
+/// them, without building it (an update yrs would keep pending, for want of another, counts as
+/// integrated).
+pub fn raise_state_vector(sv: &mut StateVector, update: &[u8]) -> Result<(), ProtocolError> {
+    let update = decode_update(update)?;
+    for (client, ranges) in update.insertions(true).iter() {
+        if let Some(end) = ranges.iter().map(|range| range.end).max() {
+            sv.set_max(*client, end);
+        }
+    }
+    Ok(())
+}
+
 /// Message type of Concord's durability extension. A client sends `[MSG_SAVED,
 /// varUint8Array(varUint id)]` after its updates; the server answers with the same message once
 /// everything that connection sent before it is durably stored. Plain y-websocket clients never
@@ -133,6 +148,53 @@ pub fn awareness_payload(frame: &[u8]) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_state_vector_raised_by_stored_updates_is_the_documents() {
+        use yrs::{Array, Doc, GetString, ReadTxn, Text, Transact, WriteTxn};
+        let doc = Doc::with_client_id(1);
+        let other = Doc::with_client_id(2);
+        let mut updates = Vec::new();
+        let mut edit = |doc: &Doc, f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let before = doc.transact().state_vector();
+            let mut txn = doc.transact_mut();
+            f(&mut txn);
+            drop(txn);
+            updates.push(doc.transact().encode_state_as_update_v1(&before));
+        };
+        edit(&doc, &|txn| {
+            txn.get_or_insert_text("t").insert(txn, 0, "hello")
+        });
+        let base = doc.transact().state_vector();
+        edit(&other, &|txn| {
+            txn.get_or_insert_array("a").insert(txn, 0, 1);
+        });
+        edit(&doc, &|txn| {
+            let text = txn.get_or_insert_text("t");
+            text.remove_range(txn, 0, 2);
+            text.insert(txn, 3, " world");
+        });
+        edit(&other, &|txn| {
+            txn.get_or_insert_array("a").insert(txn, 0, 2);
+        });
+        let whole = Doc::new();
+        for update in &updates {
+            whole
+                .transact_mut()
+                .apply_update(Update::decode_v1(update).unwrap())
+                .unwrap();
+        }
+        let mut sv = base;
+        for update in &updates[1..] {
+            super::raise_state_vector(&mut sv, update).unwrap();
+        }
+        assert_eq!(sv, whole.transact().state_vector());
+        assert_eq!(
+            whole.get_or_insert_text("t").get_string(&whole.transact()),
+            "llo world"
+        );
+        assert!(super::raise_state_vector(&mut sv, b"not an update").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -25,7 +25,7 @@ pub mod webhook;
 
 pub use codec::{
     Inbound, MSG_SAVED, ProtocolError, awareness_payload, decode_frame, encode_saved,
-    is_awareness_frame,
+    is_awareness_frame, raise_state_vector,
 };
 pub use name::{DocName, InvalidDocName, MAX_DOC_NAME_BYTES};
 pub use room::{

@@ -42,7 +42,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use concord_core::webhook::{self, Burst, Debouncer, Retry};
-use concord_core::{Clock, DocName, OutboxEntry, Position, Store, StoreError};
+use concord_core::{
+    Clock, DocName, OutboxEntry, Position, Seq, Store, StoreError, raise_state_vector,
+};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -51,7 +53,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use yrs::updates::encoder::Encode;
-use yrs::{ReadTxn, Transact};
+use yrs::{ReadTxn, StateVector, Transact};
 
 use crate::durability::compact::rebuild;
 use crate::durability::feed::{self, AllChanges, Feed};
@@ -86,6 +88,11 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// taken as they stand: over a shared store, another process may have stored edits of them that
 /// it has not noted yet.
 const FIRST_START_GRACE_MS: u64 = 60_000;
+
+/// Over a shared store: most documents whose last event's state vector the lease holder keeps
+/// (to make the next from the entries stored since rather than from the whole document); past
+/// it, it forgets them all.
+const STATE_VECTORS_KEPT: usize = 10_000;
 
 /// Over a shared store: how long the webhook lease lasts unless renewed. When its holder dies,
 /// another process takes over at most this long (plus [`LEASE_EVERY`]) later.
@@ -427,6 +434,10 @@ struct SharedPart {
     edited: BTreeSet<DocName>,
     /// The holder's: the marks of the documents with a burst pending, as last read.
     marks: HashMap<DocName, Option<Position>>,
+    /// The holder's: per document, the state vector of its last event and the seq it reached,
+    /// raised by the entries stored since to make the next one (at most
+    /// [`STATE_VECTORS_KEPT`]).
+    state_vectors: HashMap<DocName, (Seq, StateVector)>,
     /// Failures to note edits or renew the lease are logged at most this often.
     failure_log: LogGate,
 }
@@ -466,6 +477,7 @@ pub(crate) async fn run(
         next_sweep: Instant::now(),
         edited: BTreeSet::new(),
         marks: HashMap::new(),
+        state_vectors: HashMap::new(),
         failure_log: LogGate::new(FAILURE_LOG_EVERY),
     });
     let mut task = Task {
@@ -785,6 +797,7 @@ impl Task {
         if let Some(shared) = &mut self.shared {
             shared.leading_until = None;
             shared.marks.clear();
+            shared.state_vectors.clear();
         }
         self.hooks
             .0
@@ -933,11 +946,11 @@ impl Task {
     /// The outbox entries of the `document.updated` event of `burst`, and the position it
     /// announces through; `None` when the document is neither loaded nor stored any more.
     async fn updated_event(
-        &self,
+        &mut self,
         burst: &Burst,
     ) -> Result<Option<(Vec<OutboxEntry>, Position)>, String> {
         let doc = &burst.doc;
-        let ends = match &self.shared {
+        let (ends, state_vector) = match &self.shared {
             None => {
                 if self.rooms.get(doc).is_none()
                     && !is_stored(self.store(), doc)
@@ -946,34 +959,13 @@ impl Task {
                 {
                     return Ok(None);
                 }
-                (burst.first, burst.last)
+                ((burst.first, burst.last), self.state_vector(doc).await?)
             }
-            // Whole log entries, from the one after the mark through the last stored (by any
-            // process): the feed here saw only this process' own.
-            Some(shared) => {
-                let mark = shared.marks.get(doc).copied().flatten();
-                let first = mark.map_or(1, |mark| mark.seq.saturating_add(1));
-                let last = self
-                    .store()
-                    .log_from(doc, u64::MAX)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .last_seq;
-                if last < first {
-                    return Ok(None);
-                }
-                let first = Position {
-                    seq: first,
-                    index: 0,
-                };
-                let last = Position {
-                    seq: last,
-                    index: u32::MAX,
-                };
-                (first, last)
-            }
+            Some(_) => match self.shared_ends(doc).await? {
+                Some(found) => found,
+                None => return Ok(None),
+            },
         };
-        let state_vector = self.state_vector(doc).await?;
         let fields = json!({
             "from": ends.0.to_string(),
             "through": ends.1.to_string(),
@@ -988,6 +980,74 @@ impl Task {
         Ok(Some((entries, ends.1)))
     }
 
+    /// Over a shared store: the ends of the next `document.updated` of `doc` (whole log
+    /// entries, from the one after its mark through the last stored by any process: the feed
+    /// here saw only this process' own) and its state vector then; `None` when nothing was
+    /// stored past the mark. The state vector is the one of its previous event raised by the
+    /// entries stored since (read from the store, which a room here may lag behind), or, when
+    /// there is none to start from, the stored document's.
+    async fn shared_ends(
+        &mut self,
+        doc: &DocName,
+    ) -> Result<Option<((Position, Position), Vec<u8>)>, String> {
+        let Some(shared) = &mut self.shared else {
+            return Ok(None);
+        };
+        let mark = shared.marks.get(doc).copied().flatten();
+        let first = mark.map_or(1, |mark| mark.seq.saturating_add(1));
+        // Valid while the mark is where that event left it (a delete removes the mark).
+        let cached = shared
+            .state_vectors
+            .remove(doc)
+            .filter(|(seq, _)| mark.is_some_and(|mark| mark.seq == *seq));
+        let store = self.hooks.0.store.clone();
+        let read_from = cached.as_ref().map_or(u64::MAX, |(seq, _)| seq + 1);
+        let tail = store
+            .log_from(doc, read_from)
+            .await
+            .map_err(|e| e.to_string())?;
+        if tail.last_seq < first {
+            if let Some(cached) = cached
+                && let Some(shared) = &mut self.shared
+            {
+                shared.state_vectors.insert(doc.clone(), cached);
+            }
+            return Ok(None);
+        }
+        let raised = match cached {
+            Some((_, mut sv)) if tail.complete => tail
+                .entries
+                .iter()
+                .flat_map(|(_, updates)| updates)
+                .try_for_each(|update| raise_state_vector(&mut sv, update))
+                .ok()
+                .map(|()| (tail.last_seq, sv)),
+            _ => None,
+        };
+        let (through, sv) = match raised {
+            Some(raised) => raised,
+            None => self.stored_state_vector(doc).await?,
+        };
+        let encoded = sv.encode_v1();
+        if let Some(shared) = &mut self.shared {
+            if shared.state_vectors.len() >= STATE_VECTORS_KEPT {
+                shared.state_vectors.clear();
+            }
+            shared.state_vectors.insert(doc.clone(), (through, sv));
+        }
+        let ends = (
+            Position {
+                seq: first,
+                index: 0,
+            },
+            Position {
+                seq: through.max(tail.last_seq),
+                index: u32::MAX,
+            },
+        );
+        Ok(Some((ends, encoded)))
+    }
+
     fn retry_burst(&mut self, burst: &Burst) {
         let now = self.hooks.0.clock.now();
         self.debouncer.edited(&burst.doc, burst.first, now);
@@ -995,19 +1055,21 @@ impl Task {
     }
 
     /// The document's state vector (Yjs v1): from its room when loaded, else from the store.
-    /// Over a shared store always from the store: a room here may not hold yet what other
-    /// processes stored.
     async fn state_vector(&self, doc: &DocName) -> Result<Vec<u8>, String> {
-        if self.shared.is_none()
-            && let Some(room) = self.rooms.get(doc)
-        {
+        if let Some(room) = self.rooms.get(doc) {
             return Ok(room.state_vector());
         }
+        Ok(self.stored_state_vector(doc).await?.1.encode_v1())
+    }
+
+    /// The stored document's state vector, and the seq of the last log entry it holds (or its
+    /// snapshot covers).
+    async fn stored_state_vector(&self, doc: &DocName) -> Result<(Seq, StateVector), String> {
         let stored = self.store().load(doc).await.map_err(|e| e.to_string())?;
         let name = doc.clone();
         tokio::task::spawn_blocking(move || {
             let room = rebuild(&name, &stored).map_err(|e| e.to_string())?;
-            Ok(room.doc().transact().state_vector().encode_v1())
+            Ok((stored.position.seq, room.doc().transact().state_vector()))
         })
         .await
         .map_err(|e| e.to_string())?
