@@ -180,9 +180,10 @@ pub struct Config {
     /// work whatever this says). See [`crate::HistoryConfig`].
     pub history: crate::HistoryConfig,
     /// Where to POST signed events about documents (see [`crate::WebhookConfig`]); `None`: no
-    /// webhooks. Needs a store with an outbox that this process alone writes to (sled or
-    /// memory); with a shared store ([`concord_core::Store::shared`], Redis) none are sent and
-    /// an error is logged at start.
+    /// webhooks. Needs a store with an outbox (sled, memory, Redis). Over a store other
+    /// processes share ([`concord_core::Store::shared`], Redis), give every process the same
+    /// settings: one at a time, the holder of a lease in the store, announces and delivers
+    /// (a shared store without that lease gets an error logged and no webhooks).
     pub webhooks: Option<crate::WebhookConfig>,
 }
 
