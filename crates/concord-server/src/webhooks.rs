@@ -407,6 +407,9 @@ struct Task {
     debouncer: Debouncer,
     /// By outbox key (oldest first).
     pending: BTreeMap<String, Pending>,
+    /// Delivered, and removed from the outbox at the next tick, all in one store write (a
+    /// crash before it delivers them again: at least once).
+    delivered: HashSet<String>,
     /// Per receiver (URL), the pending deliveries not in flight by when they are due (a wakeup
     /// costs a look at each receiver's first, whatever the backlog) and how many are in flight.
     queues: HashMap<String, Queue>,
@@ -486,6 +489,7 @@ pub(crate) async fn run(
         client,
         debouncer,
         pending: BTreeMap::new(),
+        delivered: HashSet::new(),
         queues: HashMap::new(),
         failure_log: LogGate::new(FAILURE_LOG_EVERY),
         attempts: JoinSet::new(),
@@ -670,6 +674,7 @@ impl Task {
     /// it, takes the news); then, leading, announces due bursts. False when webhooks cannot
     /// work over this store.
     async fn turn(&mut self) -> bool {
+        self.remove_delivered().await;
         if self.shared.is_some() && !self.shared_turn().await {
             return false;
         }
@@ -763,6 +768,23 @@ impl Task {
         true
     }
 
+    /// Removes what was delivered since the last tick from the outbox, in one write. When the
+    /// store fails, they are tried again at the next tick (and delivered again after a restart).
+    async fn remove_delivered(&mut self) {
+        if self.delivered.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = self.delivered.iter().cloned().collect();
+        match self.hooks.0.store.outbox_remove(keys).await {
+            Ok(()) => self.delivered.clear(),
+            Err(error) => {
+                if let Some(unlogged) = self.failure_log.pass() {
+                    tracing::error!(%error, unlogged, delivered = self.delivered.len(), "cannot remove delivered webhooks from the outbox; trying again");
+                }
+            }
+        }
+    }
+
     /// Took the lease: loads the outbox and catches up, as at a start.
     async fn lead(&mut self) {
         tracing::info!("this process holds the webhook lease: it announces and delivers");
@@ -807,9 +829,17 @@ impl Task {
         self.update_gauge();
     }
 
-    /// At shutdown, over a shared store: notes the last edits and gives the lease up, so that
-    /// another process takes over at once.
+    /// At shutdown: removes what was delivered from the outbox; over a shared store, also notes
+    /// the last edits and gives the lease up, so that another process takes over at once.
     async fn stop(&mut self) {
+        if tokio::time::timeout(STORE_RETRY, self.remove_delivered())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the store did not answer at shutdown: delivered webhooks still in the outbox are delivered again after the next start"
+            );
+        }
         let Some(shared) = &self.shared else {
             return;
         };
@@ -1083,6 +1113,8 @@ impl Task {
                 // A key already pending is the same delivery (the key names the event, its
                 // time and the receiver).
                 Ok(_) if self.pending.contains_key(&entry.key) => {}
+                // Delivered; its removal from the outbox is on its way.
+                Ok(_) if self.delivered.contains(&entry.key) => {}
                 Ok(delivery) => {
                     let queue = self.queues.entry(delivery.url.clone()).or_default();
                     queue.waiting.insert((now, entry.key.clone()));
@@ -1200,10 +1232,7 @@ impl Task {
             Ok(()) => {
                 Counters::bump(&counters.webhook_delivered);
                 self.pending.remove(&key);
-                if let Err(error) = self.store().outbox_remove(vec![key]).await {
-                    // Delivered again after a restart: at least once.
-                    tracing::error!(%error, "cannot remove a delivered webhook from the outbox");
-                }
+                self.delivered.insert(key);
             }
             Err(why) => {
                 Counters::bump(&counters.webhook_failures);
