@@ -106,6 +106,7 @@ on_both!(
     the_change_feed_of_a_document_no_client_holds_here_sees_other_nodes_edits,
     a_version_kept_on_one_node_is_restored_from_another_and_every_node_converges,
     webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_it_being_killed,
+    a_lease_holder_stopped_gracefully_gives_the_lease_up_and_its_last_edits_are_announced,
 );
 
 /// A node in this process: an embedded server on the test's Redis.
@@ -998,4 +999,50 @@ async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_
         );
     }
     survivor.kill();
+}
+
+async fn a_lease_holder_stopped_gracefully_gives_the_lease_up_and_its_last_edits_are_announced(
+    redis: Deployment,
+) {
+    use concord_tests::{WebhookReceiver, text_insert_update};
+    let receiver = WebhookReceiver::start(true).await;
+    let config = || {
+        let mut webhooks =
+            concord_server::WebhookConfig::new([receiver.url.as_str()], "s").unwrap();
+        webhooks.quiet = Duration::from_millis(200);
+        Config {
+            webhooks: Some(webhooks),
+            ..Config::default()
+        }
+    };
+    let a = Node::start_with(&redis, config()).await;
+    poll_until(DEADLINE, "node A takes the webhook lease", || {
+        a.server.concord.stats().webhook_leading
+    })
+    .await;
+    let b = Node::start_with(&redis, config()).await;
+    let lease = "concord:{webhooks}:lease";
+    let holder = redis.cli(None, &["GET", lease]);
+    assert!(!holder.is_empty(), "node A holds the lease");
+    let response = crate::api::http()
+        .post(a.http("/api/docs/last-words/update"))
+        .header("content-type", "application/octet-stream")
+        .body(text_insert_update(9, "t", "bye"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    a.shutdown().await;
+    // Given up, not left to expire (5 s): gone, or already node B's.
+    assert_ne!(
+        redis.cli(None, &["GET", lease]),
+        holder,
+        "node A gave the lease up as it stopped"
+    );
+    accepted_for(&receiver, "document.updated", &["last-words"], || {
+        "node B did not announce node A's last edit".to_owned()
+    })
+    .await;
+    assert!(b.server.concord.stats().webhook_leading);
+    b.shutdown().await;
 }

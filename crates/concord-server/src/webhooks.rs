@@ -510,6 +510,11 @@ pub(crate) async fn run(
         let wake = task.next_wake();
         tokio::select! {
             _ = shutdown.cancelled() => {
+                // What was stored before the shutdown is noted (over a shared store) or in the
+                // store to catch up from (alone).
+                while let Some(Some(Ok(change))) = changes.next().now_or_never() {
+                    task.edited(&change.doc, change.position);
+                }
                 task.stop().await;
                 return;
             }
