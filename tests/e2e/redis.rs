@@ -107,6 +107,7 @@ on_both!(
     a_version_kept_on_one_node_is_restored_from_another_and_every_node_converges,
     webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_it_being_killed,
     a_lease_holder_stopped_gracefully_gives_the_lease_up_and_its_last_edits_are_announced,
+    a_document_whose_webhook_mark_is_an_earlier_ones_is_announced_from_its_start,
 );
 
 /// A node in this process: an embedded server on the test's Redis.
@@ -1045,4 +1046,50 @@ async fn a_lease_holder_stopped_gracefully_gives_the_lease_up_and_its_last_edits
     .await;
     assert!(b.server.concord.stats().webhook_leading);
     b.shutdown().await;
+}
+
+async fn a_document_whose_webhook_mark_is_an_earlier_ones_is_announced_from_its_start(
+    redis: Deployment,
+) {
+    use concord_tests::{WebhookReceiver, text_insert_update};
+    // A mark for `x` past the end of its log: one of an earlier `x`, deleted while the lease
+    // holder was writing that mark.
+    redis.cli(None, &["SET", "concord:{webhooks}:started", "1"]);
+    redis.cli(
+        None,
+        &["HSET", "concord:{webhooks}:marks", "x", "5.4294967295"],
+    );
+    let receiver = WebhookReceiver::start(true).await;
+    let mut webhooks = concord_server::WebhookConfig::new([receiver.url.as_str()], "s").unwrap();
+    webhooks.quiet = Duration::from_millis(200);
+    let node = Node::start_with(
+        &redis,
+        Config {
+            webhooks: Some(webhooks),
+            ..Config::default()
+        },
+    )
+    .await;
+    let response = crate::api::http()
+        .post(node.http("/api/docs/x/update"))
+        .header("content-type", "application/octet-stream")
+        .body(text_insert_update(1, "t", "new x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    accepted_for(&receiver, "document.updated", &["x"], || {
+        "x was not announced".to_owned()
+    })
+    .await;
+    let event = receiver
+        .accepted()
+        .iter()
+        .map(|r| r.json())
+        .find(|e| e["document"] == "x")
+        .unwrap();
+    assert_eq!(event["from"], "1.0", "{event}");
+    let through: Position = event["through"].as_str().unwrap().parse().unwrap();
+    assert_eq!(through.seq, 1, "{event}");
+    node.shutdown().await;
 }

@@ -573,3 +573,48 @@ async fn a_receiver_that_never_answers_does_not_hold_up_another() {
     assert!(server.concord.stats().webhook_pending >= 12 - SLOTS_PER_RECEIVER as u64);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_whose_mark_is_an_earlier_ones_is_announced_from_its_start() {
+    // `x` is stored while no webhooks are configured, and the outbox holds a mark for `x` past
+    // its log's end: one of an earlier `x`, deleted without its mark going.
+    let store = Arc::new(MemoryStore::new());
+    let x = DocName::new("x").unwrap();
+    let quiet =
+        concord_tests::EmbeddedServer::start_with_store(Config::default(), store.clone()).await;
+    assert_eq!(
+        post_update(&quiet, "x", text_insert_update(1, "t", "new x"))
+            .await
+            .0,
+        200
+    );
+    quiet.shutdown().await;
+    let stale = concord_core::Position {
+        seq: 5,
+        index: u32::MAX,
+    };
+    store
+        .outbox_write(Vec::new(), vec![(x, Some(stale))])
+        .unwrap();
+
+    let receiver = WebhookReceiver::start(true).await;
+    let mut webhooks = config_for(&receiver);
+    webhooks.quiet = Duration::from_millis(100);
+    let config = Config {
+        webhooks: Some(webhooks),
+        ..Config::default()
+    };
+    let server = concord_tests::EmbeddedServer::start_with_store(config, store.clone()).await;
+    let event = eventually("x announced at the start", || async {
+        receiver
+            .accepted()
+            .iter()
+            .map(Received::json)
+            .find(|e| e["type"] == "document.updated" && e["document"] == "x")
+    })
+    .await;
+    assert_eq!(event["from"], "1.0", "{event}");
+    let through: concord_core::Position = event["through"].as_str().unwrap().parse().unwrap();
+    assert_eq!(through.seq, 1, "{event}");
+    server.shutdown().await;
+}

@@ -905,7 +905,10 @@ impl Task {
                 baseline.push((info.name, Some(through)));
                 continue;
             }
-            let mark = marks.get(&info.name);
+            // A mark past the end of the log is one of an earlier document of that name,
+            // deleted without its mark going (an offline delete, a race with a delete
+            // elsewhere): this one is announced from its start.
+            let mark = marks.get(&info.name).filter(|mark| mark.seq <= last);
             if mark.is_some_and(|mark| mark.seq >= last) || self.debouncer.has(&info.name) {
                 continue;
             }
@@ -1028,10 +1031,9 @@ impl Task {
         let Some(shared) = &mut self.shared else {
             return Ok(None);
         };
-        let mark = shared.marks.get(doc).copied().flatten();
-        let first = mark.map_or(1, |mark| mark.seq.saturating_add(1));
+        let mut mark = shared.marks.get(doc).copied().flatten();
         // Valid while the mark is where that event left it (a delete removes the mark).
-        let cached = shared
+        let mut cached = shared
             .state_vectors
             .remove(doc)
             .filter(|(seq, _)| mark.is_some_and(|mark| mark.seq == *seq));
@@ -1041,6 +1043,13 @@ impl Task {
             .log_from(doc, read_from)
             .await
             .map_err(|e| e.to_string())?;
+        if mark.is_some_and(|mark| mark.seq > tail.last_seq) {
+            // Past the end of the log: the mark of an earlier document of that name (deleted
+            // while its event was made): this one is announced from its start.
+            mark = None;
+            cached = None;
+        }
+        let first = mark.map_or(1, |mark| mark.seq.saturating_add(1));
         if tail.last_seq < first {
             if let Some(cached) = cached
                 && let Some(shared) = &mut self.shared
