@@ -407,9 +407,9 @@ struct Task {
     debouncer: Debouncer,
     /// By outbox key (oldest first).
     pending: BTreeMap<String, Pending>,
-    /// Delivered, and removed from the outbox at the next tick, all in one store write (a
-    /// crash before it delivers them again: at least once).
-    delivered: HashSet<String>,
+    /// Delivered or dropped, and removed from the outbox at the next tick, all in one store
+    /// write (a crash before it delivers them again: at least once).
+    leaving: HashSet<String>,
     /// Per receiver (URL), the pending deliveries not in flight by when they are due (a wakeup
     /// costs a look at each receiver's first, whatever the backlog) and how many are in flight.
     queues: HashMap<String, Queue>,
@@ -489,7 +489,7 @@ pub(crate) async fn run(
         client,
         debouncer,
         pending: BTreeMap::new(),
-        delivered: HashSet::new(),
+        leaving: HashSet::new(),
         queues: HashMap::new(),
         failure_log: LogGate::new(FAILURE_LOG_EVERY),
         attempts: JoinSet::new(),
@@ -510,10 +510,12 @@ pub(crate) async fn run(
         let wake = task.next_wake();
         tokio::select! {
             _ = shutdown.cancelled() => {
-                // What was stored before the shutdown is noted (over a shared store) or in the
-                // store to catch up from (alone).
-                while let Some(Some(Ok(change))) = changes.next().now_or_never() {
-                    task.edited(&change.doc, change.position);
+                // Over a shared store, what was stored before the shutdown is noted (alone, the
+                // next start catches up on it from the marks).
+                if task.shared.is_some() {
+                    while let Some(Some(Ok(change))) = changes.next().now_or_never() {
+                        task.edited(&change.doc, change.position);
+                    }
                 }
                 task.stop().await;
                 return;
@@ -547,7 +549,7 @@ pub(crate) async fn run(
             Some(entries) = announced.recv() => if task.shared.is_none() { task.add(entries) },
             Some(done) = task.attempts.join_next(), if !task.attempts.is_empty() => {
                 match done {
-                    Ok((key, outcome)) => task.finished(key, outcome).await,
+                    Ok((key, outcome)) => task.finished(key, outcome),
                     Err(error) => tracing::error!(%error, "a webhook delivery task failed"),
                 }
             }
@@ -574,11 +576,7 @@ impl Task {
         loop {
             match self.start().await {
                 Ok(()) => {
-                    self.hooks
-                        .0
-                        .counters
-                        .webhook_leading
-                        .store(1, Ordering::Relaxed);
+                    self.set_leading(true);
                     return true;
                 }
                 Err(StoreError::Unsupported(what)) => {
@@ -621,15 +619,7 @@ impl Task {
                 }
             }
         }
-        if !unwanted.is_empty() {
-            Counters::add(
-                &self.hooks.0.counters.webhook_dropped,
-                unwanted.len() as u64,
-            );
-            if let Err(error) = self.store().outbox_remove(unwanted).await {
-                tracing::error!(%error, "cannot remove dropped webhook deliveries");
-            }
-        }
+        self.forget(unwanted);
         if !entries.is_empty() {
             tracing::info!(
                 pending = entries.len(),
@@ -679,7 +669,7 @@ impl Task {
     /// it, takes the news); then, leading, announces due bursts. False when webhooks cannot
     /// work over this store.
     async fn turn(&mut self) -> bool {
-        self.remove_delivered().await;
+        self.remove_leaving().await;
         if self.shared.is_some() && !self.shared_turn().await {
             return false;
         }
@@ -694,19 +684,17 @@ impl Task {
     }
 
     async fn shared_turn(&mut self) -> bool {
+        let noted = self.note_edits().await;
         let store = self.hooks.0.store.clone();
         let Some(shared) = &mut self.shared else {
             return true;
         };
-        if !shared.edited.is_empty() {
-            let docs: Vec<DocName> = shared.edited.iter().cloned().collect();
-            match store.webhook_edited(docs).await {
-                Ok(()) => shared.edited.clear(),
-                Err(StoreError::Unsupported(what)) => return cannot_share(what),
-                Err(error) => {
-                    if let Some(unlogged) = shared.failure_log.pass() {
-                        tracing::warn!(%error, unlogged, "cannot note edited documents for webhooks; trying again");
-                    }
+        match noted {
+            Ok(()) => {}
+            Err(StoreError::Unsupported(what)) => return cannot_share(what),
+            Err(error) => {
+                if let Some(unlogged) = shared.failure_log.pass() {
+                    tracing::warn!(%error, unlogged, "cannot note edited documents for webhooks; trying again");
                 }
             }
         }
@@ -773,18 +761,19 @@ impl Task {
         true
     }
 
-    /// Removes what was delivered since the last tick from the outbox, in one write. When the
-    /// store fails, they are tried again at the next tick (and delivered again after a restart).
-    async fn remove_delivered(&mut self) {
-        if self.delivered.is_empty() {
+    /// Removes what was delivered or dropped since the last tick from the outbox, in one
+    /// write. When the store fails, they are tried again at the next tick (and delivered again
+    /// after a restart).
+    async fn remove_leaving(&mut self) {
+        if self.leaving.is_empty() {
             return;
         }
-        let keys: Vec<String> = self.delivered.iter().cloned().collect();
+        let keys: Vec<String> = self.leaving.iter().cloned().collect();
         match self.hooks.0.store.outbox_remove(keys).await {
-            Ok(()) => self.delivered.clear(),
+            Ok(()) => self.leaving.clear(),
             Err(error) => {
                 if let Some(unlogged) = self.failure_log.pass() {
-                    tracing::error!(%error, unlogged, delivered = self.delivered.len(), "cannot remove delivered webhooks from the outbox; trying again");
+                    tracing::error!(%error, unlogged, leaving = self.leaving.len(), "cannot remove delivered or dropped webhooks from the outbox; trying again");
                 }
             }
         }
@@ -793,23 +782,47 @@ impl Task {
     /// Took the lease: loads the outbox and catches up, as at a start.
     async fn lead(&mut self) {
         tracing::info!("this process holds the webhook lease: it announces and delivers");
+        self.set_leading(true);
+        if let Err(error) = self.start().await {
+            tracing::error!(%error, "cannot start delivering webhooks; giving the lease up");
+            self.step_down();
+            self.give_up_lease().await;
+        }
+    }
+
+    /// Over a shared store: gives the lease up (it passes when it expires if the store fails).
+    async fn give_up_lease(&self) {
+        if let Some(shared) = &self.shared {
+            let _ = self
+                .hooks
+                .0
+                .store
+                .webhook_lease(&shared.holder, Duration::ZERO)
+                .await;
+        }
+    }
+
+    /// Over a shared store: notes the documents edited here since the last note.
+    async fn note_edits(&mut self) -> Result<(), StoreError> {
+        let store = self.hooks.0.store.clone();
+        let Some(shared) = &mut self.shared else {
+            return Ok(());
+        };
+        if !shared.edited.is_empty() {
+            store
+                .webhook_edited(shared.edited.iter().cloned().collect())
+                .await?;
+            shared.edited.clear();
+        }
+        Ok(())
+    }
+
+    fn set_leading(&self, leading: bool) {
         self.hooks
             .0
             .counters
             .webhook_leading
-            .store(1, Ordering::Relaxed);
-        if let Err(error) = self.start().await {
-            tracing::error!(%error, "cannot start delivering webhooks; giving the lease up");
-            self.step_down();
-            if let Some(shared) = &self.shared {
-                let _ = self
-                    .hooks
-                    .0
-                    .store
-                    .webhook_lease(&shared.holder, Duration::ZERO)
-                    .await;
-            }
-        }
+            .store(u64::from(leading), Ordering::Relaxed);
     }
 
     /// Lost the lease: forgets what it held (the outbox keeps it for the next holder) and
@@ -826,18 +839,14 @@ impl Task {
             shared.marks.clear();
             shared.state_vectors.clear();
         }
-        self.hooks
-            .0
-            .counters
-            .webhook_leading
-            .store(0, Ordering::Relaxed);
+        self.set_leading(false);
         self.update_gauge();
     }
 
     /// At shutdown: removes what was delivered from the outbox; over a shared store, also notes
     /// the last edits and gives the lease up, so that another process takes over at once.
     async fn stop(&mut self) {
-        if tokio::time::timeout(STORE_RETRY, self.remove_delivered())
+        if tokio::time::timeout(STORE_RETRY, self.remove_leaving())
             .await
             .is_err()
         {
@@ -845,21 +854,15 @@ impl Task {
                 "the store did not answer at shutdown: delivered webhooks still in the outbox are delivered again after the next start"
             );
         }
-        let Some(shared) = &self.shared else {
+        if self.shared.is_none() {
             return;
-        };
-        let store = self.hooks.0.store.clone();
-        let docs: Vec<DocName> = shared.edited.iter().cloned().collect();
-        let holder = shared.holder.clone();
-        let leading = shared.leading_until.is_some();
-        let done = async move {
-            if !docs.is_empty()
-                && let Err(error) = store.webhook_edited(docs).await
-            {
+        }
+        let done = async {
+            if let Err(error) = self.note_edits().await {
                 tracing::warn!(%error, "cannot note the last edited documents for webhooks: they are announced at the lease holder's next sweep");
             }
-            if leading {
-                let _ = store.webhook_lease(&holder, Duration::ZERO).await;
+            if self.leading() {
+                self.give_up_lease().await;
             }
         };
         if tokio::time::timeout(STORE_RETRY, done).await.is_err() {
@@ -1127,8 +1130,8 @@ impl Task {
                 // A key already pending is the same delivery (the key names the event, its
                 // time and the receiver).
                 Ok(_) if self.pending.contains_key(&entry.key) => {}
-                // Delivered; its removal from the outbox is on its way.
-                Ok(_) if self.delivered.contains(&entry.key) => {}
+                // Delivered or dropped; its removal from the outbox is on its way.
+                Ok(_) if self.leaving.contains(&entry.key) => {}
                 Ok(delivery) => {
                     let queue = self.queues.entry(delivery.url.clone()).or_default();
                     queue.waiting.insert((now, entry.key.clone()));
@@ -1170,16 +1173,8 @@ impl Task {
 
     /// Removes deliveries given up from the store, in the background of this task.
     fn forget(&mut self, keys: Vec<String>) {
-        if keys.is_empty() {
-            return;
-        }
         Counters::add(&self.hooks.0.counters.webhook_dropped, keys.len() as u64);
-        let store = self.hooks.0.store.clone();
-        tokio::spawn(async move {
-            if let Err(error) = store.outbox_remove(keys).await {
-                tracing::error!(%error, "cannot remove dropped webhook deliveries from the outbox");
-            }
-        });
+        self.leaving.extend(keys);
     }
 
     fn update_gauge(&self) {
@@ -1234,7 +1229,7 @@ impl Task {
     }
 
     /// Removes a delivered (or given up) delivery from the outbox, or schedules its retry.
-    async fn finished(&mut self, key: String, outcome: Result<(), String>) {
+    fn finished(&mut self, key: String, outcome: Result<(), String>) {
         if let Some(pending) = self.pending.get_mut(&key) {
             pending.in_flight = false;
             if let Some(queue) = self.queues.get_mut(&pending.delivery.url) {
@@ -1246,7 +1241,7 @@ impl Task {
             Ok(()) => {
                 Counters::bump(&counters.webhook_delivered);
                 self.pending.remove(&key);
-                self.delivered.insert(key);
+                self.leaving.insert(key);
             }
             Err(why) => {
                 Counters::bump(&counters.webhook_failures);
