@@ -24,7 +24,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Array, GetString, Map, Text, WriteTxn};
 use yrs::{Doc, Transact, Update};
 
-use crate::api::read_until_text;
+use crate::api::{post_update, read_until_text};
 use crate::persistence::{Appender, ack_in, next_ack};
 use crate::process::ServerProcess;
 
@@ -816,14 +816,14 @@ async fn leads_webhooks(node: &ServerProcess) -> bool {
         .any(|line| line.trim() == "concord_webhooks_leader 1")
 }
 
-/// Waits until `receiver` accepted a `kind` event for each of `docs`; past [`DEADLINE`], panics
-/// with `context()` (the servers' logs).
+/// Waits until `receiver` accepted a `kind` event for each of `docs`, and returns every event
+/// it accepted; past [`DEADLINE`], panics with `context()` (the servers' logs).
 async fn accepted_for(
     receiver: &concord_tests::WebhookReceiver,
     kind: &str,
     docs: &[&str],
     context: impl Fn() -> String,
-) {
+) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let events: Vec<serde_json::Value> = receiver.accepted().iter().map(|r| r.json()).collect();
@@ -833,7 +833,7 @@ async fn accepted_for(
                 .any(|e| e["type"] == kind && e["document"] == *doc)
         };
         if docs.iter().all(has) {
-            return;
+            return events;
         }
         assert!(
             Instant::now() < deadline,
@@ -1002,37 +1002,32 @@ async fn webhooks_from_every_node_are_sent_once_by_the_lease_holder_and_survive_
     survivor.kill();
 }
 
+/// A node's configuration with webhooks to `receiver`, debounced 200 ms.
+fn with_webhooks_to(receiver: &concord_tests::WebhookReceiver) -> Config {
+    let mut webhooks = concord_server::WebhookConfig::new([receiver.url.as_str()], "s").unwrap();
+    webhooks.quiet = Duration::from_millis(200);
+    Config {
+        webhooks: Some(webhooks),
+        ..Config::default()
+    }
+}
+
 async fn a_lease_holder_stopped_gracefully_gives_the_lease_up_and_its_last_edits_are_announced(
     redis: Deployment,
 ) {
     use concord_tests::{WebhookReceiver, text_insert_update};
     let receiver = WebhookReceiver::start(true).await;
-    let config = || {
-        let mut webhooks =
-            concord_server::WebhookConfig::new([receiver.url.as_str()], "s").unwrap();
-        webhooks.quiet = Duration::from_millis(200);
-        Config {
-            webhooks: Some(webhooks),
-            ..Config::default()
-        }
-    };
-    let a = Node::start_with(&redis, config()).await;
+    let a = Node::start_with(&redis, with_webhooks_to(&receiver)).await;
     poll_until(DEADLINE, "node A takes the webhook lease", || {
         a.server.concord.stats().webhook_leading
     })
     .await;
-    let b = Node::start_with(&redis, config()).await;
+    let b = Node::start_with(&redis, with_webhooks_to(&receiver)).await;
     let lease = "concord:{webhooks}:lease";
     let holder = redis.cli(None, &["GET", lease]);
     assert!(!holder.is_empty(), "node A holds the lease");
-    let response = crate::api::http()
-        .post(a.http("/api/docs/last-words/update"))
-        .header("content-type", "application/octet-stream")
-        .body(text_insert_update(9, "t", "bye"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let update = text_insert_update(9, "t", "bye");
+    assert_eq!(post_update(&a.server, "last-words", update).await.0, 200);
     a.shutdown().await;
     // Given up, not left to expire (5 s): gone, or already node B's.
     assert_ne!(
@@ -1060,34 +1055,14 @@ async fn a_document_whose_webhook_mark_is_an_earlier_ones_is_announced_from_its_
         &["HSET", "concord:{webhooks}:marks", "x", "5.4294967295"],
     );
     let receiver = WebhookReceiver::start(true).await;
-    let mut webhooks = concord_server::WebhookConfig::new([receiver.url.as_str()], "s").unwrap();
-    webhooks.quiet = Duration::from_millis(200);
-    let node = Node::start_with(
-        &redis,
-        Config {
-            webhooks: Some(webhooks),
-            ..Config::default()
-        },
-    )
-    .await;
-    let response = crate::api::http()
-        .post(node.http("/api/docs/x/update"))
-        .header("content-type", "application/octet-stream")
-        .body(text_insert_update(1, "t", "new x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    accepted_for(&receiver, "document.updated", &["x"], || {
+    let node = Node::start_with(&redis, with_webhooks_to(&receiver)).await;
+    let update = text_insert_update(1, "t", "new x");
+    assert_eq!(post_update(&node.server, "x", update).await.0, 200);
+    let events = accepted_for(&receiver, "document.updated", &["x"], || {
         "x was not announced".to_owned()
     })
     .await;
-    let event = receiver
-        .accepted()
-        .iter()
-        .map(|r| r.json())
-        .find(|e| e["document"] == "x")
-        .unwrap();
+    let event = events.iter().find(|e| e["document"] == "x").unwrap();
     assert_eq!(event["from"], "1.0", "{event}");
     let through: Position = event["through"].as_str().unwrap().parse().unwrap();
     assert_eq!(through.seq, 1, "{event}");
