@@ -1038,8 +1038,9 @@ impl Task {
         // Valid while the mark is where that event left it (a delete removes the mark).
         let mut cached = shared
             .state_vectors
-            .remove(doc)
-            .filter(|(seq, _)| mark.is_some_and(|mark| mark.seq == *seq));
+            .get(doc)
+            .filter(|(seq, _)| mark.is_some_and(|mark| mark.seq == *seq))
+            .cloned();
         let store = self.hooks.0.store.clone();
         let read_from = cached.as_ref().map_or(u64::MAX, |(seq, _)| seq + 1);
         let tail = store
@@ -1054,11 +1055,6 @@ impl Task {
         }
         let first = mark.map_or(1, |mark| mark.seq.saturating_add(1));
         if tail.last_seq < first {
-            if let Some(cached) = cached
-                && let Some(shared) = &mut self.shared
-            {
-                shared.state_vectors.insert(doc.clone(), cached);
-            }
             return Ok(None);
         }
         let raised = match cached {
